@@ -1,0 +1,448 @@
+"""Gaussian diffusion: the forward process, the learned reverse process, its losses and its likelihood.
+
+Equation numbers refer to Ho, Jain & Abbeel 2020, "Denoising Diffusion Probabilistic Models" (arXiv 2006.11239)
+unless marked "IDDPM", Nichol & Dhariwal 2021, "Improved Denoising Diffusion Probabilistic Models"
+(arXiv 2102.09672). The vocabulary (``q_sample``, ``p_mean_variance``, ``training_losses``, ``calc_bpd_loop``)
+is the one openai/improved-diffusion made familiar.
+
+Timesteps are 0-based: index ``t`` here is the paper's step t + 1, so ``t = 0`` is the decoder step
+p_θ(x_0 | x_1) and ``t = T - 1`` is the first reverse step from x_T.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from .losses import discretized_gaussian_log_likelihood, mean_flat, nats_to_bits, normal_kl
+from .progress import progress as progress_iter
+from .schedules import check_betas
+
+#: What the network predicts (the rows of Table 2): ε (Eq. 11), x₀, or the posterior mean μ̃ ("xprev").
+MEAN_TYPES = ("eps", "xstart", "xprev")
+#: Reverse-process variance: σ² = β_t ("fixedlarge"), σ² = β̃_t ("fixedsmall", Eq. 7), a learned diagonal
+#: log-variance ("learned", Table 2), or IDDPM's interpolation between log β_t and log β̃_t (IDDPM Eq. 15).
+VAR_TYPES = ("fixedlarge", "fixedsmall", "learned", "learned_range")
+#: L_simple (Eq. 14), the true variational bound L (Eq. 5), or IDDPM's L_hybrid = L_simple + λ L_vlb (Eq. 16).
+LOSS_TYPES = ("mse", "kl", "hybrid")
+#: λ of L_hybrid (IDDPM Section 3.1).
+HYBRID_LAMBDA = 0.001
+
+Model = Callable[..., torch.Tensor]
+Generator = torch.Generator | Sequence[torch.Generator] | None
+
+
+def _check_choice(kind: str, value: str, valid: Sequence[str]) -> str:
+    if value not in valid:
+        raise ValueError(f"unknown {kind} {value!r}; valid {kind}s: {', '.join(valid)}")
+    return value
+
+
+def randn(shape: Sequence[int], generator: Generator = None, device=None, dtype=torch.float32) -> torch.Tensor:
+    """Standard normal noise. ``generator`` may be one ``torch.Generator`` or one per batch element; with one
+    per element, each element's noise depends only on its own generator, not on the batch it is drawn in.
+    Noise is drawn on the generator's device, so CPU generators give the same numbers on any device."""
+    shape = tuple(shape)
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != shape[0]:
+            raise ValueError(f"got {len(generator)} generators for a batch of {shape[0]}")
+        return torch.stack([torch.randn(shape[1:], generator=g, device=g.device, dtype=dtype) for g in generator]).to(device)
+    if generator is None:
+        return torch.randn(shape, device=device, dtype=dtype)
+    return torch.randn(shape, generator=generator, device=generator.device, dtype=dtype).to(device)
+
+
+def _model_device(model: Model) -> torch.device:
+    for parameter in getattr(model, "parameters", lambda: ())():
+        return parameter.device
+    return torch.device("cpu")
+
+
+def space_timesteps(num_timesteps: int, count: int) -> list[int]:
+    """``count`` timesteps spread evenly over 0 … num_timesteps-1, always keeping the first and the last."""
+    if not 1 <= count <= num_timesteps:
+        raise ValueError(f"cannot pick {count} sampling steps out of T = {num_timesteps}; need 1 <= steps <= T")
+    if count == 1:
+        return [num_timesteps - 1]
+    return sorted({int(round(x)) for x in np.linspace(0, num_timesteps - 1, count)})
+
+
+class GaussianDiffusion:
+    """The diffusion process for one (schedule, mean_type, var_type, loss_type) setting.
+
+    ``betas`` are β_1 … β_T (see :func:`ddpm.schedules.make_betas`). ``timestep_map`` is set by
+    :meth:`respaced`: the model is always called with the timestep index of the original process.
+    """
+
+    def __init__(
+        self,
+        betas,
+        mean_type: str = "eps",
+        var_type: str = "fixedlarge",
+        loss_type: str = "mse",
+        *,
+        timestep_map: Sequence[int] | None = None,
+    ):
+        self.mean_type = _check_choice("mean_type", mean_type, MEAN_TYPES)
+        self.var_type = _check_choice("var_type", var_type, VAR_TYPES)
+        self.loss_type = _check_choice("loss_type", loss_type, LOSS_TYPES)
+        betas = check_betas(betas)
+        self.num_timesteps = T = len(betas)
+        self.timestep_map = np.arange(T) if timestep_map is None else np.asarray(timestep_map, dtype=np.int64)
+        if self.timestep_map.shape != (T,):
+            raise ValueError(f"timestep_map must have one entry per step ({T}), got shape {self.timestep_map.shape}")
+
+        alphas = 1.0 - betas
+        alphas_cumprod = np.cumprod(alphas)  # ᾱ_t (Section 2, below Eq. 4)
+        alphas_cumprod_prev = np.append(1.0, alphas_cumprod[:-1])
+        # β̃_t = (1 − ᾱ_{t−1}) / (1 − ᾱ_t) · β_t  (Eq. 7); β̃_1 = 0, so its log is clipped to β̃_2.
+        posterior_variance = betas * (1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod)
+        posterior_log_variance_clipped = np.log(
+            np.append(posterior_variance[1], posterior_variance[1:]) if T > 1 else betas
+        )
+        constants = {
+            "betas": betas,
+            "alphas_cumprod": alphas_cumprod,
+            "alphas_cumprod_prev": alphas_cumprod_prev,
+            "sqrt_alphas_cumprod": np.sqrt(alphas_cumprod),
+            "sqrt_one_minus_alphas_cumprod": np.sqrt(1.0 - alphas_cumprod),
+            "log_one_minus_alphas_cumprod": np.log(1.0 - alphas_cumprod),
+            "sqrt_recip_alphas_cumprod": np.sqrt(1.0 / alphas_cumprod),
+            "sqrt_recipm1_alphas_cumprod": np.sqrt(1.0 / alphas_cumprod - 1.0),
+            "posterior_variance": posterior_variance,
+            "posterior_log_variance_clipped": posterior_log_variance_clipped,
+            # μ̃_t(x_t, x_0) = coef1 · x_0 + coef2 · x_t  (Eq. 7)
+            "posterior_mean_coef1": betas * np.sqrt(alphas_cumprod_prev) / (1.0 - alphas_cumprod),
+            "posterior_mean_coef2": (1.0 - alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - alphas_cumprod),
+            # σ² = β_t for "fixedlarge"; the first entry is β̃_2 so the decoder's variance is not the tiny β_1,
+            # as in the official implementation.
+            "fixedlarge_variance": np.append(posterior_variance[1], betas[1:]) if T > 1 else betas,
+        }
+        for name, value in constants.items():
+            setattr(self, name, value)
+        self._device_cache: dict[tuple[str, torch.device], torch.Tensor] = {}
+
+    # ------------------------------------------------------------------ helpers
+    def __repr__(self) -> str:
+        return (
+            f"GaussianDiffusion(T={self.num_timesteps}, mean_type={self.mean_type!r}, "
+            f"var_type={self.var_type!r}, loss_type={self.loss_type!r})"
+        )
+
+    @property
+    def learns_variance(self) -> bool:
+        return self.var_type in ("learned", "learned_range")
+
+    def _extract(self, name: str, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """Gather the float64 constant ``name`` at timesteps ``t``; shape (B, 1, 1, …) for broadcasting with ``like``."""
+        key = (name, t.device)
+        table = self._device_cache.get(key)
+        if table is None:
+            table = self._device_cache[key] = torch.from_numpy(getattr(self, name)).to(t.device)
+        out = table[t].to(like.dtype)
+        return out.reshape(out.shape + (1,) * (like.ndim - 1))
+
+    def _check_t(self, t: torch.Tensor, batch: int) -> torch.Tensor:
+        if not isinstance(t, torch.Tensor) or t.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"timesteps must be an integer tensor, got {type(t).__name__} {getattr(t, 'dtype', '')}")
+        if t.shape != (batch,):
+            raise ValueError(f"timesteps must have shape ({batch},) for a batch of {batch}, got {tuple(t.shape)}")
+        if len(t) and (int(t.min()) < 0 or int(t.max()) >= self.num_timesteps):
+            raise ValueError(f"timesteps must lie in [0, {self.num_timesteps - 1}], got [{int(t.min())}, {int(t.max())}]")
+        return t.long()
+
+    def _model_timesteps(self, t: torch.Tensor) -> torch.Tensor:
+        key = ("timestep_map", t.device)
+        table = self._device_cache.get(key)
+        if table is None:
+            table = self._device_cache[key] = torch.from_numpy(self.timestep_map).to(t.device)
+        return table[t]
+
+    # ------------------------------------------------------------------ forward process q
+    def q_mean_variance(self, x_start: torch.Tensor, t: torch.Tensor):
+        """Mean, variance and log-variance of q(x_t | x_0) = N(√ᾱ_t x_0, (1 − ᾱ_t) I)  (Eq. 4)."""
+        t = self._check_t(t, x_start.shape[0])
+        mean = self._extract("sqrt_alphas_cumprod", t, x_start) * x_start
+        variance = 1.0 - self._extract("alphas_cumprod", t, x_start)
+        log_variance = self._extract("log_one_minus_alphas_cumprod", t, x_start)
+        return mean, variance.expand_as(x_start), log_variance.expand_as(x_start)
+
+    def q_sample(self, x_start: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Draw x_t ~ q(x_t | x_0) in closed form: x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε  (Eq. 4, reparameterised as in Eq. 9)."""
+        t = self._check_t(t, x_start.shape[0])
+        if noise is None:
+            noise = torch.randn_like(x_start)
+        if noise.shape != x_start.shape:
+            raise ValueError(f"noise shape {tuple(noise.shape)} differs from x_start shape {tuple(x_start.shape)}")
+        return (
+            self._extract("sqrt_alphas_cumprod", t, x_start) * x_start
+            + self._extract("sqrt_one_minus_alphas_cumprod", t, x_start) * noise
+        )
+
+    def q_posterior_mean_variance(self, x_start: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor):
+        """Mean μ̃_t, variance β̃_t and clipped log-variance of q(x_{t−1} | x_t, x_0)  (Eqs. 6–7)."""
+        if x_start.shape != x_t.shape:
+            raise ValueError(f"x_start shape {tuple(x_start.shape)} differs from x_t shape {tuple(x_t.shape)}")
+        t = self._check_t(t, x_t.shape[0])
+        mean = self._extract("posterior_mean_coef1", t, x_t) * x_start + self._extract("posterior_mean_coef2", t, x_t) * x_t
+        variance = self._extract("posterior_variance", t, x_t).expand_as(x_t)
+        log_variance = self._extract("posterior_log_variance_clipped", t, x_t).expand_as(x_t)
+        return mean, variance, log_variance
+
+    def _predict_xstart_from_eps(self, x_t, t, eps):
+        """x̂_0 = (x_t − √(1 − ᾱ_t) ε) / √ᾱ_t  (Eq. 4 solved for x_0; used in Eq. 11)."""
+        return self._extract("sqrt_recip_alphas_cumprod", t, x_t) * x_t - self._extract("sqrt_recipm1_alphas_cumprod", t, x_t) * eps
+
+    def _predict_eps_from_xstart(self, x_t, t, pred_xstart):
+        return (self._extract("sqrt_recip_alphas_cumprod", t, x_t) * x_t - pred_xstart) / self._extract(
+            "sqrt_recipm1_alphas_cumprod", t, x_t
+        )
+
+    def _predict_xstart_from_xprev(self, x_t, t, xprev):
+        """Invert Eq. 7: x_0 = (μ̃ − coef2 · x_t) / coef1."""
+        return (xprev - self._extract("posterior_mean_coef2", t, x_t) * x_t) / self._extract("posterior_mean_coef1", t, x_t)
+
+    # ------------------------------------------------------------------ reverse process p_θ
+    def _split_model_output(self, model_output: torch.Tensor, x: torch.Tensor):
+        channels = x.shape[1]
+        expected = 2 * channels if self.learns_variance else channels
+        if model_output.ndim != x.ndim or model_output.shape[0] != x.shape[0] or model_output.shape[2:] != x.shape[2:] or model_output.shape[1] != expected:
+            why = f"2 x {channels} = {expected} channels (mean and variance)" if self.learns_variance else f"{channels} channels"
+            raise ValueError(
+                f"var_type {self.var_type!r} needs a model output of shape {(x.shape[0], expected, *x.shape[2:])} "
+                f"({why}), got {tuple(model_output.shape)}"
+            )
+        if self.learns_variance:
+            return torch.split(model_output, channels, dim=1)
+        return model_output, None
+
+    def _model_variance(self, var_output: torch.Tensor | None, x: torch.Tensor, t: torch.Tensor):
+        if self.var_type == "learned":
+            log_variance = var_output
+        elif self.var_type == "learned_range":
+            # IDDPM Eq. 15: Σ = exp(v log β_t + (1 − v) log β̃_t), v from the network's [-1, 1] output.
+            min_log = self._extract("posterior_log_variance_clipped", t, x)
+            max_log = self._extract("betas", t, x).log()
+            frac = (var_output + 1) / 2
+            log_variance = frac * max_log + (1 - frac) * min_log
+        elif self.var_type == "fixedlarge":
+            log_variance = self._extract("fixedlarge_variance", t, x).log().expand_as(x)
+        else:  # fixedsmall
+            log_variance = self._extract("posterior_log_variance_clipped", t, x).expand_as(x)
+        return log_variance
+
+    def p_mean_variance(
+        self,
+        model: Model,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        *,
+        clip_denoised: bool = True,
+        model_kwargs: dict | None = None,
+        model_output: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Mean and variance of p_θ(x_{t−1} | x_t)  (Eq. 1), and the model's implied x̂_0.
+
+        For ``eps`` the mean is Eq. 11 written as μ̃_t(x_t, x̂_0) of Eq. 7; ``clip_denoised`` clips x̂_0 to
+        [-1, 1] first, as the official sampler does. ``model_output`` skips the model call when given.
+        """
+        t = self._check_t(t, x.shape[0])
+        if model_output is None:
+            model_output = model(x, self._model_timesteps(t), **(model_kwargs or {}))
+        mean_output, var_output = self._split_model_output(model_output, x)
+        log_variance = self._model_variance(var_output, x, t)
+
+        def process(x0):
+            return x0.clamp(-1, 1) if clip_denoised else x0
+
+        if self.mean_type == "xprev":
+            pred_xstart = process(self._predict_xstart_from_xprev(x, t, mean_output))
+            mean = mean_output
+        else:
+            if self.mean_type == "xstart":
+                pred_xstart = process(mean_output)
+            else:
+                pred_xstart = process(self._predict_xstart_from_eps(x, t, mean_output))
+            mean, _, _ = self.q_posterior_mean_variance(pred_xstart, x, t)
+        return {
+            "mean": mean,
+            "variance": log_variance.exp(),
+            "log_variance": log_variance,
+            "pred_xstart": pred_xstart,
+            "model_output": model_output,
+        }
+
+    def p_sample(self, model: Model, x: torch.Tensor, t: torch.Tensor, *, generator: Generator = None,
+                 clip_denoised: bool = True, model_kwargs: dict | None = None) -> dict[str, torch.Tensor]:
+        """One reverse step x_{t−1} = μ_θ + σ_t z, z ~ N(0, I), with no noise at the last step (Algorithm 2)."""
+        out = self.p_mean_variance(model, x, t, clip_denoised=clip_denoised, model_kwargs=model_kwargs)
+        noise = randn(x.shape, generator, device=x.device, dtype=x.dtype)
+        nonzero = (t != 0).to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
+        sample = out["mean"] + nonzero * torch.exp(0.5 * out["log_variance"]) * noise
+        return {"sample": sample, "pred_xstart": out["pred_xstart"]}
+
+    @torch.no_grad()
+    def p_sample_loop(
+        self,
+        model: Model,
+        shape: Sequence[int],
+        generator: Generator = None,
+        progress: bool = False,
+        *,
+        noise: torch.Tensor | None = None,
+        device=None,
+        clip_denoised: bool = True,
+        model_kwargs: dict | None = None,
+        return_trajectory: bool = False,
+        trajectory_steps: Sequence[int] | None = None,
+    ):
+        """Algorithm 2: x_T ~ N(0, I), then T reverse steps down to x_0.
+
+        ``generator`` (one, or one per sample) drives x_T and every step's noise. With ``return_trajectory``,
+        returns ``(samples, trajectory)`` where ``trajectory`` maps each recorded step index (all steps, or
+        ``trajectory_steps``) to the model's x̂_0 at that step — the paper's progressive generation (Figure 6).
+        """
+        shape = tuple(shape)
+        if device is None:
+            device = _model_device(model)
+        x = randn(shape, generator, device=device) if noise is None else noise.to(device)
+        if x.shape != shape:
+            raise ValueError(f"noise shape {tuple(x.shape)} differs from the requested shape {shape}")
+        record = set(range(self.num_timesteps) if trajectory_steps is None else trajectory_steps)
+        trajectory: dict[int, torch.Tensor] = {}
+        steps = progress_iter(range(self.num_timesteps - 1, -1, -1), total=self.num_timesteps, desc="sampling", enabled=progress)
+        for i in steps:
+            t = torch.full((shape[0],), i, device=device, dtype=torch.long)
+            out = self.p_sample(model, x, t, generator=generator, clip_denoised=clip_denoised, model_kwargs=model_kwargs)
+            x = out["sample"]
+            if return_trajectory and i in record:
+                trajectory[i] = out["pred_xstart"].cpu()
+        return (x, trajectory) if return_trajectory else x
+
+    def respaced(self, use_timesteps: Sequence[int] | int) -> "GaussianDiffusion":
+        """A process over a subset of the timesteps (fast previews, IDDPM Section 4).
+
+        Keeps ᾱ at the kept steps and sets β_i = 1 − ᾱ_{s_i} / ᾱ_{s_{i−1}}; the model is still called with
+        the original timestep indices. An integer picks that many evenly spaced steps."""
+        if isinstance(use_timesteps, (int, np.integer)):
+            use_timesteps = space_timesteps(self.num_timesteps, int(use_timesteps))
+        steps = sorted(set(int(s) for s in use_timesteps))
+        if not steps or steps[0] < 0 or steps[-1] >= self.num_timesteps:
+            raise ValueError(f"respaced timesteps must be a non-empty subset of [0, {self.num_timesteps - 1}], got {list(use_timesteps)[:5]}…")
+        last_alpha_cumprod = 1.0
+        new_betas = []
+        for s in steps:
+            new_betas.append(1.0 - self.alphas_cumprod[s] / last_alpha_cumprod)
+            last_alpha_cumprod = self.alphas_cumprod[s]
+        return GaussianDiffusion(
+            np.array(new_betas), self.mean_type, self.var_type, self.loss_type,
+            timestep_map=self.timestep_map[steps],
+        )
+
+    # ------------------------------------------------------------------ the variational bound
+    def _vb_terms_bpd(self, model: Model, x_start, x_t, t, *, clip_denoised: bool, model_kwargs=None, model_output=None):
+        """One term of Eq. 5 in bits/dim per image: L_{t−1} = KL(q(x_{t−1}|x_t,x_0) ‖ p_θ(x_{t−1}|x_t)) for
+        t > 0 (index), and L_0 = −log p_θ(x_0 | x_1) under the discretized decoder (Eq. 13) at t = 0."""
+        true_mean, _, true_log_variance = self.q_posterior_mean_variance(x_start, x_t, t)
+        out = self.p_mean_variance(model, x_t, t, clip_denoised=clip_denoised, model_kwargs=model_kwargs, model_output=model_output)
+        kl = nats_to_bits(mean_flat(normal_kl(true_mean, true_log_variance, out["mean"], out["log_variance"])))
+        decoder_nll = -nats_to_bits(
+            mean_flat(discretized_gaussian_log_likelihood(x_start, means=out["mean"], log_scales=0.5 * out["log_variance"]))
+        )
+        return {"output": torch.where(t == 0, decoder_nll, kl), "pred_xstart": out["pred_xstart"]}
+
+    def training_losses(self, model: Model, x_start: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None = None,
+                        model_kwargs: dict | None = None) -> dict[str, torch.Tensor]:
+        """Per-example training loss at timesteps ``t`` (Algorithm 1); returns a dict with ``loss`` and its parts.
+
+        - ``mse``: L_simple = ‖target − network output‖² (Eq. 14), the target being ε, x_0 or μ̃_t by
+          ``mean_type``. Averaged over dimensions (the paper's sum, divided by a constant).
+        - ``kl``: T · L_t in bits/dim, an unbiased estimate of Σ_t L_t of Eq. 5 (without the constant L_T)
+          when t is uniform; importance weights from :mod:`ddpm.resample` keep it unbiased otherwise.
+        - ``hybrid``: L_simple + λ L_vlb with λ = 0.001 and L_vlb ≈ T · L_t, the gradient of the L_vlb
+          term stopped at the mean (IDDPM Eq. 16, Section 3.1).
+
+        With a learned variance, L_simple alone gives Σ no gradient, so ``mse`` also adds the λ L_vlb term
+        with the mean stopped — exactly ``hybrid``, and what improved-diffusion does. With a fixed variance the
+        stopped term of ``hybrid`` has no gradient and only shifts the reported value.
+        """
+        if x_start.ndim < 2:
+            raise ValueError(f"x_start must be a batch (B, C, …), got shape {tuple(x_start.shape)}")
+        t = self._check_t(t, x_start.shape[0])
+        if noise is None:
+            noise = torch.randn_like(x_start)
+        x_t = self.q_sample(x_start, t, noise)
+        terms: dict[str, torch.Tensor] = {}
+        if self.loss_type == "kl":
+            terms["vb"] = self._vb_terms_bpd(model, x_start, x_t, t, clip_denoised=False, model_kwargs=model_kwargs)["output"]
+            terms["loss"] = terms["vb"] * self.num_timesteps
+            return terms
+
+        model_output = model(x_t, self._model_timesteps(t), **(model_kwargs or {}))
+        mean_output, var_output = self._split_model_output(model_output, x_t)
+        if self.learns_variance or self.loss_type == "hybrid":
+            frozen = mean_output.detach() if var_output is None else torch.cat([mean_output.detach(), var_output], dim=1)
+            vb = self._vb_terms_bpd(model, x_start, x_t, t, clip_denoised=False, model_output=frozen)["output"]
+            terms["vb"] = vb * self.num_timesteps * HYBRID_LAMBDA
+        target = {
+            "eps": noise,
+            "xstart": x_start,
+            "xprev": self.q_posterior_mean_variance(x_start, x_t, t)[0],
+        }[self.mean_type]
+        terms["mse"] = mean_flat((target - mean_output) ** 2)
+        terms["loss"] = terms["mse"] + terms.get("vb", 0.0)
+        return terms
+
+    def _prior_bpd(self, x_start: torch.Tensor) -> torch.Tensor:
+        """L_T = KL(q(x_T | x_0) ‖ N(0, I)) in bits/dim per image  (Eq. 5); no parameters, so a constant."""
+        t = torch.full((x_start.shape[0],), self.num_timesteps - 1, device=x_start.device, dtype=torch.long)
+        mean, _, log_variance = self.q_mean_variance(x_start, t)
+        return nats_to_bits(mean_flat(normal_kl(mean, log_variance, torch.zeros_like(mean), torch.zeros_like(mean))))
+
+    @torch.no_grad()
+    def calc_bpd_loop(
+        self,
+        model: Model,
+        x_start: torch.Tensor,
+        *,
+        clip_denoised: bool = True,
+        model_kwargs: dict | None = None,
+        generator: Generator = None,
+        progress: bool = False,
+    ) -> dict[str, torch.Tensor]:
+        """The full variational bound of Eq. 5, term by term, for a batch of images in [-1, 1].
+
+        Returns per image: ``total_bpd`` = L_T + Σ_t L_{t−1} (bits/dim, an upper bound on −log p(x_0)),
+        ``prior_bpd`` = L_T, and per image and timestep index (shape (B, T)): ``vb`` (``vb[:, 0]`` = L_0, the
+        decoder's NLL; ``vb[:, t]`` = L_t), ``xstart_mse`` (‖x̂_0 − x_0‖² per dim on the [-1, 1] scale: the
+        distortion of Table 4) and ``mse`` (‖ε̂ − ε‖² per dim).
+        """
+        if x_start.ndim < 2 or not torch.is_floating_point(x_start):
+            raise ValueError(f"x_start must be a float batch (B, C, …) in [-1, 1], got {x_start.dtype} {tuple(x_start.shape)}")
+        if not torch.isfinite(x_start).all():
+            raise ValueError("x_start contains NaN or Inf; images must be finite and scaled to [-1, 1]")
+        lo, hi = float(x_start.min()), float(x_start.max())
+        if lo < -1.0 or hi > 1.0:
+            raise ValueError(f"images must be scaled to [-1, 1] for bits/dim, got values in [{lo:.4g}, {hi:.4g}]")
+        batch = x_start.shape[0]
+        vb, xstart_mse, mse = [], [], []
+        steps = progress_iter(range(self.num_timesteps - 1, -1, -1), total=self.num_timesteps, desc="bits/dim", enabled=progress)
+        for i in steps:
+            t = torch.full((batch,), i, device=x_start.device, dtype=torch.long)
+            noise = randn(x_start.shape, generator, device=x_start.device, dtype=x_start.dtype)
+            x_t = self.q_sample(x_start, t, noise)
+            out = self._vb_terms_bpd(model, x_start, x_t, t, clip_denoised=clip_denoised, model_kwargs=model_kwargs)
+            vb.append(out["output"])
+            xstart_mse.append(mean_flat((out["pred_xstart"] - x_start) ** 2))
+            mse.append(mean_flat((self._predict_eps_from_xstart(x_t, t, out["pred_xstart"]) - noise) ** 2))
+        vb_t = torch.stack(vb[::-1], dim=1)
+        prior = self._prior_bpd(x_start)
+        return {
+            "total_bpd": vb_t.sum(dim=1) + prior,
+            "prior_bpd": prior,
+            "vb": vb_t,
+            "xstart_mse": torch.stack(xstart_mse[::-1], dim=1),
+            "mse": torch.stack(mse[::-1], dim=1),
+        }

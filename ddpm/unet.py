@@ -1,0 +1,257 @@
+"""The paper's denoising network: a PixelCNN++-style U-Net (Ho et al. 2020, Section 4 and Appendix B).
+
+Wide-ResNet blocks with GroupNorm (32 groups), the sinusoidal timestep embedding of the Transformer projected
+by a 2-layer MLP and added inside every residual block, self-attention at the 16×16 resolution, dropout, and
+skip connections between the down and up paths. Layer layout and initialisation follow the official
+``diffusion_tf/models/unet.py``, so the CIFAR-10 preset has the paper's 35.7M parameters.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+GROUPS = 32
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """Architecture hyperparameters. ``attn_resolutions`` are feature-map sizes (e.g. 16 for 16×16)."""
+
+    ch: int = 128
+    ch_mult: tuple[int, ...] = (1, 2, 2, 2)
+    num_res_blocks: int = 2
+    attn_resolutions: tuple[int, ...] = (16,)
+    dropout: float = 0.1
+    resamp_with_conv: bool = True
+    image_size: int = 32
+    in_channels: int = 3
+    out_channels: int = 3
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["ch_mult"], d["attn_resolutions"] = list(self.ch_mult), list(self.attn_resolutions)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "UNetConfig":
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown UNet config keys {sorted(unknown)}; valid keys: {sorted(cls.__dataclass_fields__)}")
+        d = dict(d)
+        for key in ("ch_mult", "attn_resolutions"):
+            if key in d:
+                d[key] = tuple(d[key])
+        return cls(**d)
+
+
+#: Presets. ``cifar10``: the paper's CIFAR-10 model (35.7M parameters). ``256``: its LSUN / CelebA-HQ 256² model
+#: (ch_mult 1,1,2,2,4,4; 114M). ``small``/``tiny``: sized to train in minutes on a CPU.
+PRESETS: dict[str, UNetConfig] = {
+    "cifar10": UNetConfig(),
+    "256": UNetConfig(ch_mult=(1, 1, 2, 2, 4, 4), dropout=0.0, image_size=256),
+    "small": UNetConfig(ch=64, ch_mult=(1, 2, 2), num_res_blocks=2, attn_resolutions=(8,), dropout=0.1, image_size=16, in_channels=1, out_channels=1),
+    "tiny": UNetConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), dropout=0.0, image_size=8, in_channels=1, out_channels=1),
+}
+
+
+def preset(name: str, **overrides) -> UNetConfig:
+    """The preset ``name`` with fields replaced by ``overrides`` (e.g. ``image_size``, ``in_channels``)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown model preset {name!r}; valid presets: {', '.join(PRESETS)}")
+    return replace(PRESETS[name], **overrides)
+
+
+def check_config(config: UNetConfig) -> None:
+    """Raise ValueError if the U-Net cannot be built for these sizes."""
+    levels = len(config.ch_mult)
+    if config.ch % GROUPS or any((config.ch * m) % GROUPS for m in config.ch_mult):
+        raise ValueError(f"channel widths ch={config.ch} x ch_mult={config.ch_mult} must be multiples of {GROUPS} (GroupNorm groups)")
+    factor = 2 ** (levels - 1)
+    if config.image_size < factor or config.image_size % factor:
+        raise ValueError(
+            f"image_size {config.image_size} cannot pass through {levels} resolution levels: it must be a multiple of "
+            f"{factor} (2^(len(ch_mult) - 1)); pick another image size or a preset with fewer levels"
+        )
+    if not 0.0 <= config.dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {config.dropout}")
+    if config.num_res_blocks < 1 or config.in_channels < 1 or config.out_channels < 1:
+        raise ValueError(f"num_res_blocks, in_channels and out_channels must be >= 1, got {config}")
+
+
+def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal embedding of integer timesteps (Vaswani et al. 2017, Section 3.5), as the paper uses."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) / (half - 1) * torch.arange(half, device=t.device, dtype=torch.float32))
+    args = t.float()[:, None] * freqs[None, :]
+    emb = torch.cat([torch.sin(args), torch.cos(args)], dim=1)
+    return F.pad(emb, (0, 1)) if dim % 2 else emb
+
+
+def _init(module: nn.Module, scale: float = 1.0) -> nn.Module:
+    """The official code's ``variance_scaling(scale, 'fan_avg', 'uniform')`` with zero bias; scale 0 means 1e-10."""
+    scale = 1e-10 if scale == 0 else scale
+    fan_in, fan_out = nn.init._calculate_fan_in_and_fan_out(module.weight)
+    bound = math.sqrt(3.0 * scale / ((fan_in + fan_out) / 2.0))
+    nn.init.uniform_(module.weight, -bound, bound)
+    nn.init.zeros_(module.bias)
+    return module
+
+
+def conv3x3(cin: int, cout: int, scale: float = 1.0, stride: int = 1) -> nn.Conv2d:
+    return _init(nn.Conv2d(cin, cout, 3, stride=stride, padding=1), scale)
+
+
+def conv1x1(cin: int, cout: int, scale: float = 1.0) -> nn.Conv2d:
+    return _init(nn.Conv2d(cin, cout, 1), scale)
+
+
+def norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(GROUPS, channels)
+
+
+class ResBlock(nn.Module):
+    """GroupNorm → swish → conv, + projected timestep embedding, GroupNorm → swish → dropout → conv, + skip."""
+
+    def __init__(self, cin: int, cout: int, temb_dim: int, dropout: float):
+        super().__init__()
+        self.norm1, self.conv1 = norm(cin), conv3x3(cin, cout)
+        self.temb_proj = _init(nn.Linear(temb_dim, cout))
+        self.norm2, self.dropout, self.conv2 = norm(cout), nn.Dropout(dropout), conv3x3(cout, cout, scale=0.0)
+        self.skip = conv1x1(cin, cout) if cin != cout else nn.Identity()
+
+    def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = h + self.temb_proj(F.silu(temb))[:, :, None, None]
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        return self.skip(x) + h
+
+
+class AttnBlock(nn.Module):
+    """Single-head self-attention over all spatial positions, with a residual connection."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.norm = norm(channels)
+        self.q, self.k, self.v = conv1x1(channels, channels), conv1x1(channels, channels), conv1x1(channels, channels)
+        self.proj_out = conv1x1(channels, channels, scale=0.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, hgt, wid = x.shape
+        h = self.norm(x)
+        q, k, v = (layer(h).reshape(b, c, hgt * wid).transpose(1, 2) for layer in (self.q, self.k, self.v))
+        h = F.scaled_dot_product_attention(q, k, v)  # softmax(q kᵀ / √C) v
+        return x + self.proj_out(h.transpose(1, 2).reshape(b, c, hgt, wid))
+
+
+class Downsample(nn.Module):
+    def __init__(self, channels: int, with_conv: bool):
+        super().__init__()
+        self.conv = conv3x3(channels, channels, stride=2) if with_conv else None
+
+    def forward(self, x):
+        return self.conv(x) if self.conv is not None else F.avg_pool2d(x, 2)
+
+
+class Upsample(nn.Module):
+    def __init__(self, channels: int, with_conv: bool):
+        super().__init__()
+        self.conv = conv3x3(channels, channels) if with_conv else None
+
+    def forward(self, x):
+        x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+        return self.conv(x) if self.conv is not None else x
+
+
+class UNet(nn.Module):
+    """ε_θ(x_t, t) (or x̂_0, μ̃, and optionally a variance: ``out_channels`` doubles for learned Σ)."""
+
+    def __init__(self, config: UNetConfig):
+        super().__init__()
+        check_config(config)
+        self.config = config
+        ch, temb_dim = config.ch, config.ch * 4
+        self.temb = nn.Sequential(_init(nn.Linear(ch, temb_dim)), nn.SiLU(), _init(nn.Linear(temb_dim, temb_dim)))
+        self.conv_in = conv3x3(config.in_channels, ch)
+
+        self.down = nn.ModuleList()
+        skip_channels, channels, resolution = [ch], ch, config.image_size
+        for level, mult in enumerate(config.ch_mult):
+            for _ in range(config.num_res_blocks):
+                self.down.append(self._block(channels, ch * mult, temb_dim, resolution))
+                channels = ch * mult
+                skip_channels.append(channels)
+            if level != len(config.ch_mult) - 1:
+                self.down.append(Downsample(channels, config.resamp_with_conv))
+                skip_channels.append(channels)
+                resolution //= 2
+
+        self.mid = nn.ModuleList([
+            ResBlock(channels, channels, temb_dim, config.dropout),
+            AttnBlock(channels),
+            ResBlock(channels, channels, temb_dim, config.dropout),
+        ])
+
+        self.up = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(config.ch_mult))):
+            for _ in range(config.num_res_blocks + 1):
+                self.up.append(self._block(channels + skip_channels.pop(), ch * mult, temb_dim, resolution))
+                channels = ch * mult
+            if level != 0:
+                self.up.append(Upsample(channels, config.resamp_with_conv))
+                resolution *= 2
+
+        self.norm_out = norm(channels)
+        self.conv_out = conv3x3(channels, config.out_channels, scale=0.0)
+
+    def _block(self, cin, cout, temb_dim, resolution) -> nn.Module:
+        block = ResBlock(cin, cout, temb_dim, self.config.dropout)
+        if resolution in self.config.attn_resolutions:
+            return _ResAttn(block, AttnBlock(cout))
+        return block
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        if x.ndim != 4 or x.shape[1] != c.in_channels or x.shape[2] != c.image_size or x.shape[3] != c.image_size:
+            raise ValueError(
+                f"UNet expects images of shape (B, {c.in_channels}, {c.image_size}, {c.image_size}), got {tuple(x.shape)}"
+            )
+        temb = self.temb(timestep_embedding(t, c.ch))
+        hs = [self.conv_in(x)]
+        for layer in self.down:
+            hs.append(layer(hs[-1], temb) if not isinstance(layer, Downsample) else layer(hs[-1]))
+        h = self.mid[0](hs[-1], temb)
+        h = self.mid[1](h)
+        h = self.mid[2](h, temb)
+        for layer in self.up:
+            h = layer(h) if isinstance(layer, Upsample) else layer(torch.cat([h, hs.pop()], dim=1), temb)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+class _ResAttn(nn.Module):
+    """A residual block followed by self-attention (used at the attention resolutions)."""
+
+    def __init__(self, block: ResBlock, attn: AttnBlock):
+        super().__init__()
+        self.block, self.attn = block, attn
+
+    def forward(self, x, temb):
+        return self.attn(self.block(x, temb))
+
+
+def create_model(preset_name: str, *, learn_sigma: bool = False, **overrides) -> UNet:
+    """Build the preset's U-Net; with ``learn_sigma`` the output has twice the input channels (mean and Σ)."""
+    config = preset(preset_name, **overrides)
+    out = config.in_channels * (2 if learn_sigma else 1)
+    return UNet(replace(config, out_channels=out))
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+__all__ = ["UNet", "UNetConfig", "PRESETS", "preset", "create_model", "count_parameters", "check_config"]
