@@ -1,4 +1,9 @@
-"""The ``ddpm`` command line: every pipeline step runs by hand too."""
+"""The ``ddpm`` command line: every pipeline step also runs by hand, without Snakemake.
+
+    ddpm prepare | classifier | track init | train | sample | gather-samples
+    ddpm evaluate fid | nll | nll-gather | baseline
+    ddpm report
+"""
 
 from __future__ import annotations
 
@@ -7,8 +12,6 @@ import json
 import sys
 from dataclasses import MISSING, fields
 from pathlib import Path
-
-import numpy as np
 
 
 def _bool(text: str) -> bool:
@@ -19,7 +22,76 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
-def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
+def _device(name: str) -> str:
+    """``auto``: the GPU when there is one, else the CPU."""
+    if name == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def _set_threads(args: argparse.Namespace) -> None:
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
+def _add_runtime(parser: argparse.ArgumentParser, *, device: bool = True) -> None:
+    if device:
+        parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+
+
+def _add_tracking(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tracking", help="the sweep's MLflow tracking file (written by `ddpm track init`)")
+    parser.add_argument("--run-id-file", help="the setting's mlflow_run_id.txt, to attach metrics to its run")
+
+
+def _log_to_run(args: argparse.Namespace, metrics: dict, artifact: str | None = None) -> None:
+    if not args.tracking or not args.run_id_file:
+        return
+    from . import tracking
+
+    uri = tracking.read_tracking(args.tracking)["tracking_uri"]
+    run_id = Path(args.run_id_file).read_text().strip()
+    numeric = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    tracking.log_metrics(uri, run_id, numeric)
+    if artifact:
+        tracking.log_artifact(uri, run_id, artifact)
+
+
+# ---------------------------------------------------------------------------------------------- commands
+def cmd_prepare(args):
+    from .datasets import prepare_dataset
+
+    manifest = prepare_dataset(args.dataset, args.out, path=args.path, image_size=args.image_size,
+                               download=args.download, test_fraction=args.test_fraction, seed=args.seed)
+    print(json.dumps({k: v for k, v in manifest.items() if k != "files"}, indent=2, default=str))
+
+
+def cmd_classifier(args):
+    from .datasets import load_split
+    from .features import train_classifier
+
+    images, labels = load_split(args.data, "train")
+    summary = train_classifier(images, labels, args.out, steps=args.steps, seed=args.seed, device=_device(args.device))
+    print(json.dumps(summary, default=str))
+
+
+def cmd_track_init(args):
+    from .io import write_json
+    from .tracking import default_tracking_uri, init_sweep
+
+    uri = default_tracking_uri(args.results, args.tracking_uri)
+    config = json.loads(args.config_json) if args.config_json else {}
+    info = init_sweep(uri, args.experiment, args.sweep_name or args.experiment, Path(args.results) / "mlartifacts", config)
+    write_json(args.out, info)
+    print(json.dumps(info))
+
+
+def _train_flags(parser: argparse.ArgumentParser) -> None:
     from .train import TrainConfig
 
     for f in fields(TrainConfig):
@@ -29,37 +101,159 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
                             help=f"default: {default}")
 
 
-def cmd_train(args: argparse.Namespace) -> int:
+def cmd_train(args):
+    from .tracking import read_tracking
     from .train import TrainConfig, train
 
     config = TrainConfig.from_dict({f.name: getattr(args, f.name) for f in fields(TrainConfig)})
-    final = train(config, args.out, device=args.device)
+    tracking = read_tracking(args.tracking) if args.tracking else None
+    final = train(config, args.out, data_dir=args.data, device=_device(args.device), tracking=tracking,
+                  run_name=args.run_name)
     print(json.dumps(final))
-    return 0
 
 
-def cmd_sample(args: argparse.Namespace) -> int:
+def cmd_sample(args):
+    import numpy as np
+
+    from .io import save_npz
     from .sample import sample_checkpoint, save_grid
 
     images = sample_checkpoint(args.checkpoint, start=args.start, count=args.count, batch_size=args.batch_size,
-                               seed=args.seed, steps=args.steps, device=args.device)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(out, images=images, indices=np.arange(args.start, args.start + args.count))
+                               seed=args.seed, steps=args.steps, device=_device(args.device))
+    save_npz(args.out, images=images, indices=np.arange(args.start, args.start + args.count))
     if args.grid:
         save_grid(images, args.grid)
-    print(f"wrote {len(images)} samples to {out}" + (f" and a grid to {args.grid}" if args.grid else ""))
-    return 0
+    print(f"wrote {len(images)} samples to {args.out}" + (f" and a grid to {args.grid}" if args.grid else ""))
 
 
+def cmd_gather_samples(args):
+    from .evaluate import gather_samples
+    from .io import save_npz
+    from .sample import save_grid
+
+    images, indices = gather_samples(args.shards)
+    save_npz(args.out, images=images, indices=indices)
+    save_grid(images[: args.grid_size], args.grid)
+    _log_to_run(args, {}, artifact=args.grid)
+    print(f"gathered {len(images)} samples into {args.out}; grid of {min(args.grid_size, len(images))} in {args.grid}")
+
+
+def _load_samples(path):
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return f["images"]
+    except (OSError, ValueError, KeyError) as err:
+        raise ValueError(f"cannot read samples from {path}: {err}") from err
+
+
+def cmd_fid(args):
+    from .datasets import load_split
+    from .io import write_json
+    from .metrics import fidelity_metrics
+
+    scores = fidelity_metrics(_load_samples(args.samples), load_split(args.data, "train")[0],
+                              extractor=args.extractor, weights_path=args.weights, device=_device(args.device))
+    write_json(args.out, scores)
+    _log_to_run(args, {k: v for k, v in scores.items() if k in ("fid", "is_mean", "is_std", "kid_mean", "kid_std",
+                                                                 "precision", "recall")})
+    print(json.dumps(scores))
+
+
+def cmd_nll(args):
+    from .evaluate import nll_shard
+    from .io import save_npz
+
+    shard = nll_shard(args.checkpoint, args.data, start=args.start, count=args.count, batch_size=args.batch_size,
+                      seed=args.seed, device=_device(args.device))
+    save_npz(args.out, **shard)
+    print(f"bits/dim of test images {shard['indices'][0]}..{shard['indices'][-1]}: {shard['total_bpd'].mean():.4f}")
+
+
+def cmd_nll_gather(args):
+    from .evaluate import gather_nll
+    from .io import write_json
+
+    result = gather_nll(args.shards)
+    write_json(args.out, result)
+    _log_to_run(args, {"bpd": result["bpd"], "bpd_stderr": result["bpd_stderr"]})
+    print(f"bits/dim {result['bpd']:.4f} ± {result['bpd_stderr']:.4f} over {result['num_images']} test images")
+
+
+def cmd_baseline(args):
+    from .datasets import load_split
+    from .io import write_json
+    from .metrics import fidelity_metrics, gaussian_baseline_samples
+
+    train_images = load_split(args.data, "train")[0]
+    if args.kind == "gaussian":
+        candidates = gaussian_baseline_samples(train_images, args.num_samples, args.seed)
+    else:
+        candidates = load_split(args.data, "test")[0][: args.num_samples]
+    scores = fidelity_metrics(candidates, train_images, extractor=args.extractor, weights_path=args.weights,
+                              device=_device(args.device))
+    write_json(args.out, {**scores, "baseline": args.kind})
+    print(json.dumps(scores))
+
+
+def cmd_report(args):
+    from . import tracking
+    from .report import build_table, plot_loss_curves, write_tables
+
+    run_dirs = {Path(r).name: Path(r) for r in args.runs}
+    table = build_table(run_dirs, {"gaussian baseline": Path(args.gaussian), "test split (floor)": Path(args.test_split)})
+    outputs = write_tables(table, args.out_stem)
+    plot_loss_curves(run_dirs, args.loss_figure)
+    if args.tracking:
+        info = tracking.read_tracking(args.tracking)
+        for path in [*outputs, Path(args.loss_figure)]:
+            tracking.log_artifact(info["tracking_uri"], info["parent_run_id"], path, "report")
+        tracking.finish_run(info["tracking_uri"], info["parent_run_id"], "FINISHED")
+    print(table.to_string(index=False))
+
+
+# ---------------------------------------------------------------------------------------------- parser
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ddpm", description="Denoising diffusion probabilistic models: train, sample, evaluate.")
+    parser = argparse.ArgumentParser(prog="ddpm", description="Denoising diffusion probabilistic models: "
+                                     "prepare data, train, sample, evaluate, report.")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prepare", help="dataset → uint8 train/test arrays and a manifest with checksums")
+    p.add_argument("--dataset", required=True, help="digits, cifar10 or imagefolder")
+    p.add_argument("--out", required=True)
+    p.add_argument("--path", help="local data: a cifar-10-batches-py folder, or a folder of images")
+    p.add_argument("--image-size", type=int)
+    p.add_argument("--download", action="store_true", help="let torchvision download CIFAR-10")
+    p.add_argument("--test-fraction", type=float, default=1 / 6)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("classifier", help="train the small classifier used as FID / IS feature extractor")
+    p.add_argument("--data", required=True, help="a prepared dataset folder")
+    p.add_argument("--out", required=True)
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--seed", type=int, default=0)
+    _add_runtime(p)
+    p.set_defaults(func=cmd_classifier)
+
+    track = sub.add_parser("track", help="MLflow bookkeeping").add_subparsers(dest="track_command", required=True)
+    p = track.add_parser("init", help="create the store, the experiment and the sweep's parent run")
+    p.add_argument("--experiment", required=True)
+    p.add_argument("--sweep-name")
+    p.add_argument("--results", default="results", help="results folder (the default SQLite store lives there)")
+    p.add_argument("--tracking-uri", help="used when $MLFLOW_TRACKING_URI is unset; default sqlite:///<results>/mlflow.db")
+    p.add_argument("--config-json", help="the resolved config, stored with the parent run")
+    p.add_argument("--out", required=True, help="tracking file for the jobs that follow")
+    p.set_defaults(func=cmd_track_init)
 
     p = sub.add_parser("train", help="train one setting; writes checkpoint.pt and metrics.jsonl")
     p.add_argument("--out", required=True, help="output folder of the run")
-    p.add_argument("--device", default="cpu")
-    _add_train_arguments(p)
+    p.add_argument("--data", help="a prepared dataset folder (default: load --dataset by name)")
+    p.add_argument("--run-name", help="MLflow run name (default: the output folder's name)")
+    _add_tracking(p)
+    _add_runtime(p)
+    _train_flags(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("sample", help="draw samples from a checkpoint, each seeded by its index")
@@ -71,18 +265,77 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=None, help="respace to this many sampling steps (default: all T)")
-    p.add_argument("--device", default="cpu")
+    _add_runtime(p)
     p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("gather-samples", help="merge sample shards and draw the grid")
+    p.add_argument("--shards", nargs="+", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--grid", required=True)
+    p.add_argument("--grid-size", type=int, default=100)
+    _add_tracking(p)
+    p.set_defaults(func=cmd_gather_samples)
+
+    evaluate = sub.add_parser("evaluate", help="FID / IS / KID / PR and bits/dim").add_subparsers(
+        dest="evaluate_command", required=True)
+    p = evaluate.add_parser("fid", help="torch-fidelity metrics of samples against the train split")
+    p.add_argument("--samples", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--extractor", default="classifier", help="classifier or inception-v3-compat")
+    p.add_argument("--weights", help="extractor weights (the classifier file, or local Inception weights)")
+    p.add_argument("--out", required=True)
+    _add_tracking(p)
+    _add_runtime(p)
+    p.set_defaults(func=cmd_fid)
+
+    p = evaluate.add_parser("nll", help="bits/dim (calc_bpd_loop) on a shard of the test split")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--start", type=int, default=0)
+    p.add_argument("--count", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    _add_runtime(p)
+    p.set_defaults(func=cmd_nll)
+
+    p = evaluate.add_parser("nll-gather", help="merge bits/dim shards")
+    p.add_argument("--shards", nargs="+", required=True)
+    p.add_argument("--out", required=True)
+    _add_tracking(p)
+    p.set_defaults(func=cmd_nll_gather)
+
+    p = evaluate.add_parser("baseline", help="score the test split or a fitted Gaussian the same way as samples")
+    p.add_argument("--kind", choices=["gaussian", "test_split"], required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--extractor", default="classifier")
+    p.add_argument("--weights")
+    p.add_argument("--num-samples", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    _add_runtime(p)
+    p.set_defaults(func=cmd_baseline)
+
+    p = sub.add_parser("report", help="tables (csv, md, tex) and figures of a sweep")
+    p.add_argument("--runs", nargs="+", required=True, help="the settings' folders")
+    p.add_argument("--gaussian", required=True, help="the Gaussian baseline's scores")
+    p.add_argument("--test-split", required=True, help="the test split's scores")
+    p.add_argument("--out-stem", required=True, help="tables go to <stem>.csv, .md, .tex")
+    p.add_argument("--loss-figure", required=True)
+    p.add_argument("--tracking", help="also attach the tables to the sweep's parent run and finish it")
+    p.set_defaults(func=cmd_report)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
+    _set_threads(args)
     try:
-        return args.func(args)
-    except (ValueError, FileNotFoundError, FloatingPointError) as err:
+        args.func(args)
+    except (ValueError, FileNotFoundError, FloatingPointError, RuntimeError) as err:
         print(f"ddpm {args.command}: error: {err}", file=sys.stderr)
         return 2
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,11 +1,48 @@
-"""Datasets as uint8 arrays of shape (N, C, H, W), and their scaling to the model's [-1, 1] (Section 3.3)."""
+"""Datasets as uint8 arrays of shape (N, C, H, W), and their scaling to the model's [-1, 1] (Section 3.3).
+
+Two layers:
+
+* ``load_digits`` / ``load_dataset``: scikit-learn's bundled digits, in memory, no files.
+* ``prepare_dataset`` / ``load_split``: a dataset (``digits``, ``cifar10`` or an ``imagefolder``) is
+  prepared once into a folder of ``.npy`` files plus ``manifest.json`` (shapes, counts, how the
+  split was made, sha256 of every file); ``load_split`` reads one split back and verifies it.
+
+Every prepared file is written atomically (temporary file in the same folder, then ``os.replace``)
+and the manifest is written last, so an interrupted preparation never looks complete.
+"""
 
 from __future__ import annotations
+
+import hashlib
+import io
+import json
+import numbers
+import os
+import pickle
+from pathlib import Path
 
 import numpy as np
 import torch
 
-DATASETS = ("digits",)
+from .io import atomic_open
+
+DATASETS = ("digits", "cifar10", "imagefolder")
+SPLITS = ("train", "test")
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = "ddpm-prepared-dataset"
+MANIFEST_VERSION = 1
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+CIFAR10_FOLDER = "cifar-10-batches-py"
+CIFAR10_TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
+CIFAR10_TEST_BATCH = "test_batch"
+CIFAR10_META = "batches.meta"
+CIFAR10_SIDE = 32
+CIFAR10_CLASSES = 10
+
+
+# --------------------------------------------------------------------------------------------
+# In-memory digits and value-range helpers (used by training and sampling).
 
 
 def load_digits() -> np.ndarray:
@@ -19,8 +56,14 @@ def load_digits() -> np.ndarray:
 
 
 def load_dataset(name: str) -> np.ndarray:
+    """All images of an in-memory dataset (only ``digits``); others go through ``prepare_dataset``/``load_split``."""
     if name == "digits":
         return load_digits()
+    if name in DATASETS:
+        raise ValueError(
+            f"dataset {name!r} is not loaded in memory; prepare it with prepare_dataset({name!r}, out_dir, ...) "
+            "and read it with load_split(out_dir, 'train')"
+        )
     raise ValueError(f"unknown dataset {name!r}; valid datasets: {', '.join(DATASETS)}")
 
 
@@ -35,3 +78,445 @@ def to_model_range(images: np.ndarray | torch.Tensor) -> torch.Tensor:
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
     """[-1, 1] → uint8 0…255 (rounded, clipped)."""
     return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+# --------------------------------------------------------------------------------------------
+# Preparing a dataset into files.
+
+
+def prepare_dataset(
+    name: str,
+    out_dir: str | os.PathLike,
+    *,
+    path: str | os.PathLike | None = None,
+    image_size: int | None = None,
+    download: bool = False,
+    test_fraction: float = 1 / 6,
+    seed: int = 0,
+) -> dict:
+    """Write ``{train,test}_{images,labels}.npy`` and ``manifest.json`` for dataset ``name`` into ``out_dir``.
+
+    * ``digits``: scikit-learn's digits, a seeded split (``test_fraction``, ``seed``); 8×8 unless ``image_size``.
+    * ``cifar10``: the official train/test split, read from ``path`` (a ``cifar-10-batches-py`` folder or
+      its parent) or, with ``download=True``, fetched by torchvision into ``out_dir/download``.
+    * ``imagefolder``: every image under ``path`` (recursively); labels from the top-level subfolder;
+      shorter side resized to ``image_size`` (required) and center-cropped; a seeded split.
+
+    Images are uint8 (N, C, H, W); labels int64, -1 where there are none. Returns the manifest."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; valid datasets: {', '.join(DATASETS)}")
+    _check_options(image_size, test_fraction)
+    image_size = None if image_size is None else int(image_size)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    if name == "digits":
+        prepared = _prepare_digits(image_size, test_fraction, seed)
+    elif name == "cifar10":
+        prepared = _prepare_cifar10(out_dir, path, image_size, download)
+    else:
+        prepared = _prepare_imagefolder(path, image_size, test_fraction, seed)
+    return _write_prepared(out_dir, name, prepared)
+
+
+def _check_options(image_size: int | None, test_fraction: float) -> None:
+    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, numbers.Integral) or image_size < 1):
+        raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
+    if not 0.0 <= test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction!r}")
+
+
+def _prepare_digits(image_size: int | None, test_fraction: float, seed: int) -> dict:
+    """Digits with sklearn's labels and a seeded split."""
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    images = load_digits()
+    labels = np.asarray(sklearn_digits().target, dtype=np.int64)
+    images = resize_images(images, image_size)
+    train_idx, test_idx = seeded_split(len(images), test_fraction, seed)
+    return {
+        "source": "sklearn",
+        "train": (images[train_idx], labels[train_idx]),
+        "test": (images[test_idx], labels[test_idx]),
+        "num_classes": 10,
+        "class_names": [str(d) for d in range(10)],
+        "split": _seeded_split_record(test_fraction, seed, test_idx, basis="sklearn.datasets.load_digits() order"),
+        "native_size": 8,
+        "image_size": image_size,
+    }
+
+
+def _prepare_cifar10(out_dir: Path, path, image_size: int | None, download: bool) -> dict:
+    """CIFAR-10's official split from a local folder or torchvision's verified download."""
+    downloaded = False
+    if path is not None:
+        folder = find_cifar10_folder(path)
+    elif download:
+        folder = download_cifar10(out_dir / "download")
+        downloaded = True
+    else:
+        raise ValueError(
+            "cifar10 needs its data: pass path= a local 'cifar-10-batches-py' folder (or the folder containing it, "
+            "as extracted from https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz), or pass download=True"
+        )
+    data = read_cifar10_folder(folder)
+    return {
+        "source": str(folder.resolve()),
+        "downloaded": downloaded,
+        "train": (resize_images(data["train_images"], image_size), data["train_labels"]),
+        "test": (resize_images(data["test_images"], image_size), data["test_labels"]),
+        "num_classes": CIFAR10_CLASSES,
+        "class_names": data["class_names"],
+        "split": {
+            "method": "official",
+            "rule": "data_batch_1..data_batch_5 (in order) -> train; test_batch -> test",
+        },
+        "native_size": CIFAR10_SIDE,
+        "image_size": image_size,
+    }
+
+
+def _prepare_imagefolder(path, image_size: int | None, test_fraction: float, seed: int) -> dict:
+    """Every image under ``path``, resized and center-cropped, with folder labels and a seeded split."""
+    if path is None:
+        raise ValueError("imagefolder needs path= a folder of images")
+    if image_size is None:
+        raise ValueError("imagefolder needs image_size= (images are resized and center-cropped to it)")
+    root = Path(path)
+    files = list_image_files(root)
+    labels, class_names = folder_labels(root, files)
+    images = np.stack([load_image_file(f, image_size) for f in files])
+    train_idx, test_idx = seeded_split(len(files), test_fraction, seed)
+    relative = "\n".join(f.relative_to(root).as_posix() for f in files)
+    return {
+        "source": str(root.resolve()),
+        "train": (images[train_idx], labels[train_idx]),
+        "test": (images[test_idx], labels[test_idx]),
+        "num_classes": len(class_names),
+        "class_names": class_names,
+        "split": _seeded_split_record(test_fraction, seed, test_idx, basis="sorted relative image paths"),
+        "source_files": len(files),
+        "source_files_sha256": hashlib.sha256(relative.encode("utf-8")).hexdigest(),
+        "image_size": image_size,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Splits and resizing.
+
+
+def seeded_split(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, test), each sorted: test = the first round(n·test_fraction) of ``default_rng(seed).permutation(n)``."""
+    permutation = np.random.default_rng(seed).permutation(n)
+    n_test = int(round(n * test_fraction))
+    if n - n_test < 1:
+        raise ValueError(f"test_fraction={test_fraction} of {n} images leaves no training images")
+    return np.sort(permutation[n_test:]), np.sort(permutation[:n_test])
+
+
+def _seeded_split_record(test_fraction: float, seed: int, test_idx: np.ndarray, *, basis: str) -> dict:
+    return {
+        "method": "seeded_permutation",
+        "rule": "perm = numpy.random.default_rng(seed).permutation(N); test = sorted(perm[:round(N * test_fraction)]); "
+        "train = sorted(perm[round(N * test_fraction):])",
+        "seed": int(seed),
+        "test_fraction": float(test_fraction),
+        "index_basis": basis,
+        "test_indices": [int(i) for i in test_idx],
+    }
+
+
+def resize_images(images: np.ndarray, image_size: int | None) -> np.ndarray:
+    """uint8 (N, C, H, W) → (N, C, S, S) by bilinear interpolation on floats, rounded back; unchanged if no resize is needed."""
+    if image_size is None or images.shape[-2:] == (image_size, image_size):
+        return images
+    x = torch.from_numpy(np.ascontiguousarray(images)).float()
+    y = torch.nn.functional.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True)
+    return y.round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+# --------------------------------------------------------------------------------------------
+# CIFAR-10: locate, download, and read with a restricted unpickler.
+
+
+def find_cifar10_folder(path) -> Path:
+    """``path`` itself if it is a ``cifar-10-batches-py`` folder, else its ``cifar-10-batches-py`` child."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"cifar10 path {path} does not exist")
+    if not path.is_dir():
+        raise ValueError(f"cifar10 path {path} is not a folder; pass the 'cifar-10-batches-py' folder or its parent")
+    child = path / CIFAR10_FOLDER
+    return child if child.is_dir() else path
+
+
+def download_cifar10(root: Path) -> Path:
+    """Fetch CIFAR-10 with torchvision (which checks the archive's and every batch's md5) into ``root``."""
+    import torchvision.datasets
+
+    root.mkdir(parents=True, exist_ok=True)
+    # One call downloads and extracts the whole archive; train=False keeps torchvision's own loading small.
+    torchvision.datasets.CIFAR10(root=str(root), train=False, download=True)
+    folder = root / CIFAR10_FOLDER
+    if not folder.is_dir():
+        raise ValueError(f"the CIFAR-10 download did not produce {folder}")
+    return folder
+
+
+_ARRAY_PROBE = np.zeros(1, dtype=np.uint8)
+_NUMPY_RECONSTRUCT = _ARRAY_PROBE.__reduce__()[0]  # numpy.core.multiarray._reconstruct, wherever this numpy keeps it
+_NUMPY_FROMBUFFER = _ARRAY_PROBE.__reduce_ex__(5)[0]  # numpy.core.numeric._frombuffer (pickle protocol 5)
+_ALLOWED_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"): _NUMPY_RECONSTRUCT,
+    ("numpy._core.multiarray", "_reconstruct"): _NUMPY_RECONSTRUCT,
+    ("numpy.core.numeric", "_frombuffer"): _NUMPY_FROMBUFFER,
+    ("numpy._core.numeric", "_frombuffer"): _NUMPY_FROMBUFFER,
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+}
+
+
+class UnsafePickleError(pickle.UnpicklingError, ValueError):
+    """A pickle asked for something other than a plain numpy array; it is refused, not run."""
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """An unpickler that builds only dicts, lists, numbers, bytes and numpy arrays.
+
+    Any other global (``os.system``, ``builtins.eval``, …) raises ``UnsafePickleError`` naming the file."""
+
+    def __init__(self, file, *, source: str | os.PathLike):
+        super().__init__(file, encoding="bytes")
+        self.source = str(source)
+
+    def find_class(self, module: str, name: str):
+        try:
+            return _ALLOWED_GLOBALS[(module, name)]
+        except KeyError:
+            raise UnsafePickleError(
+                f"{self.source}: refusing to unpickle global {module}.{name}; a CIFAR-10 batch file holds only "
+                "numpy arrays, lists and bytes (the file is not a genuine batch or was tampered with)"
+            ) from None
+
+
+def restricted_load(path: str | os.PathLike):
+    """Unpickle ``path`` with ``RestrictedUnpickler``; any failure is a ValueError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"missing CIFAR-10 file {path}")
+    try:
+        with path.open("rb") as f:
+            obj = RestrictedUnpickler(f, source=path).load()
+            trailing = f.read(1)
+    except UnsafePickleError:
+        raise
+    except Exception as error:  # truncated or corrupt: EOFError, UnpicklingError, struct/Value/TypeErrors…
+        raise ValueError(f"corrupt or truncated CIFAR-10 file {path}: {type(error).__name__}: {error}") from error
+    if trailing:
+        raise ValueError(f"corrupt CIFAR-10 file {path}: unexpected bytes after the pickled data")
+    return obj
+
+
+def read_cifar10_batch(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """One batch file → images uint8 (N, 3, 32, 32) and labels int64 (N,).
+
+    Each data row is the red plane, then green, then blue, each 32×32 row-major."""
+    path = Path(path)
+    batch = restricted_load(path)
+    if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
+        raise ValueError(f"{path} is not a CIFAR-10 batch: expected a dict with b'data' and b'labels'")
+    data, labels = batch[b"data"], batch[b"labels"]
+    row = 3 * CIFAR10_SIDE * CIFAR10_SIDE
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != row:
+        shape = getattr(data, "shape", None)
+        dtype = getattr(data, "dtype", type(data).__name__)
+        raise ValueError(f"{path}: b'data' must be a uint8 array of shape (N, {row}), got {dtype} {shape}")
+    try:
+        labels = np.asarray(labels, dtype=np.int64)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{path}: b'labels' must be a list of integers ({error})") from error
+    if labels.shape != (len(data),):
+        raise ValueError(f"{path}: {len(data)} images but labels of shape {labels.shape}")
+    if labels.size and (labels.min() < 0 or labels.max() >= CIFAR10_CLASSES):
+        raise ValueError(f"{path}: labels must lie in 0..{CIFAR10_CLASSES - 1}, got {labels.min()}..{labels.max()}")
+    return data.reshape(-1, 3, CIFAR10_SIDE, CIFAR10_SIDE).copy(), labels
+
+
+def read_cifar10_meta(path: str | os.PathLike) -> list[str]:
+    """``batches.meta`` → the ten class names."""
+    path = Path(path)
+    meta = restricted_load(path)
+    names = meta.get(b"label_names") if isinstance(meta, dict) else None
+    if not isinstance(names, list) or len(names) != CIFAR10_CLASSES or not all(isinstance(n, bytes) for n in names):
+        raise ValueError(f"{path} is not CIFAR-10 metadata: expected b'label_names', a list of {CIFAR10_CLASSES} names")
+    return [n.decode("utf-8", "replace") for n in names]
+
+
+def read_cifar10_folder(folder: str | os.PathLike) -> dict:
+    """A ``cifar-10-batches-py`` folder → train/test images and labels, and the class names."""
+    folder = Path(folder)
+    train = [read_cifar10_batch(folder / name) for name in CIFAR10_TRAIN_BATCHES]
+    test_images, test_labels = read_cifar10_batch(folder / CIFAR10_TEST_BATCH)
+    return {
+        "train_images": np.concatenate([images for images, _ in train]),
+        "train_labels": np.concatenate([labels for _, labels in train]),
+        "test_images": test_images,
+        "test_labels": test_labels,
+        "class_names": read_cifar10_meta(folder / CIFAR10_META),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Image folders.
+
+
+def list_image_files(root: Path) -> list[Path]:
+    """Sorted image files under ``root`` (recursively), skipping hidden files and folders (e.g. macOS ``._x.jpg``)."""
+    if not root.exists():
+        raise FileNotFoundError(f"image folder {root} does not exist")
+    if not root.is_dir():
+        raise ValueError(f"image folder {root} is not a folder")
+    files = sorted(
+        (
+            p
+            for p in root.rglob("*")
+            if p.suffix.lower() in IMAGE_EXTENSIONS
+            and p.is_file()
+            and not any(part.startswith(".") for part in p.relative_to(root).parts)
+        ),
+        key=lambda p: p.relative_to(root).as_posix(),
+    )
+    if not files:
+        raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {root}")
+    return files
+
+
+def folder_labels(root: Path, files: list[Path]) -> tuple[np.ndarray, list[str]]:
+    """Label = index of an image's top-level subfolder among the sorted subfolder names; -1 for images directly in ``root``."""
+    tops = [f.relative_to(root).parts[0] if len(f.relative_to(root).parts) > 1 else None for f in files]
+    class_names = sorted({t for t in tops if t is not None})
+    index = {name: i for i, name in enumerate(class_names)}
+    labels = np.array([index[t] if t is not None else -1 for t in tops], dtype=np.int64)
+    return labels, class_names
+
+
+def load_image_file(path: Path, image_size: int) -> np.ndarray:
+    """One image → RGB uint8 (3, S, S): shorter side resized to S (bicubic), then center-cropped."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        raise ValueError(f"cannot read image {path}: {error}") from error
+    width, height = image.size
+    scale = image_size / min(width, height)
+    new_width, new_height = max(image_size, round(width * scale)), max(image_size, round(height * scale))
+    image = image.resize((new_width, new_height), Image.BICUBIC)
+    left, top = (new_width - image_size) // 2, (new_height - image_size) // 2
+    image = image.crop((left, top, left + image_size, top + image_size))
+    return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).copy()
+
+
+# --------------------------------------------------------------------------------------------
+# Writing and reading prepared folders.
+
+
+def _write_prepared(out_dir: Path, name: str, prepared: dict) -> dict:
+    """Write the four arrays atomically, then the manifest (last, so partial output never looks complete)."""
+    manifest_path = out_dir / MANIFEST
+    manifest_path.unlink(missing_ok=True)  # an old manifest must not vouch for half-rewritten files
+    files = {}
+    for split in SPLITS:
+        images, labels = prepared[split]
+        images = np.ascontiguousarray(images, dtype=np.uint8)
+        labels = np.ascontiguousarray(labels, dtype=np.int64)
+        files[f"{split}_images.npy"] = _save_npy(out_dir / f"{split}_images.npy", images)
+        files[f"{split}_labels.npy"] = _save_npy(out_dir / f"{split}_labels.npy", labels)
+    train_images = prepared["train"][0]
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "version": MANIFEST_VERSION,
+        "dataset": name,
+        "source": prepared["source"],
+        "image_shape": [int(s) for s in train_images.shape[1:]],
+        "counts": {split: int(len(prepared[split][0])) for split in SPLITS},
+        "num_classes": int(prepared["num_classes"]),
+        "class_names": prepared["class_names"],
+        "split": prepared["split"],
+        "files": files,
+    }
+    for key in ("downloaded", "native_size", "image_size", "source_files", "source_files_sha256"):
+        if key in prepared:
+            manifest[key] = prepared[key]
+    _atomic_write(manifest_path, (json.dumps(manifest, indent=2) + "\n").encode("utf-8"))
+    return manifest
+
+
+def _save_npy(path: Path, array: np.ndarray) -> dict:
+    """Save ``array`` atomically as .npy; returns its manifest entry (sha256, shape, dtype)."""
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    data = buffer.getvalue()
+    _atomic_write(path, data)
+    return {"sha256": hashlib.sha256(data).hexdigest(), "shape": list(array.shape), "dtype": str(array.dtype)}
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    with atomic_open(path, "wb") as f:
+        f.write(data)
+
+
+def read_manifest(prepared_dir: str | os.PathLike) -> dict:
+    """The ``manifest.json`` of a prepared folder (FileNotFoundError if absent, ValueError if unreadable)."""
+    path = Path(prepared_dir) / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"no {MANIFEST} in {Path(prepared_dir)}: not a prepared dataset, or preparation did not finish; run prepare")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON ({error}); re-run prepare") from error
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT or not isinstance(manifest.get("files"), dict):
+        raise ValueError(f"{path} is not a prepared-dataset manifest; re-run prepare")
+    return manifest
+
+
+def load_split(prepared_dir: str | os.PathLike, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Images uint8 (N, C, H, W) and labels int64 (N,) of ``split`` ("train" or "test"), checked against the manifest."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
+    prepared_dir = Path(prepared_dir)
+    manifest = read_manifest(prepared_dir)
+    images = _load_verified(prepared_dir, manifest, f"{split}_images.npy")
+    labels = _load_verified(prepared_dir, manifest, f"{split}_labels.npy")
+    if images.dtype != np.uint8 or images.ndim != 4:
+        raise ValueError(f"{prepared_dir / f'{split}_images.npy'}: expected uint8 (N, C, H, W), got {images.dtype} {images.shape}")
+    if labels.dtype != np.int64 or labels.shape != (len(images),):
+        raise ValueError(f"{prepared_dir / f'{split}_labels.npy'}: expected int64 ({len(images)},), got {labels.dtype} {labels.shape}")
+    return images, labels
+
+
+def _load_verified(prepared_dir: Path, manifest: dict, filename: str) -> np.ndarray:
+    """Check ``filename``'s sha256 against the manifest, then load it without pickle."""
+    path = prepared_dir / filename
+    entry = manifest["files"].get(filename)
+    if not isinstance(entry, dict) or "sha256" not in entry:
+        raise ValueError(f"{prepared_dir / MANIFEST} has no checksum for {filename}; re-run prepare")
+    if not path.is_file():
+        raise FileNotFoundError(f"missing {path} (listed in {MANIFEST}); re-run prepare")
+    actual = sha256_file(path)
+    if actual != entry["sha256"]:
+        raise ValueError(
+            f"checksum mismatch for {path}: manifest has sha256 {entry['sha256']}, file has {actual}; "
+            "the file changed after preparation, re-run prepare"
+        )
+    return np.load(path, allow_pickle=False)
+
+
+def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -43,7 +43,7 @@ def sample_checkpoint(
     for first in progress_iter(batches, desc="sample batches", enabled=progress):
         indices = range(first, min(first + batch_size, start + count))
         generators = [sample_generator(seed, i) for i in indices]
-        x = diffusion.p_sample_loop(model, (len(indices), *shape), generators, device=device)
+        x = diffusion.p_sample_loop(model, (len(indices), *shape), generators, progress=progress, device=device)
         out.append(to_uint8(x).cpu().numpy())
     return np.concatenate(out)
 

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import torch
 
+from . import tracking as mlf
 from .checkpoint import load_checkpoint, save_checkpoint
-from .datasets import load_dataset, to_model_range
+from .datasets import load_dataset, load_split, to_model_range
 from .diffusion import GaussianDiffusion, randn
 from .resample import create_sampler, default_sampler_name
 from .schedules import make_betas
@@ -44,6 +45,7 @@ class TrainConfig:
     flip: bool = False  # random horizontal flips (CIFAR-10: yes; digits: no, a flipped digit is another glyph)
     seed: int = 0
     log_every: int = 50
+    preview_every: int = 0  # draw a grid of EMA samples every this many steps (0: never); logged to MLflow
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -80,21 +82,68 @@ def load_for_sampling(path: str | Path, *, use_ema: bool = True, device="cpu") -
     return model.to(device).eval(), diffusion, state
 
 
+PREVIEW_SAMPLES = 36
+PREVIEW_STEPS = 50
+
+
+def _preview_grid(ema: UNet, diffusion: GaussianDiffusion, shape, path: Path, device) -> Path:
+    """A grid of EMA samples from a respaced process (at most 50 steps): how samples look at this point of training."""
+    from .datasets import to_uint8
+    from .sample import sample_generator, save_grid
+
+    fast = diffusion.respaced(min(PREVIEW_STEPS, diffusion.num_timesteps))
+    generators = [sample_generator(0, i) for i in range(PREVIEW_SAMPLES)]
+    x = fast.p_sample_loop(ema, (PREVIEW_SAMPLES, *shape), generators, device=device)
+    save_grid(to_uint8(x).cpu().numpy(), path, nrow=6)
+    return path
+
+
 def _check_finite(loss: torch.Tensor, step: int) -> None:
     if not torch.isfinite(loss):
         raise FloatingPointError(f"loss became {loss.item()} at step {step}; stopping (no checkpoint written for this step)")
 
 
-def train(config: TrainConfig, out_dir: str | Path, *, device: str | torch.device = "cpu", progress: bool = True) -> dict:
-    """Train one setting and write ``checkpoint.pt`` and ``metrics.jsonl`` to ``out_dir``; returns the final metrics."""
+def train(
+    config: TrainConfig,
+    out_dir: str | Path,
+    *,
+    data_dir: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    tracking: dict | None = None,
+    run_name: str | None = None,
+) -> dict:
+    """Train one setting and write ``checkpoint.pt`` and ``metrics.jsonl`` to ``out_dir``; returns the final metrics.
+
+    ``data_dir`` is a folder written by ``ddpm prepare`` (its train split is used); without it the dataset is
+    loaded by name. With ``tracking`` (see :mod:`ddpm.tracking`) the run is an MLflow child run of the sweep,
+    named ``run_name``; its id is written to ``mlflow_run_id.txt`` for the jobs that follow.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    device = torch.device(device)
+    run_id = None
+    if tracking is not None:
+        run_id = mlf.start_setting_run(tracking, run_name or out_dir.name, {**asdict(config), "device": str(device)})
+        (out_dir / "mlflow_run_id.txt").write_text(run_id + "\n")
+    try:
+        final = _train_loop(config, out_dir, data_dir, torch.device(device), progress, tracking, run_id)
+    except BaseException:
+        if run_id is not None:
+            mlf.finish_run(tracking["tracking_uri"], run_id, "FAILED")
+        raise
+    if run_id is not None:
+        mlf.log_artifact(tracking["tracking_uri"], run_id, out_dir / "metrics.jsonl")
+        mlf.finish_run(tracking["tracking_uri"], run_id, "FINISHED")
+    return final
+
+
+def _train_loop(config: TrainConfig, out_dir: Path, data_dir, device: torch.device, progress: bool,
+                tracking: dict | None, run_id: str | None) -> dict:
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
 
-    # Data: the whole set as one float tensor in [-1, 1] (datasets here are small).
-    images = load_dataset(config.dataset)
+    # Data: the whole train split as one float tensor in [-1, 1] (CIFAR-sized sets fit in memory).
+    images = load_split(data_dir, "train")[0] if data_dir is not None else load_dataset(config.dataset)
     data = to_model_range(images).to(device)
     _, channels, height, width = data.shape
 
@@ -138,10 +187,16 @@ def train(config: TrainConfig, out_dir: str | Path, *, device: str | torch.devic
                     "images_per_s": step * config.batch_size / elapsed}
             metrics_file.write(json.dumps(last) + "\n")
             metrics_file.flush()
+            if run_id is not None:
+                mlf.log_metrics(tracking["tracking_uri"], run_id, {k: v for k, v in last.items() if k != "step"}, step)
             if progress:
                 eta = elapsed / step * (config.steps - step)
                 print(f"step {step}/{config.steps} loss {last['loss']:.4f} lr {lr:.2e} "
                       f"{last['images_per_s']:.0f} img/s ETA {eta:.0f}s", flush=True)
+        if config.preview_every and (step % config.preview_every == 0 or step == config.steps):
+            grid = _preview_grid(ema, diffusion, (channels, height, width), out_dir / "previews" / f"step-{step:07d}.png", device)
+            if run_id is not None:
+                mlf.log_artifact(tracking["tracking_uri"], run_id, grid, "previews")
     metrics_file.close()
 
     save_checkpoint(out_dir / "checkpoint.pt", {

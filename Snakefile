@@ -1,0 +1,23 @@
+# ddpm-repro: dataset → training sweep → sharded sampling → FID / IS / bits/dim → report tables.
+# Run: snakemake --cores all   (see README.md; config/README.md explains the config keys)
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/tracking.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/sample.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        final_outputs(),
+    default_target: True

@@ -1,0 +1,85 @@
+"""Evaluation jobs: bits/dim on the test split in shards, and merging sample shards.
+
+Each test image's noise is seeded by its index (as each sample is), so the bound does not depend on how the
+test set is split into shards or batches.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .datasets import load_split, to_model_range
+from .progress import progress as progress_iter
+from .sample import sample_generator
+from .train import load_for_sampling
+
+
+@torch.no_grad()
+def nll_shard(checkpoint, data_dir, *, start: int, count: int | None, batch_size: int = 100, seed: int = 0,
+              device: str = "cpu", progress: bool = True) -> dict[str, np.ndarray]:
+    """The variational bound (``calc_bpd_loop``) for test images ``start`` … ``start + count - 1``.
+
+    Returns per image ``total_bpd`` and ``prior_bpd``, and per timestep the sums over these images of ``vb``
+    (bits/dim) and ``xstart_mse`` (on [-1, 1]), so shards can be merged exactly."""
+    model, diffusion, _ = load_for_sampling(checkpoint, device=device)
+    images = load_split(data_dir, "test")[0]
+    stop = len(images) if count is None else min(start + count, len(images))
+    if not 0 <= start < stop:
+        raise ValueError(f"test images {start}..{stop - 1} are out of range: the test split has {len(images)} images")
+    totals, priors = [], []
+    vb_sum = np.zeros(diffusion.num_timesteps)
+    mse_sum = np.zeros(diffusion.num_timesteps)
+    for first in progress_iter(range(start, stop, batch_size), desc="bits/dim batches", enabled=progress):
+        last = min(first + batch_size, stop)
+        x0 = to_model_range(images[first:last]).to(device)
+        generators = [sample_generator(seed, i) for i in range(first, last)]
+        out = diffusion.calc_bpd_loop(model, x0, generator=generators, progress=progress)
+        totals.append(out["total_bpd"].cpu().numpy())
+        priors.append(out["prior_bpd"].cpu().numpy())
+        vb_sum += out["vb"].sum(0).double().cpu().numpy()
+        mse_sum += out["xstart_mse"].sum(0).double().cpu().numpy()
+    return {
+        "indices": np.arange(start, stop),
+        "total_bpd": np.concatenate(totals),
+        "prior_bpd": np.concatenate(priors),
+        "vb_sum": vb_sum,
+        "xstart_mse_sum": mse_sum,
+    }
+
+
+def gather_nll(shard_paths) -> dict:
+    """Merge NLL shards into the test-set bound: mean bits/dim, its standard error, and per-timestep terms."""
+    shards = [np.load(p, allow_pickle=False) for p in shard_paths]
+    if not shards:
+        raise ValueError("no NLL shards to gather")
+    indices = np.concatenate([s["indices"] for s in shards])
+    if len(np.unique(indices)) != len(indices):
+        raise ValueError(f"NLL shards overlap: {len(indices) - len(np.unique(indices))} test images counted twice")
+    total = np.concatenate([s["total_bpd"] for s in shards])
+    n = len(total)
+    vb = sum(s["vb_sum"] for s in shards) / n
+    mse = sum(s["xstart_mse_sum"] for s in shards) / n
+    return {
+        "bpd": float(total.mean()),
+        "bpd_stderr": float(total.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan"),
+        "prior_bpd": float(np.concatenate([s["prior_bpd"] for s in shards]).mean()),
+        "num_images": n,
+        "vb_per_timestep": vb.tolist(),
+        "xstart_mse_per_timestep": mse.tolist(),
+    }
+
+
+def gather_samples(shard_paths) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenate sample shards in index order; every index 0 … N-1 must be present exactly once."""
+    shards = [np.load(p, allow_pickle=False) for p in shard_paths]
+    if not shards:
+        raise ValueError("no sample shards to gather")
+    images = np.concatenate([s["images"] for s in shards])
+    indices = np.concatenate([s["indices"] for s in shards])
+    order = np.argsort(indices, kind="stable")
+    if not np.array_equal(indices[order], np.arange(len(indices))):
+        raise ValueError(f"sample shards do not cover indices 0..{len(indices) - 1} exactly once")
+    return images[order], indices[order]

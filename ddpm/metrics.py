@@ -1,0 +1,222 @@
+"""Sample-quality metrics, all computed by torch-fidelity's ``calculate_metrics`` (no hand-written FID here).
+
+- FID: Fréchet distance between Gaussians fitted to the features of samples and reference
+  (Heusel et al. 2017, "GANs trained by a two time-scale update rule converge to a local Nash equilibrium").
+- IS: exp E_x KL(p(y|x) || p(y)) over the samples (Salimans et al. 2016, "Improved techniques for training GANs").
+- KID: unbiased MMD² with a cubic polynomial kernel, averaged over random subsets
+  (Bińkowski et al. 2018, "Demystifying MMD GANs").
+- Precision / recall: the fraction of samples inside the reference's k-NN feature manifold and vice versa
+  (Kynkäänniemi et al. 2019, "Improved precision and recall metric for assessing generative models").
+
+Two feature extractors: ``"inception-v3-compat"`` — torch-fidelity's port of the TensorFlow Inception-v3 the papers
+used, so numbers are comparable to them — and ``"classifier"``, a small CNN trained on the data set itself
+(:mod:`ddpm.features`), for data where ImageNet features mean little (8×8 digits).
+
+Also :func:`gaussian_baseline_samples`: the samples of a Gaussian fitted to the training pixels, the baseline every
+trained model must beat.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from urllib.error import URLError
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ddpm.features import register_classifier_extractor
+
+EXTRACTORS = ("inception-v3-compat", "classifier")
+INCEPTION_CONFIG_KEY = "evaluate.inception_weights"
+KID_DEFAULT_SUBSET_SIZE = 1000  # torch-fidelity's and Bińkowski et al.'s default
+MIN_IMAGES = 10  # IS uses 10 splits; precision/recall need > 3 neighbours; FID needs a covariance
+
+
+def inception_weights_help() -> str:
+    """How to provide torch-fidelity's Inception-v3 weights on a machine without internet access."""
+    from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
+
+    hub_file = Path(torch.hub.get_dir()) / "checkpoints" / URL_INCEPTION_V3.rsplit("/", 1)[-1]
+    return (
+        f"torch-fidelity's Inception-v3 weights are downloaded from {URL_INCEPTION_V3}. Without internet access, "
+        f"fetch that file elsewhere and either set the config key `{INCEPTION_CONFIG_KEY}` to its path (passed on "
+        f"as weights_path / torch-fidelity's feature_extractor_weights_path) or put it at {hub_file} "
+        f"(torch.hub's cache, used when weights_path is None)."
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Inputs
+
+
+class UInt8ImageDataset(Dataset):
+    """A torch Dataset over a uint8 (N, C, H, W) array yielding uint8 (3, H, W) tensors, as torch-fidelity expects;
+    one-channel images are replicated to three channels."""
+
+    def __init__(self, images: np.ndarray):
+        self.images = torch.from_numpy(np.ascontiguousarray(images))
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        img = self.images[i]
+        return img.expand(3, -1, -1).contiguous() if img.shape[0] == 1 else img
+
+
+def _check_image_array(images, name: str) -> None:
+    if not isinstance(images, np.ndarray):
+        raise ValueError(f"{name} must be a numpy array, got {type(images).__name__}")
+    if images.dtype != np.uint8:
+        raise ValueError(f"{name} must have dtype uint8 (0..255), got {images.dtype}")
+    if images.ndim != 4:
+        raise ValueError(f"{name} must be 4-D (N, C, H, W), got shape {images.shape}")
+    if images.shape[1] not in (1, 3):
+        raise ValueError(f"{name} must have 1 or 3 channels (axis 1 of (N, C, H, W)), got {images.shape[1]}")
+    if len(images) < MIN_IMAGES:
+        raise ValueError(f"{name} has {len(images)} images; at least {MIN_IMAGES} are needed")
+
+
+def _check_inputs(samples, reference) -> None:
+    _check_image_array(samples, "samples")
+    _check_image_array(reference, "reference")
+    if samples.shape[2:] != reference.shape[2:]:
+        raise ValueError(f"samples are {samples.shape[2]}×{samples.shape[3]} but reference is "
+                         f"{reference.shape[2]}×{reference.shape[3]}; they must have the same H×W")
+
+
+def _kid_subset_size(kid_subset_size: int | None, n_samples: int, n_reference: int) -> int:
+    """torch-fidelity needs a subset no larger than either set: default min(1000, smaller set)."""
+    smaller = min(n_samples, n_reference)
+    if kid_subset_size is None:
+        return min(KID_DEFAULT_SUBSET_SIZE, smaller)
+    if isinstance(kid_subset_size, bool) or not isinstance(kid_subset_size, (int, np.integer)):
+        raise ValueError(f"kid_subset_size must be an int or None, got {kid_subset_size!r}")
+    if not 2 <= kid_subset_size <= smaller:
+        raise ValueError(f"kid_subset_size must be in 2..{smaller} (the smaller of samples={n_samples} and "
+                         f"reference={n_reference}), got {kid_subset_size}")
+    return int(kid_subset_size)
+
+
+def _extractor_kwargs(extractor: str, weights_path: str | os.PathLike | None) -> dict:
+    """torch-fidelity's feature_extractor / feature_extractor_weights_path for one of :data:`EXTRACTORS`."""
+    if extractor == "inception-v3-compat":
+        if weights_path is None:
+            return {"feature_extractor": extractor}
+        if not Path(weights_path).is_file():
+            raise FileNotFoundError(f"Inception weights file not found: {weights_path}. {inception_weights_help()}")
+        return {"feature_extractor": extractor, "feature_extractor_weights_path": str(weights_path)}
+    if extractor == "classifier":
+        if weights_path is None:
+            raise ValueError("extractor='classifier' needs weights_path: a classifier file written by "
+                             "ddpm.features.train_classifier")
+        if not Path(weights_path).is_file():
+            raise FileNotFoundError(f"classifier file not found: {weights_path} (train one with "
+                                    "ddpm.features.train_classifier)")
+        return {"feature_extractor": register_classifier_extractor(weights_path),
+                "feature_extractor_weights_path": str(weights_path)}
+    raise ValueError(f"unknown extractor {extractor!r}; valid extractors: {', '.join(EXTRACTORS)}")
+
+
+@contextlib.contextmanager
+def _on_device(device: str):
+    """torch-fidelity takes only ``cuda=True/False`` and calls ``.cuda()``; select the CUDA index around the call."""
+    dev = torch.device(device)
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {device!r}")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} but CUDA is not available")
+    with (torch.cuda.device(dev) if dev.type == "cuda" and dev.index is not None else contextlib.nullcontext()):
+        yield dev.type == "cuda"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Metrics
+
+
+def fidelity_metrics(
+    samples: np.ndarray,
+    reference: np.ndarray,
+    *,
+    extractor: str,
+    weights_path: str | os.PathLike | None = None,
+    kid_subset_size: int | None = None,
+    batch_size: int = 200,
+    device: str = "cpu",
+    seed: int = 0,
+) -> dict:
+    """FID, IS, KID and precision/recall of ``samples`` against ``reference`` via ``torch_fidelity.calculate_metrics``.
+
+    ``samples``, ``reference``: uint8 (N, C, H, W), C ∈ {1, 3}, same H×W (grey images are replicated to RGB).
+    ``extractor``: ``"inception-v3-compat"`` (``weights_path`` optional: torch-fidelity's weights file, downloaded
+    by torch-fidelity when None) or ``"classifier"`` (``weights_path``: a :func:`ddpm.features.train_classifier`
+    file). torch-fidelity's conventions apply: IS is of the samples alone, precision is the fraction of samples
+    on the reference manifold and recall the converse, KID uses 100 subsets of ``kid_subset_size`` (default
+    min(1000, smaller set)). Nothing is cached on disk.
+
+    Returns ``fid, is_mean, is_std, kid_mean, kid_std, precision, recall`` (floats), ``extractor``,
+    ``num_samples``, ``num_reference`` and ``kid_subset_size``."""
+    import torch_fidelity
+
+    _check_inputs(samples, reference)
+    subset = _kid_subset_size(kid_subset_size, len(samples), len(reference))
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    fe_kwargs = _extractor_kwargs(extractor, weights_path)
+    with _on_device(device) as cuda, tempfile.TemporaryDirectory(prefix="ddpm-fidelity-") as scratch:
+        kwargs = dict(
+            input1=UInt8ImageDataset(samples), input2=UInt8ImageDataset(reference),
+            isc=True, fid=True, kid=True, prc=True, **fe_kwargs,
+            isc_splits=min(10, len(samples)), kid_subset_size=subset,
+            batch_size=int(batch_size), cuda=cuda, rng_seed=int(seed),
+            cache=False, cache_root=scratch, datasets_root=scratch, datasets_download=False,
+            save_cpu_ram=True,  # num_workers=0: the arrays are in memory already
+            verbose=False,
+        )
+        try:
+            raw = torch_fidelity.calculate_metrics(**kwargs)
+        except URLError as err:  # only reachable for inception without weights_path, when the download fails
+            raise RuntimeError(f"could not download the Inception weights ({err}). {inception_weights_help()}") from err
+    return _summarise(raw, extractor, len(samples), len(reference), subset)
+
+
+def _summarise(raw: dict, extractor: str, n_samples: int, n_reference: int, kid_subset_size: int) -> dict:
+    from torch_fidelity import (KEY_METRIC_FID, KEY_METRIC_ISC_MEAN, KEY_METRIC_ISC_STD, KEY_METRIC_KID_MEAN,
+                                KEY_METRIC_KID_STD, KEY_METRIC_PRECISION, KEY_METRIC_RECALL)
+
+    keys = {"fid": KEY_METRIC_FID, "is_mean": KEY_METRIC_ISC_MEAN, "is_std": KEY_METRIC_ISC_STD,
+            "kid_mean": KEY_METRIC_KID_MEAN, "kid_std": KEY_METRIC_KID_STD,
+            "precision": KEY_METRIC_PRECISION, "recall": KEY_METRIC_RECALL}
+    out = {ours: float(raw[theirs]) for ours, theirs in keys.items()}
+    out.update(extractor=extractor, num_samples=int(n_samples), num_reference=int(n_reference),
+               kid_subset_size=int(kid_subset_size))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Baseline
+
+
+def gaussian_baseline_samples(train_images: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """``n`` samples of a Gaussian fitted to ``train_images`` (uint8 (N, C, H, W)): mean and full covariance over all
+    C·H·W pixels in float64, drawn with ``numpy.random.default_rng(seed)``, rounded, clipped to 0..255.
+
+    It reproduces every pixel's mean and every pairwise pixel correlation, and nothing more: a model that does not
+    beat it on FID has learnt no more than second-order pixel statistics."""
+    if not isinstance(train_images, np.ndarray) or train_images.dtype != np.uint8 or train_images.ndim != 4:
+        desc = f"{train_images.dtype} array of shape {train_images.shape}" if isinstance(train_images, np.ndarray) \
+            else type(train_images).__name__
+        raise ValueError(f"train_images must be a uint8 array (N, C, H, W), got {desc}")
+    if len(train_images) < 2:
+        raise ValueError(f"train_images needs at least 2 images to fit a covariance, got {len(train_images)}")
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n must be a positive int, got {n!r}")
+    x = train_images.reshape(len(train_images), -1).astype(np.float64)
+    mean, cov = x.mean(axis=0), np.cov(x, rowvar=False)
+    # Singular covariance (e.g. the digits' always-blank border pixels) is fine for the SVD method; cov is PSD.
+    draws = np.random.default_rng(seed).multivariate_normal(mean, cov, size=int(n), method="svd", check_valid="ignore")
+    return np.clip(np.round(draws), 0, 255).astype(np.uint8).reshape((int(n),) + train_images.shape[1:])

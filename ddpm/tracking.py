@@ -1,0 +1,110 @@
+"""MLflow tracking: one experiment per config, one parent run per sweep, one child run per setting.
+
+Every job talks to the store through an explicit ``MlflowClient`` and a run id kept on disk (the sweep's
+``tracking.json``, each setting's ``mlflow_run_id.txt``), so sampling and evaluation jobs attach to the run the
+training job created. The default store is SQLite at ``results/mlflow.db`` (absolute path); it and the experiment
+are created once, by the first job, before any parallel writer starts. ``MLFLOW_TRACKING_URI`` overrides it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from pathlib import Path
+from typing import Callable, TypeVar
+
+R = TypeVar("R")
+
+#: SQLite answers "database is locked" while another process writes; retry with backoff for this long.
+LOCK_RETRY_SECONDS = 120.0
+
+
+def default_tracking_uri(results_dir: str | Path, configured: str | None = None) -> str:
+    """``MLFLOW_TRACKING_URI`` if set, else ``configured`` (the config's ``mlflow.tracking_uri``), else SQLite at
+    ``<results_dir>/mlflow.db`` by absolute path."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or configured
+    if uri:
+        return uri
+    return f"sqlite:///{(Path(results_dir).resolve() / 'mlflow.db').as_posix()}"
+
+
+def _client(tracking_uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def with_retry(call: Callable[[], R], *, what: str) -> R:
+    """Run ``call``, retrying with jittered exponential backoff while SQLite reports the database locked."""
+    deadline = time.monotonic() + LOCK_RETRY_SECONDS
+    delay = 0.1
+    while True:
+        try:
+            return call()
+        except Exception as err:  # MlflowException wraps sqlalchemy's OperationalError
+            if "database is locked" not in str(err) or time.monotonic() > deadline:
+                raise RuntimeError(f"MLflow {what} failed: {err}") from err
+            time.sleep(delay * (1 + random.random()))
+            delay = min(delay * 2, 5.0)
+
+
+def init_sweep(tracking_uri: str, experiment: str, sweep_name: str, artifact_root: str | Path, config: dict) -> dict:
+    """Create (or reuse) the experiment and start the sweep's parent run; returns what jobs need to attach."""
+    client = _client(tracking_uri)
+    found = with_retry(lambda: client.get_experiment_by_name(experiment), what="experiment lookup")
+    if found is None:
+        artifact_location = Path(artifact_root).resolve().as_uri()
+        experiment_id = with_retry(lambda: client.create_experiment(experiment, artifact_location=artifact_location),
+                                   what="experiment creation")
+    else:
+        experiment_id = found.experiment_id
+    parent = with_retry(lambda: client.create_run(experiment_id, run_name=sweep_name, tags={"ddpm.kind": "sweep"}),
+                        what="parent run creation")
+    with_retry(lambda: client.log_dict(parent.info.run_id, config, "config.json"), what="config upload")
+    return {"tracking_uri": tracking_uri, "experiment_id": experiment_id, "parent_run_id": parent.info.run_id}
+
+
+def read_tracking(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        tracking = json.loads(path.read_text())
+        return {k: tracking[k] for k in ("tracking_uri", "experiment_id", "parent_run_id")}
+    except (OSError, ValueError, KeyError) as err:
+        raise ValueError(f"cannot read MLflow tracking file {path}: {err}") from err
+
+
+def start_setting_run(tracking: dict, name: str, params: dict) -> str:
+    """A child run of the sweep for setting ``name`` with ``params`` (the full resolved setting)."""
+    client = _client(tracking["tracking_uri"])
+    run = with_retry(lambda: client.create_run(
+        tracking["experiment_id"], run_name=name,
+        tags={"mlflow.parentRunId": tracking["parent_run_id"], "ddpm.kind": "setting", "ddpm.setting": name},
+    ), what="run creation")
+    from mlflow.entities import Param
+
+    batch = [Param(k, str(v)) for k, v in sorted(params.items())]
+    with_retry(lambda: client.log_batch(run.info.run_id, params=batch), what="parameter logging")
+    return run.info.run_id
+
+
+def log_metrics(tracking_uri: str, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    batch = [Metric(k, float(v), now, step) for k, v in sorted(metrics.items())]
+    _retrying_client_call(tracking_uri, "metric logging", lambda c: c.log_batch(run_id, metrics=batch))
+
+
+def log_artifact(tracking_uri: str, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
+    _retrying_client_call(tracking_uri, "artifact upload", lambda c: c.log_artifact(run_id, str(path), artifact_path))
+
+
+def finish_run(tracking_uri: str, run_id: str, status: str = "FINISHED") -> None:
+    _retrying_client_call(tracking_uri, "run status update", lambda c: c.set_terminated(run_id, status=status))
+
+
+def _retrying_client_call(tracking_uri: str, what: str, call: Callable) -> None:
+    client = _client(tracking_uri)
+    with_retry(lambda: call(client), what=what)

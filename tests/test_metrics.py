@@ -1,0 +1,265 @@
+"""FID / IS / KID / precision-recall through torch-fidelity, offline.
+
+The digits classifier is trained once per module on the first 1,500 digits; the remaining 297 are held out.
+torch-fidelity's Inception weights cannot be downloaded here, so the Inception test writes a weights file with the
+exact keys and shapes of torch-fidelity's own ``FeatureExtractorInceptionV3`` (random values) and runs the real
+loading and feature code on it. Downloads are blocked and torch's cache is redirected to a temp dir.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import load_digits as sklearn_digits
+from threadpoolctl import threadpool_limits
+
+import torch_fidelity.feature_extractor_inceptionv3 as tf_inception
+from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+
+from ddpm.datasets import load_digits
+from ddpm.features import (ClassifierFeatureExtractor, EXTRACTOR_NAME, load_classifier, predict_labels,
+                           register_classifier_extractor, train_classifier)
+from ddpm.metrics import INCEPTION_CONFIG_KEY, UInt8ImageDataset, fidelity_metrics, gaussian_baseline_samples
+
+N_TRAIN = 1500
+METRIC_KEYS = ("fid", "is_mean", "is_std", "kid_mean", "kid_std", "precision", "recall")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _offline(tmp_path_factory):
+    """No download, ever; torch's cache (torch-fidelity's default cache_root) points at an empty temp dir."""
+    def no_download(*args, **kwargs):
+        raise AssertionError("tests must not download torch-fidelity weights")
+
+    torch_home = tmp_path_factory.mktemp("torch_home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tf_inception, "load_state_dict_from_url", no_download)
+        mp.setenv("TORCH_HOME", str(torch_home))
+        yield
+    assert not any(torch_home.iterdir()), "something was written to torch's cache"
+
+
+@pytest.fixture(scope="module")
+def split():
+    images, labels = load_digits(), sklearn_digits().target
+    return images[:N_TRAIN], labels[:N_TRAIN], images[N_TRAIN:], labels[N_TRAIN:]
+
+
+@pytest.fixture(scope="module")
+def classifier(split, tmp_path_factory):
+    train_x, train_y, _, _ = split
+    path = tmp_path_factory.mktemp("classifier") / "digits_classifier.pt"
+    summary = train_classifier(train_x, train_y, path, seed=0)
+    return path, summary
+
+
+@contextlib.contextmanager
+def _single_threaded():
+    """Tiny tensors (8×8 images, 128-d features): thread start-up and OpenBLAS/OpenMP spin-waiting cost more than
+    they save, 4× so on a busy 2-core machine. Results do not depend on it; only the test's run time does."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(limits=1):
+            yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def ranked(split, classifier):
+    """Classifier-feature metrics of held-out digits, the Gaussian baseline and uniform noise, each vs the train digits."""
+    train_x, _, test_x, _ = split
+    path, _ = classifier
+    noise = np.random.default_rng(1).integers(0, 256, size=test_x.shape, dtype=np.uint8)
+    sets = {"real": test_x, "gaussian": gaussian_baseline_samples(train_x, len(test_x), seed=0), "noise": noise}
+    with _single_threaded():
+        return {name: fidelity_metrics(x, train_x, extractor="classifier", weights_path=path) for name, x in sets.items()}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Classifier
+
+
+def test_classifier_generalises_and_file_is_plain(split, classifier):
+    _, _, test_x, test_y = split
+    path, summary = classifier
+    assert summary["train_accuracy"] > 0.98 and summary["num_train"] == N_TRAIN and summary["num_classes"] == 10
+    held_out = float((predict_labels(path, test_x) == test_y).mean())
+    assert held_out > 0.9, held_out
+    state = torch.load(path, weights_only=True)  # no pickled code
+    assert state["input_shape"] == [1, 8, 8] and state["num_classes"] == 10
+    assert state["train_accuracy"] == summary["train_accuracy"] and state["arch"]["feature_dim"] == 128
+    assert not list(path.parent.glob("*.tmp"))  # atomic write left no temporary behind
+
+
+def test_classifier_training_is_deterministic(split, tmp_path):
+    train_x, train_y, _, _ = split
+    a = train_classifier(train_x[:200], train_y[:200], tmp_path / "a.pt", steps=15, seed=3)
+    b = train_classifier(train_x[:200], train_y[:200], tmp_path / "b.pt", steps=15, seed=3)
+    c = train_classifier(train_x[:200], train_y[:200], tmp_path / "c.pt", steps=15, seed=4)
+    sa, sb, sc = (load_classifier(tmp_path / f"{n}.pt")[1]["state_dict"] for n in "abc")
+    assert a["final_loss"] == b["final_loss"] and all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not all(torch.equal(sa[k], sc[k]) for k in sa)
+
+
+def test_extractor_follows_torch_fidelity_conventions(split, classifier):
+    _, _, test_x, _ = split
+    path, _ = classifier
+    name = register_classifier_extractor(path)
+    assert register_classifier_extractor(path) == name == EXTRACTOR_NAME  # idempotent
+    assert FEATURE_EXTRACTORS_REGISTRY[name] is ClassifierFeatureExtractor
+    assert {m: ClassifierFeatureExtractor.get_default_feature_layer_for_metric(m) for m in ("isc", "fid", "kid", "prc")} \
+        == {"isc": "logits_unbiased", "fid": "penultimate", "kid": "penultimate", "prc": "penultimate"}
+
+    fe = ClassifierFeatureExtractor(name, ["penultimate", "logits_unbiased", "logits"], feature_extractor_weights_path=str(path))
+    rgb = torch.stack([UInt8ImageDataset(test_x[:8])[i] for i in range(8)])  # grey replicated to (3, 8, 8)
+    assert rgb.shape == (8, 3, 8, 8) and rgb.dtype == torch.uint8
+    feats, unbiased, logits = fe(rgb)
+    assert feats.shape == (8, 128) and unbiased.shape == logits.shape == (8, 10)
+    torch.testing.assert_close(logits, unbiased + fe.model.head.bias)
+    model, _ = load_classifier(path)
+    torch.testing.assert_close(logits, model(torch.from_numpy(test_x[:8]).float() / 127.5 - 1))  # channels averaged back
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Metrics with the classifier
+
+
+def test_metrics_rank_real_below_gaussian_below_noise(ranked):
+    real, gauss, noise = ranked["real"], ranked["gaussian"], ranked["noise"]
+    assert real["fid"] < 0.5 * gauss["fid"] and gauss["fid"] < 0.5 * noise["fid"], (real, gauss, noise)
+    assert real["kid_mean"] < gauss["kid_mean"] < noise["kid_mean"]
+    assert real["is_mean"] > noise["is_mean"] + 1
+    assert real["precision"] > gauss["precision"] > noise["precision"]
+
+
+def test_metric_values_are_well_formed(ranked, split):
+    _, _, test_x, _ = split
+    for result in ranked.values():
+        assert all(math.isfinite(result[k]) for k in METRIC_KEYS), result
+        assert 0 <= result["precision"] <= 1 and 0 <= result["recall"] <= 1
+        assert result["is_mean"] >= 1 and result["fid"] >= 0
+        assert result["extractor"] == "classifier"
+        assert result["num_samples"] == len(test_x) and result["num_reference"] == N_TRAIN
+        assert result["kid_subset_size"] == len(test_x)  # automatic: min(1000, smaller set)
+
+
+def test_rgb_and_grey_inputs_agree(split, classifier):
+    _, _, test_x, _ = split
+    grey, reference = test_x[:30], test_x[30:90]
+    a = fidelity_metrics(grey, reference, extractor="classifier", weights_path=classifier[0], kid_subset_size=20)
+    b = fidelity_metrics(np.repeat(grey, 3, axis=1), reference, extractor="classifier", weights_path=classifier[0],
+                         kid_subset_size=20)
+    assert a["kid_subset_size"] == 20
+    for k in METRIC_KEYS:
+        assert b[k] == pytest.approx(a[k], rel=1e-4, abs=1e-6), k
+
+
+def test_gaussian_baseline(split):
+    train_x = split[0]
+    a = gaussian_baseline_samples(train_x, 500, seed=7)
+    assert a.shape == (500, 1, 8, 8) and a.dtype == np.uint8
+    np.testing.assert_array_equal(a, gaussian_baseline_samples(train_x, 500, seed=7))
+    assert not np.array_equal(a, gaussian_baseline_samples(train_x, 500, seed=8))
+    # Per-pixel means are matched up to sampling error and the clipping at 0 / 255.
+    assert np.abs(a.reshape(500, -1).mean(0) - train_x.reshape(N_TRAIN, -1).mean(0)).max() < 15
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Inception-v3 (torch-fidelity's own extractor, weights file of the right layout with random values)
+
+
+class _InceptionSkeleton(FeatureExtractorInceptionV3):
+    """torch-fidelity's module, built without loading any weights: gives the exact state-dict keys and shapes."""
+
+    def load_state_dict(self, state_dict, strict=True, assign=False):
+        return None
+
+
+@pytest.fixture(scope="module")
+def random_inception_weights(tmp_path_factory):
+    """A stand-in for weights-inception-2015-12-05-6726825d.pth: same keys/shapes, He-normal random convolutions
+    (so activations neither vanish nor explode through ~100 layers), identity batch norms."""
+    folder = tmp_path_factory.mktemp("inception")
+    torch.save({}, folder / "empty.pt")
+    skeleton = _InceptionSkeleton("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(folder / "empty.pt"))
+    gen = torch.Generator().manual_seed(0)
+    state = {}
+    for key, value in skeleton.state_dict().items():
+        if key.endswith("conv.weight"):
+            value = torch.randn(value.shape, generator=gen) * math.sqrt(2.0 / value[0].numel())
+        elif key == "fc.weight":
+            value = torch.randn(value.shape, generator=gen) * (3.0 / math.sqrt(value.shape[1]))
+        state[key] = value.clone()
+    path = folder / "weights-inception-random.pth"
+    torch.save(state, path)
+    return path
+
+
+def test_inception_path_end_to_end_offline(random_inception_weights, monkeypatch):
+    # Inception resizes every image to 299×299 first: ~0.3–1 s per image on 2 (busy) CPU cores. The resize target
+    # is lowered here to 75×75, the smallest input Inception-v3 accepts (16× cheaper); weight loading, the network
+    # and torch-fidelity's metric code are otherwise exactly those of a production run.
+    monkeypatch.setattr(FeatureExtractorInceptionV3, "INPUT_IMAGE_SIZE", 75)
+    digits = load_digits()
+    result = fidelity_metrics(digits[:25], digits[25:50], extractor="inception-v3-compat",
+                              weights_path=random_inception_weights, batch_size=25)
+    assert all(math.isfinite(result[k]) for k in METRIC_KEYS), result
+    assert 0 <= result["precision"] <= 1 and 0 <= result["recall"] <= 1 and result["is_mean"] >= 1 - 1e-9
+    assert result["fid"] > 0  # the random features are not degenerate
+    assert result["extractor"] == "inception-v3-compat"
+    assert (result["num_samples"], result["num_reference"], result["kid_subset_size"]) == (25, 25, 25)
+
+
+def test_inception_weights_file_is_really_loaded(tmp_path):
+    bad = tmp_path / "not-inception.pth"
+    torch.save({"fc.weight": torch.zeros(3, 3)}, bad)
+    digits = load_digits()[:10]
+    with pytest.raises(RuntimeError, match="Missing key"):  # torch-fidelity's strict load_state_dict
+        fidelity_metrics(digits, digits, extractor="inception-v3-compat", weights_path=bad)
+
+
+def test_missing_inception_weights_says_how_to_provide_them(tmp_path):
+    digits = load_digits()[:10]
+    with pytest.raises(FileNotFoundError, match=INCEPTION_CONFIG_KEY.replace(".", r"\.")) as err:
+        fidelity_metrics(digits, digits, extractor="inception-v3-compat", weights_path=tmp_path / "absent.pth")
+    assert "weights-inception-2015-12-05-6726825d.pth" in str(err.value)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Input validation
+
+
+@pytest.mark.parametrize("change, argument", [
+    (lambda s, r: (s.astype(np.float32), r), "samples"),
+    (lambda s, r: (s, r[:, 0]), "reference"),
+    (lambda s, r: (np.repeat(s, 2, axis=1), r), "samples"),
+    (lambda s, r: (s, np.zeros((20, 1, 16, 16), np.uint8)), "H×W"),
+    (lambda s, r: (s[:5], r), "samples"),
+    (lambda s, r: (list(s), r), "samples"),
+])
+def test_bad_inputs_name_the_argument(classifier, change, argument):
+    digits = load_digits()[:20]
+    samples, reference = change(digits, digits)
+    with pytest.raises(ValueError, match=argument):
+        fidelity_metrics(samples, reference, extractor="classifier", weights_path=classifier[0])
+
+
+def test_bad_options_name_the_argument(classifier):
+    digits = load_digits()[:20]
+    with pytest.raises(ValueError, match="kid_subset_size"):
+        fidelity_metrics(digits, digits[:12], extractor="classifier", weights_path=classifier[0], kid_subset_size=13)
+    with pytest.raises(ValueError, match="extractor"):
+        fidelity_metrics(digits, digits, extractor="vgg", weights_path=classifier[0])
+    with pytest.raises(ValueError, match="weights_path"):
+        fidelity_metrics(digits, digits, extractor="classifier")
+    with pytest.raises(ValueError, match="train_images"):
+        gaussian_baseline_samples(digits.astype(np.int64), 5, seed=0)
+    with pytest.raises(ValueError, match="labels"):
+        train_classifier(digits, np.zeros(3, dtype=np.int64), "unused.pt")

@@ -1,0 +1,218 @@
+"""The whole Snakemake workflow on a tiny config, its MLflow store, a real MLflow server and the UI in Chromium."""
+
+import json
+import math
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "tests" / "configs" / "tiny.yaml"
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile")]
+SETTINGS = ["linear-T50-eps-fixedlarge-mse-s0", "cosine-T50-eps-fixedlarge-mse-s0"]
+
+
+def snakemake(workdir: Path, *args: str, config: Path = TINY, check: bool = True) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # the venv's `ddpm` for shell rules
+    result = subprocess.run([*SNAKEMAKE, "--directory", str(workdir), "--configfile", str(config), *args],
+                            capture_output=True, text=True, env=env, timeout=900)
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("tiny")
+    snakemake(workdir, "--cores", "2")
+    return workdir
+
+
+def test_workflow_writes_every_expected_file(tiny_run):
+    results = tiny_run / "results"
+    expected = [results / "tables" / f"tiny.{ext}" for ext in ("csv", "md", "tex")]
+    expected += [results / "figures" / "tiny-loss.png", results / "mlflow.db", results / "data" / "digits" / "manifest.json"]
+    for setting in SETTINGS:
+        run = results / "runs" / "digits" / setting
+        expected += [run / name for name in ("checkpoint.pt", "mlflow_run_id.txt", "metrics.jsonl", "samples.npz",
+                                              "samples.png", "fid_is.json", "nll.json")]
+        expected += [run / "samples" / f"shard-{i}.npz" for i in (0, 1)]
+        expected += [run / "nll" / f"shard-{i}.npz" for i in (0, 1)]
+        expected += [results / "logs" / "train" / f"{setting}.log", results / "benchmarks" / "train" / f"{setting}.tsv"]
+    missing = [str(p.relative_to(tiny_run)) for p in expected if not p.is_file()]
+    assert not missing, missing
+
+
+def test_table_has_one_row_per_setting_with_finite_metrics(tiny_run):
+    table = pd.read_csv(tiny_run / "results" / "tables" / "tiny.csv")
+    assert list(table["setting"]) == SETTINGS + ["gaussian baseline", "test split (floor)"]
+    for column in ("FID [classifier]", "IS [classifier]", "KID [classifier]", "samples"):
+        assert column in table.columns
+        assert table[column].map(math.isfinite).all(), table[column]
+    settings = table[table["setting"].isin(SETTINGS)]
+    assert settings["bits/dim"].map(math.isfinite).all() and (settings["bits/dim"] > 0).all()
+    assert (settings["samples"] == 200).all() and (settings["NLL images"] == 60).all()
+    floor = table.set_index("setting").loc["test split (floor)", "FID [classifier]"]
+    gaussian = table.set_index("setting").loc["gaussian baseline", "FID [classifier]"]
+    assert floor < gaussian  # the extractor tells real digits from the fitted Gaussian
+    markdown = (tiny_run / "results" / "tables" / "tiny.md").read_text()
+    assert all(s in markdown for s in SETTINGS) and "FID [classifier]" in markdown
+    assert "\\begin{tabular}" in (tiny_run / "results" / "tables" / "tiny.tex").read_text()
+
+
+def _store(tiny_run):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tiny_run / 'results' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("tiny")
+    return client, experiment, client.search_runs([experiment.experiment_id])
+
+
+def test_mlflow_store_has_one_finished_run_per_setting_under_one_parent(tiny_run):
+    client, experiment, runs = _store(tiny_run)
+    parents = [r for r in runs if r.data.tags.get("ddpm.kind") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("ddpm.kind") == "setting"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert sorted(r.info.run_name for r in children) == sorted(SETTINGS)
+    for run in children:
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        for metric in ("fid", "is_mean", "bpd", "loss", "images_per_s"):
+            assert math.isfinite(run.data.metrics[metric]), metric
+        assert run.data.params["schedule"] in ("linear", "cosine") and run.data.params["T"] == "50"
+        # Every logging step of the training loss is there once.
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "loss")]
+        assert steps == [20, 40, 60]
+        previews = [a.path for a in client.list_artifacts(run.info.run_id, "previews")]
+        assert previews == ["previews/step-0000030.png", "previews/step-0000060.png"]
+    artifacts = [a.path for a in client.list_artifacts(parents[0].info.run_id, "report")]
+    assert "report/tiny.csv" in artifacts
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tiny_run):
+    port = _free_port()
+    db = tiny_run / "results" / "mlflow.db"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{db}", "--host", "127.0.0.1",
+         "--port", str(port), "--workers", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        server.kill()
+        pytest.fail(f"mlflow server did not start: {server.stdout.read()[-3000:]}")
+    yield url
+    server.terminate()
+    server.wait(timeout=30)
+
+
+def _post(url, payload):
+    request = urllib.request.Request(url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def test_real_mlflow_server_serves_the_runs_and_metrics(mlflow_server, tiny_run):
+    with urllib.request.urlopen(f"{mlflow_server}/api/2.0/mlflow/experiments/get-by-name?experiment_name=tiny",
+                                timeout=30) as response:
+        experiment_id = json.loads(response.read())["experiment"]["experiment_id"]
+    found = _post(f"{mlflow_server}/api/2.0/mlflow/runs/search",
+                  {"experiment_ids": [experiment_id], "filter": "tags.`ddpm.kind` = 'setting'"})["runs"]
+    assert sorted(r["info"]["run_name"] for r in found) == sorted(SETTINGS)
+    for run in found:
+        metrics = {m["key"]: m["value"] for m in run["data"]["metrics"]}
+        assert {"fid", "is_mean", "bpd"} <= set(metrics)
+
+
+def _render(chromium: str, url: str, profile: Path) -> str:
+    return subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={profile}", "--virtual-time-budget=30000", "--dump-dom", url],
+        capture_output=True, text=True, timeout=180,
+    ).stdout
+
+
+def test_experiment_and_run_pages_render_the_run_names_in_chromium(mlflow_server, tiny_run, tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
+    _, experiment, runs = _store(tiny_run)
+    page = _render(chromium, f"{mlflow_server}/#/experiments/{experiment.experiment_id}", tmp_path / "p0")
+    assert ">tiny<" in page or "tiny</" in page, page[-2000:]  # the sweep's parent run (children fold under it)
+    for i, run in enumerate(r for r in runs if r.data.tags.get("ddpm.kind") == "setting"):
+        page = _render(chromium, f"{mlflow_server}/#/experiments/{experiment.experiment_id}/runs/{run.info.run_id}",
+                       tmp_path / f"p{i + 1}")
+        assert run.info.run_name in page, page[-2000:]
+
+
+def test_dry_run_lists_the_expected_jobs_for_the_default_and_a_cifar10_config(tmp_path):
+    out = snakemake(tmp_path, "-n", "--quiet", "rules", config=ROOT / "config" / "config.yaml").stdout
+    counts = _job_counts(out)
+    # 4 settings: 4 trainings, 2 sample shards each, 150-image NLL shards over 300 test images.
+    assert counts["train"] == 4 and counts["sample"] == 8 and counts["nll"] == 8
+    assert counts["fid_is"] == 4 and counts["gather_nll"] == 4 and counts["baseline"] == 2 and counts["report"] == 1
+
+    cifar = ROOT / "config" / "cifar10.yaml"  # the paper's setting: 50,000 samples in shards of 5,000
+    counts = _job_counts(snakemake(tmp_path, "-n", "--quiet", "rules", config=cifar).stdout)
+    assert counts["train"] == 1 and counts["sample"] == 10 and counts["nll"] == 10 and counts["fid_is"] == 1
+    assert "train_classifier" not in counts
+
+
+def _job_counts(output: str) -> dict[str, int]:
+    counts = {}
+    for line in output.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit():
+            counts[parts[0]] = int(parts[1])
+    return counts
+
+
+@pytest.mark.parametrize("override,key", [
+    ({"sweep": {"schedule": ["cosin"]}}, "schedule"),
+    ({"sweep": {"T": [0]}}, "T"),
+    ({"train": {"lr": -0.1}}, "lr"),
+    ({"dataset": {"name": "cifar10", "path": "/does/not/exist"}}, "dataset.path"),
+    ({"dataset": {"name": "digits", "image_size": 7}, "train": {"preset": "tiny"}}, "dataset.image_size"),
+])
+def test_bad_config_stops_before_any_job_naming_the_key(tmp_path, override, key):
+    config = yaml.safe_load(TINY.read_text())
+    for section, values in override.items():
+        config[section] = {**config.get(section, {}), **values}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(config))
+    result = snakemake(tmp_path, "--cores", "1", config=bad, check=False)
+    assert result.returncode != 0
+    assert key in result.stdout + result.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_lint_is_clean(tmp_path):
+    result = snakemake(tmp_path, "--lint", check=False)
+    assert "Lints for" not in result.stdout + result.stderr, result.stdout[-3000:]
+    assert result.returncode == 0, result.stderr[-3000:]

@@ -1,0 +1,98 @@
+import json
+import math
+import shlex
+from pathlib import Path
+
+from snakemake.utils import validate
+
+from ddpm.settings import expand_sweep, train_arguments
+from ddpm.unet import check_config, preset
+
+
+validate(config, "../schemas/config.schema.yaml")
+
+RESULTS = config["results_dir"].rstrip("/")
+DATASET = config["dataset"]["name"]
+NAME = config["name"]
+ENV = "../envs/ddpm.yaml"
+DATA = f"{RESULTS}/data/{DATASET}"
+RUNS = f"{RESULTS}/runs/{DATASET}"
+SETTINGS = expand_sweep(config)
+#: Test-split sizes known before the data are prepared (imagefolder needs evaluate.nll_num_images).
+KNOWN_TEST_SIZES = {"cifar10": 10000, "digits": round(1797 * config["dataset"]["test_fraction"])}
+NATIVE_IMAGE_SIZES = {"cifar10": 32, "digits": 8}
+
+
+def config_error(key, message):
+    raise ValueError(f"config key '{key}': {message}")
+
+
+def check_config_values():
+    """What the JSON schema cannot say: paths that must exist, sizes the model preset must take."""
+    dataset = config["dataset"]
+    if dataset["path"] is not None and not Path(dataset["path"]).exists():
+        config_error("dataset.path", f"{dataset['path']} does not exist")
+    if DATASET == "imagefolder":
+        if dataset["path"] is None:
+            config_error("dataset.path", "imagefolder needs the folder of images")
+        if dataset["image_size"] is None:
+            config_error("dataset.image_size", "imagefolder needs an image size (images are resized and center-cropped)")
+        if config["evaluate"]["nll_num_images"] is None:
+            config_error("evaluate.nll_num_images", "imagefolder needs the number of test images to score")
+    if DATASET == "cifar10" and dataset["path"] is None and not dataset["download"]:
+        config_error("dataset.path", "cifar10 needs a local cifar-10-batches-py folder, or dataset.download: true")
+    size = dataset["image_size"] or NATIVE_IMAGE_SIZES[DATASET]
+    try:
+        check_config(preset(config["train"]["preset"], image_size=size))
+    except ValueError as err:
+        config_error("dataset.image_size", f"model preset '{config['train']['preset']}' cannot take {size}x{size} images: {err}")
+    weights = config["evaluate"]["inception_weights"]
+    if weights is not None and not Path(weights).is_file():
+        config_error("evaluate.inception_weights", f"{weights} is not a file")
+    if config["sample"]["num_samples"] < 2:
+        config_error("sample.num_samples", "need at least 2 samples")
+
+
+check_config_values()
+
+
+wildcard_constraints:
+    setting="|".join(SETTINGS),
+    shard=r"\d+",
+
+
+def shards(total, size):
+    """Shard indices 0 … ⌈total/size⌉-1; shard i covers items [i·size, min((i+1)·size, total))."""
+    return list(range(math.ceil(total / size)))
+
+
+def shard_range(shard, total, size):
+    start = int(shard) * size
+    return start, min(size, total - start)
+
+
+NUM_SAMPLES = config["sample"]["num_samples"]
+SAMPLE_SHARDS = shards(NUM_SAMPLES, config["sample"]["shard_size"])
+NLL_IMAGES = config["evaluate"]["nll_num_images"] or KNOWN_TEST_SIZES[DATASET]
+NLL_SHARDS = shards(NLL_IMAGES, config["evaluate"]["nll_shard_size"])
+
+
+def extractor_weights():
+    """The feature extractor's weights file: the trained classifier, or the local Inception weights (or none)."""
+    if config["evaluate"]["feature_extractor"] == "classifier":
+        return f"{DATA}/classifier.pt"
+    return config["evaluate"]["inception_weights"] or []
+
+
+def extractor_args():
+    weights = extractor_weights()
+    args = f"--extractor {config['evaluate']['feature_extractor']}"
+    return args + (f" --weights {weights}" if weights else "")
+
+
+def final_outputs():
+    return (
+        [f"{RESULTS}/tables/{NAME}.{ext}" for ext in ("csv", "md", "tex")]
+        + [f"{RESULTS}/figures/{NAME}-loss.png"]
+        + expand(f"{RUNS}/{{setting}}/samples.png", setting=SETTINGS)
+    )

@@ -1,0 +1,39 @@
+rule prepare_data:
+    output:
+        manifest=f"{DATA}/manifest.json",
+        arrays=multiext(f"{DATA}/", "train_images.npy", "test_images.npy", "train_labels.npy", "test_labels.npy"),
+    params:
+        data=lambda wildcards, output: Path(output.manifest).parent,
+        args=" ".join(
+            [f"--dataset {DATASET}", f"--test-fraction {config['dataset']['test_fraction']}"]
+            + ([f"--path {shlex.quote(config['dataset']['path'])}"] if config["dataset"]["path"] else [])
+            + ([f"--image-size {config['dataset']['image_size']}"] if config["dataset"]["image_size"] else [])
+            + (["--download"] if config["dataset"]["download"] else [])
+        ),
+    log:
+        f"{RESULTS}/logs/prepare_data.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/prepare_data.tsv"
+    conda:
+        ENV
+    shell:
+        "ddpm prepare --out {params.data} {params.args} > {log} 2>&1"
+
+
+rule train_classifier:
+    input:
+        manifest=rules.prepare_data.output.manifest,
+    output:
+        f"{DATA}/classifier.pt",
+    params:
+        data=lambda wildcards, input: Path(input.manifest).parent,
+        steps=config["evaluate"]["classifier_steps"],
+    threads: 1
+    log:
+        f"{RESULTS}/logs/train_classifier.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train_classifier.tsv"
+    conda:
+        ENV
+    shell:
+        "ddpm classifier --data {params.data} --out {output} --steps {params.steps} --threads {threads} > {log} 2>&1"

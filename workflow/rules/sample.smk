@@ -1,0 +1,45 @@
+rule sample:
+    input:
+        rules.train.output.checkpoint,
+    output:
+        f"{RUNS}/{{setting}}/samples/shard-{{shard}}.npz",
+    params:
+        range=lambda wildcards: "--start {} --count {}".format(
+            *shard_range(wildcards.shard, NUM_SAMPLES, config["sample"]["shard_size"])
+        ),
+        steps=f"--steps {config['sample']['steps']}" if config["sample"]["steps"] else "",
+        batch=config["sample"]["batch_size"],
+        seed=config["sample"]["seed"],
+    threads: 1
+    resources:
+        gpu=1,
+    log:
+        f"{RESULTS}/logs/sample/{{setting}}-{{shard}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/sample/{{setting}}-{{shard}}.tsv"
+    conda:
+        ENV
+    shell:
+        "ddpm sample --checkpoint {input} --out {output} {params.range} --batch-size {params.batch}"
+        " --seed {params.seed} {params.steps} --device auto --threads {threads} > {log} 2>&1"
+
+
+rule gather_samples:
+    input:
+        shards=expand(f"{RUNS}/{{{{setting}}}}/samples/shard-{{shard}}.npz", shard=SAMPLE_SHARDS),
+        run_id=rules.train.output.run_id,
+        tracking=rules.mlflow_init.output,
+    output:
+        samples=f"{RUNS}/{{setting}}/samples.npz",
+        grid=report(f"{RUNS}/{{setting}}/samples.png", category="Samples", caption="../report/samples.rst"),
+    params:
+        grid_size=config["sample"]["grid_size"],
+    log:
+        f"{RESULTS}/logs/gather_samples/{{setting}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/gather_samples/{{setting}}.tsv"
+    conda:
+        ENV
+    shell:
+        "ddpm gather-samples --shards {input.shards} --out {output.samples} --grid {output.grid}"
+        " --grid-size {params.grid_size} --tracking {input.tracking} --run-id-file {input.run_id} > {log} 2>&1"

@@ -1,0 +1,24 @@
+rule train:
+    input:
+        manifest=rules.prepare_data.output.manifest,
+        tracking=rules.mlflow_init.output,
+    output:
+        checkpoint=f"{RUNS}/{{setting}}/checkpoint.pt",
+        run_id=f"{RUNS}/{{setting}}/mlflow_run_id.txt",
+        metrics=f"{RUNS}/{{setting}}/metrics.jsonl",
+    params:
+        out=lambda wildcards, output: Path(output.checkpoint).parent,
+        data=lambda wildcards, input: Path(input.manifest).parent,
+        args=lambda wildcards: train_arguments(config, wildcards.setting),
+    threads: config["train"]["threads"]
+    resources:
+        gpu=1,
+    log:
+        f"{RESULTS}/logs/train/{{setting}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train/{{setting}}.tsv"
+    conda:
+        ENV
+    shell:
+        "ddpm train --out {params.out} --data {params.data} --tracking {input.tracking}"
+        " --run-name {wildcards.setting} --device auto --threads {threads} {params.args} > {log} 2>&1"
