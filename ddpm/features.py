@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 
 from ddpm.checkpoint import save_checkpoint
+from ddpm.datasets import to_model_range
 
 CLASSIFIER_FORMAT = "ddpm-classifier-v1"
 EXTRACTOR_NAME = "ddpm-classifier"
@@ -60,11 +61,6 @@ class SmallClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
-
-
-def _to_unit_range(images: torch.Tensor) -> torch.Tensor:
-    """uint8 0…255 → float32 in [-1, 1] (the scaling of ``ddpm.datasets.to_model_range``)."""
-    return images.float() / 127.5 - 1.0
 
 
 def _check_images(images, name: str) -> None:
@@ -115,7 +111,7 @@ def train_classifier(
     in_channels = int(images.shape[1])
     arch = {"in_channels": in_channels, "width": int(width), "feature_dim": int(feature_dim)}
 
-    x_all = _to_unit_range(torch.from_numpy(images)).to(device)
+    x_all = to_model_range(images).to(device)
     y_all = torch.from_numpy(labels.astype(np.int64)).to(device)
     with _torch_threads(num_threads):
         model, loss = _fit(x_all, y_all, num_classes, arch, steps=steps, batch_size=batch_size, lr=lr, seed=seed)
@@ -200,7 +196,7 @@ def predict_labels(path: str | Path, images: np.ndarray, device: str = "cpu") ->
     model, state = load_classifier(path, device)
     if list(images.shape[1:]) != list(state["input_shape"]):
         raise ValueError(f"images have shape {tuple(images.shape[1:])}, the classifier expects {tuple(state['input_shape'])}")
-    x = _to_unit_range(torch.from_numpy(images)).to(device)
+    x = to_model_range(images).to(device)
     return np.concatenate([model(x[i:i + 1024]).argmax(1).cpu().numpy() for i in range(0, len(x), 1024)])
 
 
