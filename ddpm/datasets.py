@@ -205,6 +205,20 @@ def _prepare_imagefolder(path, image_size: int | None, test_fraction: float, see
 # Splits and resizing.
 
 
+#: Sizes known without preparing the data (imagefolder's depends on the folder).
+DIGITS_COUNT = 1797
+CIFAR10_TEST_COUNT = 10000
+
+
+def known_test_size(name: str, test_fraction: float) -> int | None:
+    """The test split's size for ``name`` without reading any data (``None`` for imagefolder)."""
+    if name == "digits":
+        return int(round(DIGITS_COUNT * test_fraction))  # the rule of seeded_split
+    if name == "cifar10":
+        return CIFAR10_TEST_COUNT
+    return None
+
+
 def seeded_split(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices (train, test), each sorted: test = the first round(n·test_fraction) of ``default_rng(seed).permutation(n)``."""
     permutation = np.random.default_rng(seed).permutation(n)

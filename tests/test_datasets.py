@@ -113,6 +113,11 @@ def test_digits_resize_and_test_fraction(tmp_path):
     manifest = prepare_dataset("digits", tmp_path, image_size=16, test_fraction=0.25)
     assert manifest["image_shape"] == [1, 16, 16]
     assert manifest["counts"] == {"train": 1797 - 449, "test": 449}  # round(449.25)
+    # The workflow plans its bits/dim shards from this before any data is prepared.
+    from ddpm.datasets import known_test_size
+
+    assert known_test_size("digits", 0.25) == manifest["counts"]["test"]
+    assert known_test_size("digits", 1 / 6) == 300 and known_test_size("imagefolder", 0.2) is None
     images, _ = load_split(tmp_path, "train")
     assert images.shape == (1348, 1, 16, 16) and images.dtype == np.uint8 and images.max() > 200
 

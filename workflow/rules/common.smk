@@ -5,6 +5,7 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
+from ddpm.datasets import known_test_size
 from ddpm.settings import expand_sweep, train_arguments
 from ddpm.unet import check_config, preset
 
@@ -18,8 +19,6 @@ ENV = "../envs/ddpm.yaml"
 DATA = f"{RESULTS}/data/{DATASET}"
 RUNS = f"{RESULTS}/runs/{DATASET}"
 SETTINGS = expand_sweep(config)
-#: Test-split sizes known before the data are prepared (imagefolder needs evaluate.nll_num_images).
-KNOWN_TEST_SIZES = {"cifar10": 10000, "digits": round(1797 * config["dataset"]["test_fraction"])}
 NATIVE_IMAGE_SIZES = {"cifar10": 32, "digits": 8}
 
 
@@ -73,7 +72,8 @@ def shard_range(shard, total, size):
 
 NUM_SAMPLES = config["sample"]["num_samples"]
 SAMPLE_SHARDS = shards(NUM_SAMPLES, config["sample"]["shard_size"])
-NLL_IMAGES = config["evaluate"]["nll_num_images"] or KNOWN_TEST_SIZES[DATASET]
+# imagefolder's test split is unknown before preparation: check_config_values requires evaluate.nll_num_images.
+NLL_IMAGES = config["evaluate"]["nll_num_images"] or known_test_size(DATASET, config["dataset"]["test_fraction"])
 NLL_SHARDS = shards(NLL_IMAGES, config["evaluate"]["nll_shard_size"])
 
 
