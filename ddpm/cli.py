@@ -330,8 +330,13 @@ def make_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     _set_threads(args)
+    from .train import PREEMPTED_EXIT_CODE, Preempted
+
     try:
         args.func(args)
+    except Preempted as err:
+        print(f"ddpm {args.command}: preempted: {err}", file=sys.stderr)
+        return PREEMPTED_EXIT_CODE
     except (ValueError, FileNotFoundError, FloatingPointError, RuntimeError) as err:
         print(f"ddpm {args.command}: error: {err}", file=sys.stderr)
         return 2

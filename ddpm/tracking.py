@@ -101,6 +101,18 @@ def log_artifact(tracking_uri: str, run_id: str, path: str | Path, artifact_path
     _retrying_client_call(tracking_uri, "artifact upload", lambda c: c.log_artifact(run_id, str(path), artifact_path))
 
 
+def mark_running(tracking_uri: str, run_id: str) -> None:
+    """Set a resumed run's status back to RUNNING."""
+    _retrying_client_call(tracking_uri, "run status update", lambda c: c.update_run(run_id, status="RUNNING"))
+
+
+def last_logged_step(tracking_uri: str, run_id: str, key: str) -> int:
+    """The highest step at which ``key`` was logged to the run (0 if never)."""
+    client = _client(tracking_uri)
+    history = with_retry(lambda: client.get_metric_history(run_id, key), what="metric history")
+    return max((m.step for m in history), default=0)
+
+
 def finish_run(tracking_uri: str, run_id: str, status: str = "FINISHED") -> None:
     _retrying_client_call(tracking_uri, "run status update", lambda c: c.set_terminated(run_id, status=status))
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import copy
 import json
 import math
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -17,6 +19,7 @@ import torch
 
 from . import tracking as mlf
 from .checkpoint import load_checkpoint, save_checkpoint
+from .io import atomic_open
 from .datasets import load_dataset, load_split, to_model_range
 from .diffusion import GaussianDiffusion, randn
 from .resample import create_sampler, default_sampler_name
@@ -46,6 +49,7 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 50
     preview_every: int = 0  # draw a grid of EMA samples every this many steps (0: never); logged to MLflow
+    checkpoint_every: int = 0  # save the resume state every this many steps (0: never; SIGTERM still saves it)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -103,6 +107,56 @@ def _check_finite(loss: torch.Tensor, step: int) -> None:
         raise FloatingPointError(f"loss became {loss.item()} at step {step}; stopping (no checkpoint written for this step)")
 
 
+#: The resume state lives beside the run's outputs but is not one of them, so Snakemake's clean-up of a failed
+#: job does not delete it; a rerun continues from it.
+RESUME_FILE = "resume.pt"
+#: Exit status after a preemption signal (EX_TEMPFAIL): the state is saved, run the job again to continue.
+PREEMPTED_EXIT_CODE = 75
+
+
+class Preempted(Exception):
+    """Training stopped on SIGTERM or SIGUSR1 after writing its resume state."""
+
+
+class _PreemptionFlag:
+    """Turns SIGTERM / SIGUSR1 into a flag that the loop checks between steps (so a step is never cut in half)."""
+
+    SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGUSR1") if hasattr(signal, name))
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous: dict = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.received = signum
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _read_resume(out_dir: Path, config: TrainConfig) -> dict | None:
+    """The saved state of an interrupted run of this very config, or None. A state written for another config
+    (the setting's parameters changed) is moved aside to ``resume-stale.pt``, and training starts over."""
+    path = out_dir / RESUME_FILE
+    if not path.exists():
+        return None
+    state = load_checkpoint(path)  # a corrupt or truncated file is an error that names it
+    if state["config"] != asdict(config):
+        changed = sorted(k for k in asdict(config) if state["config"].get(k) != getattr(config, k))
+        print(f"{path} was written for another config (changed: {', '.join(changed)}); "
+              f"moved to {RESUME_FILE.replace('.pt', '-stale.pt')}, starting over", flush=True)
+        path.replace(out_dir / RESUME_FILE.replace(".pt", "-stale.pt"))
+        return None
+    return state
+
+
 def train(
     config: TrainConfig,
     out_dir: str | Path,
@@ -118,15 +172,28 @@ def train(
     ``data_dir`` is a folder written by ``ddpm prepare`` (its train split is used); without it the dataset is
     loaded by name. With ``tracking`` (see :mod:`ddpm.tracking`) the run is an MLflow child run of the sweep,
     named ``run_name``; its id is written to ``mlflow_run_id.txt`` for the jobs that follow.
+
+    Every ``checkpoint_every`` steps the complete state (weights, EMA, optimiser, step, every RNG, the timestep
+    sampler, the MLflow run id) goes to ``resume.pt``; a killed run started again continues from there and ends
+    with the same weights, bit for bit on CPU, in the same MLflow run. SIGTERM / SIGUSR1 save the state and raise
+    :class:`Preempted`.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    run_id = None
+    resume = _read_resume(out_dir, config)
+    run_id = resume.get("mlflow_run_id") if resume else None
     if tracking is not None:
-        run_id = mlf.start_setting_run(tracking, run_name or out_dir.name, {**asdict(config), "device": str(device)})
+        if run_id is None:
+            run_id = mlf.start_setting_run(tracking, run_name or out_dir.name, {**asdict(config), "device": str(device)})
+        else:
+            mlf.mark_running(tracking["tracking_uri"], run_id)
         (out_dir / "mlflow_run_id.txt").write_text(run_id + "\n")
     try:
-        final = _train_loop(config, out_dir, data_dir, torch.device(device), progress, tracking, run_id)
+        final = _train_loop(config, out_dir, data_dir, torch.device(device), progress, tracking, run_id, resume)
+    except Preempted:
+        if run_id is not None:
+            mlf.finish_run(tracking["tracking_uri"], run_id, "KILLED")
+        raise
     except BaseException:
         if run_id is not None:
             mlf.finish_run(tracking["tracking_uri"], run_id, "FAILED")
@@ -134,11 +201,34 @@ def train(
     if run_id is not None:
         mlf.log_artifact(tracking["tracking_uri"], run_id, out_dir / "metrics.jsonl")
         mlf.finish_run(tracking["tracking_uri"], run_id, "FINISHED")
+    (out_dir / RESUME_FILE).unlink(missing_ok=True)  # last: a kill before this resumes and redoes the same steps
     return final
 
 
+def _rng_state(generator: torch.Generator) -> dict:
+    state = {"generator": generator.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(generator: torch.Generator, state: dict) -> None:
+    generator.set_state(state["generator"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _keep_metrics_up_to(path: Path, step: int) -> None:
+    """Drop the metric lines a killed run wrote after its last saved state (they are computed again)."""
+    if path.exists():
+        lines = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        with atomic_open(path, "w") as f:
+            f.write("".join(line + "\n" for line in lines))
+
+
 def _train_loop(config: TrainConfig, out_dir: Path, data_dir, device: torch.device, progress: bool,
-                tracking: dict | None, run_id: str | None) -> dict:
+                tracking: dict | None, run_id: str | None, resume: dict | None) -> dict:
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
 
@@ -153,50 +243,77 @@ def _train_loop(config: TrainConfig, out_dir: Path, data_dir, device: torch.devi
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     sampler = create_sampler(config.timestep_sampler or default_sampler_name(config.loss_type), diffusion.num_timesteps)
 
-    metrics_file = (out_dir / "metrics.jsonl").open("w")
+    first_step, last_logged = 1, 0
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        ema.load_state_dict(resume["ema"])
+        optimizer.load_state_dict(resume["optimizer"])
+        sampler.load_state_dict(resume["sampler"])
+        _set_rng_state(generator, resume["rng"])
+        first_step = resume["step"] + 1
+        _keep_metrics_up_to(out_dir / "metrics.jsonl", resume["step"])
+        # Steps logged to MLflow after the saved state are recomputed identically: log each step once.
+        last_logged = mlf.last_logged_step(tracking["tracking_uri"], run_id, "loss") if run_id else resume["step"]
+        print(f"resuming from step {resume['step']} of {config.steps}", flush=True)
+
+    def save_resume(step: int) -> None:
+        save_checkpoint(out_dir / RESUME_FILE, {
+            "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
+            "sampler": sampler.state_dict(), "rng": _rng_state(generator), "step": step, "config": asdict(config),
+            "mlflow_run_id": run_id, "data_shape": [channels, height, width],
+        })
+
+    metrics_file = (out_dir / "metrics.jsonl").open("a" if resume is not None else "w")
     last: dict = {}
     start = time.monotonic()
-    for step in range(1, config.steps + 1):
-        # Algorithm 1: x_0 ~ q(x_0), t ~ p(t), ε ~ N(0, I), gradient step on the loss.
-        index = torch.randint(len(data), (config.batch_size,), generator=generator).to(device)
-        x0 = data[index]
-        if config.flip:
-            flip = (torch.rand(config.batch_size, generator=generator) < 0.5).to(device)
-            x0 = torch.where(flip[:, None, None, None], x0.flip(3), x0)
-        t, weights = sampler.sample(config.batch_size, device, generator=generator)
-        noise = randn(x0.shape, generator, device=device)
-        losses = diffusion.training_losses(model, x0, t, noise)
-        loss = (losses["loss"] * weights).mean()
-        _check_finite(loss, step)
+    with _PreemptionFlag() as preemption:
+        for step in range(first_step, config.steps + 1):
+            # Algorithm 1: x_0 ~ q(x_0), t ~ p(t), ε ~ N(0, I), gradient step on the loss.
+            index = torch.randint(len(data), (config.batch_size,), generator=generator).to(device)
+            x0 = data[index]
+            if config.flip:
+                flip = (torch.rand(config.batch_size, generator=generator) < 0.5).to(device)
+                x0 = torch.where(flip[:, None, None, None], x0.flip(3), x0)
+            t, weights = sampler.sample(config.batch_size, device, generator=generator)
+            noise = randn(x0.shape, generator, device=device)
+            losses = diffusion.training_losses(model, x0, t, noise)
+            loss = (losses["loss"] * weights).mean()
+            _check_finite(loss, step)
 
-        lr = config.lr * min(1.0, step / config.warmup) if config.warmup > 0 else config.lr
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip if config.grad_clip > 0 else math.inf)
-        optimizer.step()
-        with torch.no_grad():
-            for ema_p, p in zip(ema.parameters(), model.parameters()):
-                ema_p.lerp_(p, 1.0 - config.ema_decay)
-        sampler.update(t, losses["loss"])
+            lr = config.lr * min(1.0, step / config.warmup) if config.warmup > 0 else config.lr
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip if config.grad_clip > 0 else math.inf)
+            optimizer.step()
+            with torch.no_grad():
+                for ema_p, p in zip(ema.parameters(), model.parameters()):
+                    ema_p.lerp_(p, 1.0 - config.ema_decay)
+            sampler.update(t, losses["loss"])
 
-        if step % config.log_every == 0 or step == config.steps:
-            elapsed = time.monotonic() - start
-            last = {"step": step, "loss": loss.item(), "lr": lr, "grad_norm": grad_norm.item(),
-                    "images_per_s": step * config.batch_size / elapsed}
-            metrics_file.write(json.dumps(last) + "\n")
-            metrics_file.flush()
-            if run_id is not None:
-                mlf.log_metrics(tracking["tracking_uri"], run_id, {k: v for k, v in last.items() if k != "step"}, step)
-            if progress:
-                eta = elapsed / step * (config.steps - step)
-                print(f"step {step}/{config.steps} loss {last['loss']:.4f} lr {lr:.2e} "
-                      f"{last['images_per_s']:.0f} img/s ETA {eta:.0f}s", flush=True)
-        if config.preview_every and (step % config.preview_every == 0 or step == config.steps):
-            grid = _preview_grid(ema, diffusion, (channels, height, width), out_dir / "previews" / f"step-{step:07d}.png", device)
-            if run_id is not None:
-                mlf.log_artifact(tracking["tracking_uri"], run_id, grid, "previews")
+            if step % config.log_every == 0 or step == config.steps:
+                elapsed = time.monotonic() - start
+                last = {"step": step, "loss": loss.item(), "lr": lr, "grad_norm": grad_norm.item(),
+                        "images_per_s": (step - first_step + 1) * config.batch_size / elapsed}
+                metrics_file.write(json.dumps(last) + "\n")
+                metrics_file.flush()
+                if run_id is not None and step > last_logged:
+                    mlf.log_metrics(tracking["tracking_uri"], run_id, {k: v for k, v in last.items() if k != "step"}, step)
+                if progress:
+                    eta = elapsed / (step - first_step + 1) * (config.steps - step)
+                    print(f"step {step}/{config.steps} loss {last['loss']:.4f} lr {lr:.2e} "
+                          f"{last['images_per_s']:.0f} img/s ETA {eta:.0f}s", flush=True)
+            if config.preview_every and (step % config.preview_every == 0 or step == config.steps):
+                grid = _preview_grid(ema, diffusion, (channels, height, width), out_dir / "previews" / f"step-{step:07d}.png", device)
+                if run_id is not None:
+                    mlf.log_artifact(tracking["tracking_uri"], run_id, grid, "previews")
+            if config.checkpoint_every and step % config.checkpoint_every == 0:
+                save_resume(step)
+            if preemption.received is not None:
+                save_resume(step)
+                raise Preempted(f"signal {preemption.received} at step {step}: state saved to {out_dir / RESUME_FILE}; "
+                                f"run again to continue")
     metrics_file.close()
 
     save_checkpoint(out_dir / "checkpoint.pt", {

@@ -11,6 +11,8 @@ rule train:
         data=lambda wildcards, input: Path(input.manifest).parent,
         args=lambda wildcards: train_arguments(config, wildcards.setting),
     threads: config["train"]["threads"]
+    # A killed or preempted job (exit 75 after SIGTERM / SIGUSR1) resumes from resume.pt when run again.
+    retries: config["train"]["retries"]
     resources:
         gpu=1,
     log:

@@ -1,0 +1,164 @@
+"""Killed training resumes exactly; preemption saves and resumes; parallel writers to the MLflow store lose nothing."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from ddpm.checkpoint import load_checkpoint
+from ddpm.io import write_json
+from ddpm.tracking import init_sweep
+
+TRAIN = ["--T", "50", "--schedule-rescale", "true", "--steps", "120", "--batch-size", "16", "--log-every", "5",
+         "--checkpoint-every", "10", "--warmup", "10", "--lr", "1e-3", "--dropout", "0.1", "--threads", "1"]
+LOGGED_STEPS = list(range(5, 121, 5))
+
+
+def _tracking(tmp_path: Path) -> Path:
+    """The pipeline's own initialisation: store, experiment and parent run created once, before any writer."""
+    info = init_sweep(f"sqlite:///{tmp_path / 'mlflow.db'}", "reliability", "sweep", tmp_path / "artifacts", {})
+    path = tmp_path / "tracking.json"
+    write_json(path, info)
+    return path
+
+
+def _train_command(out: Path, tracking: Path | None) -> list[str]:
+    command = [sys.executable, "-m", "ddpm.cli", "train", "--out", str(out), *TRAIN]
+    return command + (["--tracking", str(tracking), "--run-name", out.name] if tracking else [])
+
+
+def _logged_step(out: Path) -> int:
+    try:
+        lines = (out / "metrics.jsonl").read_text().splitlines()
+        return json.loads(lines[-1])["step"] if lines else 0
+    except (OSError, ValueError, IndexError):
+        return 0  # being written
+
+
+def _run_until(out: Path, tracking: Path, step: int, sig: int) -> int:
+    """Start training and send ``sig`` once it has logged ``step``; returns the exit status."""
+    process = subprocess.Popen(_train_command(out, tracking), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while process.poll() is None and _logged_step(out) < step and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if process.poll() is None:
+        process.send_signal(sig)
+    process.wait(timeout=120)
+    return process.returncode
+
+
+def _assert_same_weights(a: Path, b: Path) -> None:
+    first, second = load_checkpoint(a), load_checkpoint(b)
+    for part in ("model", "ema"):
+        assert first[part].keys() == second[part].keys()
+        for key in first[part]:
+            assert torch.equal(first[part][key], second[part][key]), f"{part}.{key} differs"
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("uninterrupted") / "run"
+    subprocess.run(_train_command(out, None), check=True, capture_output=True)
+    return out
+
+
+def _store_runs(tmp_path: Path):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("reliability")
+    runs = [r for r in client.search_runs([experiment.experiment_id]) if r.data.tags.get("ddpm.kind") == "setting"]
+    return client, runs
+
+
+def test_sigkill_at_three_random_points_then_rerun_gives_the_same_weights_and_one_mlflow_run(tmp_path, uninterrupted):
+    tracking = _tracking(tmp_path)
+    out = tmp_path / "killed"
+    kill_points = sorted(random.Random(1234).sample(range(12, 115), 3))
+    for point in kill_points:
+        status = _run_until(out, tracking, point, signal.SIGKILL)
+        assert status == -signal.SIGKILL, f"the run ended by itself before step {point}"
+        assert (out / "resume.pt").exists() and not (out / "checkpoint.pt").exists()
+    subprocess.run(_train_command(out, tracking), check=True, capture_output=True)
+
+    _assert_same_weights(out / "checkpoint.pt", uninterrupted / "checkpoint.pt")
+    assert not (out / "resume.pt").exists()
+    assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == LOGGED_STEPS
+    client, runs = _store_runs(tmp_path)
+    assert len(runs) == 1, "a resumed run must continue the same MLflow run"
+    run = runs[0]
+    assert run.info.run_id == (out / "mlflow_run_id.txt").read_text().strip() and run.info.status == "FINISHED"
+    for key in ("loss", "lr", "grad_norm"):
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+        assert sorted(steps) == LOGGED_STEPS, f"{key}: duplicates or gaps in {steps}"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
+def test_preemption_signal_saves_state_exits_75_and_resumes(tmp_path, uninterrupted, sig):
+    tracking = _tracking(tmp_path)
+    out = tmp_path / "preempted"
+    assert _run_until(out, tracking, 33, sig) == 75
+    state = load_checkpoint(out / "resume.pt")
+    assert state["step"] >= 33
+    client, runs = _store_runs(tmp_path)
+    assert [r.info.status for r in runs] == ["KILLED"]
+    subprocess.run(_train_command(out, tracking), check=True, capture_output=True)
+    _assert_same_weights(out / "checkpoint.pt", uninterrupted / "checkpoint.pt")
+    client, runs = _store_runs(tmp_path)
+    assert [r.info.status for r in runs] == ["FINISHED"]
+    assert sorted(m.step for m in client.get_metric_history(runs[0].info.run_id, "loss")) == LOGGED_STEPS
+
+
+def test_resume_state_of_another_config_is_set_aside_not_used(tmp_path):
+    out = tmp_path / "changed"
+    assert _run_until(out, None, 22, signal.SIGTERM) == 75
+    assert load_checkpoint(out / "resume.pt")["config"]["lr"] == 1e-3
+    changed = _train_command(out, None)
+    changed[changed.index("--lr") + 1] = "5e-4"  # the setting's parameters changed: start over
+    result = subprocess.run(changed, check=True, capture_output=True, text=True)
+    assert "written for another config (changed: lr)" in result.stdout
+    assert load_checkpoint(out / "resume-stale.pt")["config"]["lr"] == 1e-3  # kept, not deleted
+    final = load_checkpoint(out / "checkpoint.pt")
+    assert final["config"]["lr"] == 5e-4 and final["step"] == 120
+    assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == LOGGED_STEPS
+
+
+def test_corrupt_resume_state_is_a_clear_error_naming_the_file(tmp_path):
+    out = tmp_path / "corrupt"
+    out.mkdir()
+    (out / "resume.pt").write_bytes(b"\x80\x04not a checkpoint")
+    result = subprocess.run(_train_command(out, None), capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "resume.pt" in result.stderr and "cannot load checkpoint" in result.stderr
+    assert not (out / "checkpoint.pt").exists()
+
+
+WRITER = """
+import sys
+from ddpm.tracking import read_tracking, start_setting_run, log_metrics, finish_run
+tracking = read_tracking(sys.argv[1])
+run_id = start_setting_run(tracking, f"writer-{sys.argv[2]}", {"writer": sys.argv[2]})
+for step in range(1, 21):
+    log_metrics(tracking["tracking_uri"], run_id, {"loss": 1.0 / step, "writer": float(sys.argv[2])}, step)
+finish_run(tracking["tracking_uri"], run_id)
+"""
+
+
+def test_16_parallel_writers_to_the_default_sqlite_store_lose_nothing(tmp_path):
+    tracking = _tracking(tmp_path)
+    writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(tracking), str(i)], stderr=subprocess.PIPE, text=True)
+               for i in range(16)]
+    failures = [(i, w.stderr.read()[-500:]) for i, w in enumerate(writers) if w.wait(timeout=600) != 0]
+    assert not failures, failures
+    client, runs = _store_runs(tmp_path)
+    assert sorted(r.info.run_name for r in runs) == sorted(f"writer-{i}" for i in range(16))
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "loss")) == list(range(1, 21))
