@@ -79,11 +79,28 @@ def load_for_sampling(path: str | Path, *, use_ema: bool = True, device="cpu") -
     config = TrainConfig.from_dict(state["config"])
     model, diffusion = build(config, in_channels=state["data_shape"][0], image_size=state["data_shape"][1])
     weights = state["ema"] if use_ema else state["model"]
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as err:
-        raise ValueError(f"checkpoint {path} does not fit the architecture its config describes: {err}") from err
+    mismatch = _architecture_mismatch(model.state_dict(), weights)
+    if mismatch:
+        raise ValueError(f"checkpoint {path} does not fit the architecture its config describes "
+                         f"(preset {config.preset!r}, var_type {config.var_type!r}): {mismatch}")
+    model.load_state_dict(weights)
     return model.to(device).eval(), diffusion, state
+
+
+def _architecture_mismatch(expected: dict, found: dict) -> str | None:
+    """A one-line summary of how the weights ``found`` differ from the model's, or None if they fit."""
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    reshaped = [k for k in expected if k in found and tuple(expected[k].shape) != tuple(found[k].shape)]
+    if not (missing or unexpected or reshaped):
+        return None
+    summary = f"{len(missing)} parameters missing, {len(unexpected)} unexpected, {len(reshaped)} of another shape"
+    if reshaped:
+        k = reshaped[0]
+        summary += f"; e.g. {k} is {tuple(found[k].shape)} in the file but {tuple(expected[k].shape)} in the model"
+    elif missing:
+        summary += f"; e.g. {missing[0]} is missing"
+    return summary
 
 
 PREVIEW_SAMPLES = 36

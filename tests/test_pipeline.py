@@ -4,16 +4,15 @@ import json
 import math
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
+from conftest import mlflow_server as start_mlflow_server
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "configs" / "tiny.yaml"
@@ -99,36 +98,10 @@ def test_mlflow_store_has_one_finished_run_per_setting_under_one_parent(tiny_run
     assert "report/tiny.csv" in artifacts
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def mlflow_server(tiny_run):
-    port = _free_port()
-    db = tiny_run / "results" / "mlflow.db"
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{db}", "--host", "127.0.0.1",
-         "--port", str(port), "--workers", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        server.kill()
-        pytest.fail(f"mlflow server did not start: {server.stdout.read()[-3000:]}")
-    yield url
-    server.terminate()
-    server.wait(timeout=30)
+    with start_mlflow_server(tiny_run / "results" / "mlflow.db") as url:
+        yield url
 
 
 def _post(url, payload):

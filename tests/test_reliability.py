@@ -12,18 +12,20 @@ from pathlib import Path
 import pytest
 import torch
 
-from ddpm.checkpoint import load_checkpoint
+from conftest import mlflow_server
+from ddpm.checkpoint import load_checkpoint, save_checkpoint
 from ddpm.io import write_json
 from ddpm.tracking import init_sweep
+from ddpm.train import load_for_sampling
 
 TRAIN = ["--T", "50", "--schedule-rescale", "true", "--steps", "120", "--batch-size", "16", "--log-every", "5",
          "--checkpoint-every", "10", "--warmup", "10", "--lr", "1e-3", "--dropout", "0.1", "--threads", "1"]
 LOGGED_STEPS = list(range(5, 121, 5))
 
 
-def _tracking(tmp_path: Path) -> Path:
+def _tracking(tmp_path: Path, uri: str | None = None) -> Path:
     """The pipeline's own initialisation: store, experiment and parent run created once, before any writer."""
-    info = init_sweep(f"sqlite:///{tmp_path / 'mlflow.db'}", "reliability", "sweep", tmp_path / "artifacts", {})
+    info = init_sweep(uri or f"sqlite:///{tmp_path / 'mlflow.db'}", "reliability", "sweep", tmp_path / "artifacts", {})
     path = tmp_path / "tracking.json"
     write_json(path, info)
     return path
@@ -151,8 +153,7 @@ finish_run(tracking["tracking_uri"], run_id)
 """
 
 
-def test_16_parallel_writers_to_the_default_sqlite_store_lose_nothing(tmp_path):
-    tracking = _tracking(tmp_path)
+def _parallel_writers(tmp_path: Path, tracking: Path) -> None:
     writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(tracking), str(i)], stderr=subprocess.PIPE, text=True)
                for i in range(16)]
     failures = [(i, w.stderr.read()[-500:]) for i, w in enumerate(writers) if w.wait(timeout=600) != 0]
@@ -162,3 +163,24 @@ def test_16_parallel_writers_to_the_default_sqlite_store_lose_nothing(tmp_path):
     for run in runs:
         assert run.info.status == "FINISHED"
         assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "loss")) == list(range(1, 21))
+
+
+def test_16_parallel_writers_to_the_default_sqlite_store_lose_nothing(tmp_path):
+    _parallel_writers(tmp_path, _tracking(tmp_path))
+
+
+def test_16_parallel_writers_through_a_local_tracking_server_lose_nothing(tmp_path):
+    with mlflow_server(tmp_path / "mlflow.db") as url:
+        _parallel_writers(tmp_path, _tracking(tmp_path, url))
+
+
+def test_checkpoint_of_another_architecture_is_refused_saying_which(tmp_path, uninterrupted):
+    state = load_checkpoint(uninterrupted / "checkpoint.pt")
+    state["config"]["preset"] = "small"  # the weights are the tiny preset's
+    save_checkpoint(tmp_path / "other.pt", state)
+    with pytest.raises(ValueError) as err:
+        load_for_sampling(tmp_path / "other.pt")
+    message = str(err.value)
+    assert "other.pt does not fit the architecture" in message and "preset 'small'" in message
+    assert "of another shape; e.g. temb.0.weight is (128, 32) in the file but (256, 64) in the model" in message
+    assert len(message) < 600 and "\n" not in message
