@@ -273,12 +273,13 @@ def _train_loop(config: TrainConfig, out_dir: Path, data_dir, device: torch.devi
         last_logged = mlf.last_logged_step(tracking["tracking_uri"], run_id, "loss") if run_id else resume["step"]
         print(f"resuming from step {resume['step']} of {config.steps}", flush=True)
 
+    def snapshot(step: int) -> dict:
+        return {"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
+                "step": step, "config": asdict(config), "data_shape": [channels, height, width]}
+
     def save_resume(step: int) -> None:
-        save_checkpoint(out_dir / RESUME_FILE, {
-            "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
-            "sampler": sampler.state_dict(), "rng": _rng_state(generator), "step": step, "config": asdict(config),
-            "mlflow_run_id": run_id, "data_shape": [channels, height, width],
-        })
+        save_checkpoint(out_dir / RESUME_FILE, {**snapshot(step), "sampler": sampler.state_dict(),
+                                                "rng": _rng_state(generator), "mlflow_run_id": run_id})
 
     metrics_file = (out_dir / "metrics.jsonl").open("a" if resume is not None else "w")
     last: dict = {}
@@ -333,12 +334,5 @@ def _train_loop(config: TrainConfig, out_dir: Path, data_dir, device: torch.devi
                                 f"run again to continue")
     metrics_file.close()
 
-    save_checkpoint(out_dir / "checkpoint.pt", {
-        "model": model.state_dict(),
-        "ema": ema.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "step": config.steps,
-        "config": asdict(config),
-        "data_shape": [channels, height, width],
-    })
+    save_checkpoint(out_dir / "checkpoint.pt", snapshot(config.steps))
     return last
