@@ -58,15 +58,17 @@ def build_table(run_dirs: dict[str, Path], baselines: dict[str, Path]) -> pd.Dat
     return pd.DataFrame(rows)
 
 
-def _markdown(table: pd.DataFrame) -> str:
-    def cell(v):
-        if isinstance(v, float):
-            return "–" if np.isnan(v) else f"{v:.4g}"
-        return "–" if v is None or v is pd.NA else str(v)
+def _cell(v, *, missing: str, text=str) -> str:
+    """A table cell: floats to 4 significant digits, NaN / None / NA as ``missing``, anything else through ``text``."""
+    if isinstance(v, float):
+        return missing if np.isnan(v) else f"{v:.4g}"
+    return missing if v is None or v is pd.NA else text(v)
 
+
+def _markdown(table: pd.DataFrame) -> str:
     header = "| " + " | ".join(table.columns) + " |"
     rule = "| " + " | ".join("---" for _ in table.columns) + " |"
-    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    body = ["| " + " | ".join(_cell(v, missing="–") for v in row) + " |" for row in table.itertuples(index=False)]
     return "\n".join([header, rule, *body]) + "\n"
 
 
@@ -74,14 +76,9 @@ def _latex(table: pd.DataFrame) -> str:
     def esc(text) -> str:
         return str(text).replace("\\", "\\textbackslash{}").replace("_", "\\_").replace("&", "\\&").replace("%", "\\%").replace("#", "\\#")
 
-    def cell(v):
-        if isinstance(v, float):
-            return "--" if np.isnan(v) else f"{v:.4g}"
-        return "--" if v is None or v is pd.NA else esc(v)
-
     lines = ["\\begin{tabular}{" + "l" * len(table.columns) + "}", "\\hline",
              " & ".join(esc(c) for c in table.columns) + " \\\\", "\\hline"]
-    lines += [" & ".join(cell(v) for v in row) + " \\\\" for row in table.itertuples(index=False)]
+    lines += [" & ".join(_cell(v, missing="--", text=esc) for v in row) + " \\\\" for row in table.itertuples(index=False)]
     lines += ["\\hline", "\\end{tabular}"]
     return "\n".join(lines) + "\n"
 
