@@ -12,7 +12,12 @@ from .io import atomic_open
 def save_checkpoint(path: str | Path, state: dict) -> None:
     """Write ``state`` (tensors, numbers, strings, lists, dicts) to ``path`` atomically (see :mod:`ddpm.io`)."""
     with atomic_open(path, "wb") as f:
-        torch.save(state, f)
+        try:
+            torch.save(state, f)
+        except RuntimeError as err:
+            if isinstance(err.__context__, OSError):  # torch.save hides a failed write (e.g. a full disk) this way
+                raise err.__context__ from err
+            raise
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:

@@ -138,23 +138,16 @@ def cmd_gather_samples(args):
     print(f"gathered {len(images)} samples into {args.out}; grid of {min(args.grid_size, len(images))} in {args.grid}")
 
 
-def _load_samples(path):
-    import numpy as np
-
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            return f["images"]
-    except (OSError, ValueError, KeyError) as err:
-        raise ValueError(f"cannot read samples from {path}: {err}") from err
-
-
 def cmd_fid(args):
-    from .datasets import load_split
-    from .io import write_json
+    from .datasets import check_images, load_split
+    from .io import load_npz, write_json
     from .metrics import fidelity_metrics
 
-    scores = fidelity_metrics(_load_samples(args.samples), load_split(args.data, "train")[0],
-                              extractor=args.extractor, weights_path=args.weights, device=_device(args.device))
+    reference = load_split(args.data, "train")[0]
+    samples = load_npz(args.samples, ("images",))["images"]
+    check_images(samples, f"samples in {args.samples}", shape=reference.shape[1:])  # the data set's shape, exactly
+    scores = fidelity_metrics(samples, reference, extractor=args.extractor, weights_path=args.weights,
+                              device=_device(args.device))
     write_json(args.out, scores)
     _log_to_run(args, {k: v for k, v in scores.items() if k in ("fid", "is_mean", "is_std", "kid_mean", "kid_std",
                                                                  "precision", "recall")})
@@ -337,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     except Preempted as err:
         print(f"ddpm {args.command}: preempted: {err}", file=sys.stderr)
         return PREEMPTED_EXIT_CODE
-    except (ValueError, FileNotFoundError, FloatingPointError, RuntimeError) as err:
+    except (ValueError, OSError, FloatingPointError, RuntimeError) as err:  # OSError: e.g. a full disk
         print(f"ddpm {args.command}: error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -67,6 +67,23 @@ def load_dataset(name: str) -> np.ndarray:
     raise ValueError(f"unknown dataset {name!r}; valid datasets: {', '.join(DATASETS)}")
 
 
+def check_images(images, name: str, *, shape=None, min_count: int = 1) -> None:
+    """Refuse anything but a uint8 array (N, C, H, W) with C in {1, 3}, at least ``min_count`` images and, if given,
+    the per-image ``shape`` (C, H, W); the error names ``name`` (an argument or a file) and what was found."""
+    if not isinstance(images, np.ndarray):
+        raise ValueError(f"{name} must be a numpy array, got {type(images).__name__}")
+    if images.dtype != np.uint8:
+        raise ValueError(f"{name} must have dtype uint8 (0..255), got {images.dtype}")
+    if images.ndim != 4:
+        raise ValueError(f"{name} must be 4-D (N, C, H, W), got shape {images.shape}")
+    if images.shape[1] not in (1, 3):
+        raise ValueError(f"{name} must have 1 or 3 channels (axis 1 of (N, C, H, W)), got {images.shape[1]}")
+    if shape is not None and tuple(images.shape[1:]) != tuple(shape):
+        raise ValueError(f"{name} holds images of shape (C, H, W) = {tuple(images.shape[1:])}, expected {tuple(shape)}")
+    if len(images) < min_count:
+        raise ValueError(f"{name} has {len(images)} images; at least {min_count} are needed")
+
+
 def to_model_range(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     """uint8 0…255 → float32 in [-1, 1]."""
     images = torch.as_tensor(images)
@@ -266,11 +283,20 @@ def find_cifar10_folder(path) -> Path:
 
 def download_cifar10(root: Path) -> Path:
     """Fetch CIFAR-10 with torchvision (which checks the archive's and every batch's md5) into ``root``."""
-    import torchvision.datasets
+    from torchvision.datasets import CIFAR10
+    from torchvision.datasets.utils import check_integrity
 
     root.mkdir(parents=True, exist_ok=True)
-    # One call downloads and extracts the whole archive; train=False keeps torchvision's own loading small.
-    torchvision.datasets.CIFAR10(root=str(root), train=False, download=True)
+    archive = root / CIFAR10.filename
+    try:
+        # One call downloads and extracts the whole archive; train=False keeps torchvision's own loading small.
+        CIFAR10(root=str(root), train=False, download=True)
+    except (OSError, RuntimeError) as err:  # urllib's URLError is an OSError; torchvision's md5 failures RuntimeErrors
+        if archive.exists() and not check_integrity(str(archive), CIFAR10.tgz_md5):
+            raise ValueError(f"the CIFAR-10 archive {archive} is corrupt or incomplete (its md5 is not "
+                             f"{CIFAR10.tgz_md5}); delete it and run again ({err})") from err
+        raise ValueError(f"cannot download CIFAR-10 into {root}: {err}. Without a network, set dataset.path to an "
+                         "extracted cifar-10-batches-py folder") from err
     folder = root / CIFAR10_FOLDER
     if not folder.is_dir():
         raise ValueError(f"the CIFAR-10 download did not produce {folder}")
@@ -503,8 +529,7 @@ def load_split(prepared_dir: str | os.PathLike, split: str) -> tuple[np.ndarray,
     manifest = read_manifest(prepared_dir)
     images = _load_verified(prepared_dir, manifest, f"{split}_images.npy")
     labels = _load_verified(prepared_dir, manifest, f"{split}_labels.npy")
-    if images.dtype != np.uint8 or images.ndim != 4:
-        raise ValueError(f"{prepared_dir / f'{split}_images.npy'}: expected uint8 (N, C, H, W), got {images.dtype} {images.shape}")
+    check_images(images, str(prepared_dir / f"{split}_images.npy"), min_count=0)  # a test split may be empty
     if labels.dtype != np.int64 or labels.shape != (len(images),):
         raise ValueError(f"{prepared_dir / f'{split}_labels.npy'}: expected int64 ({len(images)},), got {labels.dtype} {labels.shape}")
     return images, labels

@@ -11,10 +11,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .datasets import load_split, to_model_range
+from .datasets import check_images, load_split, to_model_range
+from .io import load_npz
 from .progress import progress as progress_iter
 from .sample import sample_generator
 from .train import load_for_sampling
+
+
+NLL_SHARD_KEYS = ("indices", "total_bpd", "prior_bpd", "vb_sum", "xstart_mse_sum")
 
 
 @torch.no_grad()
@@ -24,8 +28,11 @@ def nll_shard(checkpoint, data_dir, *, start: int, count: int | None, batch_size
 
     Returns per image ``total_bpd`` and ``prior_bpd``, and per timestep the sums over these images of ``vb``
     (bits/dim) and ``xstart_mse`` (on [-1, 1]), so shards can be merged exactly."""
-    model, diffusion, _ = load_for_sampling(checkpoint, device=device)
+    model, diffusion, state = load_for_sampling(checkpoint, device=device)
     images = load_split(data_dir, "test")[0]
+    if tuple(images.shape[1:]) != tuple(state["data_shape"]):
+        raise ValueError(f"the test images of {data_dir} have shape (C, H, W) = {tuple(images.shape[1:])}, but "
+                         f"{checkpoint} was trained on {tuple(state['data_shape'])}")
     stop = len(images) if count is None else min(start + count, len(images))
     if not 0 <= start < stop:
         raise ValueError(f"test images {start}..{stop - 1} are out of range: the test split has {len(images)} images")
@@ -39,8 +46,8 @@ def nll_shard(checkpoint, data_dir, *, start: int, count: int | None, batch_size
         out = diffusion.calc_bpd_loop(model, x0, generator=generators, progress=progress)
         totals.append(out["total_bpd"].cpu().numpy())
         priors.append(out["prior_bpd"].cpu().numpy())
-        vb_sum += out["vb"].sum(0).double().cpu().numpy()
-        mse_sum += out["xstart_mse"].sum(0).double().cpu().numpy()
+        vb_sum += out["vb"].double().sum(0).cpu().numpy()  # in float64: sharding moves it ~1e-16
+        mse_sum += out["xstart_mse"].double().sum(0).cpu().numpy()
     return {
         "indices": np.arange(start, stop),
         "total_bpd": np.concatenate(totals),
@@ -52,9 +59,14 @@ def nll_shard(checkpoint, data_dir, *, start: int, count: int | None, batch_size
 
 def gather_nll(shard_paths) -> dict:
     """Merge NLL shards into the test-set bound: mean bits/dim, its standard error, and per-timestep terms."""
-    shards = [np.load(p, allow_pickle=False) for p in shard_paths]
+    shards = [load_npz(p, NLL_SHARD_KEYS) for p in shard_paths]
     if not shards:
         raise ValueError("no NLL shards to gather")
+    for path, shard in zip(shard_paths, shards):
+        n = len(shard["indices"])
+        if shard["total_bpd"].shape != (n,) or shard["prior_bpd"].shape != (n,) or \
+                shard["vb_sum"].shape != shards[0]["vb_sum"].shape:
+            raise ValueError(f"{path} is not an NLL shard of this run: its arrays have inconsistent shapes")
     indices = np.concatenate([s["indices"] for s in shards])
     if len(np.unique(indices)) != len(indices):
         raise ValueError(f"NLL shards overlap: {len(indices) - len(np.unique(indices))} test images counted twice")
@@ -74,9 +86,14 @@ def gather_nll(shard_paths) -> dict:
 
 def gather_samples(shard_paths) -> tuple[np.ndarray, np.ndarray]:
     """Concatenate sample shards in index order; every index 0 … N-1 must be present exactly once."""
-    shards = [np.load(p, allow_pickle=False) for p in shard_paths]
+    shards = [load_npz(p, ("images", "indices")) for p in shard_paths]
     if not shards:
         raise ValueError("no sample shards to gather")
+    for path, shard in zip(shard_paths, shards):
+        check_images(shard["images"], f"sample shard {path}", shape=shards[0]["images"].shape[1:])
+        if shard["indices"].shape != (len(shard["images"]),):
+            raise ValueError(f"sample shard {path} has {len(shard['images'])} images but indices of shape "
+                             f"{shard['indices'].shape}")
     images = np.concatenate([s["images"] for s in shards])
     indices = np.concatenate([s["indices"] for s in shards])
     order = np.argsort(indices, kind="stable")

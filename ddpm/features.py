@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 
 from ddpm.checkpoint import save_checkpoint
-from ddpm.datasets import to_model_range
+from ddpm.datasets import check_images, to_model_range
 
 CLASSIFIER_FORMAT = "ddpm-classifier-v1"
 EXTRACTOR_NAME = "ddpm-classifier"
@@ -63,14 +63,6 @@ class SmallClassifier(nn.Module):
         return self.head(self.features(x))
 
 
-def _check_images(images, name: str) -> None:
-    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4:
-        desc = f"{images.dtype} array of shape {images.shape}" if isinstance(images, np.ndarray) else type(images).__name__
-        raise ValueError(f"{name} must be a uint8 numpy array of shape (N, C, H, W), got {desc}")
-    if len(images) == 0:
-        raise ValueError(f"{name} is empty")
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Training, saving, loading
 
@@ -98,7 +90,7 @@ def train_classifier(
 
     Returns a summary: ``path``, ``train_accuracy`` (on ``images``, eval mode), ``final_loss``, ``steps``,
     ``num_train``, ``num_classes``, ``input_shape``, ``feature_dim``."""
-    _check_images(images, "images")
+    check_images(images, "images")
     labels = np.asarray(labels)
     if labels.ndim != 1 or len(labels) != len(images) or not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"labels must be a 1-D integer array with one label per image ({len(images)}), "
@@ -192,7 +184,7 @@ def load_classifier(path: str | Path, device: str = "cpu") -> tuple[SmallClassif
 @torch.no_grad()
 def predict_labels(path: str | Path, images: np.ndarray, device: str = "cpu") -> np.ndarray:
     """Class predictions of the saved classifier for uint8 images shaped like its training input."""
-    _check_images(images, "images")
+    check_images(images, "images")
     model, state = load_classifier(path, device)
     if list(images.shape[1:]) != list(state["input_shape"]):
         raise ValueError(f"images have shape {tuple(images.shape[1:])}, the classifier expects {tuple(state['input_shape'])}")

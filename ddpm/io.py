@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import zipfile
+import zlib
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Iterator
@@ -26,8 +28,10 @@ def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO]:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.filename is None:  # a failed write() names no file: name the target
+            raise OSError(err.errno, err.strerror or str(err), str(path)) from err
         raise
 
 
@@ -39,3 +43,20 @@ def write_json(path: str | Path, payload) -> None:
 def save_npz(path: str | Path, **arrays: np.ndarray) -> None:
     with atomic_open(path, "wb") as f:
         np.savez(f, **arrays)
+
+
+def load_npz(path: str | Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The arrays ``keys`` of an ``.npz`` file, read in full and without pickle.
+
+    A missing, truncated or corrupt file, or one without these arrays, is a ValueError that names the file."""
+    try:
+        data = np.load(path, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise ValueError("not an .npz archive")
+        with data as f:
+            missing = [k for k in keys if k not in f.files]
+            if missing:
+                raise ValueError(f"has no array {', '.join(map(repr, missing))} (it has: {', '.join(f.files) or 'none'})")
+            return {k: f[k] for k in keys}
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as err:
+        raise ValueError(f"cannot read {path}: {err}") from err

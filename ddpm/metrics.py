@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ddpm.datasets import check_images
 from ddpm.features import register_classifier_extractor
 
 EXTRACTORS = ("inception-v3-compat", "classifier")
@@ -68,22 +69,9 @@ class UInt8ImageDataset(Dataset):
         return img.expand(3, -1, -1).contiguous() if img.shape[0] == 1 else img
 
 
-def _check_image_array(images, name: str) -> None:
-    if not isinstance(images, np.ndarray):
-        raise ValueError(f"{name} must be a numpy array, got {type(images).__name__}")
-    if images.dtype != np.uint8:
-        raise ValueError(f"{name} must have dtype uint8 (0..255), got {images.dtype}")
-    if images.ndim != 4:
-        raise ValueError(f"{name} must be 4-D (N, C, H, W), got shape {images.shape}")
-    if images.shape[1] not in (1, 3):
-        raise ValueError(f"{name} must have 1 or 3 channels (axis 1 of (N, C, H, W)), got {images.shape[1]}")
-    if len(images) < MIN_IMAGES:
-        raise ValueError(f"{name} has {len(images)} images; at least {MIN_IMAGES} are needed")
-
-
 def _check_inputs(samples, reference) -> None:
-    _check_image_array(samples, "samples")
-    _check_image_array(reference, "reference")
+    check_images(samples, "samples", min_count=MIN_IMAGES)
+    check_images(reference, "reference", min_count=MIN_IMAGES)
     if samples.shape[2:] != reference.shape[2:]:
         raise ValueError(f"samples are {samples.shape[2]}×{samples.shape[3]} but reference is "
                          f"{reference.shape[2]}×{reference.shape[3]}; they must have the same H×W")
@@ -207,12 +195,7 @@ def gaussian_baseline_samples(train_images: np.ndarray, n: int, seed: int) -> np
 
     It reproduces every pixel's mean and every pairwise pixel correlation, and nothing more: a model that does not
     beat it on FID has learnt no more than second-order pixel statistics."""
-    if not isinstance(train_images, np.ndarray) or train_images.dtype != np.uint8 or train_images.ndim != 4:
-        desc = f"{train_images.dtype} array of shape {train_images.shape}" if isinstance(train_images, np.ndarray) \
-            else type(train_images).__name__
-        raise ValueError(f"train_images must be a uint8 array (N, C, H, W), got {desc}")
-    if len(train_images) < 2:
-        raise ValueError(f"train_images needs at least 2 images to fit a covariance, got {len(train_images)}")
+    check_images(train_images, "train_images", min_count=2)
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"n must be a positive int, got {n!r}")
     x = train_images.reshape(len(train_images), -1).astype(np.float64)

@@ -3,10 +3,13 @@
 Everything is offline: CIFAR-10 is a tiny archive written here in the real python-version layout."""
 
 import hashlib
+import io
 import json
 import os
 import pickle
 import shlex
+import urllib.error
+import urllib.request
 
 import numpy as np
 import pytest
@@ -202,7 +205,7 @@ def test_cifar10_download_goes_through_torchvision(tmp_path, monkeypatch):
 
     calls = []
 
-    class FakeCIFAR10:
+    class FakeCIFAR10(torchvision.datasets.CIFAR10):
         """Stands in for torchvision's downloader: writes the tiny archive (modern pickle protocol) into root."""
 
         def __init__(self, root, train=True, download=False, **kwargs):
@@ -219,6 +222,43 @@ def test_cifar10_download_goes_through_torchvision(tmp_path, monkeypatch):
     images, _ = load_split(tmp_path / "out", "train")
     assert images.shape == (20, 3, 32, 32)
     assert all(images[0, c, y, x] == v for (c, y, x), v in KNOWN_PIXELS.items())
+
+
+class _Response(io.BytesIO):
+    """What urllib.request.urlopen returns, as far as torchvision's downloader uses it."""
+
+    def __init__(self, url, payload):
+        super().__init__(payload)
+        self.url, self.length = url, len(payload)
+
+
+def _offline(request):
+    raise urllib.error.URLError("no network in this test")
+
+
+def test_cifar10_corrupt_archive_without_network_is_an_error_naming_it(tmp_path, monkeypatch):
+    """torchvision itself runs; only the network is replaced."""
+    monkeypatch.setattr(urllib.request, "urlopen", _offline)
+    archive = tmp_path / "out" / "download" / "cifar-10-python.tar.gz"
+    archive.parent.mkdir(parents=True)
+    archive.write_bytes(b"\x1f\x8b\x08 a truncated gzip")
+    with pytest.raises(ValueError, match=f"CIFAR-10 archive {archive} is corrupt or incomplete"):
+        prepare_dataset("cifar10", tmp_path / "out", download=True)
+    assert archive.read_bytes() == b"\x1f\x8b\x08 a truncated gzip"  # the user's file is left as it was
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_cifar10_truncated_download_is_an_error_naming_the_archive(tmp_path, monkeypatch):
+    monkeypatch.setattr(urllib.request, "urlopen", lambda request: _Response(request.full_url, b"\x1f\x8b\x08" * 100))
+    with pytest.raises(ValueError, match="cifar-10-python.tar.gz is corrupt or incomplete"):
+        prepare_dataset("cifar10", tmp_path / "out", download=True)
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_cifar10_download_without_network_says_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.setattr(urllib.request, "urlopen", _offline)
+    with pytest.raises(ValueError, match="cannot download CIFAR-10 into .*no network in this test.*dataset.path"):
+        prepare_dataset("cifar10", tmp_path / "out", download=True)
 
 
 # --------------------------------------------------------------------------------------------

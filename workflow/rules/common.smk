@@ -50,6 +50,12 @@ def check_config_values():
         config_error("evaluate.inception_weights", f"{weights} is not a file")
     if config["sample"]["num_samples"] < 2:
         config_error("sample.num_samples", "need at least 2 samples")
+    # Shards that are multiples of the batch size are cut into the same batches as one big shard: every sample and
+    # bits/dim term is then the same bit for bit whatever the shard size (another batch size rounds differently).
+    for section, shard, batch in (("sample", "shard_size", "batch_size"), ("evaluate", "nll_shard_size", "nll_batch_size")):
+        if config[section][shard] % config[section][batch]:
+            config_error(f"{section}.{shard}", f"{config[section][shard]} is not a multiple of "
+                         f"{section}.{batch} ({config[section][batch]})")
 
 
 check_config_values()
