@@ -192,11 +192,18 @@ def cmd_baseline(args):
 
 def cmd_report(args):
     from . import tracking
-    from .report import build_table, plot_loss_curves, write_tables
+    from .paper import load_published
+    from .report import build_table, paper_table, plot_loss_curves, write_tables
 
+    published = load_published(args.published) if args.published else None  # read first: a bad file stops here
+    args.paper_sweep = args.paper_sweep or Path(args.out_stem).name
     run_dirs = {Path(r).name: Path(r) for r in args.runs}
     table = build_table(run_dirs, {"gaussian baseline": Path(args.gaussian), "test split (floor)": Path(args.test_split)})
     outputs = write_tables(table, args.out_stem)
+    if published is not None:
+        beside = paper_table(table, published, args.paper_sweep, comparable=not args.scaled_down)
+        outputs += write_tables(beside, f"{args.out_stem}-paper")
+        print(beside.to_string(index=False))
     plot_loss_curves(run_dirs, args.loss_figure)
     if args.tracking:
         info = tracking.read_tracking(args.tracking)
@@ -315,6 +322,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-split", required=True, help="the test split's scores")
     p.add_argument("--out-stem", required=True, help="tables go to <stem>.csv, .md, .tex")
     p.add_argument("--loss-figure", required=True)
+    p.add_argument("--published", help="the papers' numbers (CSV): also write <stem>-paper.* with them beside yours")
+    p.add_argument("--paper-sweep", help="the sweep name the published numbers are filed under (default: the stem's)")
+    p.add_argument("--scaled-down", action="store_true", help="a scale=tiny run: no Δ columns, it is not comparable")
     p.add_argument("--tracking", help="also attach the tables to the sweep's parent run and finish it")
     p.set_defaults(func=cmd_report)
     return parser

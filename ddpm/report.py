@@ -58,6 +58,49 @@ def build_table(run_dirs: dict[str, Path], baselines: dict[str, Path]) -> pd.Dat
     return pd.DataFrame(rows)
 
 
+#: The paper table's measured metrics: (column label, column of the full table, published metric name).
+PAPER_METRICS = (("IS", "IS", "is"), ("FID", "FID", "fid"), ("bits/dim", "bits/dim", "bpd"))
+SETTING_AXES = ("schedule", "T", "mean_type", "var_type", "loss_type")
+
+
+def paper_table(table: pd.DataFrame, published: pd.DataFrame, sweep: str, *, comparable: bool = True) -> pd.DataFrame:
+    """The sweep in the paper's layout: one row per setting (seeds pooled), each metric measured, published and
+    their difference (Δ = measured − paper), with the number of samples and the feature extractor.
+
+    With one seed, IS ± is torch-fidelity's spread over splits (as the paper's); with two or more seeds every ± is
+    the standard deviation over seeds. A setting the paper could not train says so in ``paper note``. A scaled-down
+    run (``comparable=False``: other data, another network) gets no Δ columns."""
+    from .paper import published_for
+
+    settings = table[table["schedule"].notna()]
+    extractor = next((c[c.index("[") + 1:-1] for c in table.columns if c.startswith("FID [")), None)
+    rows = []
+    for axes, group in settings.groupby(list(SETTING_AXES), sort=False):
+        setting = {**dict(zip(SETTING_AXES, axes)), "T": int(axes[1])}  # T is float beside the baselines' NaN
+        paper = published_for(published, sweep, setting)
+        row = {**setting, "seeds": len(group)}
+        for label, column, metric in PAPER_METRICS:
+            values = group[f"{column} [{extractor}]" if column != "bits/dim" else column].astype(float)
+            row[label] = values.mean()
+            if len(group) > 1:
+                row[f"{label} ±"] = values.std(ddof=1)
+            elif label == "IS":
+                row[f"{label} ±"] = float(group[f"IS std [{extractor}]"].iloc[0])
+            published_value = paper.get(metric, {}).get("value")
+            row[f"{label} (paper)"] = published_value
+            if label == "IS":
+                row["IS ± (paper)"] = paper.get(metric, {}).get("std")
+            if comparable:
+                row[f"{label} Δ"] = None if published_value is None else row[label] - published_value
+        row["samples"] = int(group["samples"].iloc[0])
+        row["extractor"] = extractor
+        row["paper note"] = "; ".join(v["note"] for k, v in paper.items() if k == "unstable")
+        row["source"] = ", ".join(sorted({f"{v['paper']}, {v['table']}" for k, v in paper.items()
+                                          if k in ("is", "fid", "bpd", "unstable")}))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def _cell(v, *, missing: str, text=str) -> str:
     """A table cell: floats to 4 significant digits, NaN / None / NA as ``missing``, anything else through ``text``."""
     if isinstance(v, float):

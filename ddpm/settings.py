@@ -2,7 +2,7 @@
 
 A setting is one point of dataset × schedule × T × mean_type × var_type × loss_type × seed, plus the shared
 training hyperparameters. Its name, e.g. ``linear-T1000-eps-fixedlarge-mse-s0``, names its folder
-``results/runs/<dataset>/<name>/`` and its MLflow run.
+``results/runs/<name>/<name>/`` and its MLflow run.
 """
 
 from __future__ import annotations
@@ -31,13 +31,28 @@ def parse_setting_name(name: str) -> dict:
 
 
 def expand_sweep(config: dict) -> list[str]:
-    """The names of all settings of the config's sweep (the cross product of its lists), in a stable order."""
+    """The names of all settings of the config's sweep, in a stable order.
+
+    Without ``sweep.rows``: the cross product of the sweep's lists. With it: for each row in turn, the cross product
+    of the sweep's lists with the row's values in place of them (a row gives a value or a list per axis), e.g. the
+    six (mean, variance, loss) rows of DDPM's Table 2, each crossed with the sweep's seeds."""
     sweep = config["sweep"]
-    names = [setting_name(dict(zip(SWEEP_AXES, values))) for values in itertools.product(*(sweep[a] for a in SWEEP_AXES))]
+    rows = sweep.get("rows") or [{}]
+    names = []
+    for row in rows:
+        unknown = set(row) - set(SWEEP_AXES)
+        if unknown:
+            raise ValueError(f"sweep.rows: unknown axis {sorted(unknown)}; valid axes: {', '.join(SWEEP_AXES)}")
+        axes = [_as_list(row[a]) if a in row else sweep[a] for a in SWEEP_AXES]
+        names += [setting_name(dict(zip(SWEEP_AXES, values))) for values in itertools.product(*axes)]
     duplicates = {n for n in names if names.count(n) > 1}
     if duplicates:
         raise ValueError(f"the sweep lists a setting twice: {sorted(duplicates)}")
     return names
+
+
+def _as_list(value) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 def train_config(config: dict, name: str) -> TrainConfig:
@@ -57,3 +72,30 @@ def train_arguments(config: dict, name: str) -> str:
         if value is not None:
             flags.append(f"--{f.name.replace('_', '-')} {str(value).lower() if isinstance(value, bool) else value}")
     return " ".join(flags)
+
+
+#: ``scale: tiny`` — the same sweep (the same settings and objectives) on digits with the CPU-sized network and
+#: few steps, so that every code path of a paper config runs without a GPU. Keys not listed keep the paper's values.
+TINY_SCALE = {
+    "dataset": {"name": "digits", "path": None, "download": False, "image_size": None, "test_fraction": 0.1667},
+    "train": {"preset": "tiny", "steps": 40, "batch_size": 32, "warmup": 5, "ema_decay": 0.9, "log_every": 10,
+              "preview_every": 20, "checkpoint_every": 20, "threads": 1},
+    "sample": {"num_samples": 100, "shard_size": 50, "batch_size": 50, "steps": 20, "grid_size": 36},
+    "evaluate": {"feature_extractor": "classifier", "inception_weights": None, "classifier_steps": 300,
+                 "nll_num_images": 10, "nll_shard_size": 10, "nll_batch_size": 10},
+}
+
+
+def apply_scale(config: dict) -> dict:
+    """The config to run: as given for ``scale: full``; for ``scale: tiny``, :data:`TINY_SCALE` laid over it and
+    ``-tiny`` added to its name (its results, tables and MLflow experiment stay apart from the full run's).
+    ``paper_sweep`` keeps the original name: the published numbers are looked up under it."""
+    scaled = {**config, "paper_sweep": config["name"]}
+    if config.get("scale", "full") == "full":
+        return scaled
+    if config["scale"] != "tiny":
+        raise ValueError(f"config key 'scale': unknown scale {config['scale']!r}; valid scales: full, tiny")
+    for section, values in TINY_SCALE.items():
+        scaled[section] = {**config.get(section, {}), **values}
+    scaled["name"] = f"{config['name']}-tiny"
+    return scaled

@@ -1,9 +1,11 @@
 import contextlib
+import os
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 import torch
@@ -54,3 +56,29 @@ def mlflow_server(db_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "tests" / "configs" / "tiny.yaml"
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile")]
+
+
+def snakemake(workdir: Path, *args: str, config: Path = TINY, check: bool = True) -> subprocess.CompletedProcess:
+    """Run the project's workflow in ``workdir`` with ``config`` (the venv's ``ddpm`` on the PATH for shell rules)."""
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # the venv's `ddpm` for shell rules
+    result = subprocess.run([*SNAKEMAKE, "--directory", str(workdir), "--configfile", str(config), *args],
+                            capture_output=True, text=True, env=env, timeout=900)
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
+    return result
+
+
+def job_counts(workdir: Path, config: Path, *args: str) -> dict[str, int]:
+    """Jobs per rule in a dry run (``snakemake -n``) of ``config``."""
+    counts = {}
+    for line in snakemake(workdir, "-n", "--quiet", "rules", *args, config=config).stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit():
+            counts[parts[0]] = int(parts[1])
+    return counts

@@ -5,7 +5,6 @@ import math
 import os
 import shutil
 import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 
@@ -14,23 +13,11 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from conftest import TINY, job_counts, snakemake
 from conftest import mlflow_server as start_mlflow_server
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ROOT / "tests" / "configs" / "tiny.yaml"
-SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile")]
 SETTINGS = ["linear-T50-eps-fixedlarge-mse-s0", "cosine-T50-eps-fixedlarge-mse-s0"]
-
-
-def snakemake(workdir: Path, *args: str, config: Path = TINY, check: bool = True) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # the venv's `ddpm` for shell rules
-    result = subprocess.run([*SNAKEMAKE, "--directory", str(workdir), "--configfile", str(config), *args],
-                            capture_output=True, text=True, env=env, timeout=900)
-    if check and result.returncode != 0:
-        raise AssertionError(f"snakemake failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
-    return result
-
 
 #: Files the tiny workflow run added to or removed from the source tree (filled by the ``tiny_run`` fixture).
 REPO_WRITES: dict[str, set[str]] = {}
@@ -58,10 +45,10 @@ def tiny_run(tmp_path_factory):
 
 def test_workflow_writes_every_expected_file(tiny_run):
     results = tiny_run / "results"
-    expected = [results / "tables" / f"tiny.{ext}" for ext in ("csv", "md", "tex")]
+    expected = [results / "tables" / f"tiny{kind}.{ext}" for kind in ("", "-paper") for ext in ("csv", "md", "tex")]
     expected += [results / "figures" / "tiny-loss.png", results / "mlflow.db", results / "data" / "digits" / "manifest.json"]
     for setting in SETTINGS:
-        run = results / "runs" / "digits" / setting
+        run = results / "runs" / "tiny" / setting
         expected += [run / name for name in ("checkpoint.pt", "mlflow_run_id.txt", "metrics.jsonl", "samples.npz",
                                               "samples.png", "fid_is.json", "nll.json")]
         expected += [run / "samples" / f"shard-{i}.npz" for i in (0, 1)]
@@ -84,7 +71,7 @@ def test_same_config_gives_the_same_samples_whatever_the_shards_and_parallel_job
     config["evaluate"]["nll_shard_size"] = 20  # 3 shards instead of 2
     resharded = tmp_path / "resharded.yaml"
     resharded.write_text(yaml.safe_dump(config))
-    run = Path("results", "runs", "digits", SETTINGS[0])
+    run = Path("results", "runs", "tiny", SETTINGS[0])
     snakemake(tmp_path / "again", "--cores", "1", str(run / "samples.npz"), str(run / "nll.json"), config=resharded)
     first, again = tiny_run / run, tmp_path / "again" / run
     assert len(list((again / "samples").glob("shard-*.npz"))) == 4
@@ -120,6 +107,9 @@ def test_table_has_one_row_per_setting_with_finite_metrics(tiny_run):
     markdown = (tiny_run / "results" / "tables" / "tiny.md").read_text()
     assert all(s in markdown for s in SETTINGS) and "FID [classifier]" in markdown
     assert "\\begin{tabular}" in (tiny_run / "results" / "tables" / "tiny.tex").read_text()
+    beside = pd.read_csv(tiny_run / "results" / "tables" / "tiny-paper.csv")  # no published numbers for "tiny"
+    assert list(beside["schedule"]) == ["linear", "cosine"] and beside["FID"].map(math.isfinite).all()
+    assert beside["FID (paper)"].isna().all() and (beside["extractor"] == "classifier").all()
 
 
 def _store(tiny_run):
@@ -198,25 +188,15 @@ def test_experiment_and_run_pages_render_the_run_names_in_chromium(mlflow_server
 
 
 def test_dry_run_lists_the_expected_jobs_for_the_default_and_a_cifar10_config(tmp_path):
-    out = snakemake(tmp_path, "-n", "--quiet", "rules", config=ROOT / "config" / "config.yaml").stdout
-    counts = _job_counts(out)
+    counts = job_counts(tmp_path, ROOT / "config" / "config.yaml")
     # 4 settings: 4 trainings, 2 sample shards each, 150-image NLL shards over 300 test images.
     assert counts["train"] == 4 and counts["sample"] == 8 and counts["nll"] == 8
     assert counts["fid_is"] == 4 and counts["gather_nll"] == 4 and counts["baseline"] == 2 and counts["report"] == 1
 
-    cifar = ROOT / "config" / "cifar10.yaml"  # the paper's setting: 50,000 samples in shards of 5,000
-    counts = _job_counts(snakemake(tmp_path, "-n", "--quiet", "rules", config=cifar).stdout)
+    # the paper's setting: 50,000 samples in shards of 5,000
+    counts = job_counts(tmp_path, ROOT / "config" / "cifar10.yaml")
     assert counts["train"] == 1 and counts["sample"] == 10 and counts["nll"] == 10 and counts["fid_is"] == 1
     assert "train_classifier" not in counts
-
-
-def _job_counts(output: str) -> dict[str, int]:
-    counts = {}
-    for line in output.splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[1].isdigit():
-            counts[parts[0]] = int(parts[1])
-    return counts
 
 
 @pytest.mark.parametrize("override,key", [

@@ -64,3 +64,10 @@ def test_bad_sizes_are_refused_with_the_reason():
         create_model("tiny")(torch.zeros(1, 3, 8, 8), torch.tensor([0]))
     with pytest.raises(ValueError, match="multiples of 32"):
         UNet(preset("tiny", ch=48))
+
+
+def test_attention_heads_must_divide_the_channels():
+    with pytest.raises(ValueError, match="num_heads=3 must divide the 128 channels"):
+        create_model("small", num_heads=3)
+    model = create_model("small", num_heads=4)
+    assert model(torch.randn(2, 1, 16, 16), torch.tensor([0, 5])).shape == (2, 1, 16, 16)

@@ -6,20 +6,22 @@ from pathlib import Path
 from snakemake.utils import validate
 
 from ddpm.datasets import known_test_size
-from ddpm.settings import expand_sweep, train_arguments
+from ddpm.settings import apply_scale, expand_sweep, train_arguments
 from ddpm.unet import check_config, preset
 
 
 validate(config, "../schemas/config.schema.yaml")
+config.update(apply_scale(config))  # scale: tiny lays the CPU-sized overrides over the validated config
 
 RESULTS = config["results_dir"].rstrip("/")
 DATASET = config["dataset"]["name"]
 NAME = config["name"]
 ENV = "../envs/ddpm.yaml"
 DATA = f"{RESULTS}/data/{DATASET}"
-RUNS = f"{RESULTS}/runs/{DATASET}"
+RUNS = f"{RESULTS}/runs/{NAME}"  # per sweep: two sweeps may train the same setting differently
 SETTINGS = expand_sweep(config)
 NATIVE_IMAGE_SIZES = {"cifar10": 32, "digits": 8}
+PUBLISHED = config["published"] or str(Path(workflow.basedir) / "config" / "published.csv")
 
 
 def config_error(key, message):
@@ -98,7 +100,7 @@ def extractor_args():
 
 def final_outputs():
     return (
-        [f"{RESULTS}/tables/{NAME}.{ext}" for ext in ("csv", "md", "tex")]
+        [f"{RESULTS}/tables/{NAME}{kind}.{ext}" for kind in ("", "-paper") for ext in ("csv", "md", "tex")]
         + [f"{RESULTS}/figures/{NAME}-loss.png"]
         + expand(f"{RUNS}/{{setting}}/samples.png", setting=SETTINGS)
     )

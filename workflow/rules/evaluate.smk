@@ -76,7 +76,7 @@ rule baseline:
         manifest=rules.prepare_data.output.manifest,
         weights=extractor_weights(),
     output:
-        f"{RESULTS}/baselines/{DATASET}/{{kind}}.json",
+        f"{RESULTS}/baselines/{NAME}/{{kind}}.json",
     wildcard_constraints:
         kind="gaussian|test_split",
     params:

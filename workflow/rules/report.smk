@@ -3,14 +3,18 @@ rule report:
         fid=expand(f"{RUNS}/{{setting}}/fid_is.json", setting=SETTINGS),
         nll=expand(f"{RUNS}/{{setting}}/nll.json", setting=SETTINGS),
         metrics=expand(f"{RUNS}/{{setting}}/metrics.jsonl", setting=SETTINGS),
-        baselines=expand(f"{RESULTS}/baselines/{DATASET}/{{kind}}.json", kind=["gaussian", "test_split"]),
+        baselines=expand(f"{RESULTS}/baselines/{NAME}/{{kind}}.json", kind=["gaussian", "test_split"]),
         tracking=rules.mlflow_init.output,
+        published=PUBLISHED,
     output:
         tables=multiext(f"{RESULTS}/tables/{NAME}", ".csv", ".md", ".tex"),
+        paper=multiext(f"{RESULTS}/tables/{NAME}-paper", ".csv", ".md", ".tex"),
         loss=report(f"{RESULTS}/figures/{NAME}-loss.png", category="Training", caption="../report/loss.rst"),
     params:
         stem=lambda wildcards, output: Path(output.tables[0]).with_suffix(""),
         runs=" ".join(f"{RUNS}/{s}" for s in SETTINGS),
+        paper_sweep=config["paper_sweep"],
+        scaled="--scaled-down" if config["scale"] == "tiny" else "",
     log:
         f"{RESULTS}/logs/report.log",
     benchmark:
@@ -19,4 +23,5 @@ rule report:
         ENV
     shell:
         "ddpm report --runs {params.runs} --gaussian {input.baselines[0]} --test-split {input.baselines[1]}"
-        " --out-stem {params.stem} --loss-figure {output.loss} --tracking {input.tracking} > {log} 2>&1"
+        " --out-stem {params.stem} --loss-figure {output.loss} --published {input.published}"
+        " --paper-sweep {params.paper_sweep} {params.scaled} --tracking {input.tracking} > {log} 2>&1"

@@ -1,0 +1,63 @@
+"""The papers' published numbers, kept as data (``config/published.csv``) and matched to a sweep's settings.
+
+Each row is one number from one table: the sweep it belongs to (a paper config's ``name``), the paper and table it
+comes from, the setting's axes (schedule, T, mean, variance, loss), the metric, its value and, where the paper gives
+one, its ± (IS). A setting the paper could not train has the metric ``unstable`` and no value ("–" in the paper).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from .diffusion import LOSS_TYPES, MEAN_TYPES, VAR_TYPES
+from .schedules import SCHEDULES
+
+COLUMNS = ("sweep", "paper", "table", "schedule", "T", "mean_type", "var_type", "loss_type", "metric", "value", "std",
+           "note")
+#: Metric names: FID against the train set (``fid``) or the test set (``fid_test``), Inception score, bits/dim on
+#: the test set (``bpd``) and the train set (``bpd_train``), Table 4's rate and distortion at one reverse step,
+#: and ``unstable`` for a setting the paper reports as "–".
+METRICS = ("fid", "fid_test", "is", "bpd", "bpd_train", "rate_bpd_step1000", "distortion_rmse_step1000", "unstable")
+SETTING_AXES = ("schedule", "T", "mean_type", "var_type", "loss_type")
+
+
+def load_published(path: str | Path) -> pd.DataFrame:
+    """Read and check the published numbers; an error names the file, the line and the bad field."""
+    path = Path(path)
+    try:
+        table = pd.read_csv(path, dtype={"T": "Int64"}, keep_default_na=False, na_values=[""])
+    except (OSError, ValueError, pd.errors.ParserError) as err:
+        raise ValueError(f"cannot read the published numbers {path}: {err}") from err
+    if tuple(table.columns) != COLUMNS:
+        raise ValueError(f"{path}: expected the columns {', '.join(COLUMNS)}; found {', '.join(table.columns)}")
+    valid = {"schedule": SCHEDULES, "mean_type": MEAN_TYPES, "var_type": VAR_TYPES, "loss_type": LOSS_TYPES,
+             "metric": METRICS}
+    for i, row in table.iterrows():
+        where = f"{path}, line {i + 2}"
+        for column, allowed in valid.items():
+            if row[column] not in allowed:
+                raise ValueError(f"{where}: {column} {row[column]!r} is not one of {', '.join(allowed)}")
+        if pd.isna(row["T"]) or row["T"] < 1:
+            raise ValueError(f"{where}: T must be a positive integer, got {row['T']!r}")
+        has_value = not pd.isna(row["value"]) and math.isfinite(float(row["value"]))
+        if has_value == (row["metric"] == "unstable"):
+            raise ValueError(f"{where}: {'an unstable row has no value' if has_value else 'value is missing'}")
+    keys = ["sweep", *SETTING_AXES, "metric"]
+    repeated = table[table.duplicated(keys, keep=False)]
+    if len(repeated):
+        raise ValueError(f"{path}: a number is given twice: {repeated[keys].iloc[0].to_dict()}")
+    return table
+
+
+def published_for(table: pd.DataFrame, sweep: str, setting: dict) -> dict[str, dict]:
+    """The published numbers of one setting of ``sweep``: metric → {"value", "std", "table", "paper", "note"}."""
+    rows = table[table["sweep"] == sweep]
+    for axis in SETTING_AXES:
+        rows = rows[rows[axis] == setting[axis]]
+    return {row.metric: {"value": None if pd.isna(row.value) else float(row.value),
+                         "std": None if pd.isna(row.std) else float(row.std),
+                         "table": row.table, "paper": row.paper, "note": "" if pd.isna(row.note) else row.note}
+            for row in rows.itertuples()}

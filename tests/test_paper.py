@@ -1,0 +1,266 @@
+"""The paper configs: their sweeps, their hyperparameters, their published numbers and their dry runs."""
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from conftest import ROOT, job_counts, snakemake
+from PIL import Image
+
+from ddpm.paper import load_published, published_for
+from ddpm.report import build_table, paper_table
+from ddpm.settings import apply_scale, expand_sweep, parse_setting_name, train_config
+from ddpm.unet import count_parameters, create_model
+
+CONFIGS = ROOT / "config"
+PUBLISHED = CONFIGS / "published.csv"
+PAPER_CONFIGS = ["ddpm_table1", "ddpm_table2", "improved_ddpm_schedules", "ddpm_lsun"]
+
+
+def _config(name: str) -> dict:
+    """A paper config with the schema's defaults that matter here filled in."""
+    config = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())
+    for axis, default in (("mean_type", ["eps"]), ("var_type", ["fixedlarge"]), ("loss_type", ["mse"])):
+        config["sweep"].setdefault(axis, default)
+    return config
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Sweeps
+
+
+def test_rows_cross_the_sweep_lists_they_do_not_give():
+    sweep = {"schedule": ["linear", "cosine"], "T": [1000, 4000], "mean_type": ["eps"], "var_type": ["fixedlarge"],
+             "loss_type": ["mse"], "seed": [0, 1],
+             "rows": [{"loss_type": "mse"}, {"var_type": "learned_range", "loss_type": ["hybrid", "kl"], "T": 4000}]}
+    names = expand_sweep({"sweep": sweep})
+    assert names[:8] == [f"{s}-T{T}-eps-fixedlarge-mse-s{seed}" for s in ("linear", "cosine") for T in (1000, 4000)
+                         for seed in (0, 1)]
+    assert names[8:] == [f"{s}-T4000-eps-learned_range-{loss}-s{seed}" for s in ("linear", "cosine")
+                         for loss in ("hybrid", "kl") for seed in (0, 1)]
+    with pytest.raises(ValueError, match="unknown axis \\['loss'\\]"):
+        expand_sweep({"sweep": {**sweep, "rows": [{"loss": "mse"}]}})
+    with pytest.raises(ValueError, match="lists a setting twice"):
+        expand_sweep({"sweep": {**sweep, "rows": [{"loss_type": "mse"}, {"var_type": "fixedlarge"}]}})
+
+
+def test_table2_has_the_papers_six_rows():
+    rows = {tuple(parse_setting_name(n)[a] for a in ("mean_type", "var_type", "loss_type"))
+            for n in expand_sweep(_config("ddpm_table2"))}
+    assert rows == {("xprev", "learned", "kl"), ("xprev", "fixedlarge", "kl"), ("xprev", "fixedlarge", "mse"),
+                    ("eps", "learned", "kl"), ("eps", "fixedlarge", "kl"), ("eps", "fixedlarge", "mse")}
+
+
+def test_improved_ddpm_sweep_is_schedule_by_T_by_objective():
+    names = expand_sweep(_config("improved_ddpm_schedules"))
+    assert len(names) == 12
+    objectives = {(parse_setting_name(n)["var_type"], parse_setting_name(n)["loss_type"]) for n in names}
+    assert objectives == {("fixedlarge", "mse"), ("learned_range", "hybrid"), ("learned_range", "kl")}
+    assert {(parse_setting_name(n)["schedule"], parse_setting_name(n)["T"]) for n in names} == {
+        ("linear", 1000), ("linear", 4000), ("cosine", 1000), ("cosine", 4000)}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The papers' hyperparameters
+
+
+@pytest.mark.parametrize("name", ["ddpm_table1", "ddpm_table2"])
+def test_ddpm_configs_carry_the_papers_cifar10_hyperparameters(name):
+    config = _config(name)
+    assert config["dataset"]["name"] == "cifar10" and config["evaluate"]["feature_extractor"] == "inception-v3-compat"
+    assert config["sample"]["num_samples"] == 50000
+    for setting in expand_sweep(config):
+        train = train_config(config, setting)
+        assert (train.preset, train.T, train.schedule, train.schedule_rescale) == ("cifar10", 1000, "linear", False)
+        assert (train.lr, train.warmup, train.batch_size, train.grad_clip) == (2e-4, 5000, 128, 1.0)
+        assert (train.ema_decay, train.dropout, train.flip, train.steps) == (0.9999, 0.1, True, 800000)
+        assert train.timestep_sampler == "uniform"
+
+
+def test_improved_ddpm_config_carries_improved_diffusions_cifar10_hyperparameters():
+    config = _config("improved_ddpm_schedules")
+    for setting in expand_sweep(config):
+        train = train_config(config, setting)
+        assert (train.preset, train.lr, train.batch_size, train.steps) == ("iddpm-cifar10", 1e-4, 128, 500000)
+        assert (train.warmup, train.grad_clip, train.ema_decay, train.schedule_rescale) == (0, 0.0, 0.9999, True)
+        assert train.timestep_sampler is None  # importance sampling for L_vlb only
+    # improved-diffusion's CIFAR-10 checkpoint is named "50M": its model has about 50 million parameters
+    assert count_parameters(create_model("iddpm-cifar10", learn_sigma=True)) == 49_066_246
+
+
+def test_cifar10_preset_is_unchanged_by_attention_heads():
+    assert count_parameters(create_model("cifar10")) == 35_746_307
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The published numbers
+
+
+def test_every_published_number_belongs_to_a_setting_of_its_sweep():
+    table = load_published(PUBLISHED)
+    sweeps = {_config(n)["name"]: set(expand_sweep(_config(n))) for n in PAPER_CONFIGS}
+    lsun = {"ddpm-lsun-church", "ddpm-lsun-bedroom", "ddpm-lsun-bedroom-large", "ddpm-lsun-cat"}
+    for row in table.itertuples():
+        settings = sweeps.get(row.sweep) or (sweeps["ddpm-lsun-church"] if row.sweep in lsun else None)
+        assert settings is not None, f"no paper config is named {row.sweep}"
+        name = f"{row.schedule}-T{row.T}-{row.mean_type}-{row.var_type}-{row.loss_type}-s0"
+        assert name in settings, f"{row.sweep}: {name} is not in the sweep"
+
+
+def test_published_numbers_are_the_papers():
+    table = load_published(PUBLISHED)
+    lsimple = published_for(table, "ddpm-table1", {"schedule": "linear", "T": 1000, "mean_type": "eps",
+                                                   "var_type": "fixedlarge", "loss_type": "mse"})
+    assert (lsimple["is"]["value"], lsimple["is"]["std"], lsimple["fid"]["value"]) == (9.46, 0.11, 3.17)
+    assert (lsimple["fid_test"]["value"], lsimple["bpd"]["value"], lsimple["bpd_train"]["value"]) == (5.24, 3.75, 3.72)
+    assert lsimple["is"]["table"] == "Table 1" and lsimple["rate_bpd_step1000"]["table"] == "Table 4"
+    unstable = published_for(table, "ddpm-table2", {"schedule": "linear", "T": 1000, "mean_type": "eps",
+                                                    "var_type": "learned", "loss_type": "kl"})
+    assert list(unstable) == ["unstable"] and unstable["unstable"]["value"] is None
+    vlb = published_for(table, "improved-ddpm-schedules", {"schedule": "cosine", "T": 4000, "mean_type": "eps",
+                                                          "var_type": "learned_range", "loss_type": "kl"})
+    assert (vlb["bpd"]["value"], vlb["fid"]["value"]) == (2.94, 11.47)
+    assert len(table[table["sweep"] == "improved-ddpm-schedules"]) == 12
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda text: text.replace(",linear,1000,xprev,learned,kl,is,", ",linear,1000,xprev,learnt,kl,is,"), "var_type 'learnt'"),
+    (lambda text: text.replace(",is,9.46,0.11,", ",is,,0.11,"), "line 2: value is missing"),
+    (lambda text: text.replace(",unstable,,,training", ",unstable,1.0,,training", 1), "an unstable row has no value"),
+    (lambda text: text.replace(",fid,23.69,", ",fd,23.69,"), "metric 'fd'"),
+    (lambda text: text + text.splitlines()[1] + "\n", "a number is given twice"),
+    (lambda text: text.replace("sweep,paper", "sweeps,paper"), "expected the columns"),
+])
+def test_a_bad_published_file_is_refused_naming_the_line(tmp_path, change, message):
+    bad = tmp_path / "published.csv"
+    bad.write_text(change(PUBLISHED.read_text()))
+    with pytest.raises(ValueError, match=message) as err:
+        load_published(bad)
+    assert str(bad) in str(err.value)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Scaled down
+
+
+def test_tiny_scale_keeps_the_sweep_and_the_objectives_but_not_the_cost():
+    config = apply_scale({**_config("improved_ddpm_schedules"), "scale": "tiny"})
+    assert config["name"] == "improved-ddpm-schedules-tiny" and config["paper_sweep"] == "improved-ddpm-schedules"
+    assert expand_sweep(config) == expand_sweep(_config("improved_ddpm_schedules"))
+    assert config["dataset"]["name"] == "digits" and config["train"]["preset"] == "tiny"
+    assert config["train"]["steps"] < 100 and config["train"]["lr"] == 1e-4 and config["train"]["schedule_rescale"]
+    full = apply_scale({**_config("improved_ddpm_schedules"), "scale": "full"})
+    assert full["name"] == "improved-ddpm-schedules" and full["train"]["steps"] == 500000
+    with pytest.raises(ValueError, match="unknown scale 'huge'"):
+        apply_scale({**_config("ddpm_table1"), "scale": "huge"})
+
+
+def _lsun_config(tmp_path: Path) -> Path:
+    """The LSUN config pointed at a small folder of images (LSUN itself is not downloadable)."""
+    for i in range(4):
+        (tmp_path / "lsun").mkdir(exist_ok=True)
+        Image.new("RGB", (300, 256), (i * 40, 80, 120)).save(tmp_path / "lsun" / f"{i}.png")
+    config = yaml.safe_load((CONFIGS / "ddpm_lsun.yaml").read_text())
+    config["dataset"]["path"] = str(tmp_path / "lsun")
+    path = tmp_path / "lsun.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.mark.parametrize("name, settings, sample_shards, nll_shards", [
+    ("ddpm_table1", 2, 10, 10),
+    ("ddpm_table2", 6, 10, 10),
+    ("improved_ddpm_schedules", 12, 10, 10),
+    ("ddpm_lsun", 1, 50, 4),
+])
+def test_dry_run_of_each_paper_config_full_and_tiny(tmp_path, name, settings, sample_shards, nll_shards):
+    config = _lsun_config(tmp_path) if name == "ddpm_lsun" else CONFIGS / f"{name}.yaml"
+    full = job_counts(tmp_path / "full", config)
+    assert (full["train"], full["sample"], full["nll"]) == (settings, settings * sample_shards, settings * nll_shards)
+    assert full["fid_is"] == full["gather_samples"] == full["gather_nll"] == settings
+    assert full["prepare_data"] == full["mlflow_init"] == full["report"] == 1 and full["baseline"] == 2
+    assert "train_classifier" not in full  # the Inception extractor
+
+    tiny = job_counts(tmp_path / "tiny", config, "--config", "scale=tiny")
+    assert (tiny["train"], tiny["sample"], tiny["nll"]) == (settings, settings * 2, settings)
+    assert tiny["train_classifier"] == 1  # digits are scored with the classifier
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The report beside the paper
+
+
+def _scored_run(folder: Path, fid: float, is_mean: float, is_std: float, bpd: float) -> Path:
+    folder.mkdir(parents=True)
+    scores = {"fid": fid, "is_mean": is_mean, "is_std": is_std, "kid_mean": 0.01, "precision": 0.5, "recall": 0.5,
+              "num_samples": 500, "extractor": "inception-v3-compat"}
+    (folder / "fid_is.json").write_text(json.dumps(scores))
+    (folder / "nll.json").write_text(json.dumps({"bpd": bpd, "bpd_stderr": 0.01, "num_images": 100}))
+    (folder / "metrics.jsonl").write_text(json.dumps({"step": 10, "loss": 0.1}) + "\n")
+    return folder
+
+
+def test_paper_table_puts_the_published_numbers_beside_the_measured_ones(tmp_path):
+    runs = {
+        "linear-T1000-eps-fixedlarge-mse-s0": _scored_run(tmp_path / "a", 4.0, 9.0, 0.2, 3.80),
+        "linear-T1000-eps-fixedlarge-mse-s1": _scored_run(tmp_path / "b", 5.0, 9.2, 0.1, 3.90),
+        "linear-T1000-xprev-fixedlarge-mse-s0": _scored_run(tmp_path / "c", 300.0, 2.0, 0.05, 7.0),
+    }
+    baseline = tmp_path / "gaussian.json"
+    baseline.write_text(json.dumps({"fid": 400.0, "is_mean": 1.5, "is_std": 0.1, "kid_mean": 0.3, "precision": 0.0,
+                                    "recall": 0.0, "num_samples": 500, "extractor": "inception-v3-compat"}))
+    table = paper_table(build_table(runs, {"gaussian baseline": baseline}), load_published(PUBLISHED), "ddpm-table2")
+    assert list(table["mean_type"]) == ["eps", "xprev"] and list(table["seeds"]) == [2, 1]
+    lsimple, xprev = table.iloc[0], table.iloc[1]
+    assert lsimple["FID"] == pytest.approx(4.5) and lsimple["FID ±"] == pytest.approx(0.5 ** 0.5)
+    assert (lsimple["FID (paper)"], lsimple["IS (paper)"], lsimple["IS ± (paper)"]) == (3.17, 9.46, 0.11)
+    assert lsimple["FID Δ"] == pytest.approx(4.5 - 3.17) and lsimple["IS Δ"] == pytest.approx(9.1 - 9.46)
+    assert pd.isna(lsimple["bits/dim (paper)"]) and pd.isna(lsimple["bits/dim Δ"])  # Table 2 has no NLL column
+    assert lsimple["bits/dim"] == pytest.approx(3.85) and lsimple["source"] == "Ho et al. 2020, Table 2"
+    assert (lsimple["samples"], lsimple["extractor"]) == (500, "inception-v3-compat")
+    assert xprev["IS ±"] == 0.05  # one seed: torch-fidelity's spread over splits, as the paper's
+    assert "unstable" in xprev["paper note"] and pd.isna(xprev["FID (paper)"])
+    assert "gaussian baseline" not in set(table.get("setting", []))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Every paper config, scaled down, end to end
+
+
+@pytest.fixture(scope="module")
+def tiny_papers(tmp_path_factory):
+    """All four paper configs with scale=tiny, one after the other in one working directory (as a user would:
+    they share the prepared digits, the classifier and the MLflow store). About 12 minutes on 2 CPU cores."""
+    workdir = tmp_path_factory.mktemp("papers")
+    for name in PAPER_CONFIGS:
+        snakemake(workdir, "--cores", "2", "--config", "scale=tiny", config=CONFIGS / f"{name}.yaml")
+    return workdir
+
+
+@pytest.mark.parametrize("name", PAPER_CONFIGS)
+def test_each_paper_config_runs_scaled_down_with_the_papers_numbers_beside_the_measured(tiny_papers, name):
+    config = _config(name)
+    table = pd.read_csv(tiny_papers / "results" / "tables" / f"{config['name']}-tiny-paper.csv")
+    settings = [parse_setting_name(n) for n in expand_sweep(config)]
+    assert [tuple(row) for row in table[["schedule", "T", "mean_type", "var_type", "loss_type"]].itertuples(index=False)] \
+        == [(s["schedule"], s["T"], s["mean_type"], s["var_type"], s["loss_type"]) for s in settings]
+    for label in ("IS", "FID", "bits/dim"):
+        assert table[label].map(math.isfinite).all(), (label, table[label])
+        assert f"{label} (paper)" in table.columns and f"{label} Δ" not in table.columns  # not comparable
+    assert (table["samples"] == 100).all() and (table["extractor"] == "classifier").all()
+    published = load_published(PUBLISHED)
+    filled = 0
+    for row, setting in zip(table.to_dict("records"), settings):
+        paper = published_for(published, config["name"], setting)
+        for label, metric in (("IS", "is"), ("FID", "fid"), ("bits/dim", "bpd")):
+            expected = paper.get(metric, {}).get("value")
+            found = row[f"{label} (paper)"]
+            assert (pd.isna(found) if expected is None else found == expected), (setting, label, found, expected)
+            filled += expected is not None
+        assert ("unstable" in str(row["paper note"])) == ("unstable" in paper)
+    assert filled > 0  # every paper config has published numbers beside some of its rows
+    markdown = (tiny_papers / "results" / "tables" / f"{config['name']}-tiny-paper.md").read_text()
+    assert "FID (paper)" in markdown and all(f"| {v:.4g} |" in markdown for v in table["FID (paper)"].dropna())
