@@ -148,9 +148,14 @@ def cmd_fid(args):
     check_images(samples, f"samples in {args.samples}", shape=reference.shape[1:])  # the data set's shape, exactly
     scores = fidelity_metrics(samples, reference, extractor=args.extractor, weights_path=args.weights,
                               device=_device(args.device))
+    if args.test_reference:  # DDPM Table 1 also gives FID against the test set
+        test = load_split(args.data, "test")[0]
+        scores["fid_test"] = fidelity_metrics(samples, test, extractor=args.extractor, weights_path=args.weights,
+                                              device=_device(args.device), metrics=("fid",))["fid"]
+        scores["num_test_reference"] = len(test)
     write_json(args.out, scores)
-    _log_to_run(args, {k: v for k, v in scores.items() if k in ("fid", "is_mean", "is_std", "kid_mean", "kid_std",
-                                                                 "precision", "recall")})
+    _log_to_run(args, {k: v for k, v in scores.items() if k in ("fid", "fid_test", "is_mean", "is_std", "kid_mean",
+                                                                 "kid_std", "precision", "recall")})
     print(json.dumps(scores))
 
 
@@ -283,6 +288,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True)
     p.add_argument("--extractor", default="classifier", help="classifier or inception-v3-compat")
     p.add_argument("--weights", help="extractor weights (the classifier file, or local Inception weights)")
+    p.add_argument("--test-reference", action="store_true", help="also FID against the test split (fid_test)")
     p.add_argument("--out", required=True)
     _add_tracking(p)
     _add_runtime(p)

@@ -31,6 +31,9 @@ from torch.utils.data import Dataset
 from ddpm.datasets import check_images
 from ddpm.features import register_classifier_extractor
 
+#: torch-fidelity's metric groups: Inception score, FID, KID, precision/recall.
+METRICS = ("isc", "fid", "kid", "prc")
+
 EXTRACTORS = ("inception-v3-compat", "classifier")
 INCEPTION_CONFIG_KEY = "evaluate.inception_weights"
 KID_DEFAULT_SUBSET_SIZE = 1000  # torch-fidelity's and Bińkowski et al.'s default
@@ -136,6 +139,7 @@ def fidelity_metrics(
     batch_size: int = 200,
     device: str = "cpu",
     seed: int = 0,
+    metrics: tuple[str, ...] = METRICS,
 ) -> dict:
     """FID, IS, KID and precision/recall of ``samples`` against ``reference`` via ``torch_fidelity.calculate_metrics``.
 
@@ -147,10 +151,14 @@ def fidelity_metrics(
     min(1000, smaller set)). Nothing is cached on disk.
 
     Returns ``fid, is_mean, is_std, kid_mean, kid_std, precision, recall`` (floats), ``extractor``,
-    ``num_samples``, ``num_reference`` and ``kid_subset_size``."""
+    ``num_samples``, ``num_reference`` and ``kid_subset_size``; with ``metrics`` a subset of :data:`METRICS`
+    (e.g. ``("fid",)``), only those are computed and returned."""
     import torch_fidelity
 
     _check_inputs(samples, reference)
+    unknown = set(metrics) - set(METRICS)
+    if unknown or not metrics:
+        raise ValueError(f"metrics must be some of {', '.join(METRICS)}; got {metrics!r}")
     subset = _kid_subset_size(kid_subset_size, len(samples), len(reference))
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
@@ -158,7 +166,7 @@ def fidelity_metrics(
     with _on_device(device) as cuda, tempfile.TemporaryDirectory(prefix="ddpm-fidelity-") as scratch:
         kwargs = dict(
             input1=UInt8ImageDataset(samples), input2=UInt8ImageDataset(reference),
-            isc=True, fid=True, kid=True, prc=True, **fe_kwargs,
+            isc="isc" in metrics, fid="fid" in metrics, kid="kid" in metrics, prc="prc" in metrics, **fe_kwargs,
             isc_splits=min(10, len(samples)), kid_subset_size=subset,
             batch_size=int(batch_size), cuda=cuda, rng_seed=int(seed),
             cache=False, cache_root=scratch, datasets_root=scratch, datasets_download=False,
@@ -179,7 +187,7 @@ def _summarise(raw: dict, extractor: str, n_samples: int, n_reference: int, kid_
     keys = {"fid": KEY_METRIC_FID, "is_mean": KEY_METRIC_ISC_MEAN, "is_std": KEY_METRIC_ISC_STD,
             "kid_mean": KEY_METRIC_KID_MEAN, "kid_std": KEY_METRIC_KID_STD,
             "precision": KEY_METRIC_PRECISION, "recall": KEY_METRIC_RECALL}
-    out = {ours: float(raw[theirs]) for ours, theirs in keys.items()}
+    out = {ours: float(raw[theirs]) for ours, theirs in keys.items() if theirs in raw}
     out.update(extractor=extractor, num_samples=int(n_samples), num_reference=int(n_reference),
                kid_subset_size=int(kid_subset_size))
     return out

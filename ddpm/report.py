@@ -29,6 +29,8 @@ def _read_json(path: Path) -> dict:
 def _fidelity_columns(scores: dict) -> dict:
     extractor = scores["extractor"]
     row = {f"{label} [{extractor}]": scores[key] for key, label in FIDELITY_KEYS}
+    if "fid_test" in scores:
+        row[f"FID test [{extractor}]"] = scores["fid_test"]
     row["samples"] = scores["num_samples"]
     return row
 
@@ -58,8 +60,9 @@ def build_table(run_dirs: dict[str, Path], baselines: dict[str, Path]) -> pd.Dat
     return pd.DataFrame(rows)
 
 
-#: The paper table's measured metrics: (column label, column of the full table, published metric name).
-PAPER_METRICS = (("IS", "IS", "is"), ("FID", "FID", "fid"), ("bits/dim", "bits/dim", "bpd"))
+#: The paper table's metrics: (column label, published metric name); the full table's column is the label with the
+#: feature extractor, but for bits/dim.
+PAPER_METRICS = (("IS", "is"), ("FID", "fid"), ("FID test", "fid_test"), ("bits/dim", "bpd"))
 SETTING_AXES = ("schedule", "T", "mean_type", "var_type", "loss_type")
 
 
@@ -79,8 +82,9 @@ def paper_table(table: pd.DataFrame, published: pd.DataFrame, sweep: str, *, com
         setting = {**dict(zip(SETTING_AXES, axes)), "T": int(axes[1])}  # T is float beside the baselines' NaN
         paper = published_for(published, sweep, setting)
         row = {**setting, "seeds": len(group)}
-        for label, column, metric in PAPER_METRICS:
-            values = group[f"{column} [{extractor}]" if column != "bits/dim" else column].astype(float)
+        for label, metric in PAPER_METRICS:
+            column = label if label == "bits/dim" else f"{label} [{extractor}]"
+            values = group[column].astype(float) if column in group else pd.Series([float("nan")] * len(group))
             row[label] = values.mean()
             if len(group) > 1:
                 row[f"{label} ±"] = values.std(ddof=1)
@@ -96,7 +100,7 @@ def paper_table(table: pd.DataFrame, published: pd.DataFrame, sweep: str, *, com
         row["extractor"] = extractor
         row["paper note"] = "; ".join(v["note"] for k, v in paper.items() if k == "unstable")
         row["source"] = ", ".join(sorted({f"{v['paper']}, {v['table']}" for k, v in paper.items()
-                                          if k in ("is", "fid", "bpd", "unstable")}))
+                                          if k in (*dict(PAPER_METRICS).values(), "unstable")}))
         rows.append(row)
     return pd.DataFrame(rows)
 

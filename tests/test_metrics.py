@@ -150,6 +150,16 @@ def test_metric_values_are_well_formed(ranked, split):
         assert result["kid_subset_size"] == len(test_x)  # automatic: min(1000, smaller set)
 
 
+def test_fid_alone_is_the_same_fid(ranked, split, classifier):
+    train_x, _, test_x, _ = split
+    with _single_threaded():
+        alone = fidelity_metrics(test_x, train_x, extractor="classifier", weights_path=classifier[0], metrics=("fid",))
+    assert alone["fid"] == pytest.approx(ranked["real"]["fid"], rel=1e-6)
+    assert "is_mean" not in alone and "kid_mean" not in alone and "precision" not in alone
+    with pytest.raises(ValueError, match="metrics must be some of isc, fid, kid, prc"):
+        fidelity_metrics(test_x, train_x, extractor="classifier", weights_path=classifier[0], metrics=("fd",))
+
+
 def test_rgb_and_grey_inputs_agree(split, classifier):
     _, _, test_x, _ = split
     grey, reference = test_x[:30], test_x[30:90]

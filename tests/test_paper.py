@@ -193,10 +193,10 @@ def test_dry_run_of_each_paper_config_full_and_tiny(tmp_path, name, settings, sa
 # The report beside the paper
 
 
-def _scored_run(folder: Path, fid: float, is_mean: float, is_std: float, bpd: float) -> Path:
+def _scored_run(folder: Path, fid: float, is_mean: float, is_std: float, bpd: float, **extra) -> Path:
     folder.mkdir(parents=True)
     scores = {"fid": fid, "is_mean": is_mean, "is_std": is_std, "kid_mean": 0.01, "precision": 0.5, "recall": 0.5,
-              "num_samples": 500, "extractor": "inception-v3-compat"}
+              "num_samples": 500, "extractor": "inception-v3-compat", **extra}
     (folder / "fid_is.json").write_text(json.dumps(scores))
     (folder / "nll.json").write_text(json.dumps({"bpd": bpd, "bpd_stderr": 0.01, "num_images": 100}))
     (folder / "metrics.jsonl").write_text(json.dumps({"step": 10, "loss": 0.1}) + "\n")
@@ -224,6 +224,13 @@ def test_paper_table_puts_the_published_numbers_beside_the_measured_ones(tmp_pat
     assert xprev["IS ±"] == 0.05  # one seed: torch-fidelity's spread over splits, as the paper's
     assert "unstable" in xprev["paper note"] and pd.isna(xprev["FID (paper)"])
     assert "gaussian baseline" not in set(table.get("setting", []))
+    assert table["FID test"].isna().all()  # these runs were not scored against the test set
+
+    runs = {"linear-T1000-eps-fixedlarge-mse-s0": _scored_run(tmp_path / "d", 4.0, 9.0, 0.2, 3.80, fid_test=6.0)}
+    table1 = paper_table(build_table(runs, {}), load_published(PUBLISHED), "ddpm-table1")
+    assert (table1["FID test"].iloc[0], table1["FID test (paper)"].iloc[0]) == (6.0, 5.24)
+    assert table1["FID test Δ"].iloc[0] == pytest.approx(6.0 - 5.24)
+    assert table1["bits/dim (paper)"].iloc[0] == 3.75 and table1["source"].iloc[0] == "Ho et al. 2020, Table 1"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -247,7 +254,7 @@ def test_each_paper_config_runs_scaled_down_with_the_papers_numbers_beside_the_m
     settings = [parse_setting_name(n) for n in expand_sweep(config)]
     assert [tuple(row) for row in table[["schedule", "T", "mean_type", "var_type", "loss_type"]].itertuples(index=False)] \
         == [(s["schedule"], s["T"], s["mean_type"], s["var_type"], s["loss_type"]) for s in settings]
-    for label in ("IS", "FID", "bits/dim"):
+    for label in ("IS", "FID", "FID test", "bits/dim"):
         assert table[label].map(math.isfinite).all(), (label, table[label])
         assert f"{label} (paper)" in table.columns and f"{label} Δ" not in table.columns  # not comparable
     assert (table["samples"] == 100).all() and (table["extractor"] == "classifier").all()
@@ -255,7 +262,7 @@ def test_each_paper_config_runs_scaled_down_with_the_papers_numbers_beside_the_m
     filled = 0
     for row, setting in zip(table.to_dict("records"), settings):
         paper = published_for(published, config["name"], setting)
-        for label, metric in (("IS", "is"), ("FID", "fid"), ("bits/dim", "bpd")):
+        for label, metric in (("IS", "is"), ("FID", "fid"), ("FID test", "fid_test"), ("bits/dim", "bpd")):
             expected = paper.get(metric, {}).get("value")
             found = row[f"{label} (paper)"]
             assert (pd.isna(found) if expected is None else found == expected), (setting, label, found, expected)

@@ -98,6 +98,7 @@ def test_table_has_one_row_per_setting_with_finite_metrics(tiny_run):
     for column in ("FID [classifier]", "IS [classifier]", "KID [classifier]", "samples"):
         assert column in table.columns
         assert table[column].map(math.isfinite).all(), table[column]
+    assert table["FID test [classifier]"].iloc[:2].map(math.isfinite).all()  # the settings, against the test split
     settings = table[table["setting"].isin(SETTINGS)]
     assert settings["bits/dim"].map(math.isfinite).all() and (settings["bits/dim"] > 0).all()
     assert (settings["samples"] == 200).all() and (settings["NLL images"] == 60).all()

@@ -10,6 +10,7 @@ rule fid_is:
     params:
         data=lambda wildcards, input: Path(input.manifest).parent,
         extractor=extractor_args(),
+        test="--test-reference" if config["evaluate"]["fid_test"] else "",
     threads: 1
     resources:
         gpu=1,
@@ -20,7 +21,7 @@ rule fid_is:
     conda:
         ENV
     shell:
-        "ddpm evaluate fid --samples {input.samples} --data {params.data} {params.extractor} --out {output}"
+        "ddpm evaluate fid --samples {input.samples} --data {params.data} {params.extractor} {params.test} --out {output}"
         " --tracking {input.tracking} --run-id-file {input.run_id} --device auto --threads {threads} > {log} 2>&1"
 
 
