@@ -108,18 +108,23 @@ def cmd_train(args):
     config = TrainConfig.from_dict({f.name: getattr(args, f.name) for f in fields(TrainConfig)})
     tracking = read_tracking(args.tracking) if args.tracking else None
     final = train(config, args.out, data_dir=args.data, device=_device(args.device), tracking=tracking,
-                  run_name=args.run_name)
+                  run_name=args.run_name, on_divergence=args.on_divergence)
     print(json.dumps(final))
 
 
 def cmd_sample(args):
     import numpy as np
 
+    from .evaluate import write_diverged
     from .io import save_npz
     from .sample import sample_checkpoint, save_grid
+    from .train import Diverged
 
-    images = sample_checkpoint(args.checkpoint, start=args.start, count=args.count, batch_size=args.batch_size,
-                               seed=args.seed, steps=args.steps, device=_device(args.device))
+    try:
+        images = sample_checkpoint(args.checkpoint, start=args.start, count=args.count, batch_size=args.batch_size,
+                                   seed=args.seed, steps=args.steps, device=_device(args.device))
+    except Diverged as diverged:
+        return write_diverged(args.out, diverged.step)
     save_npz(args.out, images=images, indices=np.arange(args.start, args.start + args.count))
     if args.grid:
         save_grid(images, args.grid)
@@ -127,10 +132,14 @@ def cmd_sample(args):
 
 
 def cmd_gather_samples(args):
-    from .evaluate import gather_samples
+    from .evaluate import diverged_step, gather_samples, write_diverged
     from .io import save_npz
-    from .sample import save_grid
+    from .sample import save_grid, save_notice
 
+    step = diverged_step(args.shards)
+    if step is not None:
+        save_notice(f"diverged at step {step}", args.grid)
+        return write_diverged(args.out, step)
     images, indices = gather_samples(args.shards)
     save_npz(args.out, images=images, indices=indices)
     save_grid(images[: args.grid_size], args.grid)
@@ -140,9 +149,13 @@ def cmd_gather_samples(args):
 
 def cmd_fid(args):
     from .datasets import check_images, load_split
+    from .evaluate import diverged_step, write_diverged
     from .io import load_npz, write_json
     from .metrics import fidelity_metrics
 
+    step = diverged_step([args.samples])
+    if step is not None:
+        return write_diverged(args.out, step)
     reference = load_split(args.data, "train")[0]
     samples = load_npz(args.samples, ("images",))["images"]
     check_images(samples, f"samples in {args.samples}", shape=reference.shape[1:])  # the data set's shape, exactly
@@ -160,19 +173,26 @@ def cmd_fid(args):
 
 
 def cmd_nll(args):
-    from .evaluate import nll_shard
+    from .evaluate import nll_shard, write_diverged
     from .io import save_npz
+    from .train import Diverged
 
-    shard = nll_shard(args.checkpoint, args.data, start=args.start, count=args.count, batch_size=args.batch_size,
-                      seed=args.seed, device=_device(args.device))
+    try:
+        shard = nll_shard(args.checkpoint, args.data, start=args.start, count=args.count, batch_size=args.batch_size,
+                          seed=args.seed, device=_device(args.device))
+    except Diverged as diverged:
+        return write_diverged(args.out, diverged.step)
     save_npz(args.out, **shard)
     print(f"bits/dim of test images {shard['indices'][0]}..{shard['indices'][-1]}: {shard['total_bpd'].mean():.4f}")
 
 
 def cmd_nll_gather(args):
-    from .evaluate import gather_nll
+    from .evaluate import diverged_step, gather_nll, write_diverged
     from .io import write_json
 
+    step = diverged_step(args.shards)
+    if step is not None:
+        return write_diverged(args.out, step)
     result = gather_nll(args.shards)
     write_json(args.out, result)
     _log_to_run(args, {"bpd": result["bpd"], "bpd_stderr": result["bpd_stderr"]})
@@ -256,6 +276,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder of the run")
     p.add_argument("--data", help="a prepared dataset folder (default: load --dataset by name)")
     p.add_argument("--run-name", help="MLflow run name (default: the output folder's name)")
+    p.add_argument("--on-divergence", choices=["fail", "record"], default="fail",
+                   help="NaN / Inf loss: fail (exit 2), or record it in checkpoint.pt and exit 0 so a sweep goes on")
     _add_tracking(p)
     _add_runtime(p)
     _train_flags(p)

@@ -12,10 +12,37 @@ import numpy as np
 import torch
 
 from .datasets import check_images, load_split, to_model_range
-from .io import load_npz
+from .io import load_npz, save_npz, write_json
 from .progress import progress as progress_iter
 from .sample import sample_generator
-from .train import load_for_sampling
+from .train import DIVERGED, load_for_sampling
+
+
+def diverged_step(paths) -> int | None:
+    """The step at which the setting's training diverged, if any of these ``.npz`` or ``.json`` files says so."""
+    import json
+
+    for path in paths:
+        path = Path(path)
+        if path.suffix == ".json":
+            try:
+                found = json.loads(path.read_text()).get(DIVERGED)
+            except (OSError, ValueError) as err:
+                raise ValueError(f"cannot read {path}: {err}") from err
+        else:
+            found = load_npz(path, (), optional=(DIVERGED,)).get(DIVERGED)
+        if found is not None:
+            return int(found)
+    return None
+
+
+def write_diverged(path, step: int) -> None:
+    """Write the file a job makes for a diverged setting: ``{diverged_at_step: step}`` as ``.json`` or ``.npz``."""
+    if Path(path).suffix == ".json":
+        write_json(path, {DIVERGED: int(step)})
+    else:
+        save_npz(path, **{DIVERGED: np.array(int(step))})
+    print(f"the training diverged at step {step}: nothing to compute; {path} records it")
 
 
 NLL_SHARD_KEYS = ("indices", "total_bpd", "prior_bpd", "vb_sum", "xstart_mse_sum")

@@ -45,8 +45,8 @@ def save_npz(path: str | Path, **arrays: np.ndarray) -> None:
         np.savez(f, **arrays)
 
 
-def load_npz(path: str | Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """The arrays ``keys`` of an ``.npz`` file, read in full and without pickle.
+def load_npz(path: str | Path, keys: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """The arrays ``keys`` (and those of ``optional`` that it has) of an ``.npz`` file, read in full, without pickle.
 
     A missing, truncated or corrupt file, or one without these arrays, is a ValueError that names the file."""
     try:
@@ -57,6 +57,6 @@ def load_npz(path: str | Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
             missing = [k for k in keys if k not in f.files]
             if missing:
                 raise ValueError(f"has no array {', '.join(map(repr, missing))} (it has: {', '.join(f.files) or 'none'})")
-            return {k: f[k] for k in keys}
+            return {k: f[k] for k in (*keys, *(k for k in optional if k in f.files))}
     except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as err:
         raise ValueError(f"cannot read {path}: {err}") from err

@@ -14,6 +14,7 @@ import pandas as pd
 
 from .io import atomic_open
 from .settings import parse_setting_name
+from .train import DIVERGED
 
 FIDELITY_KEYS = (("fid", "FID"), ("is_mean", "IS"), ("is_std", "IS std"), ("kid_mean", "KID"),
                  ("precision", "precision"), ("recall", "recall"))
@@ -45,16 +46,15 @@ def build_table(run_dirs: dict[str, Path], baselines: dict[str, Path]) -> pd.Dat
     row label → a fidelity-metrics JSON scored the same way (the Gaussian baseline, the test split)."""
     rows = []
     for name, folder in run_dirs.items():
-        nll = _read_json(folder / "nll.json")
-        rows.append({
-            "setting": name,
-            **parse_setting_name(name),
-            "final loss": _final_loss(folder / "metrics.jsonl"),
-            **_fidelity_columns(_read_json(folder / "fid_is.json")),
-            "bits/dim": nll["bpd"],
-            "bits/dim stderr": nll["bpd_stderr"],
-            "NLL images": nll["num_images"],
-        })
+        nll, scores = _read_json(folder / "nll.json"), _read_json(folder / "fid_is.json")
+        diverged = scores.get(DIVERGED, nll.get(DIVERGED))
+        row = {"setting": name, **parse_setting_name(name),
+               "status": "finished" if diverged is None else f"diverged at step {diverged}",
+               "final loss": _final_loss(folder / "metrics.jsonl")}
+        if diverged is None:
+            row.update(_fidelity_columns(scores), **{"bits/dim": nll["bpd"], "bits/dim stderr": nll["bpd_stderr"],
+                                                     "NLL images": nll["num_images"]})
+        rows.append(row)
     for label, path in baselines.items():
         rows.append({"setting": label, **_fidelity_columns(_read_json(path))})
     return pd.DataFrame(rows)
@@ -77,32 +77,37 @@ def paper_table(table: pd.DataFrame, published: pd.DataFrame, sweep: str, *, com
 
     settings = table[table["schedule"].notna()]
     extractor = next((c[c.index("[") + 1:-1] for c in table.columns if c.startswith("FID [")), None)
+    # A column the table lacks (every setting diverged, or no FID against the test set) reads as NaN.
     rows = []
     for axes, group in settings.groupby(list(SETTING_AXES), sort=False):
         setting = {**dict(zip(SETTING_AXES, axes)), "T": int(axes[1])}  # T is float beside the baselines' NaN
         paper = published_for(published, sweep, setting)
         row = {**setting, "seeds": len(group)}
         for label, metric in PAPER_METRICS:
-            column = label if label == "bits/dim" else f"{label} [{extractor}]"
-            values = group[column].astype(float) if column in group else pd.Series([float("nan")] * len(group))
+            values = _column(group, label if label == "bits/dim" else f"{label} [{extractor}]")
             row[label] = values.mean()
             if len(group) > 1:
                 row[f"{label} ±"] = values.std(ddof=1)
             elif label == "IS":
-                row[f"{label} ±"] = float(group[f"IS std [{extractor}]"].iloc[0])
+                row[f"{label} ±"] = _column(group, f"IS std [{extractor}]").iloc[0]
             published_value = paper.get(metric, {}).get("value")
             row[f"{label} (paper)"] = published_value
             if label == "IS":
                 row["IS ± (paper)"] = paper.get(metric, {}).get("std")
             if comparable:
                 row[f"{label} Δ"] = None if published_value is None else row[label] - published_value
-        row["samples"] = int(group["samples"].iloc[0])
+        row["samples"] = _column(group, "samples").max()
         row["extractor"] = extractor
+        row["status"] = "; ".join(sorted(set(group["status"])))
         row["paper note"] = "; ".join(v["note"] for k, v in paper.items() if k == "unstable")
         row["source"] = ", ".join(sorted({f"{v['paper']}, {v['table']}" for k, v in paper.items()
                                           if k in (*dict(PAPER_METRICS).values(), "unstable")}))
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _column(group: pd.DataFrame, column: str) -> pd.Series:
+    return group[column].astype(float) if column in group else pd.Series([float("nan")] * len(group))
 
 
 def _cell(v, *, missing: str, text=str) -> str:

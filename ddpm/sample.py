@@ -59,3 +59,13 @@ def save_grid(images: np.ndarray, path: str | Path, *, nrow: int | None = None, 
     grid = grid.repeat_interleave(scale, 1).repeat_interleave(scale, 2)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(grid.permute(1, 2, 0).numpy()).save(path)
+
+
+def save_notice(text: str, path: str | Path) -> None:
+    """A small PNG with one line of text, where a grid of samples would be (e.g. "diverged at step 120")."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (8 * len(text) + 20, 40), "white")
+    ImageDraw.Draw(image).text((10, 14), text, fill="black")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)

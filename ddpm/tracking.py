@@ -101,6 +101,10 @@ def log_artifact(tracking_uri: str, run_id: str, path: str | Path, artifact_path
     _retrying_client_call(tracking_uri, "artifact upload", lambda c: c.log_artifact(run_id, str(path), artifact_path))
 
 
+def set_tag(tracking_uri: str, run_id: str, key: str, value: str) -> None:
+    _retrying_client_call(tracking_uri, "tag", lambda c: c.set_tag(run_id, key, value))
+
+
 def mark_running(tracking_uri: str, run_id: str) -> None:
     """Set a resumed run's status back to RUNNING."""
     _retrying_client_call(tracking_uri, "run status update", lambda c: c.update_run(run_id, status="RUNNING"))

@@ -76,6 +76,8 @@ def build(config: TrainConfig, *, in_channels: int, image_size: int) -> tuple[UN
 def load_for_sampling(path: str | Path, *, use_ema: bool = True, device="cpu") -> tuple[UNet, GaussianDiffusion, dict]:
     """Rebuild model (EMA weights by default) and diffusion from a checkpoint written by :func:`train`."""
     state = load_checkpoint(path)
+    if DIVERGED in state:
+        raise Diverged(path, state[DIVERGED])
     config = TrainConfig.from_dict(state["config"])
     model, diffusion = build(config, in_channels=state["data_shape"][0], image_size=state["data_shape"][1])
     weights = state["ema"] if use_ema else state["model"]
@@ -119,9 +121,39 @@ def _preview_grid(ema: UNet, diffusion: GaussianDiffusion, shape, path: Path, de
     return path
 
 
+class NonFiniteLoss(FloatingPointError):
+    """The training loss became NaN or Inf at ``step``."""
+
+    def __init__(self, loss: float, step: int):
+        super().__init__(f"loss became {loss} at step {step}")
+        self.loss, self.step = loss, step
+
+
 def _check_finite(loss: torch.Tensor, step: int) -> None:
     if not torch.isfinite(loss):
-        raise FloatingPointError(f"loss became {loss.item()} at step {step}; stopping (no checkpoint written for this step)")
+        raise NonFiniteLoss(loss.item(), step)
+
+
+#: The key that marks a setting whose training diverged, in its checkpoint and in every file made from it.
+DIVERGED = "diverged_at_step"
+
+
+class Diverged(ValueError):
+    """The checkpoint records a training that diverged: there are no weights to sample or score."""
+
+    def __init__(self, path, step: int):
+        super().__init__(f"{path}: the training diverged at step {step}")
+        self.step = step
+
+
+def _record_divergence(out_dir: Path, config: TrainConfig, error: NonFiniteLoss) -> dict:
+    """``on_divergence="record"``: a checkpoint without weights that says where the training diverged, so the
+    sweep goes on and the report says "diverged at step N" (as DDPM's Table 2 reports its unstable settings)."""
+    save_checkpoint(out_dir / "checkpoint.pt", {"config": asdict(config), "model": {}, DIVERGED: error.step,
+                                                "loss": str(error.loss)})
+    (out_dir / "metrics.jsonl").touch()  # the steps logged before, if any, stay
+    print(f"{error}; recorded in {out_dir / 'checkpoint.pt'} (on_divergence=record)", flush=True)
+    return {DIVERGED: error.step}
 
 
 #: The resume state lives beside the run's outputs but is not one of them, so Snakemake's clean-up of a failed
@@ -183,6 +215,7 @@ def train(
     progress: bool = True,
     tracking: dict | None = None,
     run_name: str | None = None,
+    on_divergence: str = "fail",
 ) -> dict:
     """Train one setting and write ``checkpoint.pt`` and ``metrics.jsonl`` to ``out_dir``; returns the final metrics.
 
@@ -194,7 +227,12 @@ def train(
     sampler, the MLflow run id) goes to ``resume.pt``; a killed run started again continues from there and ends
     with the same weights, bit for bit on CPU, in the same MLflow run. SIGTERM / SIGUSR1 save the state and raise
     :class:`Preempted`.
+
+    A NaN or Inf loss fails the MLflow run and raises :class:`NonFiniteLoss` (``on_divergence="fail"``), or, with
+    ``"record"``, writes a weightless ``checkpoint.pt`` naming the step (see :func:`_record_divergence`) and returns.
     """
+    if on_divergence not in ("fail", "record"):
+        raise ValueError(f"on_divergence must be 'fail' or 'record', got {on_divergence!r}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     resume = _read_resume(out_dir, config)
@@ -211,6 +249,14 @@ def train(
         if run_id is not None:
             mlf.finish_run(tracking["tracking_uri"], run_id, "KILLED")
         raise
+    except NonFiniteLoss as error:
+        if run_id is not None:
+            mlf.set_tag(tracking["tracking_uri"], run_id, f"ddpm.{DIVERGED}", str(error.step))
+            mlf.finish_run(tracking["tracking_uri"], run_id, "FAILED")
+        if on_divergence == "fail":
+            raise
+        (out_dir / RESUME_FILE).unlink(missing_ok=True)  # a rerun would diverge the same way
+        return _record_divergence(out_dir, config, error)
     except BaseException:
         if run_id is not None:
             mlf.finish_run(tracking["tracking_uri"], run_id, "FAILED")

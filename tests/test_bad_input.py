@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -18,7 +19,7 @@ from ddpm.diffusion import GaussianDiffusion
 from ddpm.evaluate import gather_samples
 from ddpm.io import load_npz, save_npz
 from ddpm.tracking import init_sweep
-from ddpm.train import TrainConfig, train
+from ddpm.train import TrainConfig, load_for_sampling, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -164,21 +165,24 @@ def test_bits_per_dim_job_refuses_test_images_the_checkpoint_was_not_trained_on(
 # NaN or Inf loss
 
 
-@pytest.mark.parametrize("poison", [float("nan"), float("inf")])
-def test_non_finite_loss_fails_the_mlflow_run_and_writes_no_checkpoint(tmp_path, monkeypatch, poison):
-    from mlflow.tracking import MlflowClient
-
+def _poison_third_step(monkeypatch, value: float) -> None:
+    """Multiply the third training step's loss by ``value`` (NaN or Inf)."""
     original = GaussianDiffusion.training_losses
     calls = []
 
     def poisoned(self, *args, **kwargs):
         losses = original(self, *args, **kwargs)
         calls.append(1)
-        if len(calls) == 3:  # the third step's loss
-            losses["loss"] = losses["loss"] * poison
-        return losses
+        return {**losses, "loss": losses["loss"] * value} if len(calls) == 3 else losses
 
     monkeypatch.setattr(GaussianDiffusion, "training_losses", poisoned)
+
+
+@pytest.mark.parametrize("poison", [float("nan"), float("inf")])
+def test_non_finite_loss_fails_the_mlflow_run_and_writes_no_checkpoint(tmp_path, monkeypatch, poison):
+    from mlflow.tracking import MlflowClient
+
+    _poison_third_step(monkeypatch, poison)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracking = init_sweep(uri, "bad-input", "sweep", tmp_path / "artifacts", {})
     config = TrainConfig(T=10, steps=6, batch_size=8, warmup=0, log_every=1, checkpoint_every=1)
@@ -260,3 +264,44 @@ def test_documented_mlflow_commands_bind_to_localhost():
     assert commands, "the README documents the MLflow UI command"
     for line in commands:
         assert "--host 127.0.0.1" in line, line
+
+
+def test_recorded_divergence_flows_through_every_job_to_the_report(tmp_path, monkeypatch, capsys):
+    """on_divergence="record": the setting's files all say "diverged at step 3", nothing fails, nothing is scored."""
+    from mlflow.tracking import MlflowClient
+
+    from ddpm.paper import load_published
+    from ddpm.report import build_table, paper_table
+
+    _poison_third_step(monkeypatch, float("nan"))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracking = init_sweep(uri, "diverging", "sweep", tmp_path / "artifacts", {})
+    run = tmp_path / "linear-T10-eps-learned-kl-s0"
+    config = TrainConfig(T=10, var_type="learned", loss_type="kl", steps=6, batch_size=8, warmup=0, log_every=1)
+    assert train(config, run, tracking=tracking, progress=False, on_divergence="record") == {"diverged_at_step": 3}
+    run_id = (run / "mlflow_run_id.txt").read_text().strip()
+    mlflow_run = MlflowClient(uri).get_run(run_id)
+    assert mlflow_run.info.status == "FAILED" and mlflow_run.data.tags["ddpm.diverged_at_step"] == "3"
+    with pytest.raises(ValueError, match="diverged at step 3"):  # never mistaken for weights
+        load_for_sampling(run / "checkpoint.pt")
+
+    data = tmp_path / "data"
+    prepare_dataset("digits", data)
+    checkpoint = str(run / "checkpoint.pt")
+    for command in (["sample", "--checkpoint", checkpoint, "--out", str(run / "samples" / "shard-0.npz")],
+                    ["gather-samples", "--shards", str(run / "samples" / "shard-0.npz"), "--out",
+                     str(run / "samples.npz"), "--grid", str(run / "samples.png")],
+                    ["evaluate", "fid", "--samples", str(run / "samples.npz"), "--data", str(data), "--out",
+                     str(run / "fid_is.json")],
+                    ["evaluate", "nll", "--checkpoint", checkpoint, "--data", str(data), "--out",
+                     str(run / "nll" / "shard-0.npz")],
+                    ["evaluate", "nll-gather", "--shards", str(run / "nll" / "shard-0.npz"), "--out",
+                     str(run / "nll.json")]):
+        assert main(command) == 0, (command, capsys.readouterr().err)
+        assert "diverged at step 3" in capsys.readouterr().out
+    assert Image.open(run / "samples.png").size[0] > 100  # a notice where the grid would be
+
+    table = build_table({run.name: run}, {})
+    assert table.loc[0, "status"] == "diverged at step 3" and "FID [classifier]" not in table.columns
+    beside = paper_table(table, load_published(ROOT / "config" / "published.csv"), "ddpm-table2")
+    assert beside.loc[0, "status"] == "diverged at step 3" and pd.isna(beside.loc[0, "FID"])

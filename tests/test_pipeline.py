@@ -92,6 +92,24 @@ def test_same_config_gives_the_same_samples_whatever_the_shards_and_parallel_job
     assert np.allclose(a["vb_per_timestep"], b["vb_per_timestep"], rtol=1e-12, atol=0)
 
 
+def test_a_diverging_setting_is_a_row_of_the_report_not_a_failed_sweep(tmp_path):
+    config = yaml.safe_load(TINY.read_text())
+    config["sweep"]["schedule"] = ["linear"]
+    config["train"].update(lr=1e30, warmup=0, grad_clip=0.0, on_divergence="record")
+    diverging = tmp_path / "diverging.yaml"
+    diverging.write_text(yaml.safe_dump(config))
+    snakemake(tmp_path / "run", "--cores", "2", config=diverging)
+    table = pd.read_csv(tmp_path / "run" / "results" / "tables" / "tiny-paper.csv")
+    assert len(table) == 1 and table.loc[0, "status"].startswith("diverged at step ")
+    assert pd.isna(table.loc[0, "FID"]) and pd.isna(table.loc[0, "bits/dim"])
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'run' / 'results' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    statuses = {r.data.tags.get("ddpm.kind"): r.info.status for r in runs}
+    assert statuses == {"setting": "FAILED", "sweep": "FINISHED"}, statuses
+
+
 def test_table_has_one_row_per_setting_with_finite_metrics(tiny_run):
     table = pd.read_csv(tiny_run / "results" / "tables" / "tiny.csv")
     assert list(table["setting"]) == SETTINGS + ["gaussian baseline", "test split (floor)"]

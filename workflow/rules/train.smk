@@ -10,6 +10,7 @@ rule train:
         out=lambda wildcards, output: Path(output.checkpoint).parent,
         data=lambda wildcards, input: Path(input.manifest).parent,
         args=lambda wildcards: train_arguments(config, wildcards.setting),
+        on_divergence=config["train"]["on_divergence"],
     threads: config["train"]["threads"]
     # A killed or preempted job (exit 75 after SIGTERM / SIGUSR1) resumes from resume.pt when run again.
     retries: config["train"]["retries"]
@@ -23,4 +24,5 @@ rule train:
         ENV
     shell:
         "ddpm train --out {params.out} --data {params.data} --tracking {input.tracking}"
-        " --run-name {wildcards.setting} --device auto --threads {threads} {params.args} > {log} 2>&1"
+        " --run-name {wildcards.setting} --on-divergence {params.on_divergence} --device auto --threads {threads}"
+        " {params.args} > {log} 2>&1"
