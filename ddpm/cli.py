@@ -218,7 +218,8 @@ def cmd_baseline(args):
 def cmd_report(args):
     from . import tracking
     from .paper import load_published
-    from .report import build_table, paper_table, plot_loss_curves, write_tables
+    from .report import (build_table, paper_table, plot_loss_curves, plot_rate_distortion, rate_distortion_table,
+                         write_tables)
 
     published = load_published(args.published) if args.published else None  # read first: a bad file stops here
     args.paper_sweep = args.paper_sweep or Path(args.out_stem).name
@@ -229,10 +230,15 @@ def cmd_report(args):
         beside = paper_table(table, published, args.paper_sweep, comparable=not args.scaled_down)
         outputs += write_tables(beside, f"{args.out_stem}-paper")
         print(beside.to_string(index=False))
+    outputs += write_tables(rate_distortion_table(run_dirs, published, args.paper_sweep), f"{args.out_stem}-rate-distortion")
     plot_loss_curves(run_dirs, args.loss_figure)
+    figures = [Path(args.loss_figure)]
+    if args.rate_distortion_figure:
+        plot_rate_distortion(run_dirs, args.rate_distortion_figure)
+        figures.append(Path(args.rate_distortion_figure))
     if args.tracking:
         info = tracking.read_tracking(args.tracking)
-        for path in [*outputs, Path(args.loss_figure)]:
+        for path in [*outputs, *figures]:
             tracking.log_artifact(info["tracking_uri"], info["parent_run_id"], path, "report")
         tracking.finish_run(info["tracking_uri"], info["parent_run_id"], "FINISHED")
     print(table.to_string(index=False))
@@ -348,8 +354,10 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", nargs="+", required=True, help="the settings' folders")
     p.add_argument("--gaussian", required=True, help="the Gaussian baseline's scores")
     p.add_argument("--test-split", required=True, help="the test split's scores")
-    p.add_argument("--out-stem", required=True, help="tables go to <stem>.csv, .md, .tex")
+    p.add_argument("--out-stem", required=True, help="tables go to <stem>.csv, .md, .tex (and <stem>-paper.*, "
+                   "<stem>-rate-distortion.*)")
     p.add_argument("--loss-figure", required=True)
+    p.add_argument("--rate-distortion-figure", help="DDPM Figure 5: rate and distortion along the reverse process")
     p.add_argument("--published", help="the papers' numbers (CSV): also write <stem>-paper.* with them beside yours")
     p.add_argument("--paper-sweep", help="the sweep name the published numbers are filed under (default: the stem's)")
     p.add_argument("--scaled-down", action="store_true", help="a scale=tiny run: no Δ columns, it is not comparable")

@@ -147,12 +147,87 @@ def write_tables(table: pd.DataFrame, stem: str | Path) -> list[Path]:
     return outputs
 
 
-def plot_loss_curves(run_dirs: dict[str, Path], path: str | Path) -> None:
+#: DDPM Table 4's rows: after 1000, 900, …, 100 reverse steps of T = 1000 (the same fractions of any other T).
+TABLE4_FRACTIONS = tuple(f / 10 for f in range(10, 0, -1))
+
+
+def rate_distortion(nll: dict, fractions=TABLE4_FRACTIONS) -> pd.DataFrame:
+    """Progressive coding with the reverse process (DDPM §4.3, Table 4), from a gathered ``nll.json``.
+
+    After k reverse steps the receiver holds x_t, t = T − k + 1 (1-based). The rate is the bits sent so far,
+    L_T + Σ_{s=t}^{T−1} L_s (bits/dim); the distortion is the RMSE of x̂_0 predicted from x_t, on the 0..255 scale.
+    After all T steps the rate is the bound less L_0, the decoder's term."""
+    vb = np.asarray(nll["vb_per_timestep"], dtype=float)  # index 0: L_0; index s ≥ 1: L_s
+    mse = np.asarray(nll["xstart_mse_per_timestep"], dtype=float)  # index t − 1: x̂_0 from x_t, on [-1, 1]
+    T = len(vb)
+    rows = []
+    for fraction in fractions:
+        k = max(1, round(fraction * T))
+        t = T - k + 1
+        rows.append({"reverse step": k, "rate (bits/dim)": nll["prior_bpd"] + vb[t:].sum(),
+                     "distortion (RMSE, 0..255)": float(np.sqrt(mse[t - 1]) * 127.5)})
+    return pd.DataFrame(rows)
+
+
+def rate_distortion_table(run_dirs: dict[str, Path], published: pd.DataFrame | None, sweep: str) -> pd.DataFrame:
+    """Table 4 for every setting that has a bound (a diverged one has none), with the paper's row beside its own."""
+    from .paper import published_for
+
+    parts = []
+    for name, folder in run_dirs.items():
+        nll = _read_json(folder / "nll.json")
+        if DIVERGED in nll:
+            continue
+        part = rate_distortion(nll)
+        part.insert(0, "setting", name)
+        paper = published_for(published, sweep, parse_setting_name(name)) if published is not None else {}
+        at_end = part["reverse step"] == len(nll["vb_per_timestep"])
+        part["rate (paper)"] = np.where(at_end, paper.get("rate_bpd_step1000", {}).get("value", np.nan), np.nan)
+        part["distortion (paper)"] = np.where(at_end, paper.get("distortion_rmse_step1000", {}).get("value", np.nan),
+                                              np.nan)
+        parts.append(part)
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def plot_rate_distortion(run_dirs: dict[str, Path], path: str | Path) -> None:
+    """DDPM Figure 5: rate and distortion against the number of reverse steps, one curve per setting."""
+    plt = _pyplot()
+    fig, (rate_ax, distortion_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    for name, folder in run_dirs.items():
+        nll = _read_json(folder / "nll.json")
+        if DIVERGED in nll:
+            continue
+        T = len(nll["vb_per_timestep"])
+        curve = rate_distortion(nll, fractions=[k / T for k in range(1, T + 1)])
+        rate_ax.plot(curve["reverse step"], curve["rate (bits/dim)"], label=name)
+        distortion_ax.plot(curve["reverse step"], curve["distortion (RMSE, 0..255)"], label=name)
+    rate_ax.set_xlabel("reverse steps")
+    rate_ax.set_ylabel("rate (bits/dim)")
+    distortion_ax.set_xlabel("reverse steps")
+    distortion_ax.set_ylabel("distortion (RMSE, 0..255)")
+    distortion_ax.legend(fontsize=7)
+    fig.suptitle("Progressive coding: rate and distortion along the reverse process")
+    _save(fig, path)
+
+
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _save(fig, path: str | Path) -> None:
+    fig.tight_layout()
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=120)
+    _pyplot().close(fig)
+
+
+def plot_loss_curves(run_dirs: dict[str, Path], path: str | Path) -> None:
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, folder in run_dirs.items():
         records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
@@ -162,7 +237,4 @@ def plot_loss_curves(run_dirs: dict[str, Path], path: str | Path) -> None:
     ax.set_yscale("log")
     ax.legend(fontsize=7)
     ax.set_title("Training loss per setting")
-    fig.tight_layout()
-    with atomic_open(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=120)
-    plt.close(fig)
+    _save(fig, path)

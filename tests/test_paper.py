@@ -4,6 +4,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -11,7 +12,7 @@ from conftest import ROOT, job_counts, snakemake
 from PIL import Image
 
 from ddpm.paper import load_published, published_for
-from ddpm.report import build_table, paper_table
+from ddpm.report import build_table, paper_table, rate_distortion, rate_distortion_table
 from ddpm.settings import apply_scale, expand_sweep, parse_setting_name, train_config
 from ddpm.unet import count_parameters, create_model
 
@@ -271,3 +272,40 @@ def test_each_paper_config_runs_scaled_down_with_the_papers_numbers_beside_the_m
     assert filled > 0  # every paper config has published numbers beside some of its rows
     markdown = (tiny_papers / "results" / "tables" / f"{config['name']}-tiny-paper.md").read_text()
     assert "FID (paper)" in markdown and all(f"| {v:.4g} |" in markdown for v in table["FID (paper)"].dropna())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Table 4: rate and distortion along the reverse process
+
+
+def _bound(T: int) -> dict:
+    rng = np.random.default_rng(0)
+    vb = rng.uniform(0.001, 0.01, T)
+    vb[0] = 2.0  # L_0, the decoder's term
+    mse = np.linspace(1e-4, 0.5, T)  # x̂_0 gets worse the noisier x_t is
+    return {"bpd": 0.01 + vb.sum(), "prior_bpd": 0.01, "vb_per_timestep": vb.tolist(),
+            "xstart_mse_per_timestep": mse.tolist(), "num_images": 10, "bpd_stderr": 0.1}
+
+
+def test_rate_distortion_has_table4s_rows_and_adds_up_to_the_bound():
+    nll = _bound(1000)
+    table = rate_distortion(nll)
+    assert list(table["reverse step"]) == [1000, 900, 800, 700, 600, 500, 400, 300, 200, 100]
+    end = table.iloc[0]
+    # after all T steps, the rate is the whole bound but the decoder's L_0; the distortion is x̂_0 from x_1
+    assert end["rate (bits/dim)"] + nll["vb_per_timestep"][0] == pytest.approx(nll["bpd"], rel=1e-12)
+    assert end["distortion (RMSE, 0..255)"] == pytest.approx(np.sqrt(1e-4) * 127.5)
+    # after 100 steps the receiver holds x_901: L_T and L_901 … L_999 have been sent
+    assert table.iloc[-1]["rate (bits/dim)"] == pytest.approx(0.01 + sum(nll["vb_per_timestep"][901:]))
+    assert table.iloc[-1]["distortion (RMSE, 0..255)"] == pytest.approx(np.sqrt(nll["xstart_mse_per_timestep"][900]) * 127.5)
+    assert table["rate (bits/dim)"].is_monotonic_decreasing and table["distortion (RMSE, 0..255)"].is_monotonic_increasing
+
+
+def test_rate_distortion_table_puts_the_papers_row_beside_step_1000(tmp_path):
+    run = tmp_path / "linear-T1000-eps-fixedlarge-mse-s0"
+    run.mkdir()
+    (run / "nll.json").write_text(json.dumps(_bound(1000)))
+    table = rate_distortion_table({run.name: run}, load_published(PUBLISHED), "ddpm-table1")
+    assert len(table) == 10 and set(table["setting"]) == {run.name}
+    assert (table.loc[0, "rate (paper)"], table.loc[0, "distortion (paper)"]) == (1.77581, 0.95136)
+    assert table.loc[1:, "rate (paper)"].isna().all()

@@ -46,7 +46,9 @@ def tiny_run(tmp_path_factory):
 def test_workflow_writes_every_expected_file(tiny_run):
     results = tiny_run / "results"
     expected = [results / "tables" / f"tiny{kind}.{ext}" for kind in ("", "-paper") for ext in ("csv", "md", "tex")]
-    expected += [results / "figures" / "tiny-loss.png", results / "mlflow.db", results / "data" / "digits" / "manifest.json"]
+    expected += [results / "tables" / f"tiny-rate-distortion.{ext}" for ext in ("csv", "md", "tex")]
+    expected += [results / "figures" / "tiny-loss.png", results / "figures" / "tiny-rate-distortion.png",
+                 results / "mlflow.db", results / "data" / "digits" / "manifest.json"]
     for setting in SETTINGS:
         run = results / "runs" / "tiny" / setting
         expected += [run / name for name in ("checkpoint.pt", "mlflow_run_id.txt", "metrics.jsonl", "samples.npz",
@@ -126,6 +128,13 @@ def test_table_has_one_row_per_setting_with_finite_metrics(tiny_run):
     markdown = (tiny_run / "results" / "tables" / "tiny.md").read_text()
     assert all(s in markdown for s in SETTINGS) and "FID [classifier]" in markdown
     assert "\\begin{tabular}" in (tiny_run / "results" / "tables" / "tiny.tex").read_text()
+    progressive = pd.read_csv(tiny_run / "results" / "tables" / "tiny-rate-distortion.csv")
+    for setting in SETTINGS:  # Table 4 from the measured bound: after all T steps, rate + L_0 is the bound
+        rows = progressive[progressive["setting"] == setting]
+        nll = json.loads((tiny_run / "results" / "runs" / "tiny" / setting / "nll.json").read_text())
+        assert list(rows["reverse step"]) == [50, 45, 40, 35, 30, 25, 20, 15, 10, 5]
+        assert rows["rate (bits/dim)"].iloc[0] + nll["vb_per_timestep"][0] == pytest.approx(nll["bpd"], rel=1e-5)
+        assert rows["rate (bits/dim)"].is_monotonic_decreasing
     beside = pd.read_csv(tiny_run / "results" / "tables" / "tiny-paper.csv")  # no published numbers for "tiny"
     assert list(beside["schedule"]) == ["linear", "cosine"] and beside["FID"].map(math.isfinite).all()
     assert beside["FID (paper)"].isna().all() and (beside["extractor"] == "classifier").all()

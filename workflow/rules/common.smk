@@ -100,7 +100,8 @@ def extractor_args():
 
 def final_outputs():
     return (
-        [f"{RESULTS}/tables/{NAME}{kind}.{ext}" for kind in ("", "-paper") for ext in ("csv", "md", "tex")]
-        + [f"{RESULTS}/figures/{NAME}-loss.png"]
+        [f"{RESULTS}/tables/{NAME}{kind}.{ext}" for kind in ("", "-paper", "-rate-distortion")
+         for ext in ("csv", "md", "tex")]
+        + [f"{RESULTS}/figures/{NAME}-{figure}.png" for figure in ("loss", "rate-distortion")]
         + expand(f"{RUNS}/{{setting}}/samples.png", setting=SETTINGS)
     )

@@ -9,7 +9,10 @@ rule report:
     output:
         tables=multiext(f"{RESULTS}/tables/{NAME}", ".csv", ".md", ".tex"),
         paper=multiext(f"{RESULTS}/tables/{NAME}-paper", ".csv", ".md", ".tex"),
+        rate_distortion=multiext(f"{RESULTS}/tables/{NAME}-rate-distortion", ".csv", ".md", ".tex"),
         loss=report(f"{RESULTS}/figures/{NAME}-loss.png", category="Training", caption="../report/loss.rst"),
+        rate_distortion_figure=report(f"{RESULTS}/figures/{NAME}-rate-distortion.png", category="Paper figures",
+                                      caption="../report/rate_distortion.rst"),
     params:
         stem=lambda wildcards, output: Path(output.tables[0]).with_suffix(""),
         runs=" ".join(f"{RUNS}/{s}" for s in SETTINGS),
@@ -24,4 +27,5 @@ rule report:
     shell:
         "ddpm report --runs {params.runs} --gaussian {input.baselines[0]} --test-split {input.baselines[1]}"
         " --out-stem {params.stem} --loss-figure {output.loss} --published {input.published}"
+        " --rate-distortion-figure {output.rate_distortion_figure}"
         " --paper-sweep {params.paper_sweep} {params.scaled} --tracking {input.tracking} > {log} 2>&1"
