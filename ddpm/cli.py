@@ -1,6 +1,6 @@
 """The ``ddpm`` command line: every pipeline step also runs by hand, without Snakemake.
 
-    ddpm prepare | classifier | track init | train | sample | gather-samples
+    ddpm prepare | classifier | track init | train | sample | progressive | gather-samples
     ddpm evaluate fid | nll | nll-gather | baseline
     ddpm report
 """
@@ -131,6 +131,21 @@ def cmd_sample(args):
     print(f"wrote {len(images)} samples to {args.out}" + (f" and a grid to {args.grid}" if args.grid else ""))
 
 
+def cmd_progressive(args):
+    from .sample import progressive_generation, save_grid, save_notice
+    from .train import Diverged
+
+    try:
+        images = progressive_generation(args.checkpoint, count=args.count, columns=args.columns, seed=args.seed,
+                                        steps=args.steps, device=_device(args.device))
+    except Diverged as diverged:
+        save_notice(f"diverged at step {diverged.step}", args.out)
+        print(f"{diverged}: no samples; {args.out} says so")
+        return
+    save_grid(images, args.out, nrow=args.columns)
+    print(f"wrote x̂₀ along the reverse process for {args.count} samples to {args.out}")
+
+
 def cmd_gather_samples(args):
     from .evaluate import diverged_step, gather_samples, write_diverged
     from .io import save_npz
@@ -218,8 +233,8 @@ def cmd_baseline(args):
 def cmd_report(args):
     from . import tracking
     from .paper import load_published
-    from .report import (build_table, paper_table, plot_loss_curves, plot_rate_distortion, rate_distortion_table,
-                         write_tables)
+    from .report import (build_table, paper_table, plot_loss_curves, plot_rate_distortion, plot_schedules,
+                         rate_distortion_table, write_tables)
 
     published = load_published(args.published) if args.published else None  # read first: a bad file stops here
     args.paper_sweep = args.paper_sweep or Path(args.out_stem).name
@@ -236,6 +251,9 @@ def cmd_report(args):
     if args.rate_distortion_figure:
         plot_rate_distortion(run_dirs, args.rate_distortion_figure)
         figures.append(Path(args.rate_distortion_figure))
+    if args.schedules_figure:
+        plot_schedules(run_dirs, args.schedules_figure, rescale=args.schedule_rescale)
+        figures.append(Path(args.schedules_figure))
     if args.tracking:
         info = tracking.read_tracking(args.tracking)
         for path in [*outputs, *figures]:
@@ -288,6 +306,16 @@ def make_parser() -> argparse.ArgumentParser:
     _add_runtime(p)
     _train_flags(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("progressive", help="x̂₀ along the reverse process as a PNG grid (DDPM Figure 6)")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--out", required=True, help="the PNG: one row per sample, one column per reverse-step stage")
+    p.add_argument("--count", type=int, default=8)
+    p.add_argument("--columns", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=None, help="respace the reverse process to this many steps")
+    _add_runtime(p)
+    p.set_defaults(func=cmd_progressive)
 
     p = sub.add_parser("sample", help="draw samples from a checkpoint, each seeded by its index")
     p.add_argument("--checkpoint", required=True)
@@ -358,6 +386,8 @@ def make_parser() -> argparse.ArgumentParser:
                    "<stem>-rate-distortion.*)")
     p.add_argument("--loss-figure", required=True)
     p.add_argument("--rate-distortion-figure", help="DDPM Figure 5: rate and distortion along the reverse process")
+    p.add_argument("--schedules-figure", help="ᾱ_t and L_T of the sweep's noise schedules, side by side")
+    p.add_argument("--schedule-rescale", type=_bool, default=False, help="the sweep's train.schedule_rescale")
     p.add_argument("--published", help="the papers' numbers (CSV): also write <stem>-paper.* with them beside yours")
     p.add_argument("--paper-sweep", help="the sweep name the published numbers are filed under (default: the stem's)")
     p.add_argument("--scaled-down", action="store_true", help="a scale=tiny run: no Δ columns, it is not comparable")

@@ -210,6 +210,31 @@ def plot_rate_distortion(run_dirs: dict[str, Path], path: str | Path) -> None:
     _save(fig, path)
 
 
+def plot_schedules(run_dirs: dict[str, Path], path: str | Path, *, rescale: bool = False) -> None:
+    """The sweep's noise schedules side by side: ᾱ_t against t / T for each (schedule, T), with L_T, the prior
+    term of the bound (bits/dim, measured on the test images), in the legend (IDDPM Figure 5; DDPM Table 2's L_T)."""
+    from .schedules import make_betas
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    seen = set()
+    for name, folder in run_dirs.items():
+        setting = parse_setting_name(name)
+        key = (setting["schedule"], setting["T"])
+        if key in seen:
+            continue
+        seen.add(key)
+        alpha_bar = np.cumprod(1.0 - make_betas(setting["schedule"], setting["T"], rescale=rescale))
+        nll = _read_json(folder / "nll.json")
+        prior = f", L_T = {nll['prior_bpd']:.2e} bits/dim" if "prior_bpd" in nll else ""
+        ax.plot(np.arange(1, setting["T"] + 1) / setting["T"], alpha_bar, label=f"{key[0]}, T = {key[1]}{prior}")
+    ax.set_xlabel("t / T")
+    ax.set_ylabel("ᾱ_t")
+    ax.legend(fontsize=7)
+    ax.set_title("Noise schedules" + (" (linear endpoints scaled by 1000 / T)" if rescale else ""))
+    _save(fig, path)
+
+
 def _pyplot():
     import matplotlib
 

@@ -48,6 +48,28 @@ def sample_checkpoint(
     return np.concatenate(out)
 
 
+@torch.no_grad()
+def progressive_generation(checkpoint: str | Path, *, count: int = 8, columns: int = 10, seed: int = 0,
+                           steps: int | None = None, device: str = "cpu") -> np.ndarray:
+    """DDPM Figure 6: the x̂₀ the model predicts along the reverse process, for ``count`` samples (rows) at
+    ``columns`` evenly spaced reverse steps (the last column is at the final step). Returns uint8
+    (count · columns, C, H, W), row by row; sample i is sample i of the sample set (same seed, same noise)."""
+    if count < 1 or columns < 1:
+        raise ValueError(f"need count >= 1 and columns >= 1, got count={count}, columns={columns}")
+    model, diffusion, state = load_for_sampling(checkpoint, device=device)
+    if steps is not None:
+        diffusion = diffusion.respaced(steps)
+    n = diffusion.num_timesteps
+    # after k reverse steps the step index is n − k; k = n·j / columns for j = 1 … columns
+    record = sorted({n - max(1, round(n * j / columns)) for j in range(1, columns + 1)}, reverse=True)
+    shape = tuple(state["data_shape"])
+    generators = [sample_generator(seed, i) for i in range(count)]
+    _, trajectory = diffusion.p_sample_loop(model, (count, *shape), generators, device=device,
+                                            return_trajectory=True, trajectory_steps=record)
+    frames = torch.stack([trajectory[i] for i in record], dim=1)  # (count, columns, C, H, W)
+    return to_uint8(frames.reshape(-1, *shape)).numpy()
+
+
 def save_grid(images: np.ndarray, path: str | Path, *, nrow: int | None = None, scale: int = 4) -> None:
     """Write uint8 images (N, C, H, W) as one PNG grid, each pixel enlarged ``scale`` times for viewing."""
     from PIL import Image

@@ -270,6 +270,11 @@ def test_each_paper_config_runs_scaled_down_with_the_papers_numbers_beside_the_m
             filled += expected is not None
         assert ("unstable" in str(row["paper note"])) == ("unstable" in paper)
     assert filled > 0  # every paper config has published numbers beside some of its rows
+    runs = tiny_papers / "results" / "runs" / f"{config['name']}-tiny"
+    for name in expand_sweep(config):
+        assert (runs / name / "progressive.png").is_file() and (runs / name / "samples.png").is_file()
+    for figure in ("loss", "rate-distortion", "schedules"):
+        assert (tiny_papers / "results" / "figures" / f"{config['name']}-tiny-{figure}.png").is_file()
     markdown = (tiny_papers / "results" / "tables" / f"{config['name']}-tiny-paper.md").read_text()
     assert "FID (paper)" in markdown and all(f"| {v:.4g} |" in markdown for v in table["FID (paper)"].dropna())
 

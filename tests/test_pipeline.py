@@ -47,12 +47,13 @@ def test_workflow_writes_every_expected_file(tiny_run):
     results = tiny_run / "results"
     expected = [results / "tables" / f"tiny{kind}.{ext}" for kind in ("", "-paper") for ext in ("csv", "md", "tex")]
     expected += [results / "tables" / f"tiny-rate-distortion.{ext}" for ext in ("csv", "md", "tex")]
-    expected += [results / "figures" / "tiny-loss.png", results / "figures" / "tiny-rate-distortion.png",
+    expected += [results / "figures" / f"tiny-{figure}.png" for figure in ("rate-distortion", "schedules")]
+    expected += [results / "figures" / "tiny-loss.png",
                  results / "mlflow.db", results / "data" / "digits" / "manifest.json"]
     for setting in SETTINGS:
         run = results / "runs" / "tiny" / setting
         expected += [run / name for name in ("checkpoint.pt", "mlflow_run_id.txt", "metrics.jsonl", "samples.npz",
-                                              "samples.png", "fid_is.json", "nll.json")]
+                                              "samples.png", "progressive.png", "fid_is.json", "nll.json")]
         expected += [run / "samples" / f"shard-{i}.npz" for i in (0, 1)]
         expected += [run / "nll" / f"shard-{i}.npz" for i in (0, 1)]
         expected += [results / "logs" / "train" / f"{setting}.log", results / "benchmarks" / "train" / f"{setting}.tsv"]
@@ -213,6 +214,28 @@ def test_experiment_and_run_pages_render_the_run_names_in_chromium(mlflow_server
         page = _render(chromium, f"{mlflow_server}/#/experiments/{experiment.experiment_id}/runs/{run.info.run_id}",
                        tmp_path / f"p{i + 1}")
         assert run.info.run_name in page, page[-2000:]
+
+
+def test_snakemake_report_opens_in_chromium_with_its_tables_and_figures(tiny_run, tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
+    html = tiny_run / "results" / "report.html"
+    snakemake(tiny_run, "--report", str(html))
+    page = _render(chromium, html.as_uri(), tmp_path / "profile")
+    for name in ("Paper figures", "Tables", "Samples", "Training", "tiny-paper.csv", "tiny-rate-distortion.csv",
+                 "tiny-schedules.png", "tiny-rate-distortion.png", "progressive.png", "samples.png"):
+        assert name in page, name
+    screenshot = tmp_path / "report.png"
+    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                    f"--user-data-dir={tmp_path / 'shot'}", "--virtual-time-budget=20000", "--window-size=1280,900",
+                    f"--screenshot={screenshot}", html.as_uri()], capture_output=True, timeout=180)
+    from PIL import Image
+
+    image = Image.open(screenshot).convert("L")
+    assert image.size == (1280, 900)
+    low, high = image.getextrema()
+    assert high - low > 100  # something is drawn: the navigation and the workflow graph, not a blank page
 
 
 def test_dry_run_lists_the_expected_jobs_for_the_default_and_a_cifar10_config(tmp_path):

@@ -11,6 +11,7 @@ from ddpm.checkpoint import load_checkpoint
 from ddpm.cli import main
 from ddpm.diffusion import LOSS_TYPES, MEAN_TYPES, VAR_TYPES, GaussianDiffusion
 from ddpm.resample import LossSecondMomentResampler, UniformSampler, create_sampler
+from ddpm.sample import progressive_generation, sample_checkpoint
 from ddpm.schedules import make_betas
 from ddpm.train import TrainConfig, train
 from ddpm.unet import create_model
@@ -102,6 +103,22 @@ def test_cli_trains_and_samples_deterministically(tmp_path, capsys):
     from PIL import Image
 
     assert Image.open(tmp_path / "a.png").size[0] > 8 * 3
+
+
+def test_progressive_generation_ends_at_the_sample_and_shows_x0_along_the_way(tmp_path):
+    assert main(["train", "--out", str(tmp_path), "--T", "20", "--steps", "4", "--batch-size", "8", "--log-every", "2"]) == 0
+    checkpoint = tmp_path / "checkpoint.pt"
+    frames = progressive_generation(checkpoint, count=3, columns=5, seed=7)
+    assert frames.shape == (15, 1, 8, 8) and frames.dtype == np.uint8
+    rows = frames.reshape(3, 5, 1, 8, 8)
+    # the last column is x̂₀ at the final step, which is the sample itself (same seed, same noise)
+    assert np.array_equal(rows[:, -1], sample_checkpoint(checkpoint, count=3, batch_size=3, seed=7, progress=False))
+    assert not np.array_equal(rows[:, 0], rows[:, -1])  # early predictions differ from the end
+    assert main(["progressive", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "p.png"), "--count", "2",
+                 "--columns", "4"]) == 0
+    from PIL import Image
+
+    assert Image.open(tmp_path / "p.png").size == (4 * (8 + 1) * 4 + 4, 2 * (8 + 1) * 4 + 4)
 
 
 def test_cli_reports_bad_input_clearly(tmp_path, capsys):

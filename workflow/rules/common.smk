@@ -102,6 +102,6 @@ def final_outputs():
     return (
         [f"{RESULTS}/tables/{NAME}{kind}.{ext}" for kind in ("", "-paper", "-rate-distortion")
          for ext in ("csv", "md", "tex")]
-        + [f"{RESULTS}/figures/{NAME}-{figure}.png" for figure in ("loss", "rate-distortion")]
-        + expand(f"{RUNS}/{{setting}}/samples.png", setting=SETTINGS)
+        + [f"{RESULTS}/figures/{NAME}-{figure}.png" for figure in ("loss", "rate-distortion", "schedules")]
+        + expand(f"{RUNS}/{{setting}}/{{figure}}.png", setting=SETTINGS, figure=["samples", "progressive"])
     )

@@ -43,3 +43,27 @@ rule gather_samples:
     shell:
         "ddpm gather-samples --shards {input.shards} --out {output.samples} --grid {output.grid}"
         " --grid-size {params.grid_size} --tracking {input.tracking} --run-id-file {input.run_id} > {log} 2>&1"
+
+
+# DDPM Figure 6: what the model predicts for x_0 along the reverse process, for the first samples of the set.
+rule progressive:
+    input:
+        rules.train.output.checkpoint,
+    output:
+        report(f"{RUNS}/{{setting}}/progressive.png", category="Paper figures", subcategory="Progressive generation",
+               caption="../report/progressive.rst"),
+    params:
+        steps=f"--steps {config['sample']['steps']}" if config["sample"]["steps"] else "",
+        seed=config["sample"]["seed"],
+    threads: 1
+    resources:
+        gpu=1,
+    log:
+        f"{RESULTS}/logs/progressive/{{setting}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/progressive/{{setting}}.tsv"
+    conda:
+        ENV
+    shell:
+        "ddpm progressive --checkpoint {input} --out {output} --seed {params.seed} {params.steps} --device auto"
+        " --threads {threads} > {log} 2>&1"
