@@ -1,6 +1,6 @@
 """The ``ddpm`` command line: every pipeline step also runs by hand, without Snakemake.
 
-    ddpm prepare | classifier | track init | train | sample | progressive | gather-samples
+    ddpm prepare | classifier | track init | train | sample | progressive | interpolate | gather-samples
     ddpm evaluate fid | nll | nll-gather | baseline
     ddpm report
 """
@@ -144,6 +144,25 @@ def cmd_progressive(args):
         return
     save_grid(images, args.out, nrow=args.columns)
     print(f"wrote x̂₀ along the reverse process for {args.count} samples to {args.out}")
+
+
+def cmd_interpolate(args):
+    from .datasets import load_split
+    from .sample import interpolate, save_grid, save_notice
+    from .train import Diverged
+
+    test = load_split(args.data, "test")[0]
+    if max(args.images) >= len(test):
+        raise ValueError(f"--images {args.images}: the test split of {args.data} has {len(test)} images")
+    try:
+        images = interpolate(args.checkpoint, test[args.images[0]], test[args.images[1]], t_fraction=args.t_fraction,
+                             seed=args.seed, steps=args.steps, device=_device(args.device))
+    except Diverged as diverged:
+        save_notice(f"diverged at step {diverged.step}", args.out)
+        print(f"{diverged}: nothing to interpolate; {args.out} says so")
+        return
+    save_grid(images, args.out, nrow=len(images))
+    print(f"wrote the interpolation between test images {args.images[0]} and {args.images[1]} to {args.out}")
 
 
 def cmd_gather_samples(args):
@@ -316,6 +335,17 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="respace the reverse process to this many steps")
     _add_runtime(p)
     p.set_defaults(func=cmd_progressive)
+
+    p = sub.add_parser("interpolate", help="interpolate two test images through a latent x_t (DDPM Figure 8)")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data", required=True, help="a prepared dataset folder (its test split)")
+    p.add_argument("--out", required=True, help="the PNG: first image, λ = 0, 0.1, …, 1, second image")
+    p.add_argument("--images", type=int, nargs=2, default=[0, 1], help="the two test images (indices)")
+    p.add_argument("--t-fraction", type=float, default=0.5, help="encode to x_t with t = this fraction of T")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=None, help="respace the reverse process to this many steps")
+    _add_runtime(p)
+    p.set_defaults(func=cmd_interpolate)
 
     p = sub.add_parser("sample", help="draw samples from a checkpoint, each seeded by its index")
     p.add_argument("--checkpoint", required=True)

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .datasets import to_uint8
+from .datasets import to_model_range, to_uint8
+from .diffusion import randn
 from .progress import progress as progress_iter
 from .train import load_for_sampling
 
@@ -68,6 +69,34 @@ def progressive_generation(checkpoint: str | Path, *, count: int = 8, columns: i
                                             return_trajectory=True, trajectory_steps=record)
     frames = torch.stack([trajectory[i] for i in record], dim=1)  # (count, columns, C, H, W)
     return to_uint8(frames.reshape(-1, *shape)).numpy()
+
+
+@torch.no_grad()
+def interpolate(checkpoint: str | Path, first: np.ndarray, second: np.ndarray, *, t_fraction: float = 0.5,
+                num_lambdas: int = 11, seed: int = 0, steps: int | None = None, device: str = "cpu") -> np.ndarray:
+    """DDPM §4.4, Figure 8: encode two images with q to x_t and x'_t (t = ``t_fraction`` · T), decode each
+    x̄_t = (1 − λ) x_t + λ x'_t, λ = 0, 0.1, …, 1, with the reverse process from t, the noise fixed across λ.
+
+    ``first``, ``second``: uint8 (C, H, W). Returns uint8 (num_lambdas + 2, C, H, W): the first image, the
+    decodings for increasing λ, the second image."""
+    if not 0 < t_fraction <= 1 or num_lambdas < 2:
+        raise ValueError(f"need 0 < t_fraction <= 1 and num_lambdas >= 2, got {t_fraction}, {num_lambdas}")
+    model, diffusion, state = load_for_sampling(checkpoint, device=device)
+    if steps is not None:
+        diffusion = diffusion.respaced(steps)
+    if first.shape != tuple(state["data_shape"]) or second.shape != tuple(state["data_shape"]):
+        raise ValueError(f"images of shape {first.shape} and {second.shape}; {checkpoint} was trained on "
+                         f"{tuple(state['data_shape'])}")
+    t = max(1, round(t_fraction * diffusion.num_timesteps)) - 1  # 0-based index of x_t
+    x0 = to_model_range(np.stack([first, second])).to(device)
+    encoded = diffusion.q_sample(x0, torch.full((2,), t, device=device),
+                                 noise=randn(x0.shape, [sample_generator(seed, 0), sample_generator(seed, 1)], device=device))
+    lambdas = torch.linspace(0, 1, num_lambdas, device=device).reshape(-1, 1, 1, 1)
+    x = (1 - lambdas) * encoded[0] + lambdas * encoded[1]
+    generators = [sample_generator(seed, 2) for _ in range(num_lambdas)]  # one noise stream, shared by every λ
+    for i in range(t, -1, -1):
+        x = diffusion.p_sample(model, x, torch.full((num_lambdas,), i, device=device), generator=generators)["sample"]
+    return np.concatenate([first[None], to_uint8(x).cpu().numpy(), second[None]])
 
 
 def save_grid(images: np.ndarray, path: str | Path, *, nrow: int | None = None, scale: int = 4) -> None:

@@ -272,7 +272,8 @@ def test_each_paper_config_runs_scaled_down_with_the_papers_numbers_beside_the_m
     assert filled > 0  # every paper config has published numbers beside some of its rows
     runs = tiny_papers / "results" / "runs" / f"{config['name']}-tiny"
     for name in expand_sweep(config):
-        assert (runs / name / "progressive.png").is_file() and (runs / name / "samples.png").is_file()
+        for figure in ("samples", "progressive", "interpolation"):
+            assert (runs / name / f"{figure}.png").is_file(), (name, figure)
     for figure in ("loss", "rate-distortion", "schedules"):
         assert (tiny_papers / "results" / "figures" / f"{config['name']}-tiny-{figure}.png").is_file()
     markdown = (tiny_papers / "results" / "tables" / f"{config['name']}-tiny-paper.md").read_text()

@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from ddpm.checkpoint import load_checkpoint
+from ddpm.datasets import load_digits, prepare_dataset
 from ddpm.cli import main
 from ddpm.diffusion import LOSS_TYPES, MEAN_TYPES, VAR_TYPES, GaussianDiffusion
 from ddpm.resample import LossSecondMomentResampler, UniformSampler, create_sampler
-from ddpm.sample import progressive_generation, sample_checkpoint
+from ddpm.sample import interpolate, progressive_generation, sample_checkpoint
 from ddpm.schedules import make_betas
 from ddpm.train import TrainConfig, train
 from ddpm.unet import create_model
@@ -119,6 +120,28 @@ def test_progressive_generation_ends_at_the_sample_and_shows_x0_along_the_way(tm
     from PIL import Image
 
     assert Image.open(tmp_path / "p.png").size == (4 * (8 + 1) * 4 + 4, 2 * (8 + 1) * 4 + 4)
+
+
+def test_interpolation_decodes_the_end_points_back_and_blends_in_between(tmp_path):
+    assert main(["train", "--out", str(tmp_path / "run"), "--T", "20", "--steps", "4", "--batch-size", "8"]) == 0
+    checkpoint = tmp_path / "run" / "checkpoint.pt"
+    digits = load_digits()
+    first, second = digits[0], digits[1]
+    # encoded only to x_1 (β_1 = 1e-4), the endpoints decode to themselves up to rounding
+    near = interpolate(checkpoint, first, second, t_fraction=1 / 20, num_lambdas=3)
+    assert near.shape == (5, 1, 8, 8)
+    assert np.abs(near[1].astype(int) - first).max() <= 3 and np.abs(near[3].astype(int) - second).max() <= 3
+    assert np.array_equal(near[0], first) and np.array_equal(near[-1], second)
+    middle = near[2].astype(int)
+    assert np.abs(middle - (first.astype(int) + second) / 2).max() <= 3  # λ = 0.5 of nearly clean images
+    far = interpolate(checkpoint, first, second)  # t = T/2, 11 values of λ
+    assert far.shape == (13, 1, 8, 8) and not np.array_equal(far[1], far[-2])
+    assert np.array_equal(far, interpolate(checkpoint, first, second))  # the noise is seeded
+    prepare_dataset("digits", tmp_path / "data")
+    assert main(["interpolate", "--checkpoint", str(checkpoint), "--data", str(tmp_path / "data"), "--out",
+                 str(tmp_path / "i.png")]) == 0
+    assert main(["interpolate", "--checkpoint", str(checkpoint), "--data", str(tmp_path / "data"), "--out",
+                 str(tmp_path / "j.png"), "--images", "0", "100000"]) == 2
 
 
 def test_cli_reports_bad_input_clearly(tmp_path, capsys):

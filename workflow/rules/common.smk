@@ -103,5 +103,6 @@ def final_outputs():
         [f"{RESULTS}/tables/{NAME}{kind}.{ext}" for kind in ("", "-paper", "-rate-distortion")
          for ext in ("csv", "md", "tex")]
         + [f"{RESULTS}/figures/{NAME}-{figure}.png" for figure in ("loss", "rate-distortion", "schedules")]
-        + expand(f"{RUNS}/{{setting}}/{{figure}}.png", setting=SETTINGS, figure=["samples", "progressive"])
+        + expand(f"{RUNS}/{{setting}}/{{figure}}.png", setting=SETTINGS,
+                 figure=["samples", "progressive", "interpolation"])
     )

@@ -67,3 +67,29 @@ rule progressive:
     shell:
         "ddpm progressive --checkpoint {input} --out {output} --seed {params.seed} {params.steps} --device auto"
         " --threads {threads} > {log} 2>&1"
+
+
+# DDPM Figure 8: two test images encoded to x_t (t = T/2), interpolated, and decoded by the reverse process.
+rule interpolate:
+    input:
+        checkpoint=rules.train.output.checkpoint,
+        manifest=rules.prepare_data.output.manifest,
+    output:
+        report(f"{RUNS}/{{setting}}/interpolation.png", category="Paper figures", subcategory="Interpolation",
+               caption="../report/interpolation.rst"),
+    params:
+        data=lambda wildcards, input: Path(input.manifest).parent,
+        steps=f"--steps {config['sample']['steps']}" if config["sample"]["steps"] else "",
+        seed=config["sample"]["seed"],
+    threads: 1
+    resources:
+        gpu=1,
+    log:
+        f"{RESULTS}/logs/interpolate/{{setting}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/interpolate/{{setting}}.tsv"
+    conda:
+        ENV
+    shell:
+        "ddpm interpolate --checkpoint {input.checkpoint} --data {params.data} --out {output} --seed {params.seed}"
+        " {params.steps} --device auto --threads {threads} > {log} 2>&1"
