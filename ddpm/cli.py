@@ -132,23 +132,21 @@ def cmd_sample(args):
 
 
 def cmd_progressive(args):
-    from .sample import progressive_generation, save_grid, save_notice
+    from .sample import progressive_generation, save_diverged_notice, save_grid
     from .train import Diverged
 
     try:
         images = progressive_generation(args.checkpoint, count=args.count, columns=args.columns, seed=args.seed,
                                         steps=args.steps, device=_device(args.device))
     except Diverged as diverged:
-        save_notice(f"diverged at step {diverged.step}", args.out)
-        print(f"{diverged}: no samples; {args.out} says so")
-        return
+        return save_diverged_notice(diverged.step, args.out)
     save_grid(images, args.out, nrow=args.columns)
     print(f"wrote x̂₀ along the reverse process for {args.count} samples to {args.out}")
 
 
 def cmd_interpolate(args):
     from .datasets import load_split
-    from .sample import interpolate, save_grid, save_notice
+    from .sample import interpolate, save_diverged_notice, save_grid
     from .train import Diverged
 
     test = load_split(args.data, "test")[0]
@@ -158,9 +156,7 @@ def cmd_interpolate(args):
         images = interpolate(args.checkpoint, test[args.images[0]], test[args.images[1]], t_fraction=args.t_fraction,
                              seed=args.seed, steps=args.steps, device=_device(args.device))
     except Diverged as diverged:
-        save_notice(f"diverged at step {diverged.step}", args.out)
-        print(f"{diverged}: nothing to interpolate; {args.out} says so")
-        return
+        return save_diverged_notice(diverged.step, args.out)
     save_grid(images, args.out, nrow=len(images))
     print(f"wrote the interpolation between test images {args.images[0]} and {args.images[1]} to {args.out}")
 
@@ -168,11 +164,11 @@ def cmd_interpolate(args):
 def cmd_gather_samples(args):
     from .evaluate import diverged_step, gather_samples, write_diverged
     from .io import save_npz
-    from .sample import save_grid, save_notice
+    from .sample import save_diverged_notice, save_grid
 
     step = diverged_step(args.shards)
     if step is not None:
-        save_notice(f"diverged at step {step}", args.grid)
+        save_diverged_notice(step, args.grid)
         return write_diverged(args.out, step)
     images, indices = gather_samples(args.shards)
     save_npz(args.out, images=images, indices=indices)

@@ -14,6 +14,7 @@ import pandas as pd
 
 from .diffusion import LOSS_TYPES, MEAN_TYPES, VAR_TYPES
 from .schedules import SCHEDULES
+from .settings import SWEEP_AXES
 
 COLUMNS = ("sweep", "paper", "table", "schedule", "T", "mean_type", "var_type", "loss_type", "metric", "value", "std",
            "note")
@@ -21,7 +22,8 @@ COLUMNS = ("sweep", "paper", "table", "schedule", "T", "mean_type", "var_type", 
 #: the test set (``bpd``) and the train set (``bpd_train``), Table 4's rate and distortion at one reverse step,
 #: and ``unstable`` for a setting the paper reports as "–".
 METRICS = ("fid", "fid_test", "is", "bpd", "bpd_train", "rate_bpd_step1000", "distortion_rmse_step1000", "unstable")
-SETTING_AXES = ("schedule", "T", "mean_type", "var_type", "loss_type")
+#: The axes that name a setting of a paper's table: a sweep's axes but the seed.
+SETTING_AXES = tuple(axis for axis in SWEEP_AXES if axis != "seed")
 
 
 def load_published(path: str | Path) -> pd.DataFrame:

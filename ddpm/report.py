@@ -63,7 +63,6 @@ def build_table(run_dirs: dict[str, Path], baselines: dict[str, Path]) -> pd.Dat
 #: The paper table's metrics: (column label, published metric name); the full table's column is the label with the
 #: feature extractor, but for bits/dim.
 PAPER_METRICS = (("IS", "is"), ("FID", "fid"), ("FID test", "fid_test"), ("bits/dim", "bpd"))
-SETTING_AXES = ("schedule", "T", "mean_type", "var_type", "loss_type")
 
 
 def paper_table(table: pd.DataFrame, published: pd.DataFrame, sweep: str, *, comparable: bool = True) -> pd.DataFrame:
@@ -73,7 +72,7 @@ def paper_table(table: pd.DataFrame, published: pd.DataFrame, sweep: str, *, com
     With one seed, IS ± is torch-fidelity's spread over splits (as the paper's); with two or more seeds every ± is
     the standard deviation over seeds. A setting the paper could not train says so in ``paper note``. A scaled-down
     run (``comparable=False``: other data, another network) gets no Δ columns."""
-    from .paper import published_for
+    from .paper import SETTING_AXES, published_for
 
     settings = table[table["schedule"].notna()]
     extractor = next((c[c.index("[") + 1:-1] for c in table.columns if c.startswith("FID [")), None)
@@ -212,7 +211,7 @@ def plot_rate_distortion(run_dirs: dict[str, Path], path: str | Path) -> None:
 
 def plot_schedules(run_dirs: dict[str, Path], path: str | Path, *, rescale: bool = False) -> None:
     """The sweep's noise schedules side by side: ᾱ_t against t / T for each (schedule, T), with L_T, the prior
-    term of the bound (bits/dim, measured on the test images), in the legend (IDDPM Figure 5; DDPM Table 2's L_T)."""
+    term of the bound (bits/dim, measured on the test images), in the legend (as Improved DDPM's Figure 5)."""
     from .schedules import make_betas
 
     plt = _pyplot()

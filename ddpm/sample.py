@@ -112,11 +112,13 @@ def save_grid(images: np.ndarray, path: str | Path, *, nrow: int | None = None, 
     Image.fromarray(grid.permute(1, 2, 0).numpy()).save(path)
 
 
-def save_notice(text: str, path: str | Path) -> None:
-    """A small PNG with one line of text, where a grid of samples would be (e.g. "diverged at step 120")."""
+def save_diverged_notice(step: int, path: str | Path) -> None:
+    """Where a figure of samples would be, a small PNG that says "diverged at step N" (the setting has no weights)."""
     from PIL import Image, ImageDraw
 
+    text = f"diverged at step {step}"
     image = Image.new("RGB", (8 * len(text) + 20, 40), "white")
     ImageDraw.Draw(image).text((10, 14), text, fill="black")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     image.save(path)
+    print(f"the training diverged at step {step}: no figure; {path} says so")
