@@ -19,9 +19,11 @@ from .settings import SWEEP_AXES
 COLUMNS = ("sweep", "paper", "table", "schedule", "T", "mean_type", "var_type", "loss_type", "metric", "value", "std",
            "note")
 #: Metric names: FID against the train set (``fid``) or the test set (``fid_test``), Inception score, bits/dim on
-#: the test set (``bpd``) and the train set (``bpd_train``), Table 4's rate and distortion at one reverse step,
-#: and ``unstable`` for a setting the paper reports as "–".
-METRICS = ("fid", "fid_test", "is", "bpd", "bpd_train", "rate_bpd_step1000", "distortion_rmse_step1000", "unstable")
+#: the test set (``bpd``) and the train set (``bpd_train``), DDPM Table 4's rate and distortion after k reverse steps
+#: (``rate_bpd_step<k>``, ``distortion_rmse_step<k>``), and ``unstable`` for a setting the paper reports as "–".
+TABLE4_STEPS = tuple(range(1000, 0, -100))
+METRICS = ("fid", "fid_test", "is", "bpd", "bpd_train",
+           *(f"{kind}_step{k}" for k in TABLE4_STEPS for kind in ("rate_bpd", "distortion_rmse")), "unstable")
 #: The axes that name a setting of a paper's table: a sweep's axes but the seed.
 SETTING_AXES = tuple(axis for axis in SWEEP_AXES if axis != "seed")
 

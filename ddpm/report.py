@@ -169,7 +169,8 @@ def rate_distortion(nll: dict, fractions=TABLE4_FRACTIONS) -> pd.DataFrame:
 
 
 def rate_distortion_table(run_dirs: dict[str, Path], published: pd.DataFrame | None, sweep: str) -> pd.DataFrame:
-    """Table 4 for every setting that has a bound (a diverged one has none), with the paper's row beside its own."""
+    """Table 4 for every setting that has a bound (a diverged one has none), with the paper's rows beside its own
+    (published for T = 1000: reverse step k of the paper is reverse step k here)."""
     from .paper import published_for
 
     parts = []
@@ -180,10 +181,8 @@ def rate_distortion_table(run_dirs: dict[str, Path], published: pd.DataFrame | N
         part = rate_distortion(nll)
         part.insert(0, "setting", name)
         paper = published_for(published, sweep, parse_setting_name(name)) if published is not None else {}
-        at_end = part["reverse step"] == len(nll["vb_per_timestep"])
-        part["rate (paper)"] = np.where(at_end, paper.get("rate_bpd_step1000", {}).get("value", np.nan), np.nan)
-        part["distortion (paper)"] = np.where(at_end, paper.get("distortion_rmse_step1000", {}).get("value", np.nan),
-                                              np.nan)
+        for column, metric in (("rate (paper)", "rate_bpd"), ("distortion (paper)", "distortion_rmse")):
+            part[column] = [paper.get(f"{metric}_step{k}", {}).get("value", np.nan) for k in part["reverse step"]]
         parts.append(part)
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 

@@ -307,11 +307,27 @@ def test_rate_distortion_has_table4s_rows_and_adds_up_to_the_bound():
     assert table["rate (bits/dim)"].is_monotonic_decreasing and table["distortion (RMSE, 0..255)"].is_monotonic_increasing
 
 
-def test_rate_distortion_table_puts_the_papers_row_beside_step_1000(tmp_path):
+def test_rate_distortion_table_puts_the_papers_rows_beside_its_own(tmp_path):
     run = tmp_path / "linear-T1000-eps-fixedlarge-mse-s0"
     run.mkdir()
     (run / "nll.json").write_text(json.dumps(_bound(1000)))
-    table = rate_distortion_table({run.name: run}, load_published(PUBLISHED), "ddpm-table1")
+    published = load_published(PUBLISHED)
+    table = rate_distortion_table({run.name: run}, published, "ddpm-table1")
     assert len(table) == 10 and set(table["setting"]) == {run.name}
-    assert (table.loc[0, "rate (paper)"], table.loc[0, "distortion (paper)"]) == (1.77581, 0.95136)
-    assert table.loc[1:, "rate (paper)"].isna().all()
+    assert (table.loc[0, "rate (paper)"], table.loc[0, "distortion (paper)"]) == (1.77581, 0.95136)  # the row
+    table4 = published[published["table"] == "Table 4"].set_index("metric")["value"]
+    for _, row in table.iterrows():  # every row of the paper's Table 4 lands on its own reverse step
+        k = row["reverse step"]
+        assert row["rate (paper)"] == table4[f"rate_bpd_step{k}"]
+        assert row["distortion (paper)"] == table4[f"distortion_rmse_step{k}"]
+    # the paper's own rows: fewer reverse steps, fewer bits sent, a worse reconstruction
+    assert table["rate (paper)"].is_monotonic_decreasing and table["distortion (paper)"].is_monotonic_increasing
+
+
+def test_rate_distortion_table_has_no_papers_rows_for_another_T(tmp_path):
+    run = tmp_path / "linear-T200-eps-fixedlarge-mse-s0"
+    run.mkdir()
+    (run / "nll.json").write_text(json.dumps(_bound(200)))
+    table = rate_distortion_table({run.name: run}, load_published(PUBLISHED), "ddpm-table1")
+    assert list(table["reverse step"]) == list(range(200, 0, -20))
+    assert table[["rate (paper)", "distortion (paper)"]].isna().all().all()
