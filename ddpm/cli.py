@@ -49,7 +49,7 @@ def _add_tracking(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run-id-file", help="the setting's mlflow_run_id.txt, to attach metrics to its run")
 
 
-def _log_to_run(args: argparse.Namespace, metrics: dict, artifact: str | None = None) -> None:
+def _log_to_run(args: argparse.Namespace, metrics: dict, artifact: str | None = None, step: int = 0) -> None:
     if not args.tracking or not args.run_id_file:
         return
     from . import tracking
@@ -57,7 +57,7 @@ def _log_to_run(args: argparse.Namespace, metrics: dict, artifact: str | None = 
     uri = tracking.read_tracking(args.tracking)["tracking_uri"]
     run_id = Path(args.run_id_file).read_text().strip()
     numeric = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    tracking.log_metrics(uri, run_id, numeric)
+    tracking.log_metrics(uri, run_id, numeric, step)
     if artifact:
         tracking.log_artifact(uri, run_id, artifact)
 
@@ -108,7 +108,7 @@ def cmd_train(args):
     config = TrainConfig.from_dict({f.name: getattr(args, f.name) for f in fields(TrainConfig)})
     tracking = read_tracking(args.tracking) if args.tracking else None
     final = train(config, args.out, data_dir=args.data, device=_device(args.device), tracking=tracking,
-                  run_name=args.run_name, on_divergence=args.on_divergence)
+                  run_name=args.run_name, on_divergence=args.on_divergence, snapshot_steps=args.snapshot_steps)
     print(json.dumps(final))
 
 
@@ -168,13 +168,16 @@ def cmd_gather_samples(args):
 
     step = diverged_step(args.shards)
     if step is not None:
-        save_diverged_notice(step, args.grid)
+        if args.grid:
+            save_diverged_notice(step, args.grid)
         return write_diverged(args.out, step)
     images, indices = gather_samples(args.shards)
     save_npz(args.out, images=images, indices=indices)
-    save_grid(images[: args.grid_size], args.grid)
-    _log_to_run(args, {}, artifact=args.grid)
-    print(f"gathered {len(images)} samples into {args.out}; grid of {min(args.grid_size, len(images))} in {args.grid}")
+    print(f"gathered {len(images)} samples into {args.out}")
+    if args.grid:
+        save_grid(images[: args.grid_size], args.grid)
+        _log_to_run(args, {}, artifact=args.grid)
+        print(f"grid of {min(args.grid_size, len(images))} samples in {args.grid}")
 
 
 def cmd_fid(args):
@@ -196,9 +199,15 @@ def cmd_fid(args):
         scores["fid_test"] = fidelity_metrics(samples, test, extractor=args.extractor, weights_path=args.weights,
                                               device=_device(args.device), metrics=("fid",))["fid"]
         scores["num_test_reference"] = len(test)
+    if args.training_step is not None:
+        scores["training_step"] = args.training_step
     write_json(args.out, scores)
-    _log_to_run(args, {k: v for k, v in scores.items() if k in ("fid", "fid_test", "is_mean", "is_std", "kid_mean",
-                                                                 "kid_std", "precision", "recall")})
+    logged = {k: v for k, v in scores.items() if k in ("fid", "fid_test", "is_mean", "is_std", "kid_mean", "kid_std",
+                                                      "precision", "recall")}
+    if not args.snapshot:  # the plain names are the final checkpoint's
+        _log_to_run(args, logged)
+    if args.training_step is not None:
+        _log_to_run(args, {f"{k}_over_training": v for k, v in logged.items()}, step=args.training_step)
     print(json.dumps(scores))
 
 
@@ -209,11 +218,11 @@ def cmd_nll(args):
 
     try:
         shard = nll_shard(args.checkpoint, args.data, start=args.start, count=args.count, batch_size=args.batch_size,
-                          seed=args.seed, device=_device(args.device))
+                          seed=args.seed, device=_device(args.device), split=args.split)
     except Diverged as diverged:
         return write_diverged(args.out, diverged.step)
     save_npz(args.out, **shard)
-    print(f"bits/dim of test images {shard['indices'][0]}..{shard['indices'][-1]}: {shard['total_bpd'].mean():.4f}")
+    print(f"bits/dim of {args.split} images {shard['indices'][0]}..{shard['indices'][-1]}: {shard['total_bpd'].mean():.4f}")
 
 
 def cmd_nll_gather(args):
@@ -223,10 +232,11 @@ def cmd_nll_gather(args):
     step = diverged_step(args.shards)
     if step is not None:
         return write_diverged(args.out, step)
-    result = gather_nll(args.shards)
+    result = {**gather_nll(args.shards), "split": args.split}
     write_json(args.out, result)
-    _log_to_run(args, {"bpd": result["bpd"], "bpd_stderr": result["bpd_stderr"]})
-    print(f"bits/dim {result['bpd']:.4f} ± {result['bpd_stderr']:.4f} over {result['num_images']} test images")
+    metric = "bpd" if args.split == "test" else "bpd_train"
+    _log_to_run(args, {metric: result["bpd"], f"{metric}_stderr": result["bpd_stderr"]})
+    print(f"bits/dim {result['bpd']:.4f} ± {result['bpd_stderr']:.4f} over {result['num_images']} {args.split} images")
 
 
 def cmd_baseline(args):
@@ -248,16 +258,19 @@ def cmd_baseline(args):
 def cmd_report(args):
     from . import tracking
     from .paper import load_published
-    from .report import (build_table, paper_table, plot_loss_curves, plot_rate_distortion, plot_schedules,
-                         rate_distortion_table, write_tables)
+    from .report import (build_table, fid_over_training_table, paper_table, plot_fid_over_training, plot_loss_curves,
+                         plot_rate_distortion, plot_schedules, rate_distortion_table, write_tables)
 
     published = load_published(args.published) if args.published else None  # read first: a bad file stops here
     args.paper_sweep = args.paper_sweep or Path(args.out_stem).name
     run_dirs = {Path(r).name: Path(r) for r in args.runs}
-    table = build_table(run_dirs, {"gaussian baseline": Path(args.gaussian), "test split (floor)": Path(args.test_split)})
+    table = build_table(run_dirs, {"gaussian baseline": Path(args.gaussian), "test split (floor)": Path(args.test_split)},
+                        nll_train=args.nll_train)
     outputs = write_tables(table, args.out_stem)
+    curve = fid_over_training_table(run_dirs, args.snapshot_steps)
+    outputs += write_tables(curve, f"{args.out_stem}-fid-over-training")
     if published is not None:
-        beside = paper_table(table, published, args.paper_sweep, comparable=not args.scaled_down)
+        beside = paper_table(table, published, args.paper_sweep, comparable=not args.scaled_down, curve=curve)
         outputs += write_tables(beside, f"{args.out_stem}-paper")
         print(beside.to_string(index=False))
     outputs += write_tables(rate_distortion_table(run_dirs, published, args.paper_sweep), f"{args.out_stem}-rate-distortion")
@@ -269,6 +282,9 @@ def cmd_report(args):
     if args.schedules_figure:
         plot_schedules(run_dirs, args.schedules_figure, rescale=args.schedule_rescale)
         figures.append(Path(args.schedules_figure))
+    if args.fid_over_training_figure:
+        plot_fid_over_training(curve, args.fid_over_training_figure)
+        figures.append(Path(args.fid_over_training_figure))
     if args.tracking:
         info = tracking.read_tracking(args.tracking)
         for path in [*outputs, *figures]:
@@ -317,6 +333,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-name", help="MLflow run name (default: the output folder's name)")
     p.add_argument("--on-divergence", choices=["fail", "record"], default="fail",
                    help="NaN / Inf loss: fail (exit 2), or record it in checkpoint.pt and exit 0 so a sweep goes on")
+    p.add_argument("--snapshot-steps", type=int, nargs="*", default=[],
+                   help="keep the EMA weights at these steps as snapshots/step-<N>.pt (FID over training)")
     _add_tracking(p)
     _add_runtime(p)
     _train_flags(p)
@@ -358,7 +376,7 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("gather-samples", help="merge sample shards and draw the grid")
     p.add_argument("--shards", nargs="+", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--grid", required=True)
+    p.add_argument("--grid", help="also draw a grid of the first --grid-size samples here (a PNG)")
     p.add_argument("--grid-size", type=int, default=100)
     _add_tracking(p)
     p.set_defaults(func=cmd_gather_samples)
@@ -371,14 +389,20 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--extractor", default="classifier", help="classifier or inception-v3-compat")
     p.add_argument("--weights", help="extractor weights (the classifier file, or local Inception weights)")
     p.add_argument("--test-reference", action="store_true", help="also FID against the test split (fid_test)")
+    p.add_argument("--training-step", type=int,
+                   help="the samples come from the checkpoint of this step: also log the scores to MLflow as a curve "
+                        "(fid_over_training, is_mean_over_training, … at this step)")
+    p.add_argument("--snapshot", action="store_true",
+                   help="a snapshot for FID over training, not the final checkpoint: log only the curve's point")
     p.add_argument("--out", required=True)
     _add_tracking(p)
     _add_runtime(p)
     p.set_defaults(func=cmd_fid)
 
-    p = evaluate.add_parser("nll", help="bits/dim (calc_bpd_loop) on a shard of the test split")
+    p = evaluate.add_parser("nll", help="bits/dim (calc_bpd_loop) on a shard of the test (or train) split")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data", required=True)
+    p.add_argument("--split", choices=["test", "train"], default="test")
     p.add_argument("--start", type=int, default=0)
     p.add_argument("--count", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=100)
@@ -389,6 +413,8 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = evaluate.add_parser("nll-gather", help="merge bits/dim shards")
     p.add_argument("--shards", nargs="+", required=True)
+    p.add_argument("--split", choices=["test", "train"], default="test",
+                   help="the shards' split: MLflow gets bpd (test) or bpd_train (train)")
     p.add_argument("--out", required=True)
     _add_tracking(p)
     p.set_defaults(func=cmd_nll_gather)
@@ -409,11 +435,15 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--gaussian", required=True, help="the Gaussian baseline's scores")
     p.add_argument("--test-split", required=True, help="the test split's scores")
     p.add_argument("--out-stem", required=True, help="tables go to <stem>.csv, .md, .tex (and <stem>-paper.*, "
-                   "<stem>-rate-distortion.*)")
+                   "<stem>-rate-distortion.*, <stem>-fid-over-training.*)")
     p.add_argument("--loss-figure", required=True)
     p.add_argument("--rate-distortion-figure", help="DDPM Figure 5: rate and distortion along the reverse process")
     p.add_argument("--schedules-figure", help="ᾱ_t and L_T of the sweep's noise schedules, side by side")
     p.add_argument("--schedule-rescale", type=_bool, default=False, help="the sweep's train.schedule_rescale")
+    p.add_argument("--snapshot-steps", type=int, nargs="*", default=[],
+                   help="the sweep's fid_over_training.steps: read snapshots/step-<N>/fid_is.json of every run")
+    p.add_argument("--nll-train", action="store_true", help="the runs have nll-train.json: bits/dim on the train set")
+    p.add_argument("--fid-over-training-figure", help="FID against the training step, each setting's minimum marked")
     p.add_argument("--published", help="the papers' numbers (CSV): also write <stem>-paper.* with them beside yours")
     p.add_argument("--paper-sweep", help="the sweep name the published numbers are filed under (default: the stem's)")
     p.add_argument("--scaled-down", action="store_true", help="a scale=tiny run: no Δ columns, it is not comparable")

@@ -50,19 +50,20 @@ NLL_SHARD_KEYS = ("indices", "total_bpd", "prior_bpd", "vb_sum", "xstart_mse_sum
 
 @torch.no_grad()
 def nll_shard(checkpoint, data_dir, *, start: int, count: int | None, batch_size: int = 100, seed: int = 0,
-              device: str = "cpu", progress: bool = True) -> dict[str, np.ndarray]:
-    """The variational bound (``calc_bpd_loop``) for test images ``start`` … ``start + count - 1``.
+              device: str = "cpu", progress: bool = True, split: str = "test") -> dict[str, np.ndarray]:
+    """The variational bound (``calc_bpd_loop``) for images ``start`` … ``start + count - 1`` of the test split
+    (or of the train split: DDPM Table 1 gives both).
 
     Returns per image ``total_bpd`` and ``prior_bpd``, and per timestep the sums over these images of ``vb``
     (bits/dim) and ``xstart_mse`` (on [-1, 1]), so shards can be merged exactly."""
     model, diffusion, state = load_for_sampling(checkpoint, device=device)
-    images = load_split(data_dir, "test")[0]
+    images = load_split(data_dir, split)[0]
     if tuple(images.shape[1:]) != tuple(state["data_shape"]):
-        raise ValueError(f"the test images of {data_dir} have shape (C, H, W) = {tuple(images.shape[1:])}, but "
+        raise ValueError(f"the {split} images of {data_dir} have shape (C, H, W) = {tuple(images.shape[1:])}, but "
                          f"{checkpoint} was trained on {tuple(state['data_shape'])}")
     stop = len(images) if count is None else min(start + count, len(images))
     if not 0 <= start < stop:
-        raise ValueError(f"test images {start}..{stop - 1} are out of range: the test split has {len(images)} images")
+        raise ValueError(f"{split} images {start}..{stop - 1} are out of range: the {split} split has {len(images)} images")
     totals, priors = [], []
     vb_sum = np.zeros(diffusion.num_timesteps)
     mse_sum = np.zeros(diffusion.num_timesteps)

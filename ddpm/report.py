@@ -41,9 +41,10 @@ def _final_loss(metrics_file: Path) -> float:
     return json.loads(lines[-1])["loss"] if lines else float("nan")
 
 
-def build_table(run_dirs: dict[str, Path], baselines: dict[str, Path]) -> pd.DataFrame:
-    """``run_dirs``: setting name → its folder (with fid_is.json, nll.json, metrics.jsonl); ``baselines``:
-    row label → a fidelity-metrics JSON scored the same way (the Gaussian baseline, the test split)."""
+def build_table(run_dirs: dict[str, Path], baselines: dict[str, Path], *, nll_train: bool = False) -> pd.DataFrame:
+    """``run_dirs``: setting name → its folder (with fid_is.json, nll.json, metrics.jsonl, and nll-train.json with
+    ``nll_train``); ``baselines``: row label → a fidelity-metrics JSON scored the same way (the Gaussian baseline,
+    the test split)."""
     rows = []
     for name, folder in run_dirs.items():
         nll, scores = _read_json(folder / "nll.json"), _read_json(folder / "fid_is.json")
@@ -54,20 +55,76 @@ def build_table(run_dirs: dict[str, Path], baselines: dict[str, Path]) -> pd.Dat
         if diverged is None:
             row.update(_fidelity_columns(scores), **{"bits/dim": nll["bpd"], "bits/dim stderr": nll["bpd_stderr"],
                                                      "NLL images": nll["num_images"]})
+            if nll_train:
+                train = _read_json(folder / "nll-train.json")
+                row.update({"bits/dim train": train["bpd"], "bits/dim train stderr": train["bpd_stderr"],
+                            "NLL train images": train["num_images"]})
         rows.append(row)
     for label, path in baselines.items():
         rows.append({"setting": label, **_fidelity_columns(_read_json(path))})
     return pd.DataFrame(rows)
 
 
+def _final_step(metrics_file: Path) -> int | None:
+    lines = metrics_file.read_text().splitlines()
+    return json.loads(lines[-1])["step"] if lines else None
+
+
+def fid_over_training_table(run_dirs: dict[str, Path], snapshot_steps=()) -> pd.DataFrame:
+    """FID over training: one row per setting and scored checkpoint (the snapshots at ``snapshot_steps``, then the
+    final one), with its step and scores. A checkpoint the training never reached (it diverged) has no row."""
+    rows = []
+    for name, folder in run_dirs.items():
+        points = [(step, "snapshot", folder / "snapshots" / f"step-{step}" / "fid_is.json") for step in snapshot_steps]
+        points.append((_final_step(folder / "metrics.jsonl"), "final", folder / "fid_is.json"))
+        for step, kind, path in points:
+            scores = _read_json(path)
+            if DIVERGED not in scores:
+                rows.append({"setting": name, "step": step, "checkpoint": kind, **_fidelity_columns(scores)})
+    return pd.DataFrame(rows)
+
+
+def best_checkpoints(curve: pd.DataFrame) -> pd.DataFrame:
+    """Each setting's checkpoint with the minimum FID (DDPM reports sample quality there), among those scored with
+    the most samples (FID from fewer samples is biased upwards, so it cannot win against the final's)."""
+    if curve.empty:
+        return curve
+    fid = next(c for c in curve.columns if c.startswith("FID ["))
+    most = curve.groupby("setting")["samples"].transform("max")
+    eligible = curve[curve["samples"] == most]
+    return eligible.loc[eligible.groupby("setting", sort=False)[fid].idxmin()].set_index("setting")
+
+
+def plot_fid_over_training(curve: pd.DataFrame, path: str | Path) -> None:
+    """FID against the training step, one line per setting, a star at its minimum (see :func:`best_checkpoints`)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    if not curve.empty:
+        fid = next(c for c in curve.columns if c.startswith("FID ["))
+        best = best_checkpoints(curve)
+        for name, points in curve.groupby("setting", sort=False):
+            line, = ax.plot(points["step"], points[fid], marker="o", label=name)
+            ax.plot(best.loc[name, "step"], best.loc[name, fid], marker="*", markersize=14, color=line.get_color())
+        ax.set_ylabel(fid)
+    ax.set_xlabel("training step")
+    ax.legend(fontsize=7)
+    ax.set_title("FID over training (star: each setting's minimum)")
+    _save(fig, path)
+
+
 #: The paper table's metrics: (column label, published metric name); the full table's column is the label with the
-#: feature extractor, but for bits/dim.
-PAPER_METRICS = (("IS", "is"), ("FID", "fid"), ("FID test", "fid_test"), ("bits/dim", "bpd"))
+#: feature extractor, but for bits/dim. A metric neither measured nor published for the sweep is left out.
+PAPER_METRICS = (("IS", "is"), ("FID", "fid"), ("FID test", "fid_test"), ("bits/dim", "bpd"),
+                 ("bits/dim train", "bpd_train"))
 
 
-def paper_table(table: pd.DataFrame, published: pd.DataFrame, sweep: str, *, comparable: bool = True) -> pd.DataFrame:
+def paper_table(table: pd.DataFrame, published: pd.DataFrame, sweep: str, *, comparable: bool = True,
+                curve: pd.DataFrame | None = None) -> pd.DataFrame:
     """The sweep in the paper's layout: one row per setting (seeds pooled), each metric measured, published and
     their difference (Δ = measured − paper), with the number of samples and the feature extractor.
+
+    With ``curve`` (:func:`fid_over_training_table`), IS and FID come from each run's checkpoint with the minimum FID,
+    as DDPM reports them, and ``min-FID step`` says which; bits/dim is the final checkpoint's.
 
     With one seed, IS ± is torch-fidelity's spread over splits (as the paper's); with two or more seeds every ± is
     the standard deviation over seeds. A setting the paper could not train says so in ``paper note``. A scaled-down
@@ -75,15 +132,24 @@ def paper_table(table: pd.DataFrame, published: pd.DataFrame, sweep: str, *, com
     from .paper import SETTING_AXES, published_for
 
     settings = table[table["schedule"].notna()]
-    extractor = next((c[c.index("[") + 1:-1] for c in table.columns if c.startswith("FID [")), None)
+    if curve is not None and not curve.empty:
+        settings = _at_best_checkpoint(settings, best_checkpoints(curve))
+    extractor = next((c[c.index("[") + 1:-1] for c in settings.columns if c.startswith("FID [")), None)
+
+    def measured_column(label: str) -> str:
+        return label if label.startswith("bits/dim") else f"{label} [{extractor}]"
+
+    sweep_metrics = set(published.loc[published["sweep"] == sweep, "metric"])
+    metrics = [(label, metric) for label, metric in PAPER_METRICS
+               if measured_column(label) in settings or metric in sweep_metrics]
     # A column the table lacks (every setting diverged, or no FID against the test set) reads as NaN.
     rows = []
     for axes, group in settings.groupby(list(SETTING_AXES), sort=False):
         setting = {**dict(zip(SETTING_AXES, axes)), "T": int(axes[1])}  # T is float beside the baselines' NaN
         paper = published_for(published, sweep, setting)
         row = {**setting, "seeds": len(group)}
-        for label, metric in PAPER_METRICS:
-            values = _column(group, label if label == "bits/dim" else f"{label} [{extractor}]")
+        for label, metric in metrics:
+            values = _column(group, measured_column(label))
             row[label] = values.mean()
             if len(group) > 1:
                 row[f"{label} ±"] = values.std(ddof=1)
@@ -95,14 +161,29 @@ def paper_table(table: pd.DataFrame, published: pd.DataFrame, sweep: str, *, com
                 row["IS ± (paper)"] = paper.get(metric, {}).get("std")
             if comparable:
                 row[f"{label} Δ"] = None if published_value is None else row[label] - published_value
+        if "min-FID step" in group:
+            row["min-FID step"] = ", ".join(str(int(s)) for s in group["min-FID step"].dropna())
         row["samples"] = _column(group, "samples").max()
         row["extractor"] = extractor
         row["status"] = "; ".join(sorted(set(group["status"])))
         row["paper note"] = "; ".join(v["note"] for k, v in paper.items() if k == "unstable")
         row["source"] = ", ".join(sorted({f"{v['paper']}, {v['table']}" for k, v in paper.items()
-                                          if k in (*dict(PAPER_METRICS).values(), "unstable")}))
+                                          if k in (*dict(metrics).values(), "unstable")}))
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _at_best_checkpoint(settings: pd.DataFrame, best: pd.DataFrame) -> pd.DataFrame:
+    """The settings' rows with the sample-quality scores of their best checkpoint in place of the final one's."""
+    settings = settings.copy()
+    columns = [c for c in best.columns if c not in ("step", "checkpoint")]
+    settings["min-FID step"] = float("nan")
+    for i, name in settings["setting"].items():
+        if name in best.index:
+            for column in columns:
+                settings.loc[i, column] = best.loc[name, column]
+            settings.loc[i, "min-FID step"] = best.loc[name, "step"]
+    return settings
 
 
 def _column(group: pd.DataFrame, column: str) -> pd.Series:

@@ -83,6 +83,7 @@ TINY_SCALE = {
     "sample": {"num_samples": 100, "shard_size": 50, "batch_size": 50, "steps": 20, "grid_size": 36},
     "evaluate": {"feature_extractor": "classifier", "inception_weights": None, "classifier_steps": 300,
                  "nll_num_images": 10, "nll_shard_size": 10, "nll_batch_size": 10},
+    "fid_over_training": {"num_samples": None},
 }
 
 
@@ -97,5 +98,10 @@ def apply_scale(config: dict) -> dict:
         raise ValueError(f"config key 'scale': unknown scale {config['scale']!r}; valid scales: full, tiny")
     for section, values in TINY_SCALE.items():
         scaled[section] = {**config.get(section, {}), **values}
+    # What the full config turns on stays on, at the tiny size: the code path of a curve, not the curve.
+    if scaled["fid_over_training"].get("steps"):
+        scaled["fid_over_training"]["steps"] = [TINY_SCALE["train"]["steps"] // 2]
+    if scaled["evaluate"].get("nll_train_images"):
+        scaled["evaluate"]["nll_train_images"] = TINY_SCALE["evaluate"]["nll_num_images"]
     scaled["name"] = f"{config['name']}-tiny"
     return scaled

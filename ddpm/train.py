@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import shutil
 import signal
 import threading
 import time
@@ -78,6 +79,8 @@ def load_for_sampling(path: str | Path, *, use_ema: bool = True, device="cpu") -
     state = load_checkpoint(path)
     if DIVERGED in state:
         raise Diverged(path, state[DIVERGED])
+    if not use_ema and state.get(EMA_ONLY):
+        raise ValueError(f"{path} is a snapshot for FID over training: it holds only the EMA weights")
     config = TrainConfig.from_dict(state["config"])
     model, diffusion = build(config, in_channels=state["data_shape"][0], image_size=state["data_shape"][1])
     weights = state["ema"] if use_ema else state["model"]
@@ -156,6 +159,47 @@ def _record_divergence(out_dir: Path, config: TrainConfig, error: NonFiniteLoss)
     return {DIVERGED: error.step}
 
 
+#: Snapshots for FID over training: ``snapshots/step-<N>.pt``, the EMA weights at step N (as a checkpoint without
+#: the raw weights, marked with this key).
+SNAPSHOT_DIR = "snapshots"
+EMA_ONLY = "ema_only"
+#: Snapshots are written here while the run goes on, and moved to ``snapshots/`` when it ends: like the resume state
+#: they are not outputs yet, so Snakemake's clean-up of a preempted job keeps them for the rerun.
+PENDING_SNAPSHOT_DIR = "snapshots-pending"
+
+
+def snapshot_path(out_dir: str | Path, step: int) -> Path:
+    return Path(out_dir) / SNAPSHOT_DIR / f"step-{step}.pt"
+
+
+def _check_snapshot_steps(steps, total: int) -> tuple[int, ...]:
+    steps = tuple(sorted(set(int(s) for s in steps)))
+    bad = [s for s in steps if not 1 <= s < total]
+    if bad:
+        raise ValueError(f"snapshot steps {bad} are not between 1 and the last step ({total}) excluded: the final "
+                         f"checkpoint is the curve's last point")
+    return steps
+
+
+def _publish_snapshots(out_dir: Path, steps: tuple[int, ...], diverged_at: int | None = None) -> None:
+    """Move the pending snapshots to ``snapshots/``. A step the training never reached because it diverged gets a
+    weightless snapshot that says so (its samples and scores then record the divergence, as the final's do)."""
+    pending = out_dir / PENDING_SNAPSHOT_DIR
+    for step in steps:
+        source = pending / f"step-{step}.pt"
+        if source.exists():
+            snapshot_path(out_dir, step).parent.mkdir(exist_ok=True)
+            source.replace(snapshot_path(out_dir, step))
+        elif diverged_at is not None and step >= diverged_at:
+            save_checkpoint(snapshot_path(out_dir, step), {"config": {}, "model": {}, DIVERGED: diverged_at})
+        else:
+            raise FileNotFoundError(f"the snapshot at step {step} was not taken ({source} is missing): the run was "
+                                    f"resumed past it with other snapshot steps; delete {out_dir / RESUME_FILE} "
+                                    f"to train again from the start")
+    if pending.is_dir() and not any(pending.iterdir()):
+        pending.rmdir()
+
+
 #: The resume state lives beside the run's outputs but is not one of them, so Snakemake's clean-up of a failed
 #: job does not delete it; a rerun continues from it.
 RESUME_FILE = "resume.pt"
@@ -216,6 +260,7 @@ def train(
     tracking: dict | None = None,
     run_name: str | None = None,
     on_divergence: str = "fail",
+    snapshot_steps=(),
 ) -> dict:
     """Train one setting and write ``checkpoint.pt`` and ``metrics.jsonl`` to ``out_dir``; returns the final metrics.
 
@@ -230,12 +275,18 @@ def train(
 
     A NaN or Inf loss fails the MLflow run and raises :class:`NonFiniteLoss` (``on_divergence="fail"``), or, with
     ``"record"``, writes a weightless ``checkpoint.pt`` naming the step (see :func:`_record_divergence`) and returns.
+
+    At each of ``snapshot_steps`` (before the last) the EMA weights are kept as ``snapshots/step-<N>.pt``, to be
+    sampled and scored: FID over training, whose minimum the DDPM paper reports (its Appendix B).
     """
     if on_divergence not in ("fail", "record"):
         raise ValueError(f"on_divergence must be 'fail' or 'record', got {on_divergence!r}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    snapshot_steps = _check_snapshot_steps(snapshot_steps, config.steps)
     resume = _read_resume(out_dir, config)
+    if resume is None:  # snapshots left by an interrupted run of another config
+        shutil.rmtree(out_dir / PENDING_SNAPSHOT_DIR, ignore_errors=True)
     run_id = resume.get("mlflow_run_id") if resume else None
     if tracking is not None:
         if run_id is None:
@@ -244,7 +295,8 @@ def train(
             mlf.mark_running(tracking["tracking_uri"], run_id)
         (out_dir / "mlflow_run_id.txt").write_text(run_id + "\n")
     try:
-        final = _train_loop(config, out_dir, data_dir, torch.device(device), progress, tracking, run_id, resume)
+        final = _train_loop(config, out_dir, data_dir, torch.device(device), progress, tracking, run_id, resume,
+                            snapshot_steps)
     except Preempted:
         if run_id is not None:
             mlf.finish_run(tracking["tracking_uri"], run_id, "KILLED")
@@ -256,11 +308,13 @@ def train(
         if on_divergence == "fail":
             raise
         (out_dir / RESUME_FILE).unlink(missing_ok=True)  # a rerun would diverge the same way
+        _publish_snapshots(out_dir, snapshot_steps, diverged_at=error.step)
         return _record_divergence(out_dir, config, error)
     except BaseException:
         if run_id is not None:
             mlf.finish_run(tracking["tracking_uri"], run_id, "FAILED")
         raise
+    _publish_snapshots(out_dir, snapshot_steps)
     if run_id is not None:
         mlf.log_artifact(tracking["tracking_uri"], run_id, out_dir / "metrics.jsonl")
         mlf.finish_run(tracking["tracking_uri"], run_id, "FINISHED")
@@ -291,7 +345,7 @@ def _keep_metrics_up_to(path: Path, step: int) -> None:
 
 
 def _train_loop(config: TrainConfig, out_dir: Path, data_dir, device: torch.device, progress: bool,
-                tracking: dict | None, run_id: str | None, resume: dict | None) -> dict:
+                tracking: dict | None, run_id: str | None, resume: dict | None, snapshot_steps: tuple[int, ...]) -> dict:
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
 
@@ -319,12 +373,12 @@ def _train_loop(config: TrainConfig, out_dir: Path, data_dir, device: torch.devi
         last_logged = mlf.last_logged_step(tracking["tracking_uri"], run_id, "loss") if run_id else resume["step"]
         print(f"resuming from step {resume['step']} of {config.steps}", flush=True)
 
-    def snapshot(step: int) -> dict:
+    def training_state(step: int) -> dict:
         return {"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
                 "step": step, "config": asdict(config), "data_shape": [channels, height, width]}
 
     def save_resume(step: int) -> None:
-        save_checkpoint(out_dir / RESUME_FILE, {**snapshot(step), "sampler": sampler.state_dict(),
+        save_checkpoint(out_dir / RESUME_FILE, {**training_state(step), "sampler": sampler.state_dict(),
                                                 "rng": _rng_state(generator), "mlflow_run_id": run_id})
 
     metrics_file = (out_dir / "metrics.jsonl").open("a" if resume is not None else "w")
@@ -372,6 +426,10 @@ def _train_loop(config: TrainConfig, out_dir: Path, data_dir, device: torch.devi
                 grid = _preview_grid(ema, diffusion, (channels, height, width), out_dir / "previews" / f"step-{step:07d}.png", device)
                 if run_id is not None:
                     mlf.log_artifact(tracking["tracking_uri"], run_id, grid, "previews")
+            if step in snapshot_steps:
+                save_checkpoint(out_dir / PENDING_SNAPSHOT_DIR / f"step-{step}.pt",
+                                {"model": {}, "ema": ema.state_dict(), "step": step, "config": asdict(config),
+                                 "data_shape": [channels, height, width], EMA_ONLY: True})
             if config.checkpoint_every and step % config.checkpoint_every == 0:
                 save_resume(step)
             if preemption.received is not None:
@@ -380,5 +438,5 @@ def _train_loop(config: TrainConfig, out_dir: Path, data_dir, device: torch.devi
                                 f"run again to continue")
     metrics_file.close()
 
-    save_checkpoint(out_dir / "checkpoint.pt", snapshot(config.steps))
+    save_checkpoint(out_dir / "checkpoint.pt", training_state(config.steps))
     return last

@@ -171,22 +171,30 @@ def _lsun_config(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("name, settings, sample_shards, nll_shards", [
-    ("ddpm_table1", 2, 10, 10),
-    ("ddpm_table2", 6, 10, 10),
-    ("improved_ddpm_schedules", 12, 10, 10),
-    ("ddpm_lsun", 1, 50, 4),
+@pytest.mark.parametrize("name, settings, sample_shards, nll_shards, snapshots, nll_train_shards", [
+    ("ddpm_table1", 2, 10, 10, 7, 50),  # FID every 100k of 800k steps; bits/dim on the 50,000 train images too
+    ("ddpm_table2", 6, 10, 10, 7, 0),
+    ("improved_ddpm_schedules", 12, 10, 10, 0, 0),
+    ("ddpm_lsun", 1, 50, 4, 5, 0),
 ])
-def test_dry_run_of_each_paper_config_full_and_tiny(tmp_path, name, settings, sample_shards, nll_shards):
+def test_dry_run_of_each_paper_config_full_and_tiny(tmp_path, name, settings, sample_shards, nll_shards, snapshots,
+                                                     nll_train_shards):
     config = _lsun_config(tmp_path) if name == "ddpm_lsun" else CONFIGS / f"{name}.yaml"
     full = job_counts(tmp_path / "full", config)
     assert (full["train"], full["sample"], full["nll"]) == (settings, settings * sample_shards, settings * nll_shards)
     assert full["fid_is"] == full["gather_samples"] == full["gather_nll"] == settings
     assert full["prepare_data"] == full["mlflow_init"] == full["report"] == 1 and full["baseline"] == 2
     assert "train_classifier" not in full  # the Inception extractor
+    # FID over training: each snapshot sampled in as many shards as the final checkpoint, gathered and scored
+    assert full.get("sample_snapshot", 0) == settings * snapshots * sample_shards
+    assert full.get("gather_snapshot_samples", 0) == full.get("fid_snapshot", 0) == settings * snapshots
+    assert full.get("nll_train", 0) == settings * nll_train_shards
+    assert full.get("gather_nll_train", 0) == (settings if nll_train_shards else 0)
 
     tiny = job_counts(tmp_path / "tiny", config, "--config", "scale=tiny")
     assert (tiny["train"], tiny["sample"], tiny["nll"]) == (settings, settings * 2, settings)
+    assert tiny.get("fid_snapshot", 0) == (settings if snapshots else 0)  # one snapshot: the code path
+    assert tiny.get("nll_train", 0) == (settings if nll_train_shards else 0)
     assert tiny["train_classifier"] == 1  # digits are scored with the classifier
 
 
@@ -225,7 +233,7 @@ def test_paper_table_puts_the_published_numbers_beside_the_measured_ones(tmp_pat
     assert xprev["IS ±"] == 0.05  # one seed: torch-fidelity's spread over splits, as the paper's
     assert "unstable" in xprev["paper note"] and pd.isna(xprev["FID (paper)"])
     assert "gaussian baseline" not in set(table.get("setting", []))
-    assert table["FID test"].isna().all()  # these runs were not scored against the test set
+    assert "FID test" not in table and "bits/dim train" not in table  # neither measured here nor in Table 2
 
     runs = {"linear-T1000-eps-fixedlarge-mse-s0": _scored_run(tmp_path / "d", 4.0, 9.0, 0.2, 3.80, fid_test=6.0)}
     table1 = paper_table(build_table(runs, {}), load_published(PUBLISHED), "ddpm-table1")
@@ -255,15 +263,26 @@ def test_each_paper_config_runs_scaled_down_with_the_papers_numbers_beside_the_m
     settings = [parse_setting_name(n) for n in expand_sweep(config)]
     assert [tuple(row) for row in table[["schedule", "T", "mean_type", "var_type", "loss_type"]].itertuples(index=False)] \
         == [(s["schedule"], s["T"], s["mean_type"], s["var_type"], s["loss_type"]) for s in settings]
-    for label in ("IS", "FID", "FID test", "bits/dim"):
+    measured = ("IS", "FID", "FID test", "bits/dim", *(("bits/dim train",) if config["evaluate"].get("nll_train_images") else ()))
+    for label in measured:
         assert table[label].map(math.isfinite).all(), (label, table[label])
         assert f"{label} (paper)" in table.columns and f"{label} Δ" not in table.columns  # not comparable
+    curve = pd.read_csv(tiny_papers / "results" / "tables" / f"{config['name']}-tiny-fid-over-training.csv")
+    snapshot_steps = [20] if config.get("fid_over_training", {}).get("steps") else []
+    for setting in expand_sweep(config):  # the snapshots (tiny: one, halfway) and the final checkpoint, all scored
+        points = curve[curve["setting"] == setting]
+        assert list(points["step"]) == [*snapshot_steps, 40] and points["FID [classifier]"].map(math.isfinite).all()
+    assert set(table["min-FID step"].astype(str)) <= {str(step) for step in (*snapshot_steps, 40)}
     assert (table["samples"] == 100).all() and (table["extractor"] == "classifier").all()
     published = load_published(PUBLISHED)
     filled = 0
     for row, setting in zip(table.to_dict("records"), settings):
         paper = published_for(published, config["name"], setting)
-        for label, metric in (("IS", "is"), ("FID", "fid"), ("FID test", "fid_test"), ("bits/dim", "bpd")):
+        for label, metric in (("IS", "is"), ("FID", "fid"), ("FID test", "fid_test"), ("bits/dim", "bpd"),
+                              ("bits/dim train", "bpd_train")):
+            if label not in table:
+                assert metric not in {k for k in paper}, (setting, metric)  # left out only where nothing is published
+                continue
             expected = paper.get(metric, {}).get("value")
             found = row[f"{label} (paper)"]
             assert (pd.isna(found) if expected is None else found == expected), (setting, label, found, expected)
@@ -274,7 +293,7 @@ def test_each_paper_config_runs_scaled_down_with_the_papers_numbers_beside_the_m
     for name in expand_sweep(config):
         for figure in ("samples", "progressive", "interpolation"):
             assert (runs / name / f"{figure}.png").is_file(), (name, figure)
-    for figure in ("loss", "rate-distortion", "schedules"):
+    for figure in ("loss", "rate-distortion", "schedules", "fid-over-training"):
         assert (tiny_papers / "results" / "figures" / f"{config['name']}-tiny-{figure}.png").is_file()
     markdown = (tiny_papers / "results" / "tables" / f"{config['name']}-tiny-paper.md").read_text()
     assert "FID (paper)" in markdown and all(f"| {v:.4g} |" in markdown for v in table["FID (paper)"].dropna())
@@ -331,3 +350,18 @@ def test_rate_distortion_table_has_no_papers_rows_for_another_T(tmp_path):
     table = rate_distortion_table({run.name: run}, load_published(PUBLISHED), "ddpm-table1")
     assert list(table["reverse step"]) == list(range(200, 0, -20))
     assert table[["rate (paper)", "distortion (paper)"]].isna().all().all()
+
+
+def test_fid_over_training_and_train_bits_per_dim_reach_mlflow(tiny_papers):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tiny_papers / 'results' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("ddpm-table1-tiny")
+    runs = [r for r in client.search_runs([experiment.experiment_id]) if r.data.tags.get("ddpm.kind") == "setting"]
+    assert sorted(r.info.run_name for r in runs) == sorted(expand_sweep(_config("ddpm_table1")))
+    for run in runs:  # a curve to compare in the MLflow UI: the snapshot, then the final checkpoint
+        history = client.get_metric_history(run.info.run_id, "fid_over_training")
+        assert sorted(m.step for m in history) == [20, 40]
+        final = next(m.value for m in history if m.step == 40)
+        assert run.data.metrics["fid"] == pytest.approx(final)  # the plain name stays the final checkpoint's
+        assert math.isfinite(run.data.metrics["bpd_train"]) and math.isfinite(run.data.metrics["bpd"])

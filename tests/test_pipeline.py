@@ -258,6 +258,7 @@ def test_dry_run_lists_the_expected_jobs_for_the_default_and_a_cifar10_config(tm
     ({"dataset": {"name": "cifar10", "path": "/does/not/exist"}}, "dataset.path"),
     ({"dataset": {"name": "digits", "image_size": 7}, "train": {"preset": "tiny"}}, "dataset.image_size"),
     ({"sample": {"shard_size": 75}}, "sample.shard_size"),
+    ({"fid_over_training": {"steps": [10, 999999]}}, "fid_over_training.steps"),
 ])
 def test_bad_config_stops_before_any_job_naming_the_key(tmp_path, override, key):
     config = yaml.safe_load(TINY.read_text())

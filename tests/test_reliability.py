@@ -31,8 +31,8 @@ def _tracking(tmp_path: Path, uri: str | None = None) -> Path:
     return path
 
 
-def _train_command(out: Path, tracking: Path | None) -> list[str]:
-    command = [sys.executable, "-m", "ddpm.cli", "train", "--out", str(out), *TRAIN]
+def _train_command(out: Path, tracking: Path | None, extra: tuple[str, ...] = ()) -> list[str]:
+    command = [sys.executable, "-m", "ddpm.cli", "train", "--out", str(out), *TRAIN, *extra]
     return command + (["--tracking", str(tracking), "--run-name", out.name] if tracking else [])
 
 
@@ -44,9 +44,9 @@ def _logged_step(out: Path) -> int:
         return 0  # being written
 
 
-def _run_until(out: Path, tracking: Path, step: int, sig: int) -> int:
+def _run_until(out: Path, tracking: Path, step: int, sig: int, extra: tuple[str, ...] = ()) -> int:
     """Start training and send ``sig`` once it has logged ``step``; returns the exit status."""
-    process = subprocess.Popen(_train_command(out, tracking), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(_train_command(out, tracking, extra), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     while process.poll() is None and _logged_step(out) < step and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -116,6 +116,24 @@ def test_preemption_signal_saves_state_exits_75_and_resumes(tmp_path, uninterrup
     client, runs = _store_runs(tmp_path)
     assert [r.info.status for r in runs] == ["FINISHED"]
     assert sorted(m.step for m in client.get_metric_history(runs[0].info.run_id, "loss")) == LOGGED_STEPS
+
+
+def test_snapshots_taken_before_a_preemption_survive_snakemakes_clean_up_and_the_rerun(tmp_path):
+    snapshots = ("--snapshot-steps", "20", "90")
+    whole = tmp_path / "whole"
+    subprocess.run(_train_command(whole, None, snapshots), check=True, capture_output=True)
+    out = tmp_path / "preempted"
+    assert _run_until(out, None, 33, signal.SIGTERM, snapshots) == 75
+    assert not (out / "snapshots").exists()  # not an output yet: Snakemake's clean-up of the failed job keeps it
+    subprocess.run(_train_command(out, None, snapshots), check=True, capture_output=True)
+    for step in (20, 90):
+        _assert_same_ema(out / "snapshots" / f"step-{step}.pt", whole / "snapshots" / f"step-{step}.pt")
+    assert not (out / "snapshots-pending").exists()
+
+
+def _assert_same_ema(a: Path, b: Path) -> None:
+    first, second = load_checkpoint(a)["ema"], load_checkpoint(b)["ema"]
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
 
 
 def test_resume_state_of_another_config_is_set_aside_not_used(tmp_path):

@@ -58,6 +58,10 @@ def check_config_values():
         if config[section][shard] % config[section][batch]:
             config_error(f"{section}.{shard}", f"{config[section][shard]} is not a multiple of "
                          f"{section}.{batch} ({config[section][batch]})")
+    late = [s for s in config["fid_over_training"]["steps"] if s >= config["train"]["steps"]]
+    if late:
+        config_error("fid_over_training.steps", f"{late} not before the last training step ({config['train']['steps']}); "
+                     "the final checkpoint is always the curve's last point")
 
 
 check_config_values()
@@ -66,6 +70,7 @@ check_config_values()
 wildcard_constraints:
     setting="|".join(SETTINGS),
     shard=r"\d+",
+    step=r"\d+",
 
 
 def shards(total, size):
@@ -83,6 +88,12 @@ SAMPLE_SHARDS = shards(NUM_SAMPLES, config["sample"]["shard_size"])
 # imagefolder's test split is unknown before preparation: check_config_values requires evaluate.nll_num_images.
 NLL_IMAGES = config["evaluate"]["nll_num_images"] or known_test_size(DATASET, config["dataset"]["test_fraction"])
 NLL_SHARDS = shards(NLL_IMAGES, config["evaluate"]["nll_shard_size"])
+NLL_TRAIN_IMAGES = config["evaluate"]["nll_train_images"]  # None: no train-set bits/dim
+NLL_TRAIN_SHARDS = shards(NLL_TRAIN_IMAGES or 0, config["evaluate"]["nll_shard_size"])
+# FID over training: snapshots of the EMA weights, each sampled (in shards of sample.shard_size) and scored.
+SNAPSHOT_STEPS = sorted(config["fid_over_training"]["steps"])
+SNAPSHOT_SAMPLES = config["fid_over_training"]["num_samples"] or NUM_SAMPLES
+SNAPSHOT_SHARDS = shards(SNAPSHOT_SAMPLES, config["sample"]["shard_size"])
 
 
 def extractor_weights():
@@ -100,9 +111,10 @@ def extractor_args():
 
 def final_outputs():
     return (
-        [f"{RESULTS}/tables/{NAME}{kind}.{ext}" for kind in ("", "-paper", "-rate-distortion")
+        [f"{RESULTS}/tables/{NAME}{kind}.{ext}" for kind in ("", "-paper", "-rate-distortion", "-fid-over-training")
          for ext in ("csv", "md", "tex")]
-        + [f"{RESULTS}/figures/{NAME}-{figure}.png" for figure in ("loss", "rate-distortion", "schedules")]
+        + [f"{RESULTS}/figures/{NAME}-{figure}.png"
+           for figure in ("loss", "rate-distortion", "schedules", "fid-over-training")]
         + expand(f"{RUNS}/{{setting}}/{{figure}}.png", setting=SETTINGS,
                  figure=["samples", "progressive", "interpolation"])
     )

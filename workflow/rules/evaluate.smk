@@ -11,6 +11,7 @@ rule fid_is:
         data=lambda wildcards, input: Path(input.manifest).parent,
         extractor=extractor_args(),
         test="--test-reference" if config["evaluate"]["fid_test"] else "",
+        step=f"--training-step {config['train']['steps']}",
     threads: 1
     resources:
         gpu=1,
@@ -21,8 +22,29 @@ rule fid_is:
     conda:
         ENV
     shell:
-        "ddpm evaluate fid --samples {input.samples} --data {params.data} {params.extractor} {params.test} --out {output}"
+        "ddpm evaluate fid --samples {input.samples} --data {params.data} {params.extractor} {params.test} {params.step}"
+        " --out {output}"
         " --tracking {input.tracking} --run-id-file {input.run_id} --device auto --threads {threads} > {log} 2>&1"
+
+
+use rule fid_is as fid_snapshot with:
+    input:
+        samples=rules.gather_snapshot_samples.output,
+        manifest=rules.prepare_data.output.manifest,
+        weights=extractor_weights(),
+        run_id=rules.train.output.run_id,
+        tracking=rules.mlflow_init.output,
+    output:
+        f"{RUNS}/{{setting}}/snapshots/step-{{step}}/fid_is.json",
+    params:
+        data=lambda wildcards, input: Path(input.manifest).parent,
+        extractor=extractor_args(),
+        test="--test-reference" if config["evaluate"]["fid_test"] else "",
+        step=lambda wildcards: f"--training-step {wildcards.step} --snapshot",
+    log:
+        f"{RESULTS}/logs/fid_snapshot/{{setting}}-{{step}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/fid_snapshot/{{setting}}-{{step}}.tsv"
 
 
 rule nll:
@@ -38,6 +60,7 @@ rule nll:
         ),
         batch=config["evaluate"]["nll_batch_size"],
         seed=config["evaluate"]["seed"],
+        split="test",
     threads: 1
     resources:
         gpu=1,
@@ -49,7 +72,7 @@ rule nll:
         ENV
     shell:
         "ddpm evaluate nll --checkpoint {input.checkpoint} --data {params.data} {params.range} --batch-size {params.batch}"
-        " --seed {params.seed} --out {output} --device auto --threads {threads} > {log} 2>&1"
+        " --seed {params.seed} --split {params.split} --out {output} --device auto --threads {threads} > {log} 2>&1"
 
 
 rule gather_nll:
@@ -59,6 +82,8 @@ rule gather_nll:
         tracking=rules.mlflow_init.output,
     output:
         f"{RUNS}/{{setting}}/nll.json",
+    params:
+        split="test",
     log:
         f"{RESULTS}/logs/gather_nll/{{setting}}.log",
     benchmark:
@@ -66,8 +91,41 @@ rule gather_nll:
     conda:
         ENV
     shell:
-        "ddpm evaluate nll-gather --shards {input.shards} --out {output}"
+        "ddpm evaluate nll-gather --shards {input.shards} --split {params.split} --out {output}"
         " --tracking {input.tracking} --run-id-file {input.run_id} > {log} 2>&1"
+
+
+# DDPM Table 1 also gives the bound on the train set: the same jobs on the first evaluate.nll_train_images images.
+use rule nll as nll_train with:
+    output:
+        f"{RUNS}/{{setting}}/nll-train/shard-{{shard}}.npz",
+    params:
+        data=lambda wildcards, input: Path(input.manifest).parent,
+        range=lambda wildcards: "--start {} --count {}".format(
+            *shard_range(wildcards.shard, NLL_TRAIN_IMAGES, config["evaluate"]["nll_shard_size"])
+        ),
+        batch=config["evaluate"]["nll_batch_size"],
+        seed=config["evaluate"]["seed"],
+        split="train",
+    log:
+        f"{RESULTS}/logs/nll_train/{{setting}}-{{shard}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/nll_train/{{setting}}-{{shard}}.tsv"
+
+
+use rule gather_nll as gather_nll_train with:
+    input:
+        shards=expand(f"{RUNS}/{{{{setting}}}}/nll-train/shard-{{shard}}.npz", shard=NLL_TRAIN_SHARDS),
+        run_id=rules.train.output.run_id,
+        tracking=rules.mlflow_init.output,
+    output:
+        f"{RUNS}/{{setting}}/nll-train.json",
+    params:
+        split="train",
+    log:
+        f"{RESULTS}/logs/gather_nll_train/{{setting}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/gather_nll_train/{{setting}}.tsv"
 
 
 # The floor and the bar every setting is measured against, scored by the same code and extractor:

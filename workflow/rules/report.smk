@@ -3,6 +3,8 @@ rule report:
         fid=expand(f"{RUNS}/{{setting}}/fid_is.json", setting=SETTINGS),
         nll=expand(f"{RUNS}/{{setting}}/nll.json", setting=SETTINGS),
         metrics=expand(f"{RUNS}/{{setting}}/metrics.jsonl", setting=SETTINGS),
+        nll_train=expand(f"{RUNS}/{{setting}}/nll-train.json", setting=SETTINGS if NLL_TRAIN_IMAGES else []),
+        snapshots=expand(f"{RUNS}/{{setting}}/snapshots/step-{{step}}/fid_is.json", setting=SETTINGS, step=SNAPSHOT_STEPS),
         baselines=expand(f"{RESULTS}/baselines/{NAME}/{{kind}}.json", kind=["gaussian", "test_split"]),
         tracking=rules.mlflow_init.output,
         published=PUBLISHED,
@@ -18,12 +20,19 @@ rule report:
                                       caption="../report/rate_distortion.rst"),
         schedules_figure=report(f"{RESULTS}/figures/{NAME}-schedules.png", category="Paper figures",
                                 caption="../report/schedules.rst"),
+        fid_curve=report(f"{RESULTS}/tables/{NAME}-fid-over-training.csv", category="Tables",
+                         caption="../report/fid_over_training.rst"),
+        fid_curve_text=multiext(f"{RESULTS}/tables/{NAME}-fid-over-training", ".md", ".tex"),
+        fid_curve_figure=report(f"{RESULTS}/figures/{NAME}-fid-over-training.png", category="Paper figures",
+                                caption="../report/fid_over_training.rst"),
     params:
         stem=lambda wildcards, output: Path(output.tables[0]).with_suffix(""),
         runs=" ".join(f"{RUNS}/{s}" for s in SETTINGS),
         paper_sweep=config["paper_sweep"],
         scaled="--scaled-down" if config["scale"] == "tiny" else "",
         rescale=str(config["train"]["schedule_rescale"]).lower(),
+        snapshot_steps=" ".join(map(str, SNAPSHOT_STEPS)),
+        nll_train="--nll-train" if NLL_TRAIN_IMAGES else "",
     log:
         f"{RESULTS}/logs/report.log",
     benchmark:
@@ -34,5 +43,6 @@ rule report:
         "ddpm report --runs {params.runs} --gaussian {input.baselines[0]} --test-split {input.baselines[1]}"
         " --out-stem {params.stem} --loss-figure {output.loss} --published {input.published}"
         " --rate-distortion-figure {output.rate_distortion_figure} --schedules-figure {output.schedules_figure}"
-        " --schedule-rescale {params.rescale}"
+        " --schedule-rescale {params.rescale} --fid-over-training-figure {output.fid_curve_figure}"
+        " --snapshot-steps {params.snapshot_steps} {params.nll_train}"
         " --paper-sweep {params.paper_sweep} {params.scaled} --tracking {input.tracking} > {log} 2>&1"

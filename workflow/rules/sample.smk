@@ -45,6 +45,40 @@ rule gather_samples:
         " --grid-size {params.grid_size} --tracking {input.tracking} --run-id-file {input.run_id} > {log} 2>&1"
 
 
+# FID over training: the same sampling, from the EMA weights kept at each of fid_over_training.steps.
+use rule sample as sample_snapshot with:
+    input:
+        f"{RUNS}/{{setting}}/snapshots/step-{{step}}.pt",
+    output:
+        f"{RUNS}/{{setting}}/snapshots/step-{{step}}/samples/shard-{{shard}}.npz",
+    params:
+        range=lambda wildcards: "--start {} --count {}".format(
+            *shard_range(wildcards.shard, SNAPSHOT_SAMPLES, config["sample"]["shard_size"])
+        ),
+        steps=f"--steps {config['sample']['steps']}" if config["sample"]["steps"] else "",
+        batch=config["sample"]["batch_size"],
+        seed=config["sample"]["seed"],
+    log:
+        f"{RESULTS}/logs/sample_snapshot/{{setting}}-{{step}}-{{shard}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/sample_snapshot/{{setting}}-{{step}}-{{shard}}.tsv"
+
+
+rule gather_snapshot_samples:
+    input:
+        expand(f"{RUNS}/{{{{setting}}}}/snapshots/step-{{{{step}}}}/samples/shard-{{shard}}.npz", shard=SNAPSHOT_SHARDS),
+    output:
+        f"{RUNS}/{{setting}}/snapshots/step-{{step}}/samples.npz",
+    log:
+        f"{RESULTS}/logs/gather_snapshot_samples/{{setting}}-{{step}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/gather_snapshot_samples/{{setting}}-{{step}}.tsv"
+    conda:
+        ENV
+    shell:
+        "ddpm gather-samples --shards {input} --out {output} > {log} 2>&1"
+
+
 # DDPM Figure 6: what the model predicts for x_0 along the reverse process, for the first samples of the set.
 rule progressive:
     input:

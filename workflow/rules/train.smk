@@ -6,11 +6,13 @@ rule train:
         checkpoint=f"{RUNS}/{{setting}}/checkpoint.pt",
         run_id=f"{RUNS}/{{setting}}/mlflow_run_id.txt",
         metrics=f"{RUNS}/{{setting}}/metrics.jsonl",
+        snapshots=expand(f"{RUNS}/{{{{setting}}}}/snapshots/step-{{step}}.pt", step=SNAPSHOT_STEPS),
     params:
         out=lambda wildcards, output: Path(output.checkpoint).parent,
         data=lambda wildcards, input: Path(input.manifest).parent,
         args=lambda wildcards: train_arguments(config, wildcards.setting),
         on_divergence=config["train"]["on_divergence"],
+        snapshot_steps=" ".join(map(str, SNAPSHOT_STEPS)),
     threads: config["train"]["threads"]
     # A killed or preempted job (exit 75 after SIGTERM / SIGUSR1) resumes from resume.pt when run again.
     retries: config["train"]["retries"]
@@ -24,5 +26,6 @@ rule train:
         ENV
     shell:
         "ddpm train --out {params.out} --data {params.data} --tracking {input.tracking}"
-        " --run-name {wildcards.setting} --on-divergence {params.on_divergence} --device auto --threads {threads}"
+        " --run-name {wildcards.setting} --on-divergence {params.on_divergence}"
+        " --snapshot-steps {params.snapshot_steps} --device auto --threads {threads}"
         " {params.args} > {log} 2>&1"
