@@ -38,10 +38,20 @@ def _set_threads(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
 
 
-def _add_runtime(parser: argparse.ArgumentParser, *, device: bool = True) -> None:
+def _add_runtime(parser: argparse.ArgumentParser, *, device: bool = True, speed: bool = False) -> None:
     if device:
         parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    if speed:
+        parser.add_argument("--speed", default="auto", help="plain (fp32 eager), auto (what pays off on the device), "
+                            "or a comma-separated list of bf16, channels_last, compile, cuda_graph, fused_adam, "
+                            "foreach_ema, tf32 (default: auto)")
+
+
+def _speed(args: argparse.Namespace):
+    from .speed import Speed
+
+    return Speed.parse(args.speed, _device(args.device))
 
 
 def _add_tracking(parser: argparse.ArgumentParser) -> None:
@@ -108,7 +118,8 @@ def cmd_train(args):
     config = TrainConfig.from_dict({f.name: getattr(args, f.name) for f in fields(TrainConfig)})
     tracking = read_tracking(args.tracking) if args.tracking else None
     final = train(config, args.out, data_dir=args.data, device=_device(args.device), tracking=tracking,
-                  run_name=args.run_name, on_divergence=args.on_divergence, snapshot_steps=args.snapshot_steps)
+                  run_name=args.run_name, on_divergence=args.on_divergence, snapshot_steps=args.snapshot_steps,
+                  speed=_speed(args))
     print(json.dumps(final))
 
 
@@ -122,7 +133,7 @@ def cmd_sample(args):
 
     try:
         images = sample_checkpoint(args.checkpoint, start=args.start, count=args.count, batch_size=args.batch_size,
-                                   seed=args.seed, steps=args.steps, device=_device(args.device))
+                                   seed=args.seed, steps=args.steps, device=_device(args.device), speed=_speed(args))
     except Diverged as diverged:
         return write_diverged(args.out, diverged.step)
     save_npz(args.out, images=images, indices=np.arange(args.start, args.start + args.count))
@@ -218,7 +229,7 @@ def cmd_nll(args):
 
     try:
         shard = nll_shard(args.checkpoint, args.data, start=args.start, count=args.count, batch_size=args.batch_size,
-                          seed=args.seed, device=_device(args.device), split=args.split)
+                          seed=args.seed, device=_device(args.device), split=args.split, speed=_speed(args))
     except Diverged as diverged:
         return write_diverged(args.out, diverged.step)
     save_npz(args.out, **shard)
@@ -293,6 +304,19 @@ def cmd_report(args):
     print(table.to_string(index=False))
 
 
+def cmd_bench(args):
+    from .bench import log_to_mlflow, run_bench, write_record
+    from .tracking import default_tracking_uri
+
+    result = run_bench(args.preset, device=_device(args.device), speed=_speed(args), batch_size=args.batch_size,
+                       sample_batch=args.sample_batch, T=args.T, steps=args.steps, warmup=args.warmup, seed=args.seed)
+    path = write_record(result, args.out)
+    if args.mlflow:
+        uri = default_tracking_uri(args.out, args.tracking_uri)
+        result["mlflow_run_id"] = log_to_mlflow(result, uri, Path(args.out) / "mlartifacts")
+    print(json.dumps({**result, "record": str(path)}, indent=2))
+
+
 # ---------------------------------------------------------------------------------------------- parser
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ddpm", description="Denoising diffusion probabilistic models: "
@@ -336,7 +360,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--snapshot-steps", type=int, nargs="*", default=[],
                    help="keep the EMA weights at these steps as snapshots/step-<N>.pt (FID over training)")
     _add_tracking(p)
-    _add_runtime(p)
+    _add_runtime(p, speed=True)
     _train_flags(p)
     p.set_defaults(func=cmd_train)
 
@@ -370,7 +394,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=None, help="respace to this many sampling steps (default: all T)")
-    _add_runtime(p)
+    _add_runtime(p, speed=True)
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("gather-samples", help="merge sample shards and draw the grid")
@@ -408,7 +432,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
-    _add_runtime(p)
+    _add_runtime(p, speed=True)
     p.set_defaults(func=cmd_nll)
 
     p = evaluate.add_parser("nll-gather", help="merge bits/dim shards")
@@ -429,6 +453,21 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     _add_runtime(p)
     p.set_defaults(func=cmd_baseline)
+
+    p = sub.add_parser("bench", help="training images/s, sampling and bits/dim image-steps/s and peak memory, "
+                                      "with the speed-ups and on the plain fp32 eager path, and their ratio (JSON)")
+    p.add_argument("--preset", default="cifar10", help="U-Net preset, on random data of its data set's shape")
+    p.add_argument("--batch-size", type=int, default=128, help="training batch (the paper: 128)")
+    p.add_argument("--sample-batch", type=int, default=None, help="sampling and bits/dim batch (default: --batch-size)")
+    p.add_argument("--T", type=int, default=1000)
+    p.add_argument("--steps", type=int, default=10, help="timed steps per phase")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps per phase first (compilation, autotuning)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="benchmarks", help="folder of the JSON records (and the default MLflow store)")
+    p.add_argument("--mlflow", type=_bool, default=True, help="also log the run to MLflow (default: true)")
+    p.add_argument("--tracking-uri", help="used when $MLFLOW_TRACKING_URI is unset; default sqlite:///<out>/mlflow.db")
+    _add_runtime(p, speed=True)
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("report", help="tables (csv, md, tex) and figures of a sweep")
     p.add_argument("--runs", nargs="+", required=True, help="the settings' folders")

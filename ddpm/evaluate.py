@@ -15,6 +15,7 @@ from .datasets import check_images, load_split, to_model_range
 from .io import load_npz, save_npz, write_json
 from .progress import progress as progress_iter
 from .sample import sample_generator
+from .speed import FastForward, Speed, configure_backends
 from .train import DIVERGED, load_for_sampling
 
 
@@ -50,13 +51,15 @@ NLL_SHARD_KEYS = ("indices", "total_bpd", "prior_bpd", "vb_sum", "xstart_mse_sum
 
 @torch.no_grad()
 def nll_shard(checkpoint, data_dir, *, start: int, count: int | None, batch_size: int = 100, seed: int = 0,
-              device: str = "cpu", progress: bool = True, split: str = "test") -> dict[str, np.ndarray]:
+              device: str = "cpu", progress: bool = True, split: str = "test", speed: Speed = Speed()) -> dict[str, np.ndarray]:
     """The variational bound (``calc_bpd_loop``) for images ``start`` … ``start + count - 1`` of the test split
     (or of the train split: DDPM Table 1 gives both).
 
     Returns per image ``total_bpd`` and ``prior_bpd``, and per timestep the sums over these images of ``vb``
     (bits/dim) and ``xstart_mse`` (on [-1, 1]), so shards can be merged exactly."""
     model, diffusion, state = load_for_sampling(checkpoint, device=device)
+    configure_backends(speed)
+    model = FastForward(model, speed, device, inference=True)  # the bound's terms stay fp32 whatever the network's
     images = load_split(data_dir, split)[0]
     if tuple(images.shape[1:]) != tuple(state["data_shape"]):
         raise ValueError(f"the {split} images of {data_dir} have shape (C, H, W) = {tuple(images.shape[1:])}, but "

@@ -113,9 +113,10 @@ def plot_fid_over_training(curve: pd.DataFrame, path: str | Path) -> None:
 
 
 #: The paper table's metrics: (column label, published metric name); the full table's column is the label with the
-#: feature extractor, but for bits/dim. A metric neither measured nor published for the sweep is left out.
+#: feature extractor, but for bits/dim. The last two are optional: left out where neither measured nor published.
 PAPER_METRICS = (("IS", "is"), ("FID", "fid"), ("FID test", "fid_test"), ("bits/dim", "bpd"),
                  ("bits/dim train", "bpd_train"))
+OPTIONAL_PAPER_METRICS = ("fid_test", "bpd_train")
 
 
 def paper_table(table: pd.DataFrame, published: pd.DataFrame, sweep: str, *, comparable: bool = True,
@@ -141,7 +142,7 @@ def paper_table(table: pd.DataFrame, published: pd.DataFrame, sweep: str, *, com
 
     sweep_metrics = set(published.loc[published["sweep"] == sweep, "metric"])
     metrics = [(label, metric) for label, metric in PAPER_METRICS
-               if measured_column(label) in settings or metric in sweep_metrics]
+               if metric not in OPTIONAL_PAPER_METRICS or measured_column(label) in settings or metric in sweep_metrics]
     # A column the table lacks (every setting diverged, or no FID against the test set) reads as NaN.
     rows = []
     for axes, group in settings.groupby(list(SETTING_AXES), sort=False):

@@ -10,6 +10,7 @@ import torch
 from .datasets import to_model_range, to_uint8
 from .diffusion import randn
 from .progress import progress as progress_iter
+from .speed import FastForward, Speed, configure_backends
 from .train import load_for_sampling
 
 
@@ -31,11 +32,15 @@ def sample_checkpoint(
     use_ema: bool = True,
     device: str = "cpu",
     progress: bool = True,
+    speed: Speed = Speed(),
 ) -> np.ndarray:
-    """Samples ``start`` … ``start + count - 1`` as uint8 (count, C, H, W); ``steps`` respaces for fast previews."""
+    """Samples ``start`` … ``start + count - 1`` as uint8 (count, C, H, W); ``steps`` respaces for fast previews;
+    ``speed`` picks the network's speed-ups (:mod:`ddpm.speed`)."""
     if count < 1 or batch_size < 1 or start < 0:
         raise ValueError(f"need count >= 1, batch_size >= 1, start >= 0; got count={count}, batch_size={batch_size}, start={start}")
     model, diffusion, state = load_for_sampling(checkpoint, use_ema=use_ema, device=device)
+    configure_backends(speed)
+    model = FastForward(model, speed, device, inference=True)
     if steps is not None:
         diffusion = diffusion.respaced(steps)
     shape = tuple(state["data_shape"])

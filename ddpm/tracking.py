@@ -50,8 +50,10 @@ def with_retry(call: Callable[[], R], *, what: str) -> R:
             delay = min(delay * 2, 5.0)
 
 
-def init_sweep(tracking_uri: str, experiment: str, sweep_name: str, artifact_root: str | Path, config: dict) -> dict:
-    """Create (or reuse) the experiment and start the sweep's parent run; returns what jobs need to attach."""
+def init_sweep(tracking_uri: str, experiment: str, sweep_name: str, artifact_root: str | Path, config: dict,
+               *, kind: str = "sweep") -> dict:
+    """Create (or reuse) the experiment and start the sweep's parent run (tagged ``ddpm.kind``); returns what jobs
+    need to attach."""
     client = _client(tracking_uri)
     found = with_retry(lambda: client.get_experiment_by_name(experiment), what="experiment lookup")
     if found is None:
@@ -60,7 +62,7 @@ def init_sweep(tracking_uri: str, experiment: str, sweep_name: str, artifact_roo
                                    what="experiment creation")
     else:
         experiment_id = found.experiment_id
-    parent = with_retry(lambda: client.create_run(experiment_id, run_name=sweep_name, tags={"ddpm.kind": "sweep"}),
+    parent = with_retry(lambda: client.create_run(experiment_id, run_name=sweep_name, tags={"ddpm.kind": kind}),
                         what="parent run creation")
     with_retry(lambda: client.log_dict(parent.info.run_id, config, "config.json"), what="config upload")
     return {"tracking_uri": tracking_uri, "experiment_id": experiment_id, "parent_run_id": parent.info.run_id}
@@ -82,11 +84,15 @@ def start_setting_run(tracking: dict, name: str, params: dict) -> str:
         tracking["experiment_id"], run_name=name,
         tags={"mlflow.parentRunId": tracking["parent_run_id"], "ddpm.kind": "setting", "ddpm.setting": name},
     ), what="run creation")
+    log_params(tracking["tracking_uri"], run.info.run_id, params)
+    return run.info.run_id
+
+
+def log_params(tracking_uri: str, run_id: str, params: dict) -> None:
     from mlflow.entities import Param
 
     batch = [Param(k, str(v)) for k, v in sorted(params.items())]
-    with_retry(lambda: client.log_batch(run.info.run_id, params=batch), what="parameter logging")
-    return run.info.run_id
+    _retrying_client_call(tracking_uri, "parameter logging", lambda c: c.log_batch(run_id, params=batch))
 
 
 def log_metrics(tracking_uri: str, run_id: str, metrics: dict[str, float], step: int = 0) -> None:

@@ -25,6 +25,7 @@ from .datasets import load_dataset, load_split, to_model_range
 from .diffusion import GaussianDiffusion, randn
 from .resample import create_sampler, default_sampler_name
 from .schedules import make_betas
+from .speed import FastForward, Speed, configure_backends, ema_update, make_optimizer
 from .unet import UNet, create_model
 
 
@@ -261,6 +262,7 @@ def train(
     run_name: str | None = None,
     on_divergence: str = "fail",
     snapshot_steps=(),
+    speed: Speed = Speed(),
 ) -> dict:
     """Train one setting and write ``checkpoint.pt`` and ``metrics.jsonl`` to ``out_dir``; returns the final metrics.
 
@@ -278,6 +280,8 @@ def train(
 
     At each of ``snapshot_steps`` (before the last) the EMA weights are kept as ``snapshots/step-<N>.pt``, to be
     sampled and scored: FID over training, whose minimum the DDPM paper reports (its Appendix B).
+
+    ``speed`` picks the speed-ups of :mod:`ddpm.speed` (default: the plain fp32 eager path).
     """
     if on_divergence not in ("fail", "record"):
         raise ValueError(f"on_divergence must be 'fail' or 'record', got {on_divergence!r}")
@@ -296,7 +300,7 @@ def train(
         (out_dir / "mlflow_run_id.txt").write_text(run_id + "\n")
     try:
         final = _train_loop(config, out_dir, data_dir, torch.device(device), progress, tracking, run_id, resume,
-                            snapshot_steps)
+                            snapshot_steps, speed)
     except Preempted:
         if run_id is not None:
             mlf.finish_run(tracking["tracking_uri"], run_id, "KILLED")
@@ -345,7 +349,8 @@ def _keep_metrics_up_to(path: Path, step: int) -> None:
 
 
 def _train_loop(config: TrainConfig, out_dir: Path, data_dir, device: torch.device, progress: bool,
-                tracking: dict | None, run_id: str | None, resume: dict | None, snapshot_steps: tuple[int, ...]) -> dict:
+                tracking: dict | None, run_id: str | None, resume: dict | None, snapshot_steps: tuple[int, ...],
+                speed: Speed) -> dict:
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
 
@@ -356,8 +361,10 @@ def _train_loop(config: TrainConfig, out_dir: Path, data_dir, device: torch.devi
 
     model, diffusion = build(config, in_channels=channels, image_size=height)
     model.to(device).train()
+    configure_backends(speed)
+    forward = FastForward(model, speed, device)  # model(x, t) with the speed-ups; the weights stay model's
     ema = copy.deepcopy(model).eval().requires_grad_(False)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    optimizer = make_optimizer(model.parameters(), config.lr, speed)
     sampler = create_sampler(config.timestep_sampler or default_sampler_name(config.loss_type), diffusion.num_timesteps)
 
     first_step, last_logged = 1, 0
@@ -394,7 +401,7 @@ def _train_loop(config: TrainConfig, out_dir: Path, data_dir, device: torch.devi
                 x0 = torch.where(flip[:, None, None, None], x0.flip(3), x0)
             t, weights = sampler.sample(config.batch_size, device, generator=generator)
             noise = randn(x0.shape, generator, device=device)
-            losses = diffusion.training_losses(model, x0, t, noise)
+            losses = diffusion.training_losses(forward, x0, t, noise)
             loss = (losses["loss"] * weights).mean()
             _check_finite(loss, step)
 
@@ -405,9 +412,7 @@ def _train_loop(config: TrainConfig, out_dir: Path, data_dir, device: torch.devi
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip if config.grad_clip > 0 else math.inf)
             optimizer.step()
-            with torch.no_grad():
-                for ema_p, p in zip(ema.parameters(), model.parameters()):
-                    ema_p.lerp_(p, 1.0 - config.ema_decay)
+            ema_update(ema, model, config.ema_decay, speed)
             sampler.update(t, losses["loss"])
 
             if step % config.log_every == 0 or step == config.steps:

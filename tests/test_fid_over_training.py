@@ -109,4 +109,4 @@ def test_a_diverged_setting_is_scored_at_its_best_snapshot_before_the_divergence
     row = table.iloc[0]
     assert row["status"] == "diverged at step 25" and "unstable" in row["paper note"]
     assert (row["FID"], row["min-FID step"]) == (50.0, "10")
-    assert "bits/dim" not in table  # neither measured (no weights at the end) nor in Table 2
+    assert pd.isna(row["bits/dim"]) and "bits/dim train" not in table  # no weights at the end; not in Table 2

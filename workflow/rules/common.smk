@@ -7,6 +7,7 @@ from snakemake.utils import validate
 
 from ddpm.datasets import known_test_size
 from ddpm.settings import apply_scale, expand_sweep, train_arguments
+from ddpm.speed import Speed
 from ddpm.unet import check_config, preset
 
 
@@ -22,6 +23,7 @@ RUNS = f"{RESULTS}/runs/{NAME}"  # per sweep: two sweeps may train the same sett
 SETTINGS = expand_sweep(config)
 NATIVE_IMAGE_SIZES = {"cifar10": 32, "digits": 8}
 PUBLISHED = config["published"] or str(Path(workflow.basedir) / "config" / "published.csv")
+SPEED = config["speed"]  # resolved on the node that runs the job: "auto" means what pays off on its device
 
 
 def config_error(key, message):
@@ -58,6 +60,10 @@ def check_config_values():
         if config[section][shard] % config[section][batch]:
             config_error(f"{section}.{shard}", f"{config[section][shard]} is not a multiple of "
                          f"{section}.{batch} ({config[section][batch]})")
+    try:
+        Speed.parse(config["speed"])
+    except ValueError as err:
+        config_error("speed", str(err))
     late = [s for s in config["fid_over_training"]["steps"] if s >= config["train"]["steps"]]
     if late:
         config_error("fid_over_training.steps", f"{late} not before the last training step ({config['train']['steps']}); "

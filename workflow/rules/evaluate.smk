@@ -61,6 +61,7 @@ rule nll:
         batch=config["evaluate"]["nll_batch_size"],
         seed=config["evaluate"]["seed"],
         split="test",
+        speed=SPEED,
     threads: 1
     resources:
         gpu=1,
@@ -72,7 +73,7 @@ rule nll:
         ENV
     shell:
         "ddpm evaluate nll --checkpoint {input.checkpoint} --data {params.data} {params.range} --batch-size {params.batch}"
-        " --seed {params.seed} --split {params.split} --out {output} --device auto --threads {threads} > {log} 2>&1"
+        " --seed {params.seed} --split {params.split} --speed {params.speed} --out {output} --device auto --threads {threads} > {log} 2>&1"
 
 
 rule gather_nll:
@@ -107,6 +108,7 @@ use rule nll as nll_train with:
         batch=config["evaluate"]["nll_batch_size"],
         seed=config["evaluate"]["seed"],
         split="train",
+        speed=SPEED,
     log:
         f"{RESULTS}/logs/nll_train/{{setting}}-{{shard}}.log",
     benchmark:

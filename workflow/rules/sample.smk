@@ -10,6 +10,7 @@ rule sample:
         steps=f"--steps {config['sample']['steps']}" if config["sample"]["steps"] else "",
         batch=config["sample"]["batch_size"],
         seed=config["sample"]["seed"],
+        speed=SPEED,
     threads: 1
     resources:
         gpu=1,
@@ -21,7 +22,7 @@ rule sample:
         ENV
     shell:
         "ddpm sample --checkpoint {input} --out {output} {params.range} --batch-size {params.batch}"
-        " --seed {params.seed} {params.steps} --device auto --threads {threads} > {log} 2>&1"
+        " --seed {params.seed} {params.steps} --speed {params.speed} --device auto --threads {threads} > {log} 2>&1"
 
 
 rule gather_samples:
@@ -58,6 +59,7 @@ use rule sample as sample_snapshot with:
         steps=f"--steps {config['sample']['steps']}" if config["sample"]["steps"] else "",
         batch=config["sample"]["batch_size"],
         seed=config["sample"]["seed"],
+        speed=SPEED,
     log:
         f"{RESULTS}/logs/sample_snapshot/{{setting}}-{{step}}-{{shard}}.log",
     benchmark:

@@ -13,6 +13,7 @@ rule train:
         args=lambda wildcards: train_arguments(config, wildcards.setting),
         on_divergence=config["train"]["on_divergence"],
         snapshot_steps=" ".join(map(str, SNAPSHOT_STEPS)),
+        speed=SPEED,
     threads: config["train"]["threads"]
     # A killed or preempted job (exit 75 after SIGTERM / SIGUSR1) resumes from resume.pt when run again.
     retries: config["train"]["retries"]
@@ -27,5 +28,5 @@ rule train:
     shell:
         "ddpm train --out {params.out} --data {params.data} --tracking {input.tracking}"
         " --run-name {wildcards.setting} --on-divergence {params.on_divergence}"
-        " --snapshot-steps {params.snapshot_steps} --device auto --threads {threads}"
+        " --snapshot-steps {params.snapshot_steps} --speed {params.speed} --device auto --threads {threads}"
         " {params.args} > {log} 2>&1"

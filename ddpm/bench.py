@@ -1,0 +1,214 @@
+"""``ddpm bench``: how fast a preset trains, samples and computes bits/dim on a device, with a set of speed-ups,
+and, in the same run, how fast the plain fp32 eager path of the same code is. The ratio between the two is the
+figure that holds on a noisy machine; absolute numbers mean something only on a dedicated GPU.
+
+Each phase runs the project's own code (``GaussianDiffusion.training_losses`` and the optimiser step, EMA
+included; ``p_sample``; the terms of ``calc_bpd_loop``) on random data of the preset's shape, after untimed
+warm-up steps (which absorb compilation and cuDNN autotuning).
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import platform
+import resource
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+
+from .diffusion import GaussianDiffusion
+from .schedules import make_betas
+from .speed import FastForward, Speed, configure_backends, ema_update, make_optimizer
+from .unet import count_parameters, create_model
+
+#: The shapes of the presets' data sets (channels, size) when benchmarking on random data.
+PRESET_DATA = {"cifar10": (3, 32), "iddpm-cifar10": (3, 32), "256": (3, 256), "small": (3, 32), "tiny": (1, 8)}
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    """CUDA: the peak of allocated memory since the phase began. CPU: the process's peak resident set so far
+    (it only grows, so on a CPU it bounds the phase from above)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+
+
+def _reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _timed(step, repeats: int, warmup: int, device: torch.device) -> float:
+    """Seconds per call of ``step`` after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        step()
+    _synchronize(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        step()
+    _synchronize(device)
+    return (time.perf_counter() - start) / repeats
+
+
+def _phases(preset: str, speed: Speed, device: torch.device, *, batch_size: int, sample_batch: int, T: int,
+            steps: int, warmup: int, seed: int) -> dict:
+    torch.manual_seed(seed)
+    channels, size = PRESET_DATA[preset]
+    diffusion = GaussianDiffusion(make_betas("linear", T), "eps", "fixedlarge", "mse")
+    model = create_model(preset, in_channels=channels, image_size=size).to(device).train()
+    configure_backends(speed)
+    forward = FastForward(model, speed, device)
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    optimizer = make_optimizer(model.parameters(), 2e-4, speed)
+    x0 = torch.rand(batch_size, channels, size, size, device=device) * 2 - 1
+
+    def train_step():
+        t = torch.randint(0, T, (batch_size,), device=device)
+        loss = diffusion.training_losses(forward, x0, t, torch.randn_like(x0))["loss"].mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        ema_update(ema, model, 0.9999, speed)
+
+    result = {"parameters": count_parameters(model)}
+    _reset_peak(device)
+    seconds = _timed(train_step, steps, warmup, device)
+    result.update(train_images_per_s=batch_size / seconds, train_peak_memory_mb=_peak_memory_mb(device))
+
+    sampler = FastForward(ema, speed, device, inference=True)
+    x = torch.randn(sample_batch, channels, size, size, device=device)
+    t = torch.full((sample_batch,), T - 1, device=device, dtype=torch.long)
+    x_start = x.clamp(-1, 1)
+
+    @torch.no_grad()
+    def sample_step():
+        diffusion.p_sample(sampler, x, t)
+
+    @torch.no_grad()
+    def bpd_step():  # one timestep of calc_bpd_loop: q_sample, then the KL (or decoder NLL) term
+        x_t = diffusion.q_sample(x_start, t, torch.randn_like(x_start))
+        diffusion._vb_terms_bpd(sampler, x_start, x_t, t, clip_denoised=True)
+
+    for name, step in (("sample", sample_step), ("bpd", bpd_step)):
+        _reset_peak(device)
+        seconds = _timed(step, steps, warmup, device)
+        result[f"{name}_image_steps_per_s"] = sample_batch / seconds
+        result[f"{name}_peak_memory_mb"] = _peak_memory_mb(device)
+    return result
+
+
+def bits_per_dim_difference(preset: str, speed: Speed, device: torch.device, *, T: int = 20, images: int = 8,
+                            seed: int = 0) -> dict[str, float]:
+    """How much ``speed`` moves the whole bound (``calc_bpd_loop``, bits/dim) on the same images and noise: the
+    change of the mean over the images, and the largest change of one image's. The network is a random one whose
+    weights are perturbed by N(0, 0.01²), so that its zero-initialised output layer does not make every precision
+    look exact; a trained network's figure needs a checkpoint (the goal: the mean moves by at most 1e-3)."""
+    channels, size = PRESET_DATA[preset]
+    torch.manual_seed(seed)
+    model = create_model(preset, in_channels=channels, image_size=size).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.01)
+    model.to(device)
+    diffusion = GaussianDiffusion(make_betas("linear", T), "eps", "fixedlarge", "mse")
+    x_start = torch.rand(images, channels, size, size, generator=torch.Generator().manual_seed(seed)).to(device) * 2 - 1
+    totals = []
+    for variant in (Speed(), speed):
+        configure_backends(variant)
+        network = FastForward(copy.deepcopy(model), variant, device, inference=True)
+        bound = diffusion.calc_bpd_loop(network, x_start, generator=torch.Generator().manual_seed(seed + 1))
+        totals.append(bound["total_bpd"].double())
+    configure_backends(Speed())
+    return {"bpd_mean_difference": float((totals[1].mean() - totals[0].mean()).abs()),
+            "bpd_max_image_difference": float((totals[1] - totals[0]).abs().max())}
+
+
+def _commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, check=True).stdout.strip() or None
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+RATIO_KEYS = ("train_images_per_s", "sample_image_steps_per_s", "bpd_image_steps_per_s")
+PARAMETER_KEYS = ("preset", "device", "device_name", "torch", "commit", "speed", "batch_size", "sample_batch", "T",
+                  "steps", "warmup", "parameters")
+
+
+def run_bench(preset: str = "cifar10", *, device: str | torch.device = "cpu", speed: Speed | None = None,
+              batch_size: int = 128, sample_batch: int | None = None, T: int = 1000, steps: int = 10,
+              warmup: int = 3, seed: int = 0) -> dict:
+    """Benchmark ``preset`` with ``speed`` (default: what pays off on the device) and with the plain path."""
+    if preset not in PRESET_DATA:
+        raise ValueError(f"unknown preset {preset!r}; valid presets: {', '.join(PRESET_DATA)}")
+    if min(batch_size, steps, T) < 1 or warmup < 0 or (sample_batch is not None and sample_batch < 1):
+        raise ValueError(f"need batch_size, sample_batch, steps, T >= 1 and warmup >= 0; got batch_size={batch_size}, "
+                         f"sample_batch={sample_batch}, steps={steps}, T={T}, warmup={warmup}")
+    device = torch.device(device)
+    speed = Speed.auto(device) if speed is None else speed
+    sample_batch = sample_batch or batch_size
+    options = dict(batch_size=batch_size, sample_batch=sample_batch, T=T, steps=steps, warmup=warmup, seed=seed)
+    plain = _phases(preset, Speed(), device, **options)
+    optimised = _phases(preset, speed, device, **options)
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "commit": _commit(),
+        "torch": torch.__version__,
+        "device": str(device),
+        "device_name": _device_name(device),
+        "preset": preset,
+        "parameters": plain.pop("parameters"),
+        **options,
+        "speed": speed.describe(),
+        "plain": plain,
+        "optimised": {k: v for k, v in optimised.items() if k != "parameters"},
+        "ratio": {k: optimised[k] / plain[k] for k in RATIO_KEYS},
+        **bits_per_dim_difference(preset, speed, device),
+    }
+
+
+def record_name(result: dict) -> str:
+    """``benchmarks/<date>-<device>-<preset>-b<batch>-<speed>.json``: one file per run, never overwritten."""
+    stamp = result["date"].replace(":", "").replace("+0000", "Z")
+    device = result["device"].replace(":", "")
+    return f"{stamp}-{device}-{result['preset']}-b{result['batch_size']}-{result['speed'].replace(',', '+')}.json"
+
+
+def log_to_mlflow(result: dict, tracking_uri: str, artifact_root: str | Path, experiment: str = "ddpm-bench") -> str:
+    """One MLflow run per benchmark (tagged ``ddpm.kind: bench``): the settings as parameters, every figure as a
+    metric, the whole record as ``config.json``."""
+    from . import tracking
+
+    run_id = tracking.init_sweep(tracking_uri, experiment, f"{result['preset']}-{result['device']}-{result['speed']}",
+                                 artifact_root, result, kind="bench")["parent_run_id"]
+    tracking.log_params(tracking_uri, run_id, {k: result[k] for k in PARAMETER_KEYS})
+    metrics = {f"{part}.{k}": v for part in ("plain", "optimised", "ratio") for k, v in result[part].items()}
+    metrics.update({k: result[k] for k in ("bpd_mean_difference", "bpd_max_image_difference")})
+    tracking.log_metrics(tracking_uri, run_id, metrics)
+    tracking.finish_run(tracking_uri, run_id)
+    return run_id
+
+
+def write_record(result: dict, folder: str | Path) -> Path:
+    """The record as JSON under ``folder`` (see :func:`record_name`)."""
+    from .io import write_json
+
+    path = Path(folder) / record_name(result)
+    write_json(path, result)
+    return path
