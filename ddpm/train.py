@@ -294,7 +294,8 @@ def train(
     run_id = resume.get("mlflow_run_id") if resume else None
     if tracking is not None:
         if run_id is None:
-            run_id = mlf.start_setting_run(tracking, run_name or out_dir.name, {**asdict(config), "device": str(device)})
+            run_id = mlf.start_setting_run(tracking, run_name or out_dir.name,
+                                           {**asdict(config), "device": str(device), "speed": speed.describe()})
         else:
             mlf.mark_running(tracking["tracking_uri"], run_id)
         (out_dir / "mlflow_run_id.txt").write_text(run_id + "\n")

@@ -162,6 +162,7 @@ def test_mlflow_store_has_one_finished_run_per_setting_under_one_parent(tiny_run
         for metric in ("fid", "is_mean", "bpd", "loss", "images_per_s"):
             assert math.isfinite(run.data.metrics[metric]), metric
         assert run.data.params["schedule"] in ("linear", "cosine") and run.data.params["T"] == "50"
+        assert run.data.params["speed"] == "fused_adam,foreach_ema"  # speed: auto, resolved on this CPU
         # Every logging step of the training loss is there once.
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "loss")]
         assert steps == [20, 40, 60]
