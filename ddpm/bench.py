@@ -21,7 +21,8 @@ import torch
 
 from .diffusion import GaussianDiffusion
 from .schedules import make_betas
-from .speed import FastForward, Speed, configure_backends, ema_update, make_optimizer
+from .speed import FastForward, Speed, configure_backends, make_optimizer
+from .train import apply_gradients
 from .unet import count_parameters, create_model
 
 #: The shapes of the presets' data sets (channels, size) when benchmarking on random data.
@@ -64,20 +65,15 @@ def _phases(preset: str, speed: Speed, device: torch.device, *, batch_size: int,
     channels, size = PRESET_DATA[preset]
     diffusion = GaussianDiffusion(make_betas("linear", T), "eps", "fixedlarge", "mse")
     model = create_model(preset, in_channels=channels, image_size=size).to(device).train()
-    configure_backends(speed)
     forward = FastForward(model, speed, device)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     optimizer = make_optimizer(model.parameters(), 2e-4, speed)
     x0 = torch.rand(batch_size, channels, size, size, device=device) * 2 - 1
 
-    def train_step():
+    def train_step():  # the training loop's step, at the paper's hyperparameters
         t = torch.randint(0, T, (batch_size,), device=device)
         loss = diffusion.training_losses(forward, x0, t, torch.randn_like(x0))["loss"].mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        ema_update(ema, model, 0.9999, speed)
+        apply_gradients(loss, model, ema, optimizer, lr=2e-4, grad_clip=1.0, ema_decay=0.9999, speed=speed)
 
     result = {"parameters": count_parameters(model)}
     _reset_peak(device)
@@ -123,7 +119,6 @@ def bits_per_dim_difference(preset: str, speed: Speed, device: torch.device, *, 
     x_start = torch.rand(images, channels, size, size, generator=torch.Generator().manual_seed(seed)).to(device) * 2 - 1
     totals = []
     for variant in (Speed(), speed):
-        configure_backends(variant)
         network = FastForward(copy.deepcopy(model), variant, device, inference=True)
         bound = diffusion.calc_bpd_loop(network, x_start, generator=torch.Generator().manual_seed(seed + 1))
         totals.append(bound["total_bpd"].double())

@@ -15,7 +15,7 @@ from .datasets import check_images, load_split, to_model_range
 from .io import load_npz, save_npz, write_json
 from .progress import progress as progress_iter
 from .sample import sample_generator
-from .speed import FastForward, Speed, configure_backends
+from .speed import FastForward, Speed
 from .train import DIVERGED, load_for_sampling
 
 
@@ -58,7 +58,6 @@ def nll_shard(checkpoint, data_dir, *, start: int, count: int | None, batch_size
     Returns per image ``total_bpd`` and ``prior_bpd``, and per timestep the sums over these images of ``vb``
     (bits/dim) and ``xstart_mse`` (on [-1, 1]), so shards can be merged exactly."""
     model, diffusion, state = load_for_sampling(checkpoint, device=device)
-    configure_backends(speed)
     model = FastForward(model, speed, device, inference=True)  # the bound's terms stay fp32 whatever the network's
     images = load_split(data_dir, split)[0]
     if tuple(images.shape[1:]) != tuple(state["data_shape"]):

@@ -36,9 +36,10 @@ def _fidelity_columns(scores: dict) -> dict:
     return row
 
 
-def _final_loss(metrics_file: Path) -> float:
+def _last_record(metrics_file: Path) -> dict:
+    """The last line of a run's metrics.jsonl (its final step and loss), or {} if it logged none."""
     lines = metrics_file.read_text().splitlines()
-    return json.loads(lines[-1])["loss"] if lines else float("nan")
+    return json.loads(lines[-1]) if lines else {}
 
 
 def build_table(run_dirs: dict[str, Path], baselines: dict[str, Path], *, nll_train: bool = False) -> pd.DataFrame:
@@ -51,7 +52,7 @@ def build_table(run_dirs: dict[str, Path], baselines: dict[str, Path], *, nll_tr
         diverged = scores.get(DIVERGED, nll.get(DIVERGED))
         row = {"setting": name, **parse_setting_name(name),
                "status": "finished" if diverged is None else f"diverged at step {diverged}",
-               "final loss": _final_loss(folder / "metrics.jsonl")}
+               "final loss": _last_record(folder / "metrics.jsonl").get("loss", float("nan"))}
         if diverged is None:
             row.update(_fidelity_columns(scores), **{"bits/dim": nll["bpd"], "bits/dim stderr": nll["bpd_stderr"],
                                                      "NLL images": nll["num_images"]})
@@ -65,18 +66,13 @@ def build_table(run_dirs: dict[str, Path], baselines: dict[str, Path], *, nll_tr
     return pd.DataFrame(rows)
 
 
-def _final_step(metrics_file: Path) -> int | None:
-    lines = metrics_file.read_text().splitlines()
-    return json.loads(lines[-1])["step"] if lines else None
-
-
 def fid_over_training_table(run_dirs: dict[str, Path], snapshot_steps=()) -> pd.DataFrame:
     """FID over training: one row per setting and scored checkpoint (the snapshots at ``snapshot_steps``, then the
     final one), with its step and scores. A checkpoint the training never reached (it diverged) has no row."""
     rows = []
     for name, folder in run_dirs.items():
         points = [(step, "snapshot", folder / "snapshots" / f"step-{step}" / "fid_is.json") for step in snapshot_steps]
-        points.append((_final_step(folder / "metrics.jsonl"), "final", folder / "fid_is.json"))
+        points.append((_last_record(folder / "metrics.jsonl").get("step"), "final", folder / "fid_is.json"))
         for step, kind, path in points:
             scores = _read_json(path)
             if DIVERGED not in scores:

@@ -10,7 +10,7 @@ import torch
 from .datasets import to_model_range, to_uint8
 from .diffusion import randn
 from .progress import progress as progress_iter
-from .speed import FastForward, Speed, configure_backends
+from .speed import FastForward, Speed
 from .train import load_for_sampling
 
 
@@ -39,7 +39,6 @@ def sample_checkpoint(
     if count < 1 or batch_size < 1 or start < 0:
         raise ValueError(f"need count >= 1, batch_size >= 1, start >= 0; got count={count}, batch_size={batch_size}, start={start}")
     model, diffusion, state = load_for_sampling(checkpoint, use_ema=use_ema, device=device)
-    configure_backends(speed)
     model = FastForward(model, speed, device, inference=True)
     if steps is not None:
         diffusion = diffusion.respaced(steps)

@@ -72,10 +72,12 @@ class FastForward(nn.Module):
     """The network as the diffusion code calls it, ``model(x, t)``, with the speed-ups applied to the forward pass.
 
     It shares the wrapped module's parameters (state dicts, the EMA and checkpoints keep using ``module``), and
-    returns fp32 whatever precision the network ran in, so that losses and bits/dim are computed in fp32."""
+    returns fp32 whatever precision the network ran in, so that losses and bits/dim are computed in fp32. Building
+    it sets the process-wide backend switches of ``speed`` (:func:`configure_backends`)."""
 
     def __init__(self, module: nn.Module, speed: Speed, device: str | torch.device, *, inference: bool = False):
         super().__init__()
+        configure_backends(speed)
         self.module = module
         self.speed = speed
         self.device_type = torch.device(device).type

@@ -25,7 +25,7 @@ from .datasets import load_dataset, load_split, to_model_range
 from .diffusion import GaussianDiffusion, randn
 from .resample import create_sampler, default_sampler_name
 from .schedules import make_betas
-from .speed import FastForward, Speed, configure_backends, ema_update, make_optimizer
+from .speed import FastForward, Speed, ema_update, make_optimizer
 from .unet import UNet, create_model
 
 
@@ -349,6 +349,20 @@ def _keep_metrics_up_to(path: Path, step: int) -> None:
             f.write("".join(line + "\n" for line in lines))
 
 
+def apply_gradients(loss: torch.Tensor, model: UNet, ema: UNet, optimizer: torch.optim.Optimizer, *, lr: float,
+                    grad_clip: float, ema_decay: float, speed: Speed) -> torch.Tensor:
+    """One optimiser step on ``loss`` (Appendix B: Adam at ``lr``, the gradient norm clipped at ``grad_clip``, 0 for
+    none), then the EMA update; returns the gradient norm before clipping."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else math.inf)
+    optimizer.step()
+    ema_update(ema, model, ema_decay, speed)
+    return grad_norm
+
+
 def _train_loop(config: TrainConfig, out_dir: Path, data_dir, device: torch.device, progress: bool,
                 tracking: dict | None, run_id: str | None, resume: dict | None, snapshot_steps: tuple[int, ...],
                 speed: Speed) -> dict:
@@ -362,7 +376,6 @@ def _train_loop(config: TrainConfig, out_dir: Path, data_dir, device: torch.devi
 
     model, diffusion = build(config, in_channels=channels, image_size=height)
     model.to(device).train()
-    configure_backends(speed)
     forward = FastForward(model, speed, device)  # model(x, t) with the speed-ups; the weights stay model's
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     optimizer = make_optimizer(model.parameters(), config.lr, speed)
@@ -407,13 +420,8 @@ def _train_loop(config: TrainConfig, out_dir: Path, data_dir, device: torch.devi
             _check_finite(loss, step)
 
             lr = config.lr * min(1.0, step / config.warmup) if config.warmup > 0 else config.lr
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip if config.grad_clip > 0 else math.inf)
-            optimizer.step()
-            ema_update(ema, model, config.ema_decay, speed)
+            grad_norm = apply_gradients(loss, model, ema, optimizer, lr=lr, grad_clip=config.grad_clip,
+                                        ema_decay=config.ema_decay, speed=speed)
             sampler.update(t, losses["loss"])
 
             if step % config.log_every == 0 or step == config.steps:

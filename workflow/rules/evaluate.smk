@@ -37,9 +37,6 @@ use rule fid_is as fid_snapshot with:
     output:
         f"{RUNS}/{{setting}}/snapshots/step-{{step}}/fid_is.json",
     params:
-        data=lambda wildcards, input: Path(input.manifest).parent,
-        extractor=extractor_args(),
-        test="--test-reference" if config["evaluate"]["fid_test"] else "",
         step=lambda wildcards: f"--training-step {wildcards.step} --snapshot",
     log:
         f"{RESULTS}/logs/fid_snapshot/{{setting}}-{{step}}.log",
@@ -101,14 +98,10 @@ use rule nll as nll_train with:
     output:
         f"{RUNS}/{{setting}}/nll-train/shard-{{shard}}.npz",
     params:
-        data=lambda wildcards, input: Path(input.manifest).parent,
         range=lambda wildcards: "--start {} --count {}".format(
             *shard_range(wildcards.shard, NLL_TRAIN_IMAGES, config["evaluate"]["nll_shard_size"])
         ),
-        batch=config["evaluate"]["nll_batch_size"],
-        seed=config["evaluate"]["seed"],
         split="train",
-        speed=SPEED,
     log:
         f"{RESULTS}/logs/nll_train/{{setting}}-{{shard}}.log",
     benchmark:

@@ -47,6 +47,7 @@ rule gather_samples:
 
 
 # FID over training: the same sampling, from the EMA weights kept at each of fid_over_training.steps.
+# (`use rule … with:` replaces input and output whole, but keeps the params it does not name.)
 use rule sample as sample_snapshot with:
     input:
         f"{RUNS}/{{setting}}/snapshots/step-{{step}}.pt",
@@ -56,10 +57,6 @@ use rule sample as sample_snapshot with:
         range=lambda wildcards: "--start {} --count {}".format(
             *shard_range(wildcards.shard, SNAPSHOT_SAMPLES, config["sample"]["shard_size"])
         ),
-        steps=f"--steps {config['sample']['steps']}" if config["sample"]["steps"] else "",
-        batch=config["sample"]["batch_size"],
-        seed=config["sample"]["seed"],
-        speed=SPEED,
     log:
         f"{RESULTS}/logs/sample_snapshot/{{setting}}-{{step}}-{{shard}}.log",
     benchmark:
