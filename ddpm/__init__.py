@@ -1,12 +1,22 @@
 """Denoising Diffusion Probabilistic Models (Ho, Jain & Abbeel 2020) and the Improved-DDPM ablations."""
 
-from .diffusion import HYBRID_LAMBDA, LOSS_TYPES, MEAN_TYPES, VAR_TYPES, GaussianDiffusion, space_timesteps
-from .schedules import SCHEDULES, make_betas
-from .unet import PRESETS, UNet, UNetConfig, create_model
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "GaussianDiffusion", "make_betas", "space_timesteps", "create_model", "UNet", "UNetConfig",
-    "SCHEDULES", "PRESETS", "MEAN_TYPES", "VAR_TYPES", "LOSS_TYPES", "HYBRID_LAMBDA",
-]
+#: The library's names and their modules, imported on first use: ``ddpm claim-gpus`` and the other commands that
+#: need no tensors then start without importing torch.
+_EXPORTS = {
+    "GaussianDiffusion": "diffusion", "space_timesteps": "diffusion", "HYBRID_LAMBDA": "diffusion",
+    "MEAN_TYPES": "diffusion", "VAR_TYPES": "diffusion", "LOSS_TYPES": "diffusion",
+    "make_betas": "schedules", "SCHEDULES": "schedules",
+    "create_model": "unet", "UNet": "unet", "UNetConfig": "unet", "PRESETS": "unet",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module 'ddpm' has no attribute {name!r}")

@@ -1,6 +1,7 @@
 """``ddpm bench``: how fast a preset trains, samples and computes bits/dim on a device, with a set of speed-ups,
 and, in the same run, how fast the plain fp32 eager path of the same code is. The ratio between the two is the
-figure that holds on a noisy machine; absolute numbers mean something only on a dedicated GPU.
+figure that holds on a noisy machine; absolute numbers mean something only on a dedicated GPU. The plain path's
+training is also held against the same U-Net and step written the straightforward way (:mod:`ddpm.straightforward`).
 
 Each phase runs the project's own code (``GaussianDiffusion.training_losses`` and the optimiser step, EMA
 included; ``p_sample``; the terms of ``calc_bpd_loop``) on random data of the preset's shape, after untimed
@@ -59,8 +60,8 @@ def _timed(step, repeats: int, warmup: int, device: torch.device) -> float:
     return (time.perf_counter() - start) / repeats
 
 
-def _phases(preset: str, speed: Speed, device: torch.device, *, batch_size: int, sample_batch: int, T: int,
-            steps: int, warmup: int, seed: int) -> dict:
+def _training_step(preset: str, speed: Speed, device: torch.device, *, batch_size: int, T: int, seed: int):
+    """The training loop's step at the paper's hyperparameters, on random data: ``(step, model, ema, diffusion)``."""
     torch.manual_seed(seed)
     channels, size = PRESET_DATA[preset]
     diffusion = GaussianDiffusion(make_betas("linear", T), "eps", "fixedlarge", "mse")
@@ -70,11 +71,18 @@ def _phases(preset: str, speed: Speed, device: torch.device, *, batch_size: int,
     optimizer = make_optimizer(model.parameters(), 2e-4, speed)
     x0 = torch.rand(batch_size, channels, size, size, device=device) * 2 - 1
 
-    def train_step():  # the training loop's step, at the paper's hyperparameters
+    def train_step():
         t = torch.randint(0, T, (batch_size,), device=device)
         loss = diffusion.training_losses(forward, x0, t, torch.randn_like(x0))["loss"].mean()
         apply_gradients(loss, model, ema, optimizer, lr=2e-4, grad_clip=1.0, ema_decay=0.9999, speed=speed)
 
+    return train_step, model, ema, diffusion
+
+
+def _phases(preset: str, speed: Speed, device: torch.device, *, batch_size: int, sample_batch: int, T: int,
+            steps: int, warmup: int, seed: int) -> dict:
+    channels, size = PRESET_DATA[preset]
+    train_step, model, ema, diffusion = _training_step(preset, speed, device, batch_size=batch_size, T=T, seed=seed)
     result = {"parameters": count_parameters(model)}
     _reset_peak(device)
     seconds = _timed(train_step, steps, warmup, device)
@@ -100,6 +108,36 @@ def _phases(preset: str, speed: Speed, device: torch.device, *, batch_size: int,
         result[f"{name}_image_steps_per_s"] = sample_batch / seconds
         result[f"{name}_peak_memory_mb"] = _peak_memory_mb(device)
     return result
+
+
+def against_straightforward(preset: str, device: torch.device, *, batch_size: int, T: int, steps: int, warmup: int,
+                            seed: int, rounds: int = 3) -> dict:
+    """The plain path's training step against the same U-Net and step written the straightforward way
+    (:mod:`ddpm.straightforward`, its weights copied from ours), both fp32 eager. They are timed in turn, ``rounds``
+    times, so that a machine that slows down or speeds up meanwhile weighs on both alike; the figure is the median
+    of the rounds' ratios (plain ÷ straightforward; ≥ 1: the plain path is no slower)."""
+    from . import straightforward
+
+    ours, model, _, _ = _training_step(preset, Speed(), device, batch_size=batch_size, T=T, seed=seed)
+    theirs_model = straightforward.copy_weights(model, straightforward.StraightforwardUNet(model.config)).to(device)
+    theirs_ema = copy.deepcopy(theirs_model).eval().requires_grad_(False)
+    optimizer = torch.optim.Adam(theirs_model.parameters(), lr=2e-4)
+    betas = torch.as_tensor(make_betas("linear", T), dtype=torch.float32, device=device)
+    channels, size = PRESET_DATA[preset]
+    x0 = torch.rand(batch_size, channels, size, size, device=device) * 2 - 1
+
+    def theirs():
+        straightforward.training_step(theirs_model.train(), theirs_ema, optimizer, x0, betas)
+
+    ratios, plain, reference = [], [], []
+    for _ in range(rounds):
+        plain.append(batch_size / _timed(ours, steps, warmup, device))
+        reference.append(batch_size / _timed(theirs, steps, warmup, device))
+        ratios.append(plain[-1] / reference[-1])
+    median = sorted(ratios)[len(ratios) // 2]
+    return {"plain_train_images_per_s": sorted(plain)[rounds // 2],
+            "straightforward_train_images_per_s": sorted(reference)[rounds // 2],
+            "ratio_per_round": ratios, "ratio": median}
 
 
 def bits_per_dim_difference(preset: str, speed: Speed, device: torch.device, *, T: int = 20, images: int = 8,
@@ -148,17 +186,22 @@ PARAMETER_KEYS = ("preset", "device", "device_name", "torch", "commit", "speed",
 
 def run_bench(preset: str = "cifar10", *, device: str | torch.device = "cpu", speed: Speed | None = None,
               batch_size: int = 128, sample_batch: int | None = None, T: int = 1000, steps: int = 10,
-              warmup: int = 3, seed: int = 0) -> dict:
-    """Benchmark ``preset`` with ``speed`` (default: what pays off on the device) and with the plain path."""
+              warmup: int = 3, seed: int = 0, rounds: int = 3) -> dict:
+    """Benchmark ``preset`` with ``speed`` (default: what pays off on the device) and with the plain path, and the
+    plain path's training against the straightforward code in ``rounds`` alternating rounds."""
     if preset not in PRESET_DATA:
         raise ValueError(f"unknown preset {preset!r}; valid presets: {', '.join(PRESET_DATA)}")
-    if min(batch_size, steps, T) < 1 or warmup < 0 or (sample_batch is not None and sample_batch < 1):
-        raise ValueError(f"need batch_size, sample_batch, steps, T >= 1 and warmup >= 0; got batch_size={batch_size}, "
-                         f"sample_batch={sample_batch}, steps={steps}, T={T}, warmup={warmup}")
+    if min(batch_size, steps, T, rounds) < 1 or warmup < 0 or (sample_batch is not None and sample_batch < 1):
+        raise ValueError(f"need batch_size, sample_batch, steps, T, rounds >= 1 and warmup >= 0; got "
+                         f"batch_size={batch_size}, sample_batch={sample_batch}, steps={steps}, T={T}, "
+                         f"rounds={rounds}, warmup={warmup}")
     device = torch.device(device)
     speed = Speed.auto(device) if speed is None else speed
     sample_batch = sample_batch or batch_size
     options = dict(batch_size=batch_size, sample_batch=sample_batch, T=T, steps=steps, warmup=warmup, seed=seed)
+    configure_backends(Speed())
+    straightforward = against_straightforward(preset, device, batch_size=batch_size, T=T, steps=steps, warmup=warmup,
+                                              seed=seed, rounds=rounds)
     plain = _phases(preset, Speed(), device, **options)
     optimised = _phases(preset, speed, device, **options)
     return {
@@ -174,6 +217,7 @@ def run_bench(preset: str = "cifar10", *, device: str | torch.device = "cpu", sp
         "plain": plain,
         "optimised": {k: v for k, v in optimised.items() if k != "parameters"},
         "ratio": {k: optimised[k] / plain[k] for k in RATIO_KEYS},
+        "against_straightforward": straightforward,
         **bits_per_dim_difference(preset, speed, device),
     }
 
@@ -193,7 +237,8 @@ def log_to_mlflow(result: dict, tracking_uri: str, artifact_root: str | Path, ex
     run_id = tracking.init_sweep(tracking_uri, experiment, f"{result['preset']}-{result['device']}-{result['speed']}",
                                  artifact_root, result, kind="bench")["parent_run_id"]
     tracking.log_params(tracking_uri, run_id, {k: result[k] for k in PARAMETER_KEYS})
-    metrics = {f"{part}.{k}": v for part in ("plain", "optimised", "ratio") for k, v in result[part].items()}
+    metrics = {f"{part}.{k}": v for part in ("plain", "optimised", "ratio", "against_straightforward")
+               for k, v in result[part].items() if k != "ratio_per_round"}
     metrics.update({k: result[k] for k in ("bpd_mean_difference", "bpd_max_image_difference")})
     tracking.log_metrics(tracking_uri, run_id, metrics)
     tracking.finish_run(tracking_uri, run_id)

@@ -2,7 +2,7 @@
 
     ddpm prepare | classifier | track init | train | sample | progressive | interpolate | gather-samples
     ddpm evaluate fid | nll | nll-gather | baseline
-    ddpm report
+    ddpm report | bench | claim-gpus
 """
 
 from __future__ import annotations
@@ -32,10 +32,13 @@ def _device(name: str) -> str:
 
 
 def _set_threads(args: argparse.Namespace) -> None:
+    """``--threads`` is the job's: the processes torchrun starts on a node share them."""
     if getattr(args, "threads", None):
         import torch
 
-        torch.set_num_threads(args.threads)
+        from .distributed import threads_per_process
+
+        torch.set_num_threads(threads_per_process(args.threads))
 
 
 def _add_runtime(parser: argparse.ArgumentParser, *, device: bool = True, speed: bool = False) -> None:
@@ -112,6 +115,7 @@ def _train_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(args):
+    from .distributed import launched_world
     from .tracking import read_tracking
     from .train import TrainConfig, train
 
@@ -120,7 +124,8 @@ def cmd_train(args):
     final = train(config, args.out, data_dir=args.data, device=_device(args.device), tracking=tracking,
                   run_name=args.run_name, on_divergence=args.on_divergence, snapshot_steps=args.snapshot_steps,
                   speed=_speed(args))
-    print(json.dumps(final))
+    if launched_world().is_main:
+        print(json.dumps(final))
 
 
 def cmd_sample(args):
@@ -309,12 +314,20 @@ def cmd_bench(args):
     from .tracking import default_tracking_uri
 
     result = run_bench(args.preset, device=_device(args.device), speed=_speed(args), batch_size=args.batch_size,
-                       sample_batch=args.sample_batch, T=args.T, steps=args.steps, warmup=args.warmup, seed=args.seed)
+                       sample_batch=args.sample_batch, T=args.T, steps=args.steps, warmup=args.warmup, seed=args.seed,
+                       rounds=args.rounds)
     path = write_record(result, args.out)
     if args.mlflow:
         uri = default_tracking_uri(args.out, args.tracking_uri)
         result["mlflow_run_id"] = log_to_mlflow(result, uri, Path(args.out) / "mlartifacts")
     print(json.dumps({**result, "record": str(path)}, indent=2))
+
+
+def cmd_claim_gpus(args):
+    from .gpus import run_on_free_gpus
+
+    command = args.command_line[1:] if args.command_line[:1] == ["--"] else args.command_line
+    run_on_free_gpus(args.count, command)  # does not return
 
 
 # ---------------------------------------------------------------------------------------------- parser
@@ -454,6 +467,12 @@ def make_parser() -> argparse.ArgumentParser:
     _add_runtime(p)
     p.set_defaults(func=cmd_baseline)
 
+    p = sub.add_parser("claim-gpus", help="run a command on N GPUs no other job holds (sets CUDA_VISIBLE_DEVICES; "
+                       "as it is where it is already set, or where there is no GPU)")
+    p.add_argument("count", type=int, help="how many GPUs")
+    p.add_argument("command_line", nargs=argparse.REMAINDER, help="-- then the command")
+    p.set_defaults(func=cmd_claim_gpus)
+
     p = sub.add_parser("bench", help="training images/s, sampling and bits/dim image-steps/s and peak memory, "
                                       "with the speed-ups and on the plain fp32 eager path, and their ratio (JSON)")
     p.add_argument("--preset", default="cifar10", help="U-Net preset, on random data of its data set's shape")
@@ -462,6 +481,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--T", type=int, default=1000)
     p.add_argument("--steps", type=int, default=10, help="timed steps per phase")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps per phase first (compilation, autotuning)")
+    p.add_argument("--rounds", type=int, default=3, help="alternating rounds of the plain path's training against "
+                   "the same U-Net written the straightforward way (the median ratio is reported)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="benchmarks", help="folder of the JSON records (and the default MLflow store)")
     p.add_argument("--mlflow", type=_bool, default=True, help="also log the run to MLflow (default: true)")

@@ -386,11 +386,12 @@ class GaussianDiffusion:
             frozen = mean_output.detach() if var_output is None else torch.cat([mean_output.detach(), var_output], dim=1)
             vb = self._vb_terms_bpd(model, x_start, x_t, t, clip_denoised=False, model_output=frozen)["output"]
             terms["vb"] = vb * self.num_timesteps * HYBRID_LAMBDA
-        target = {
-            "eps": noise,
-            "xstart": x_start,
-            "xprev": self.q_posterior_mean_variance(x_start, x_t, t)[0],
-        }[self.mean_type]
+        if self.mean_type == "eps":
+            target = noise
+        elif self.mean_type == "xstart":
+            target = x_start
+        else:  # xprev: μ̃_t(x_t, x_0) of Eq. 7
+            target = self.q_posterior_mean_variance(x_start, x_t, t)[0]
         terms["mse"] = mean_flat((target - mean_output) ** 2)
         terms["loss"] = terms["mse"] + terms.get("vb", 0.0)
         return terms

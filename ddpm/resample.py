@@ -15,6 +15,9 @@ SAMPLERS = ("uniform", "loss-second-moment")
 class TimestepSampler:
     """Draws a batch of timesteps with the weights 1 / (T p_t) that keep the loss estimate unbiased."""
 
+    #: whether :meth:`update` uses the losses (in data-parallel training they are then gathered from every process)
+    learns_from_losses = False
+
     def __init__(self, num_timesteps: int):
         self.num_timesteps = num_timesteps
 
@@ -44,6 +47,8 @@ class UniformSampler(TimestepSampler):
 
 class LossSecondMomentResampler(TimestepSampler):
     """p_t ∝ √E[L_t²] over the last ``history`` losses per t, mixed with ``uniform_prob`` of uniform (IDDPM Eq. 18)."""
+
+    learns_from_losses = True
 
     def __init__(self, num_timesteps: int, history: int = 10, uniform_prob: float = 0.001):
         super().__init__(num_timesteps)

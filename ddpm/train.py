@@ -23,6 +23,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .io import atomic_open
 from .datasets import load_dataset, load_split, to_model_range
 from .diffusion import GaussianDiffusion, randn
+from .distributed import World, data_parallel, joined
 from .resample import create_sampler, default_sampler_name
 from .schedules import make_betas
 from .speed import FastForward, Speed, ema_update, make_optimizer
@@ -282,25 +283,43 @@ def train(
     sampled and scored: FID over training, whose minimum the DDPM paper reports (its Appendix B).
 
     ``speed`` picks the speed-ups of :mod:`ddpm.speed` (default: the plain fp32 eager path).
+
+    Started by torchrun (``torchrun --nproc_per_node N -m ddpm.cli train …``), the N processes train the one
+    setting with DistributedDataParallel, on one GPU each (see :mod:`ddpm.distributed`): ``batch_size`` stays the
+    global batch, and the files are those of a one-process run.
     """
     if on_divergence not in ("fail", "record"):
         raise ValueError(f"on_divergence must be 'fail' or 'record', got {on_divergence!r}")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with joined(device) as (world, device):
+        return _train_process(config, Path(out_dir), world, device, data_dir=data_dir, progress=progress,
+                              tracking=tracking if world.is_main else None, run_name=run_name,
+                              on_divergence=on_divergence, snapshot_steps=snapshot_steps, speed=speed)
+
+
+def _train_process(config: TrainConfig, out_dir: Path, world: World, device: torch.device, *, data_dir, progress,
+                   tracking, run_name, on_divergence, snapshot_steps, speed) -> dict:
+    """:func:`train` in one process of ``world``: rank 0 writes the files and the MLflow run, the others compute."""
+    world.local_batch(config.batch_size)  # a batch that does not split over the processes fails here, first
+    if world.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
     snapshot_steps = _check_snapshot_steps(snapshot_steps, config.steps)
-    resume = _read_resume(out_dir, config)
-    if resume is None:  # snapshots left by an interrupted run of another config
+    resume = _read_resume(out_dir, config) if world.is_main else None
+    world.barrier()  # rank 0 has set a stale state aside: the others read the file only if it is this config's
+    if not world.is_main and (out_dir / RESUME_FILE).exists():
+        resume = load_checkpoint(out_dir / RESUME_FILE)
+    if resume is None and world.is_main:  # snapshots left by an interrupted run of another config
         shutil.rmtree(out_dir / PENDING_SNAPSHOT_DIR, ignore_errors=True)
-    run_id = resume.get("mlflow_run_id") if resume else None
+    run_id = resume.get("mlflow_run_id") if resume and world.is_main else None
     if tracking is not None:
         if run_id is None:
             run_id = mlf.start_setting_run(tracking, run_name or out_dir.name,
-                                           {**asdict(config), "device": str(device), "speed": speed.describe()})
+                                           {**asdict(config), "device": str(device), "processes": world.size,
+                                            "speed": speed.describe()})
         else:
             mlf.mark_running(tracking["tracking_uri"], run_id)
         (out_dir / "mlflow_run_id.txt").write_text(run_id + "\n")
     try:
-        final = _train_loop(config, out_dir, data_dir, torch.device(device), progress, tracking, run_id, resume,
+        final = _train_loop(config, out_dir, data_dir, world, device, progress, tracking, run_id, resume,
                             snapshot_steps, speed)
     except Preempted:
         if run_id is not None:
@@ -312,6 +331,8 @@ def train(
             mlf.finish_run(tracking["tracking_uri"], run_id, "FAILED")
         if on_divergence == "fail":
             raise
+        if not world.is_main:
+            return {DIVERGED: error.step}
         (out_dir / RESUME_FILE).unlink(missing_ok=True)  # a rerun would diverge the same way
         _publish_snapshots(out_dir, snapshot_steps, diverged_at=error.step)
         return _record_divergence(out_dir, config, error)
@@ -319,6 +340,8 @@ def train(
         if run_id is not None:
             mlf.finish_run(tracking["tracking_uri"], run_id, "FAILED")
         raise
+    if not world.is_main:
+        return final
     _publish_snapshots(out_dir, snapshot_steps)
     if run_id is not None:
         mlf.log_artifact(tracking["tracking_uri"], run_id, out_dir / "metrics.jsonl")
@@ -363,11 +386,12 @@ def apply_gradients(loss: torch.Tensor, model: UNet, ema: UNet, optimizer: torch
     return grad_norm
 
 
-def _train_loop(config: TrainConfig, out_dir: Path, data_dir, device: torch.device, progress: bool,
+def _train_loop(config: TrainConfig, out_dir: Path, data_dir, world: World, device: torch.device, progress: bool,
                 tracking: dict | None, run_id: str | None, resume: dict | None, snapshot_steps: tuple[int, ...],
                 speed: Speed) -> dict:
-    torch.manual_seed(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
+    torch.manual_seed(config.seed + world.rank)  # dropout masks differ between processes; DDP copies rank 0's init
+    generator = torch.Generator().manual_seed(config.seed)  # the same on every process: they draw the same batch
+    mine = world.local_batch(config.batch_size)
 
     # Data: the whole train split as one float tensor in [-1, 1] (CIFAR-sized sets fit in memory).
     images = load_split(data_dir, "train")[0] if data_dir is not None else load_dataset(config.dataset)
@@ -376,7 +400,9 @@ def _train_loop(config: TrainConfig, out_dir: Path, data_dir, device: torch.devi
 
     model, diffusion = build(config, in_channels=channels, image_size=height)
     model.to(device).train()
-    forward = FastForward(model, speed, device)  # model(x, t) with the speed-ups; the weights stay model's
+    if speed.channels_last:
+        model.to(memory_format=torch.channels_last)  # before DDP lays out its gradient buckets
+    forward = FastForward(data_parallel(model, world, device), speed, device)  # model(x, t), sped up; weights: model's
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     optimizer = make_optimizer(model.parameters(), config.lr, speed)
     sampler = create_sampler(config.timestep_sampler or default_sampler_name(config.loss_type), diffusion.num_timesteps)
@@ -387,46 +413,54 @@ def _train_loop(config: TrainConfig, out_dir: Path, data_dir, device: torch.devi
         ema.load_state_dict(resume["ema"])
         optimizer.load_state_dict(resume["optimizer"])
         sampler.load_state_dict(resume["sampler"])
-        _set_rng_state(generator, resume["rng"])
+        _set_rng_state(generator, _own_rng_state(resume, world))
         first_step = resume["step"] + 1
-        _keep_metrics_up_to(out_dir / "metrics.jsonl", resume["step"])
+        if world.is_main:
+            _keep_metrics_up_to(out_dir / "metrics.jsonl", resume["step"])
+            print(f"resuming from step {resume['step']} of {config.steps}", flush=True)
         # Steps logged to MLflow after the saved state are recomputed identically: log each step once.
         last_logged = mlf.last_logged_step(tracking["tracking_uri"], run_id, "loss") if run_id else resume["step"]
-        print(f"resuming from step {resume['step']} of {config.steps}", flush=True)
 
     def training_state(step: int) -> dict:
         return {"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
                 "step": step, "config": asdict(config), "data_shape": [channels, height, width]}
 
     def save_resume(step: int) -> None:
-        save_checkpoint(out_dir / RESUME_FILE, {**training_state(step), "sampler": sampler.state_dict(),
-                                                "rng": _rng_state(generator), "mlflow_run_id": run_id})
+        rng = world.gather_objects(_rng_state(generator))  # a collective: every process takes part
+        if world.is_main:
+            save_checkpoint(out_dir / RESUME_FILE, {**training_state(step), "sampler": sampler.state_dict(),
+                                                    "rng": rng[0], "rng_per_process": rng, "mlflow_run_id": run_id})
 
-    metrics_file = (out_dir / "metrics.jsonl").open("a" if resume is not None else "w")
+    metrics_file = None
+    if world.is_main:
+        metrics_file = (out_dir / "metrics.jsonl").open("a" if resume is not None else "w")
     last: dict = {}
     start = time.monotonic()
     with _PreemptionFlag() as preemption:
         for step in range(first_step, config.steps + 1):
-            # Algorithm 1: x_0 ~ q(x_0), t ~ p(t), ε ~ N(0, I), gradient step on the loss.
+            # Algorithm 1: x_0 ~ q(x_0), t ~ p(t), ε ~ N(0, I), gradient step on the loss. Every process draws the
+            # global batch and keeps its slice ``mine``.
             index = torch.randint(len(data), (config.batch_size,), generator=generator).to(device)
-            x0 = data[index]
+            x0 = data[index[mine]]
             if config.flip:
-                flip = (torch.rand(config.batch_size, generator=generator) < 0.5).to(device)
+                flip = (torch.rand(config.batch_size, generator=generator) < 0.5).to(device)[mine]
                 x0 = torch.where(flip[:, None, None, None], x0.flip(3), x0)
             t, weights = sampler.sample(config.batch_size, device, generator=generator)
-            noise = randn(x0.shape, generator, device=device)
-            losses = diffusion.training_losses(forward, x0, t, noise)
-            loss = (losses["loss"] * weights).mean()
-            _check_finite(loss, step)
+            noise = randn((config.batch_size, *x0.shape[1:]), generator, device=device)
+            losses = diffusion.training_losses(forward, x0, t[mine], noise[mine])
+            loss = (losses["loss"] * weights[mine]).mean()
+            global_loss, stop = world.mean_and_any(loss, preemption.received is not None)
+            _check_finite(global_loss, step)
 
             lr = config.lr * min(1.0, step / config.warmup) if config.warmup > 0 else config.lr
             grad_norm = apply_gradients(loss, model, ema, optimizer, lr=lr, grad_clip=config.grad_clip,
                                         ema_decay=config.ema_decay, speed=speed)
-            sampler.update(t, losses["loss"])
+            if sampler.learns_from_losses:
+                sampler.update(t, world.gather(losses["loss"].detach()))
 
-            if step % config.log_every == 0 or step == config.steps:
+            if metrics_file is not None and (step % config.log_every == 0 or step == config.steps):
                 elapsed = time.monotonic() - start
-                last = {"step": step, "loss": loss.item(), "lr": lr, "grad_norm": grad_norm.item(),
+                last = {"step": step, "loss": global_loss.item(), "lr": lr, "grad_norm": grad_norm.item(),
                         "images_per_s": (step - first_step + 1) * config.batch_size / elapsed}
                 metrics_file.write(json.dumps(last) + "\n")
                 metrics_file.flush()
@@ -436,21 +470,35 @@ def _train_loop(config: TrainConfig, out_dir: Path, data_dir, device: torch.devi
                     eta = elapsed / (step - first_step + 1) * (config.steps - step)
                     print(f"step {step}/{config.steps} loss {last['loss']:.4f} lr {lr:.2e} "
                           f"{last['images_per_s']:.0f} img/s ETA {eta:.0f}s", flush=True)
-            if config.preview_every and (step % config.preview_every == 0 or step == config.steps):
+            if world.is_main and config.preview_every and (step % config.preview_every == 0 or step == config.steps):
                 grid = _preview_grid(ema, diffusion, (channels, height, width), out_dir / "previews" / f"step-{step:07d}.png", device)
                 if run_id is not None:
                     mlf.log_artifact(tracking["tracking_uri"], run_id, grid, "previews")
-            if step in snapshot_steps:
+            if world.is_main and step in snapshot_steps:
                 save_checkpoint(out_dir / PENDING_SNAPSHOT_DIR / f"step-{step}.pt",
                                 {"model": {}, "ema": ema.state_dict(), "step": step, "config": asdict(config),
                                  "data_shape": [channels, height, width], EMA_ONLY: True})
-            if config.checkpoint_every and step % config.checkpoint_every == 0:
+            if (config.checkpoint_every and step % config.checkpoint_every == 0) or stop:
                 save_resume(step)
-            if preemption.received is not None:
-                save_resume(step)
+            if stop:
                 raise Preempted(f"signal {preemption.received} at step {step}: state saved to {out_dir / RESUME_FILE}; "
                                 f"run again to continue")
-    metrics_file.close()
-
-    save_checkpoint(out_dir / "checkpoint.pt", training_state(config.steps))
+    if metrics_file is not None:
+        metrics_file.close()
+        save_checkpoint(out_dir / "checkpoint.pt", training_state(config.steps))
     return last
+
+
+def _own_rng_state(resume: dict, world: World) -> dict:
+    """This process's generator states from a resume state. Resumed on another number of processes (a requeued
+    job given fewer GPUs), the shared batch generator carries on, but dropout draws anew: the run goes on
+    correctly, though no longer bit for bit like an uninterrupted one."""
+    per_process = resume.get("rng_per_process", [resume["rng"]])
+    if len(per_process) == world.size:
+        return per_process[world.rank]
+    if world.is_main:
+        print(f"resumed on {world.size} processes, saved on {len(per_process)}: dropout's random stream restarts",
+              flush=True)
+    torch.manual_seed(hash((resume["config"]["seed"], resume["step"], world.rank)) % 2**63)
+    shared = per_process[0]
+    return {"generator": shared["generator"], "torch": torch.get_rng_state()}

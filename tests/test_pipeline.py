@@ -163,6 +163,7 @@ def test_mlflow_store_has_one_finished_run_per_setting_under_one_parent(tiny_run
             assert math.isfinite(run.data.metrics[metric]), metric
         assert run.data.params["schedule"] in ("linear", "cosine") and run.data.params["T"] == "50"
         assert run.data.params["speed"] == "fused_adam,foreach_ema"  # speed: auto, resolved on this CPU
+        assert run.data.params["processes"] == "2"  # train.gpus: 2, one MLflow run written by rank 0 alone
         # Every logging step of the training loss is there once.
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "loss")]
         assert steps == [20, 40, 60]
@@ -260,6 +261,7 @@ def test_dry_run_lists_the_expected_jobs_for_the_default_and_a_cifar10_config(tm
     ({"dataset": {"name": "digits", "image_size": 7}, "train": {"preset": "tiny"}}, "dataset.image_size"),
     ({"sample": {"shard_size": 75}}, "sample.shard_size"),
     ({"fid_over_training": {"steps": [10, 999999]}}, "fid_over_training.steps"),
+    ({"train": {"gpus": 3}}, "train.batch_size"),
 ])
 def test_bad_config_stops_before_any_job_naming_the_key(tmp_path, override, key):
     config = yaml.safe_load(TINY.read_text())

@@ -114,7 +114,7 @@ def test_training_with_speed_ups_saves_the_plain_networks_weights(tmp_path):
 
 def test_bench_measures_both_paths_and_records_their_ratio(tmp_path, capsys):
     assert main(["bench", "--preset", "tiny", "--batch-size", "8", "--T", "50", "--steps", "2", "--warmup", "1",
-                 "--out", str(tmp_path), "--speed", "foreach_ema,fused_adam", "--threads", "1"]) in (0, None)
+                 "--out", str(tmp_path), "--speed", "foreach_ema,fused_adam", "--threads", "1", "--rounds", "2"]) in (0, None)
     printed = json.loads(capsys.readouterr().out)
     record = json.loads(open(printed["record"]).read())
     assert record["speed"] == "fused_adam,foreach_ema" and record["device"] == "cpu" and record["preset"] == "tiny"
@@ -123,6 +123,9 @@ def test_bench_measures_both_paths_and_records_their_ratio(tmp_path, capsys):
         assert record["ratio"][key] == pytest.approx(record["optimised"][key] / record["plain"][key])
     assert record["bpd_mean_difference"] == record["bpd_max_image_difference"] == 0.0  # forward pass untouched
     assert record["torch"] == torch.__version__ and record["parameters"] > 0
+    against = record["against_straightforward"]
+    assert len(against["ratio_per_round"]) == 2 and against["straightforward_train_images_per_s"] > 0
+    assert against["ratio"] in against["ratio_per_round"]
 
     from mlflow.tracking import MlflowClient
 
@@ -131,6 +134,35 @@ def test_bench_measures_both_paths_and_records_their_ratio(tmp_path, capsys):
     assert run.data.tags["ddpm.kind"] == "bench" and run.info.status == "FINISHED"
     assert run.data.metrics["ratio.train_images_per_s"] == pytest.approx(record["ratio"]["train_images_per_s"])
     assert run.data.params["speed"] == "fused_adam,foreach_ema"
+    assert run.data.metrics["against_straightforward.ratio"] == pytest.approx(against["ratio"])
+
+
+def test_the_straightforward_reference_is_the_same_network_and_training_step():
+    """The CPU comparison is fair only if the straightforward code computes the same function: with the U-Net's
+    weights copied in, its output is the U-Net's (the ``small`` preset has attention), and its step trains."""
+    from ddpm import straightforward
+    from ddpm.schedules import make_betas
+    from ddpm.unet import create_model
+
+    torch.manual_seed(0)
+    ours = create_model("small", dropout=0.0).eval()
+    with torch.no_grad():
+        for parameter in ours.parameters():  # no zero-initialised layer may hide a difference
+            parameter.add_(torch.randn_like(parameter) * 0.05)
+    theirs = straightforward.copy_weights(ours, straightforward.StraightforwardUNet(ours.config)).eval()
+    x, t = torch.randn(4, 1, 16, 16), torch.tensor([0, 10, 500, 999])
+    expected = ours(x, t)
+    assert expected.abs().mean() > 0.1
+    torch.testing.assert_close(theirs(x, t), expected, rtol=1e-4, atol=1e-5)
+
+    ema = straightforward.copy_weights(ours, straightforward.StraightforwardUNet(ours.config))
+    optimizer = torch.optim.Adam(theirs.parameters(), lr=1e-3)
+    betas = torch.as_tensor(make_betas("linear", 1000), dtype=torch.float32)
+    x0 = torch.rand(8, 1, 16, 16) * 2 - 1
+    losses = [straightforward.training_step(theirs.train(), ema, optimizer, x0, betas) for _ in range(8)]
+    assert losses[-1] < losses[0]
+    with pytest.raises(ValueError, match="not have the same parameters"):
+        straightforward.copy_weights(create_model("tiny"), theirs)
 
 
 def test_bench_refuses_bad_arguments_by_name():

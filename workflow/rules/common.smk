@@ -60,6 +60,10 @@ def check_config_values():
         if config[section][shard] % config[section][batch]:
             config_error(f"{section}.{shard}", f"{config[section][shard]} is not a multiple of "
                          f"{section}.{batch} ({config[section][batch]})")
+    gpus, batch = config["train"]["gpus"], config["train"]["batch_size"]
+    if batch % gpus:
+        config_error("train.batch_size", f"{batch} does not split evenly over train.gpus ({gpus}): each GPU takes "
+                     "an equal share of the global batch")
     try:
         Speed.parse(config["speed"])
     except ValueError as err:
@@ -77,6 +81,13 @@ wildcard_constraints:
     setting="|".join(SETTINGS),
     shard=r"\d+",
     step=r"\d+",
+
+
+def train_launcher(gpus):
+    """``ddpm`` for one process; torchrun's DistributedDataParallel launch for several GPUs of one node."""
+    if gpus == 1:
+        return "ddpm"
+    return f"torchrun --standalone --nnodes 1 --nproc_per_node {gpus} -m ddpm.cli"
 
 
 def shards(total, size):

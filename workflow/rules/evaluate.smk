@@ -22,7 +22,8 @@ rule fid_is:
     conda:
         ENV
     shell:
-        "ddpm evaluate fid --samples {input.samples} --data {params.data} {params.extractor} {params.test} {params.step}"
+        "ddpm claim-gpus {resources.gpu} --"
+        " ddpm evaluate fid --samples {input.samples} --data {params.data} {params.extractor} {params.test} {params.step}"
         " --out {output}"
         " --tracking {input.tracking} --run-id-file {input.run_id} --device auto --threads {threads} > {log} 2>&1"
 
@@ -69,7 +70,8 @@ rule nll:
     conda:
         ENV
     shell:
-        "ddpm evaluate nll --checkpoint {input.checkpoint} --data {params.data} {params.range} --batch-size {params.batch}"
+        "ddpm claim-gpus {resources.gpu} --"
+        " ddpm evaluate nll --checkpoint {input.checkpoint} --data {params.data} {params.range} --batch-size {params.batch}"
         " --seed {params.seed} --split {params.split} --speed {params.speed} --out {output} --device auto --threads {threads} > {log} 2>&1"
 
 

@@ -21,7 +21,8 @@ rule sample:
     conda:
         ENV
     shell:
-        "ddpm sample --checkpoint {input} --out {output} {params.range} --batch-size {params.batch}"
+        "ddpm claim-gpus {resources.gpu} --"
+        " ddpm sample --checkpoint {input} --out {output} {params.range} --batch-size {params.batch}"
         " --seed {params.seed} {params.steps} --speed {params.speed} --device auto --threads {threads} > {log} 2>&1"
 
 
@@ -98,7 +99,8 @@ rule progressive:
     conda:
         ENV
     shell:
-        "ddpm progressive --checkpoint {input} --out {output} --seed {params.seed} {params.steps} --device auto"
+        "ddpm claim-gpus {resources.gpu} --"
+        " ddpm progressive --checkpoint {input} --out {output} --seed {params.seed} {params.steps} --device auto"
         " --threads {threads} > {log} 2>&1"
 
 
@@ -124,5 +126,6 @@ rule interpolate:
     conda:
         ENV
     shell:
-        "ddpm interpolate --checkpoint {input.checkpoint} --data {params.data} --out {output} --seed {params.seed}"
+        "ddpm claim-gpus {resources.gpu} --"
+        " ddpm interpolate --checkpoint {input.checkpoint} --data {params.data} --out {output} --seed {params.seed}"
         " {params.steps} --device auto --threads {threads} > {log} 2>&1"

@@ -14,11 +14,12 @@ rule train:
         on_divergence=config["train"]["on_divergence"],
         snapshot_steps=" ".join(map(str, SNAPSHOT_STEPS)),
         speed=SPEED,
+        launcher=train_launcher(config["train"]["gpus"]),
     threads: config["train"]["threads"]
     # A killed or preempted job (exit 75 after SIGTERM / SIGUSR1) resumes from resume.pt when run again.
     retries: config["train"]["retries"]
     resources:
-        gpu=1,
+        gpu=config["train"]["gpus"],
     log:
         f"{RESULTS}/logs/train/{{setting}}.log",
     benchmark:
@@ -26,7 +27,8 @@ rule train:
     conda:
         ENV
     shell:
-        "ddpm train --out {params.out} --data {params.data} --tracking {input.tracking}"
+        "ddpm claim-gpus {resources.gpu} --"
+        " {params.launcher} train --out {params.out} --data {params.data} --tracking {input.tracking}"
         " --run-name {wildcards.setting} --on-divergence {params.on_divergence}"
         " --snapshot-steps {params.snapshot_steps} --speed {params.speed} --device auto --threads {threads}"
         " {params.args} > {log} 2>&1"
