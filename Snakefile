@@ -21,3 +21,13 @@ rule all:
     input:
         final_outputs(),
     default_target: True
+
+
+# Quick merges and MLflow bookkeeping run where Snakemake runs (on a cluster: the submit node), not as jobs.
+localrules:
+    all,
+    mlflow_init,
+    gather_samples,
+    gather_snapshot_samples,
+    gather_nll,
+    gather_nll_train,

@@ -1,6 +1,6 @@
 """The ``ddpm`` command line: every pipeline step also runs by hand, without Snakemake.
 
-    ddpm prepare | classifier | track init | train | sample | progressive | interpolate | gather-samples
+    ddpm prepare | classifier | track init | track serve | train | sample | progressive | interpolate | gather-samples
     ddpm evaluate fid | nll | nll-gather | baseline
     ddpm report | bench | claim-gpus
 """
@@ -102,6 +102,18 @@ def cmd_track_init(args):
     info = init_sweep(uri, args.experiment, args.sweep_name or args.experiment, Path(args.results) / "mlartifacts", config)
     write_json(args.out, info)
     print(json.dumps(info))
+
+
+def cmd_track_serve(args):
+    import os
+
+    from .tracking import serve_command
+
+    command, uri = serve_command(args.store, host=args.host, port=args.port, allowed_hosts=args.allowed_hosts,
+                                 workers=args.workers)
+    print(f"MLflow tracking server for the jobs: set mlflow.tracking_uri: {uri} in the config (or export "
+          f"MLFLOW_TRACKING_URI={uri}) before snakemake; the UI is at the same address", file=sys.stderr, flush=True)
+    os.execvp(command[0], command)
 
 
 def _train_flags(parser: argparse.ArgumentParser) -> None:
@@ -363,6 +375,16 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--config-json", help="the resolved config, stored with the parent run")
     p.add_argument("--out", required=True, help="tracking file for the jobs that follow")
     p.set_defaults(func=cmd_track_init)
+
+    p = track.add_parser("serve", help="a tracking server for a cluster's submit node (mlflow server, with the host "
+                         "names the compute nodes use allowed); SQLite on a network filesystem is refused")
+    p.add_argument("--store", required=True, help="a SQLite file on this machine's own disk, or a database URI")
+    p.add_argument("--host", default="0.0.0.0", help="address to listen on (default: every interface)")
+    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--allowed-hosts", help="Host headers to answer (default: this machine's names, with and "
+                   "without the port, and localhost)")
+    p.add_argument("--workers", type=int, default=4)
+    p.set_defaults(func=cmd_track_serve)
 
     p = sub.add_parser("train", help="train one setting; writes checkpoint.pt and metrics.jsonl")
     p.add_argument("--out", required=True, help="output folder of the run")

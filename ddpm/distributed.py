@@ -39,7 +39,7 @@ class World:
         """This process's share of a global batch; the global batch must split evenly."""
         if global_batch % self.size:
             raise ValueError(f"the batch size {global_batch} does not split evenly over {self.size} processes "
-                             f"(train.gpus): pick a batch size divisible by {self.size}")
+                             f"(train.gpus × train.nodes): pick a batch size divisible by {self.size}")
         share = global_batch // self.size
         return slice(self.rank * share, (self.rank + 1) * share)
 

@@ -364,12 +364,18 @@ def _set_rng_state(generator: torch.Generator, state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _keep_metrics_up_to(path: Path, step: int) -> None:
-    """Drop the metric lines a killed run wrote after its last saved state (they are computed again)."""
-    if path.exists():
-        lines = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        with atomic_open(path, "w") as f:
-            f.write("".join(line + "\n" for line in lines))
+def _restore_metrics(path: Path, resume: dict) -> list[str]:
+    """Write ``metrics.jsonl`` as it was at the saved state, and return its lines. The state carries them: a job
+    that failed (preempted, killed) has its outputs, this file among them, deleted by Snakemake before the rerun.
+    Lines a killed run wrote after its last saved state are dropped (they are computed again)."""
+    if "metrics_lines" in resume:
+        lines = list(resume["metrics_lines"])
+    else:  # a state saved before the lines were part of it: what the file still has
+        found = path.read_text().splitlines() if path.exists() else []
+        lines = [line for line in found if line and json.loads(line)["step"] <= resume["step"]]
+    with atomic_open(path, "w") as f:
+        f.write("".join(line + "\n" for line in lines))
+    return lines
 
 
 def apply_gradients(loss: torch.Tensor, model: UNet, ema: UNet, optimizer: torch.optim.Optimizer, *, lr: float,
@@ -408,6 +414,7 @@ def _train_loop(config: TrainConfig, out_dir: Path, data_dir, world: World, devi
     sampler = create_sampler(config.timestep_sampler or default_sampler_name(config.loss_type), diffusion.num_timesteps)
 
     first_step, last_logged = 1, 0
+    metrics_lines: list[str] = []  # metrics.jsonl so far, kept in the resume state too
     if resume is not None:
         model.load_state_dict(resume["model"])
         ema.load_state_dict(resume["ema"])
@@ -416,7 +423,7 @@ def _train_loop(config: TrainConfig, out_dir: Path, data_dir, world: World, devi
         _set_rng_state(generator, _own_rng_state(resume, world))
         first_step = resume["step"] + 1
         if world.is_main:
-            _keep_metrics_up_to(out_dir / "metrics.jsonl", resume["step"])
+            metrics_lines = _restore_metrics(out_dir / "metrics.jsonl", resume)
             print(f"resuming from step {resume['step']} of {config.steps}", flush=True)
         # Steps logged to MLflow after the saved state are recomputed identically: log each step once.
         last_logged = mlf.last_logged_step(tracking["tracking_uri"], run_id, "loss") if run_id else resume["step"]
@@ -429,7 +436,8 @@ def _train_loop(config: TrainConfig, out_dir: Path, data_dir, world: World, devi
         rng = world.gather_objects(_rng_state(generator))  # a collective: every process takes part
         if world.is_main:
             save_checkpoint(out_dir / RESUME_FILE, {**training_state(step), "sampler": sampler.state_dict(),
-                                                    "rng": rng[0], "rng_per_process": rng, "mlflow_run_id": run_id})
+                                                    "rng": rng[0], "rng_per_process": rng, "mlflow_run_id": run_id,
+                                                    "metrics_lines": metrics_lines})
 
     metrics_file = None
     if world.is_main:
@@ -462,7 +470,8 @@ def _train_loop(config: TrainConfig, out_dir: Path, data_dir, world: World, devi
                 elapsed = time.monotonic() - start
                 last = {"step": step, "loss": global_loss.item(), "lr": lr, "grad_norm": grad_norm.item(),
                         "images_per_s": (step - first_step + 1) * config.batch_size / elapsed}
-                metrics_file.write(json.dumps(last) + "\n")
+                metrics_lines.append(json.dumps(last))
+                metrics_file.write(metrics_lines[-1] + "\n")
                 metrics_file.flush()
                 if run_id is not None and step > last_logged:
                     mlf.log_metrics(tracking["tracking_uri"], run_id, {k: v for k, v in last.items() if k != "step"}, step)

@@ -32,10 +32,11 @@ def _free_port() -> int:
 
 @contextlib.contextmanager
 def mlflow_server(db_path):
-    """A real ``mlflow server`` on 127.0.0.1 over the SQLite store ``db_path``; yields its URL."""
+    """A real ``mlflow server`` on 127.0.0.1 over the SQLite store ``db_path``, started the way README's "Run on a
+    cluster" starts it (``ddpm track serve``); yields its URL."""
     port = _free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{db_path}", "--host", "127.0.0.1",
+        [sys.executable, "-m", "ddpm.cli", "track", "serve", "--store", str(db_path), "--host", "127.0.0.1",
          "--port", str(port), "--workers", "1"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )

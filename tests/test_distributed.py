@@ -106,5 +106,5 @@ def test_preempted_data_parallel_run_resumes_bit_for_bit(tmp_path):
 
 def test_a_batch_that_does_not_split_over_the_processes_is_refused_naming_both():
     assert World(rank=1, size=4).local_batch(128) == slice(32, 64)
-    with pytest.raises(ValueError, match=r"batch size 130 does not split evenly over 4 processes \(train.gpus\)"):
+    with pytest.raises(ValueError, match=r"batch size 130 does not split evenly over 4 processes \(train.gpus × train.nodes\)"):
         World(rank=0, size=4).local_batch(130)

@@ -4,6 +4,7 @@ import re
 import tomllib
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,8 +31,10 @@ def test_constraints_pin_the_known_good_set():
     assert pins["pandas"].startswith("3.1.")
 
 
-def test_environment_yml_has_the_same_pins():
-    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+@pytest.mark.parametrize("env_file", ["environment.yml", *sorted(p.relative_to(ROOT).as_posix()
+                                                             for p in (ROOT / "workflow" / "envs").glob("*.yaml"))])
+def test_conda_environments_have_the_same_pins(env_file):
+    env = yaml.safe_load((ROOT / env_file).read_text())
     pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
     conda_pins = {}
     for req in pip_section:
@@ -39,6 +42,7 @@ def test_environment_yml_has_the_same_pins():
             name, version = req.split("==")
             conda_pins[name.lower()] = version
     assert conda_pins == constraint_pins()
+    assert "python=3.11" in env["dependencies"] and "nodefaults" in env["channels"]
 
 
 def test_every_dependency_is_pinned_and_the_console_script_exists():

@@ -118,14 +118,16 @@ def test_preemption_signal_saves_state_exits_75_and_resumes(tmp_path, uninterrup
     assert sorted(m.step for m in client.get_metric_history(runs[0].info.run_id, "loss")) == LOGGED_STEPS
 
 
-def test_snapshots_taken_before_a_preemption_survive_snakemakes_clean_up_and_the_rerun(tmp_path):
+def test_snapshots_and_metrics_from_before_a_preemption_survive_snakemakes_clean_up_and_the_rerun(tmp_path):
     snapshots = ("--snapshot-steps", "20", "90")
     whole = tmp_path / "whole"
     subprocess.run(_train_command(whole, None, snapshots), check=True, capture_output=True)
     out = tmp_path / "preempted"
     assert _run_until(out, None, 33, signal.SIGTERM, snapshots) == 75
     assert not (out / "snapshots").exists()  # not an output yet: Snakemake's clean-up of the failed job keeps it
+    (out / "metrics.jsonl").unlink()  # an output of the failed job: Snakemake deletes it before the rerun
     subprocess.run(_train_command(out, None, snapshots), check=True, capture_output=True)
+    assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == LOGGED_STEPS
     for step in (20, 90):
         _assert_same_ema(out / "snapshots" / f"step-{step}.pt", whole / "snapshots" / f"step-{step}.pt")
     assert not (out / "snapshots-pending").exists()

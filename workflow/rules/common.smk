@@ -1,6 +1,7 @@
 import json
 import math
 import shlex
+import shutil
 from pathlib import Path
 
 from snakemake.utils import validate
@@ -60,10 +61,14 @@ def check_config_values():
         if config[section][shard] % config[section][batch]:
             config_error(f"{section}.{shard}", f"{config[section][shard]} is not a multiple of "
                          f"{section}.{batch} ({config[section][batch]})")
-    gpus, batch = config["train"]["gpus"], config["train"]["batch_size"]
-    if batch % gpus:
-        config_error("train.batch_size", f"{batch} does not split evenly over train.gpus ({gpus}): each GPU takes "
-                     "an equal share of the global batch")
+    train = config["train"]
+    processes = train["gpus"] * train["nodes"]
+    if train["batch_size"] % processes:
+        config_error("train.batch_size", f"{train['batch_size']} does not split evenly over the {processes} GPUs of "
+                     f"train.gpus × train.nodes: each GPU takes an equal share of the global batch")
+    if train["nodes"] > 1 and shutil.which("srun") is None:
+        config_error("train.nodes", f"{train['nodes']} nodes need a SLURM cluster (srun is not on the PATH); see "
+                     "README, 'Run on a cluster'")
     try:
         Speed.parse(config["speed"])
     except ValueError as err:
@@ -83,11 +88,27 @@ wildcard_constraints:
     step=r"\d+",
 
 
-def train_launcher(gpus):
-    """``ddpm`` for one process; torchrun's DistributedDataParallel launch for several GPUs of one node."""
+def train_resources(train):
+    """One node: ``gpu`` GPUs (Snakemake's count; the SLURM executor asks ``--gpus``). Several nodes (SLURM only):
+    one task per node with ``train.gpus`` GPUs each (``--gres`` counts per node), started by ``srun`` in the job
+    itself (the executor's ``mpi`` resource)."""
+    if train["nodes"] == 1:
+        return {"gpu": train["gpus"]}
+    return {"nodes": train["nodes"], "tasks": train["nodes"], "gres": f"gpu:{train['gpus']}", "mpi": "srun"}
+
+
+def train_launcher(train):
+    """The command that starts ``ddpm train`` for the train job. One process; torchrun's DistributedDataParallel
+    on several GPUs of one node; or one torchrun per node, meeting at the job's first node (c10d rendezvous)."""
+    gpus, nodes = train["gpus"], train["nodes"]
+    if nodes > 1:
+        return (f"srun --ntasks-per-node=1 torchrun --nnodes {nodes} --nproc_per_node {gpus} --rdzv_backend c10d"
+                ' --rdzv_endpoint "$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1):$((29500 + SLURM_JOB_ID % 10000))"'
+                ' --rdzv_id "$SLURM_JOB_ID" -m ddpm.cli')
+    # ddpm claim-gpus picks the GPUs: Snakemake counts them but does not hand them out.
     if gpus == 1:
-        return "ddpm"
-    return f"torchrun --standalone --nnodes 1 --nproc_per_node {gpus} -m ddpm.cli"
+        return "ddpm claim-gpus 1 -- ddpm"
+    return f"ddpm claim-gpus {gpus} -- torchrun --standalone --nnodes 1 --nproc_per_node {gpus} -m ddpm.cli"
 
 
 def shards(total, size):

@@ -14,12 +14,12 @@ rule train:
         on_divergence=config["train"]["on_divergence"],
         snapshot_steps=" ".join(map(str, SNAPSHOT_STEPS)),
         speed=SPEED,
-        launcher=train_launcher(config["train"]["gpus"]),
+        launcher=train_launcher(config["train"]),
     threads: config["train"]["threads"]
     # A killed or preempted job (exit 75 after SIGTERM / SIGUSR1) resumes from resume.pt when run again.
     retries: config["train"]["retries"]
     resources:
-        gpu=config["train"]["gpus"],
+        **train_resources(config["train"]),
     log:
         f"{RESULTS}/logs/train/{{setting}}.log",
     benchmark:
@@ -27,8 +27,7 @@ rule train:
     conda:
         ENV
     shell:
-        "ddpm claim-gpus {resources.gpu} --"
-        " {params.launcher} train --out {params.out} --data {params.data} --tracking {input.tracking}"
+        "{params.launcher} train --out {params.out} --data {params.data} --tracking {input.tracking}"
         " --run-name {wildcards.setting} --on-divergence {params.on_divergence}"
         " --snapshot-steps {params.snapshot_steps} --speed {params.speed} --device auto --threads {threads}"
         " {params.args} > {log} 2>&1"
