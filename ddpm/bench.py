@@ -199,7 +199,6 @@ def run_bench(preset: str = "cifar10", *, device: str | torch.device = "cpu", sp
     speed = Speed.auto(device) if speed is None else speed
     sample_batch = sample_batch or batch_size
     options = dict(batch_size=batch_size, sample_batch=sample_batch, T=T, steps=steps, warmup=warmup, seed=seed)
-    configure_backends(Speed())
     straightforward = against_straightforward(preset, device, batch_size=batch_size, T=T, steps=steps, warmup=warmup,
                                               seed=seed, rounds=rounds)
     plain = _phases(preset, Speed(), device, **options)

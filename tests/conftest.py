@@ -1,4 +1,5 @@
 import contextlib
+import json
 import os
 import socket
 import subprocess
@@ -24,17 +25,26 @@ def _deterministic_threads():
     torch.set_num_threads(2)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def logged_step(run_dir: Path) -> int:
+    """The last step a training run has written to its ``metrics.jsonl`` (0 before the first, or mid-write)."""
+    try:
+        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+        return json.loads(lines[-1])["step"] if lines else 0
+    except (OSError, ValueError, IndexError, KeyError):
+        return 0
 
 
 @contextlib.contextmanager
 def mlflow_server(db_path):
     """A real ``mlflow server`` on 127.0.0.1 over the SQLite store ``db_path``, started the way README's "Run on a
     cluster" starts it (``ddpm track serve``); yields its URL."""
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "ddpm.cli", "track", "serve", "--store", str(db_path), "--host", "127.0.0.1",
          "--port", str(port), "--workers", "1"],

@@ -13,10 +13,11 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
+
+from conftest import free_port
 
 DAEMONS = ("slurmdbd", "slurmctld", "slurmd")
 PROGRAMS = (*DAEMONS, "sbatch", "sacct", "sinfo", "srun", "munged", "mariadbd")
@@ -37,12 +38,6 @@ def why_unavailable() -> str | None:
     if (ETC / "slurm.conf").exists():
         return f"{ETC / 'slurm.conf'} exists: this machine has a SLURM of its own, which the tests leave alone"
     return None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _memory_mb() -> int:
@@ -72,7 +67,7 @@ class LocalSlurm:
     def write_config(self) -> None:
         for folder in (self.etc, self.log, self.run, self.root / "state", self.root / "spool"):
             folder.mkdir(parents=True, exist_ok=True)
-        ctld, slurmd, dbd = _free_port(), _free_port(), _free_port()
+        ctld, slurmd, dbd = free_port(), free_port(), free_port()
         # The node claims more CPUs and memory than it has (config_overrides, meant for tests) so that jobs sized for
         # a real cluster by profiles/slurm fit; nothing enforces them here (no cgroup plugins).
         self.conf.write_text(f"""\

@@ -68,12 +68,6 @@ def test_the_sweep_refuses_such_a_store_before_writing_anything(tmp_path, monkey
     assert not (tmp_path / "mlflow.db").exists()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _get(url: str, host: str | None = None) -> int:
     request = urllib.request.Request(url, headers={"Host": host} if host else {})
     try:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import logged_step
 
 from ddpm.checkpoint import load_checkpoint
 from ddpm.distributed import World
@@ -69,13 +70,6 @@ def test_two_processes_train_like_one_on_the_global_batch_and_rank_0_alone_write
     assert [m.step for m in client.get_metric_history(runs[0].info.run_id, "loss")] == [1, 2, 3, 4, 5, 6]
 
 
-def _logged_step(out: Path) -> int:
-    try:
-        return _metrics(out)[-1]["step"]
-    except (OSError, ValueError, IndexError):
-        return 0  # not written yet, or being written
-
-
 def test_preempted_data_parallel_run_resumes_bit_for_bit(tmp_path):
     steps = ["--steps", "60", "--log-every", "5"]  # dropout on: each process's own random stream must resume too
     whole, preempted = tmp_path / "whole", tmp_path / "preempted"
@@ -84,7 +78,7 @@ def test_preempted_data_parallel_run_resumes_bit_for_bit(tmp_path):
     process = subprocess.Popen(_train(preempted, *steps, processes=2), stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
-    while process.poll() is None and _logged_step(preempted) < 10 and time.monotonic() < deadline:
+    while process.poll() is None and logged_step(preempted) < 10 and time.monotonic() < deadline:
         time.sleep(0.02)
     assert process.poll() is None, "the run ended before it could be preempted"
     process.send_signal(signal.SIGTERM)  # to torchrun, which passes it on to both processes

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import mlflow_server
+from conftest import logged_step, mlflow_server
 from ddpm.checkpoint import load_checkpoint, save_checkpoint
 from ddpm.io import write_json
 from ddpm.tracking import init_sweep
@@ -36,19 +36,11 @@ def _train_command(out: Path, tracking: Path | None, extra: tuple[str, ...] = ()
     return command + (["--tracking", str(tracking), "--run-name", out.name] if tracking else [])
 
 
-def _logged_step(out: Path) -> int:
-    try:
-        lines = (out / "metrics.jsonl").read_text().splitlines()
-        return json.loads(lines[-1])["step"] if lines else 0
-    except (OSError, ValueError, IndexError):
-        return 0  # being written
-
-
 def _run_until(out: Path, tracking: Path, step: int, sig: int, extra: tuple[str, ...] = ()) -> int:
     """Start training and send ``sig`` once it has logged ``step``; returns the exit status."""
     process = subprocess.Popen(_train_command(out, tracking, extra), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
-    while process.poll() is None and _logged_step(out) < step and time.monotonic() < deadline:
+    while process.poll() is None and logged_step(out) < step and time.monotonic() < deadline:
         time.sleep(0.02)
     if process.poll() is None:
         process.send_signal(sig)

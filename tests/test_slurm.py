@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import TINY, mlflow_server, snakemake
+from conftest import TINY, logged_step, mlflow_server, snakemake
 from slurm_cluster import LocalSlurm, why_unavailable
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,13 +97,6 @@ def _snakemake_in_background(workdir: Path, config: Path, *targets: str) -> subp
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
 
 
-def _logged_step(metrics: Path) -> int:
-    try:
-        return json.loads(metrics.read_text().splitlines()[-1])["step"]
-    except (OSError, ValueError, IndexError, KeyError):
-        return 0
-
-
 def test_a_training_requeued_by_slurm_in_the_middle_resumes_from_its_saved_state(slurm, tmp_path):
     config = yaml.safe_load(TINY.read_text())
     config["sweep"]["schedule"] = ["linear"]
@@ -115,7 +108,7 @@ def test_a_training_requeued_by_slurm_in_the_middle_resumes_from_its_saved_state
     snakemake = _snakemake_in_background(tmp_path, path, str(run.relative_to(tmp_path) / "checkpoint.pt"))
     try:
         deadline = time.monotonic() + 600
-        while _logged_step(run / "metrics.jsonl") < 100:
+        while logged_step(run) < 100:
             assert snakemake.poll() is None, snakemake.stdout.read()[-4000:]
             assert time.monotonic() < deadline, "training did not reach step 100"
             time.sleep(0.5)

@@ -141,8 +141,6 @@ def test_the_straightforward_reference_is_the_same_network_and_training_step():
     """The CPU comparison is fair only if the straightforward code computes the same function: with the U-Net's
     weights copied in, its output is the U-Net's (the ``small`` preset has attention), and its step trains."""
     from ddpm import straightforward
-    from ddpm.schedules import make_betas
-    from ddpm.unet import create_model
 
     torch.manual_seed(0)
     ours = create_model("small", dropout=0.0).eval()
