@@ -1,4 +1,10 @@
-"""Checkpoints: written atomically, read without unpickling arbitrary objects."""
+"""Checkpoints: written atomically, read without unpickling arbitrary objects, and checked to be the job's.
+
+Every file a job makes from a checkpoint (sample and bits/dim shards, their merges, the scores) records where it
+came from (:data:`PROVENANCE_KEYS`): the setting the checkpoint was trained as, the checkpoint's sha256 and the sha256 of
+the training images. Each job compares what it reads with what it was started for and refuses a file of another
+setting, another checkpoint or other data, naming both (:func:`checkpoint_provenance`, :func:`check_provenance`).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,13 @@ from pathlib import Path
 
 import torch
 
+from .datasets import read_manifest, sha256_file, split_sha256
 from .io import atomic_open
+
+#: The key that marks a setting whose training diverged, in its checkpoint and in every file made from it.
+DIVERGED = "diverged_at_step"
+#: What a file made from a checkpoint records of it (the values are strings; "" where unknown).
+PROVENANCE_KEYS = ("setting", "checkpoint_sha256", "data_sha256")
 
 
 def save_checkpoint(path: str | Path, state: dict) -> None:
@@ -25,10 +37,65 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        raise ValueError(f"checkpoint {path} is empty (0 bytes): delete it and run the workflow again to retrain "
+                         f"this setting")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # truncated, corrupt or unsafe files all end here
-        raise ValueError(f"cannot load checkpoint {path}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from err
+        raise ValueError(f"cannot load checkpoint {path}: {type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else ''} (a damaged file: delete it and run the "
+                         f"workflow again to retrain this setting)") from err
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise ValueError(f"{path} is not a ddpm checkpoint (expected a dict with 'model' and 'config')")
     return state
+
+
+def checkpoint_provenance(path: str | Path, *, setting: str | None = None, data_dir: str | Path | None = None) -> dict:
+    """Load the checkpoint at ``path``, refuse it unless it is the job's, and return what files made from it record.
+
+    ``setting``: the setting name the job is for; the checkpoint's recorded sweep axes must be that setting's.
+    ``data_dir``: the prepared data folder the job uses; the checkpoint must have been trained on its train split
+    (the same dataset, image shape and sha256 of ``train_images.npy``). A diverged training's weightless checkpoint
+    has nothing to check: ``{}`` (the job then records the divergence)."""
+    from .settings import setting_name
+
+    path = Path(path)
+    state = load_checkpoint(path)
+    if DIVERGED in state:
+        return {}
+    config = state["config"]
+    trained_as = setting_name(config)
+    if setting is not None and trained_as != setting:
+        raise ValueError(f"{path} belongs to another setting: it was trained as {trained_as}, but this job is for "
+                         f"{setting}. Delete it and run the workflow again to train {setting}")
+    data_sha256 = state.get("data_sha256", "")
+    if data_dir is not None:
+        manifest = read_manifest(data_dir)
+        shape = [int(s) for s in state.get("data_shape", [])]
+        if config.get("dataset") != manifest["dataset"] or shape != manifest["image_shape"]:
+            raise ValueError(f"{path} was trained on {config.get('dataset')} images of shape {shape}, but this job "
+                             f"uses {data_dir}: {manifest['dataset']} images of shape {manifest['image_shape']}")
+        if data_sha256 and data_sha256 != split_sha256(data_dir, "train"):
+            raise ValueError(f"{path} was trained on other data: its training images have sha256 {data_sha256}, "
+                             f"the train split of {data_dir} has {split_sha256(data_dir, 'train')}. Delete it and "
+                             f"run the workflow again to retrain on this data")
+        if not data_sha256:
+            print(f"note: {path} does not record the checksum of its training images (trained without a prepared "
+                  f"data folder): its data is checked by name and shape only", flush=True)
+    return {"setting": trained_as, "checkpoint_sha256": sha256_file(path), "data_sha256": data_sha256}
+
+
+def check_provenance(found: dict, where: str | Path, **expected: str | None) -> None:
+    """Refuse a file made from a checkpoint (``found``: its recorded provenance) whose record differs from what the
+    job expects (``expected``: any of :data:`PROVENANCE_KEYS`; None is not checked), naming both."""
+    for key, value in expected.items():
+        if value is None:
+            continue
+        if not found.get(key):
+            raise ValueError(f"{where} does not record its {key.replace('_', ' ')} (written by an older version): "
+                             f"delete it and run the workflow again")
+        if found[key] != value:
+            what = {"setting": "setting", "checkpoint_sha256": "checkpoint", "data_sha256": "training data"}[key]
+            raise ValueError(f"{where} was made from another {what}: it records {key} {found[key]}, but this job "
+                             f"is for {value}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from dataclasses import MISSING, fields
 from pathlib import Path
 
@@ -55,6 +56,16 @@ def _speed(args: argparse.Namespace):
     from .speed import Speed
 
     return Speed.parse(args.speed, _device(args.device))
+
+
+def _add_job_expectations(parser: argparse.ArgumentParser, *, data: bool = False) -> None:
+    """``--setting`` (and ``--data``): what the job is for, so that files of another setting, checkpoint or data set
+    are refused (:mod:`ddpm.checkpoint`'s provenance) instead of silently scored."""
+    parser.add_argument("--setting", help="the setting this job is for (e.g. linear-T1000-eps-fixedlarge-mse-s0): "
+                        "a checkpoint trained as another setting, or files made from one, are refused")
+    if data:
+        parser.add_argument("--data", help="the prepared data folder of the sweep: a checkpoint trained on other "
+                            "data is refused")
 
 
 def _add_tracking(parser: argparse.ArgumentParser) -> None:
@@ -132,6 +143,9 @@ def cmd_train(args):
     from .train import TrainConfig, train
 
     config = TrainConfig.from_dict({f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+    if launched_world().is_main:  # each try of a retried job starts with this line (its tries log keeps them all)
+        print(f"== ddpm train {args.run_name or Path(args.out).name}: started {time.strftime('%Y-%m-%dT%H:%M:%S%z')}",
+              flush=True)
     tracking = read_tracking(args.tracking) if args.tracking else None
     final = train(config, args.out, data_dir=args.data, device=_device(args.device), tracking=tracking,
                   run_name=args.run_name, on_divergence=args.on_divergence, snapshot_steps=args.snapshot_steps,
@@ -143,26 +157,31 @@ def cmd_train(args):
 def cmd_sample(args):
     import numpy as np
 
-    from .evaluate import write_diverged
+    from .checkpoint import checkpoint_provenance
+    from .evaluate import provenance_arrays, write_diverged
     from .io import save_npz
     from .sample import sample_checkpoint, save_grid
     from .train import Diverged
 
+    provenance = checkpoint_provenance(args.checkpoint, setting=args.setting, data_dir=args.data)
     try:
         images = sample_checkpoint(args.checkpoint, start=args.start, count=args.count, batch_size=args.batch_size,
                                    seed=args.seed, steps=args.steps, device=_device(args.device), speed=_speed(args))
     except Diverged as diverged:
         return write_diverged(args.out, diverged.step)
-    save_npz(args.out, images=images, indices=np.arange(args.start, args.start + args.count))
+    save_npz(args.out, images=images, indices=np.arange(args.start, args.start + args.count),
+             **provenance_arrays(provenance))
     if args.grid:
         save_grid(images, args.grid)
     print(f"wrote {len(images)} samples to {args.out}" + (f" and a grid to {args.grid}" if args.grid else ""))
 
 
 def cmd_progressive(args):
+    from .checkpoint import checkpoint_provenance
     from .sample import progressive_generation, save_diverged_notice, save_grid
     from .train import Diverged
 
+    checkpoint_provenance(args.checkpoint, setting=args.setting, data_dir=args.data)
     try:
         images = progressive_generation(args.checkpoint, count=args.count, columns=args.columns, seed=args.seed,
                                         steps=args.steps, device=_device(args.device))
@@ -173,10 +192,12 @@ def cmd_progressive(args):
 
 
 def cmd_interpolate(args):
+    from .checkpoint import checkpoint_provenance
     from .datasets import load_split
     from .sample import interpolate, save_diverged_notice, save_grid
     from .train import Diverged
 
+    checkpoint_provenance(args.checkpoint, setting=args.setting, data_dir=args.data)
     test = load_split(args.data, "test")[0]
     if max(args.images) >= len(test):
         raise ValueError(f"--images {args.images}: the test split of {args.data} has {len(test)} images")
@@ -190,7 +211,7 @@ def cmd_interpolate(args):
 
 
 def cmd_gather_samples(args):
-    from .evaluate import diverged_step, gather_samples, write_diverged
+    from .evaluate import agreed_provenance, diverged_step, gather_samples, provenance_arrays, write_diverged
     from .io import save_npz
     from .sample import save_diverged_notice, save_grid
 
@@ -199,8 +220,9 @@ def cmd_gather_samples(args):
         if args.grid:
             save_diverged_notice(step, args.grid)
         return write_diverged(args.out, step)
+    provenance = agreed_provenance(args.shards, setting=args.setting)
     images, indices = gather_samples(args.shards)
-    save_npz(args.out, images=images, indices=indices)
+    save_npz(args.out, images=images, indices=indices, **provenance_arrays(provenance))
     print(f"gathered {len(images)} samples into {args.out}")
     if args.grid:
         save_grid(images[: args.grid_size], args.grid)
@@ -209,14 +231,20 @@ def cmd_gather_samples(args):
 
 
 def cmd_fid(args):
-    from .datasets import check_images, load_split
-    from .evaluate import diverged_step, write_diverged
+    from .checkpoint import check_provenance
+    from .datasets import check_images, load_split, split_sha256
+    from .evaluate import diverged_step, read_provenance, write_diverged
     from .io import load_npz, write_json
     from .metrics import fidelity_metrics
 
     step = diverged_step([args.samples])
     if step is not None:
         return write_diverged(args.out, step)
+    provenance = read_provenance(args.samples)
+    if args.setting is not None:  # samples of this setting, from a model trained on this reference's data
+        check_provenance(provenance, args.samples, setting=args.setting)
+        if provenance.get("data_sha256"):
+            check_provenance(provenance, args.samples, data_sha256=split_sha256(args.data, "train"))
     reference = load_split(args.data, "train")[0]
     samples = load_npz(args.samples, ("images",))["images"]
     check_images(samples, f"samples in {args.samples}", shape=reference.shape[1:])  # the data set's shape, exactly
@@ -229,7 +257,7 @@ def cmd_fid(args):
         scores["num_test_reference"] = len(test)
     if args.training_step is not None:
         scores["training_step"] = args.training_step
-    write_json(args.out, scores)
+    write_json(args.out, {**scores, **provenance})
     logged = {k: v for k, v in scores.items() if k in ("fid", "fid_test", "is_mean", "is_std", "kid_mean", "kid_std",
                                                       "precision", "recall")}
     if not args.snapshot:  # the plain names are the final checkpoint's
@@ -240,27 +268,30 @@ def cmd_fid(args):
 
 
 def cmd_nll(args):
-    from .evaluate import nll_shard, write_diverged
+    from .checkpoint import checkpoint_provenance
+    from .evaluate import nll_shard, provenance_arrays, write_diverged
     from .io import save_npz
     from .train import Diverged
 
+    provenance = checkpoint_provenance(args.checkpoint, setting=args.setting, data_dir=args.data)
     try:
         shard = nll_shard(args.checkpoint, args.data, start=args.start, count=args.count, batch_size=args.batch_size,
                           seed=args.seed, device=_device(args.device), split=args.split, speed=_speed(args))
     except Diverged as diverged:
         return write_diverged(args.out, diverged.step)
-    save_npz(args.out, **shard)
+    save_npz(args.out, **shard, **provenance_arrays(provenance))
     print(f"bits/dim of {args.split} images {shard['indices'][0]}..{shard['indices'][-1]}: {shard['total_bpd'].mean():.4f}")
 
 
 def cmd_nll_gather(args):
-    from .evaluate import diverged_step, gather_nll, write_diverged
+    from .evaluate import agreed_provenance, diverged_step, gather_nll, write_diverged
     from .io import write_json
 
     step = diverged_step(args.shards)
     if step is not None:
         return write_diverged(args.out, step)
-    result = {**gather_nll(args.shards), "split": args.split}
+    provenance = agreed_provenance(args.shards, setting=args.setting)
+    result = {**gather_nll(args.shards), "split": args.split, **provenance}
     write_json(args.out, result)
     metric = "bpd" if args.split == "test" else "bpd_train"
     _log_to_run(args, {metric: result["bpd"], f"{metric}_stderr": result["bpd_stderr"]})
@@ -315,6 +346,8 @@ def cmd_report(args):
         figures.append(Path(args.fid_over_training_figure))
     if args.tracking:
         info = tracking.read_tracking(args.tracking)
+        if args.config_json:
+            tracking.log_config(info["tracking_uri"], info["parent_run_id"], json.loads(args.config_json))
         for path in [*outputs, *figures]:
             tracking.log_artifact(info["tracking_uri"], info["parent_run_id"], path, "report")
         tracking.finish_run(info["tracking_uri"], info["parent_run_id"], "FINISHED")
@@ -367,7 +400,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_classifier)
 
     track = sub.add_parser("track", help="MLflow bookkeeping").add_subparsers(dest="track_command", required=True)
-    p = track.add_parser("init", help="create the store, the experiment and the sweep's parent run")
+    p = track.add_parser("init", help="create the store, the experiment and the sweep's parent run (run again: "
+                         "the same parent run is found and reused)")
     p.add_argument("--experiment", required=True)
     p.add_argument("--sweep-name")
     p.add_argument("--results", default="results", help="results folder (the default SQLite store lives there)")
@@ -406,6 +440,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--columns", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=None, help="respace the reverse process to this many steps")
+    _add_job_expectations(p, data=True)
     _add_runtime(p)
     p.set_defaults(func=cmd_progressive)
 
@@ -417,6 +452,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--t-fraction", type=float, default=0.5, help="encode to x_t with t = this fraction of T")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=None, help="respace the reverse process to this many steps")
+    _add_job_expectations(p)
     _add_runtime(p)
     p.set_defaults(func=cmd_interpolate)
 
@@ -429,6 +465,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=None, help="respace to this many sampling steps (default: all T)")
+    _add_job_expectations(p, data=True)
     _add_runtime(p, speed=True)
     p.set_defaults(func=cmd_sample)
 
@@ -437,6 +474,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--grid", help="also draw a grid of the first --grid-size samples here (a PNG)")
     p.add_argument("--grid-size", type=int, default=100)
+    _add_job_expectations(p)
     _add_tracking(p)
     p.set_defaults(func=cmd_gather_samples)
 
@@ -454,6 +492,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--snapshot", action="store_true",
                    help="a snapshot for FID over training, not the final checkpoint: log only the curve's point")
     p.add_argument("--out", required=True)
+    _add_job_expectations(p)
     _add_tracking(p)
     _add_runtime(p)
     p.set_defaults(func=cmd_fid)
@@ -467,6 +506,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
+    _add_job_expectations(p)
     _add_runtime(p, speed=True)
     p.set_defaults(func=cmd_nll)
 
@@ -475,6 +515,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=["test", "train"], default="test",
                    help="the shards' split: MLflow gets bpd (test) or bpd_train (train)")
     p.add_argument("--out", required=True)
+    _add_job_expectations(p)
     _add_tracking(p)
     p.set_defaults(func=cmd_nll_gather)
 
@@ -530,6 +571,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--paper-sweep", help="the sweep name the published numbers are filed under (default: the stem's)")
     p.add_argument("--scaled-down", action="store_true", help="a scale=tiny run: no Δ columns, it is not comparable")
     p.add_argument("--tracking", help="also attach the tables to the sweep's parent run and finish it")
+    p.add_argument("--config-json", help="with --tracking: the sweep's resolved config, stored with the parent run")
     p.set_defaults(func=cmd_report)
     return parser
 

@@ -33,6 +33,15 @@ MANIFEST_FORMAT = "ddpm-prepared-dataset"
 MANIFEST_VERSION = 1
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
+ALPHA_BACKGROUND = 255
+"""Grey level (255 = white) that transparent and half-transparent pixels are composited onto when an image is read
+(:func:`load_image_file`), for every kind of transparency: an alpha channel (``LA``, ``RGBA``, ``PA``, premultiplied
+``La``/``RGBa``), a palette's transparent entries (``P`` with ``info['transparency']``) and a PNG's transparent colour
+(``tRNS`` in ``1``/``L``/``RGB``/16-bit grey). White, because image folders with transparency are mostly objects cut
+out on a transparent page (icons, sprites, product shots) that are meant to be seen on a white page; PIL's own
+``convert("RGB")`` would instead drop the alpha and show whatever colour the transparent pixels happen to store
+(usually black). Result per channel: ``round(colour * alpha / 255 + ALPHA_BACKGROUND * (1 - alpha / 255))``."""
+
 CIFAR10_FOLDER = "cifar-10-batches-py"
 CIFAR10_TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 CIFAR10_TEST_BATCH = "test_batch"
@@ -227,12 +236,24 @@ DIGITS_COUNT = 1797
 CIFAR10_TEST_COUNT = 10000
 
 
+CIFAR10_TRAIN_COUNT = 50000
+
+
 def known_test_size(name: str, test_fraction: float) -> int | None:
     """The test split's size for ``name`` without reading any data (``None`` for imagefolder)."""
     if name == "digits":
         return int(round(DIGITS_COUNT * test_fraction))  # the rule of seeded_split
     if name == "cifar10":
         return CIFAR10_TEST_COUNT
+    return None
+
+
+def known_train_size(name: str, test_fraction: float) -> int | None:
+    """The train split's size for ``name`` without reading any data (``None`` for imagefolder)."""
+    if name == "digits":
+        return DIGITS_COUNT - known_test_size(name, test_fraction)
+    if name == "cifar10":
+        return CIFAR10_TRAIN_COUNT
     return None
 
 
@@ -440,15 +461,95 @@ def folder_labels(root: Path, files: list[Path]) -> tuple[np.ndarray, list[str]]
     return labels, class_names
 
 
-def load_image_file(path: Path, image_size: int) -> np.ndarray:
-    """One image → RGB uint8 (3, S, S): shorter side resized to S (bicubic), then center-cropped."""
+def imagefolder_has_classes(root: str | Path) -> bool:
+    """True when every image under ``root`` lies inside a top-level subfolder (one subfolder per class), i.e. every
+    :func:`folder_labels` label is >= 0. False for a flat folder and for a mix of loose images and subfolders: those
+    loose images get label -1, so the small classifier (``evaluate.feature_extractor: classifier``) cannot be trained
+    on them. Raises like :func:`list_image_files` when ``root`` is missing or holds no images."""
+    root = Path(root)
+    labels, _ = folder_labels(root, list_image_files(root))
+    return bool((labels >= 0).all())
+
+
+# Modes whose conversion by PIL's convert("RGB") is exact (1-bit, 8-bit grey, palette, RGB, padded RGB, CMYK, YCbCr)
+# when they carry no transparency.
+_PLAIN_MODES = ("1", "L", "P", "RGB", "RGBX", "CMYK", "YCbCr")
+_ALPHA_MODES = ("LA", "PA", "RGBA")  # straight (non-premultiplied) alpha
+_PREMULTIPLIED_MODES = ("La", "RGBa")
+_INTEGER_GREY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # scaled from the 16-bit range 0..65535
+
+
+def _unsupported_mode(path, mode: str, why: str) -> ValueError:
+    return ValueError(f"cannot read image {path}: mode {mode} is not supported ({why})")
+
+
+def _composite(colour: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """Straight-alpha ``colour`` (…, C) over :data:`ALPHA_BACKGROUND`, correctly rounded (no ties can occur)."""
+    colour, alpha = colour.astype(np.int64), alpha.astype(np.int64)
+    return ((colour * alpha + ALPHA_BACKGROUND * (255 - alpha) + 127) // 255).astype(np.uint8)
+
+
+def _has_transparency(image) -> bool:
+    """A transparent colour or palette index (``info['transparency']``) or a palette with alpha entries."""
+    if "transparency" in image.info:
+        return True
+    return image.mode == "P" and image.palette is not None and "A" in image.palette.mode
+
+
+def _image_to_rgb(image, path):
+    """Any supported PIL image → an RGB PIL image; alpha composited on :data:`ALPHA_BACKGROUND`; other modes refused."""
     from PIL import Image
+
+    mode = image.mode
+    if mode in _INTEGER_GREY_MODES:
+        values = np.asarray(image).astype(np.int64)
+        if mode == "I" and values.size and (values.min() < 0 or values.max() > 65535):
+            raise _unsupported_mode(path, mode, f"32-bit integer values {values.min()}..{values.max()} lie outside "
+                                    "the 16-bit range 0..65535, so their scale is unknown; convert the image to 8 or "
+                                    "16 bits first")
+        grey = (2 * values + 257) // 514  # round(v / 65535 * 255) = round(v / 257); v / 257 never ends in .5
+        rgb = np.repeat(grey[..., None], 3, axis=-1)
+        transparent = image.info.get("transparency")
+        if isinstance(transparent, numbers.Integral):  # PNG tRNS: one fully transparent grey value
+            rgb = _composite(rgb, np.where(values == transparent, 0, 255)[..., None])
+        return Image.fromarray(rgb.astype(np.uint8))
+    if mode in _PREMULTIPLIED_MODES:  # colour already multiplied by alpha: over the background = c + B (1 - a)
+        values = np.asarray(image).astype(np.int64)
+        colour, alpha = values[..., :-1], values[..., -1:]
+        rgb = np.minimum(255, colour + (ALPHA_BACKGROUND * (255 - alpha) + 127) // 255)
+        return Image.fromarray(np.broadcast_to(rgb, rgb.shape[:-1] + (3,)).astype(np.uint8))
+    if mode in _ALPHA_MODES or (mode in _PLAIN_MODES and _has_transparency(image)):
+        rgba = np.asarray(image.convert("RGBA"))
+        return Image.fromarray(_composite(rgba[..., :3], rgba[..., 3:]))
+    if mode in _PLAIN_MODES:
+        return image.convert("RGB")
+    if mode == "F":
+        raise _unsupported_mode(path, mode, "32-bit floating-point pixels have no defined value range; convert the "
+                                "image to 8 or 16 bits first")
+    raise _unsupported_mode(path, mode, "supported: " + ", ".join(
+        _PLAIN_MODES + _ALPHA_MODES + _PREMULTIPLIED_MODES + _INTEGER_GREY_MODES))
+
+
+def load_image_file(path: Path, image_size: int) -> np.ndarray:
+    """One image → RGB uint8 (3, S, S): shorter side resized to S (bicubic), then center-cropped.
+
+    The EXIF orientation is applied first. Pixels are converted exactly or the image is refused (``ValueError``
+    naming the file and the mode), never silently altered: 1-bit, 8-bit grey, palette, RGB, CMYK (PIL's conversion)
+    and YCbCr become RGB; 16-bit grey (``I;16*``, and 32-bit ``I`` whose values lie in 0..65535) is scaled by
+    ``round(v / 65535 * 255)``; transparency of every kind (alpha channel, palette or PNG transparent colour,
+    premultiplied alpha) is composited onto :data:`ALPHA_BACKGROUND` (white). Grey images become three equal
+    channels. Refused: float ``F``, ``I`` outside 0..65535, and any other mode (e.g. ``LAB``, ``HSV``).
+    16-bit RGB/RGBA/grey+alpha PNGs are handed over by PIL as 8-bit RGB/RGBA already (high byte, ``v // 256``: at
+    most one level below exact rounding)."""
+    from PIL import Image, ImageOps
 
     try:
         with Image.open(path) as image:
-            image = image.convert("RGB")
+            image.load()
+            image = ImageOps.exif_transpose(image)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
         raise ValueError(f"cannot read image {path}: {error}") from error
+    image = _image_to_rgb(image, path)
     width, height = image.size
     scale = image_size / min(width, height)
     new_width, new_height = max(image_size, round(width * scale)), max(image_size, round(height * scale))
@@ -550,6 +651,14 @@ def _load_verified(prepared_dir: Path, manifest: dict, filename: str) -> np.ndar
             "the file changed after preparation, re-run prepare"
         )
     return np.load(path, allow_pickle=False)
+
+
+def split_sha256(prepared_dir: str | os.PathLike, split: str) -> str:
+    """The sha256 of a prepared split's images, as its manifest records it (what a checkpoint's data is known by)."""
+    entry = read_manifest(prepared_dir)["files"].get(f"{split}_images.npy")
+    if not isinstance(entry, dict) or "sha256" not in entry:
+        raise ValueError(f"{Path(prepared_dir) / MANIFEST} has no checksum for {split}_images.npy; re-run prepare")
+    return entry["sha256"]
 
 
 def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:

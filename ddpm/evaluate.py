@@ -11,12 +11,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .checkpoint import DIVERGED, PROVENANCE_KEYS, check_provenance
 from .datasets import check_images, load_split, to_model_range
 from .io import load_npz, save_npz, write_json
 from .progress import progress as progress_iter
 from .sample import sample_generator
 from .speed import FastForward, Speed
-from .train import DIVERGED, load_for_sampling
+from .train import load_for_sampling
 
 
 def diverged_step(paths) -> int | None:
@@ -46,6 +47,31 @@ def write_diverged(path, step: int) -> None:
     print(f"the training diverged at step {step}: nothing to compute; {path} records it")
 
 
+def provenance_arrays(provenance: dict) -> dict[str, np.ndarray]:
+    """A checkpoint's provenance (:func:`ddpm.checkpoint.checkpoint_provenance`) as arrays to store in an ``.npz``."""
+    return {key: np.array(str(provenance[key])) for key in PROVENANCE_KEYS if key in provenance}
+
+
+def read_provenance(path) -> dict[str, str]:
+    """The provenance an ``.npz`` shard (or a merge of shards) records; ``{}`` for files written without one."""
+    found = load_npz(path, (), optional=PROVENANCE_KEYS)
+    return {key: str(value) for key, value in found.items()}
+
+
+def agreed_provenance(paths, *, setting: str | None = None) -> dict[str, str]:
+    """The one provenance that all of ``paths`` record (shards of one checkpoint); refuses shards of different
+    checkpoints, and (with ``setting``) shards of another setting, naming the file."""
+    records = [(path, read_provenance(path)) for path in paths]
+    first_path, first = records[0]
+    for path, found in records:
+        check_provenance(found, path, setting=setting)
+        if found != first:
+            raise ValueError(f"{path} and {first_path} come from different checkpoints (they record "
+                             f"{found or 'nothing'} and {first or 'nothing'}): delete the stale shards and run "
+                             f"the workflow again")
+    return first
+
+
 NLL_SHARD_KEYS = ("indices", "total_bpd", "prior_bpd", "vb_sum", "xstart_mse_sum")
 
 
@@ -63,9 +89,11 @@ def nll_shard(checkpoint, data_dir, *, start: int, count: int | None, batch_size
     if tuple(images.shape[1:]) != tuple(state["data_shape"]):
         raise ValueError(f"the {split} images of {data_dir} have shape (C, H, W) = {tuple(images.shape[1:])}, but "
                          f"{checkpoint} was trained on {tuple(state['data_shape'])}")
-    stop = len(images) if count is None else min(start + count, len(images))
-    if not 0 <= start < stop:
-        raise ValueError(f"{split} images {start}..{stop - 1} are out of range: the {split} split has {len(images)} images")
+    stop = len(images) if count is None else start + count
+    if not 0 <= start < stop <= len(images):  # never fewer images than asked, silently
+        key = "evaluate.nll_num_images" if split == "test" else "evaluate.nll_train_images"
+        raise ValueError(f"{split} images {start}..{stop - 1} are out of range: the {split} split of {data_dir} has "
+                         f"{len(images)} images (config key '{key}')")
     totals, priors = [], []
     vb_sum = np.zeros(diffusion.num_timesteps)
     mse_sum = np.zeros(diffusion.num_timesteps)

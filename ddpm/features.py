@@ -96,7 +96,12 @@ def train_classifier(
         raise ValueError(f"labels must be a 1-D integer array with one label per image ({len(images)}), "
                          f"got {labels.dtype} array of shape {labels.shape}")
     if labels.min() < 0:
-        raise ValueError("labels must be non-negative class indices")
+        raise ValueError(
+            f"{int((labels < 0).sum())} of the {len(labels)} training images have no class label (label < 0), so the "
+            "small classifier used as FID/IS feature extractor cannot be trained on them; this happens with an image "
+            "folder whose images are not each inside one subfolder per class. Either arrange the images in one "
+            "subfolder per class (folder/<class>/<image>), or set `evaluate.feature_extractor: inception-v3-compat` "
+            "in the config (no classifier needed)")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     num_classes = int(labels.max()) + 1

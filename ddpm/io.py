@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
@@ -18,11 +19,13 @@ import numpy as np
 def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO]:
     """Open a temporary file for writing; on success it is synced and renamed to ``path``, on error removed.
 
-    A crash or a full disk mid-write never leaves a partial file under the final name."""
+    A crash or a full disk mid-write never leaves a partial file under the final name. The file gets the mode a
+    plain ``open`` would give it (0666 less the umask: readable by the group), not ``mkstemp``'s private 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
@@ -33,6 +36,14 @@ def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO]:
         if isinstance(err, OSError) and err.filename is None:  # a failed write() names no file: name the target
             raise OSError(err.errno, err.strerror or str(err), str(path)) from err
         raise
+
+
+@functools.lru_cache(maxsize=None)
+def _umask() -> int:
+    """The process's umask, read once (reading it means setting it: set it straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_json(path: str | Path, payload) -> None:
@@ -54,6 +65,9 @@ def load_npz(path: str | Path, keys: tuple[str, ...], optional: tuple[str, ...] 
         if not isinstance(data, np.lib.npyio.NpzFile):
             raise ValueError("not an .npz archive")
         with data as f:
+            damaged = f.zip.testzip()  # every member's CRC, also of arrays not asked for: a damaged file is refused
+            if damaged is not None:
+                raise ValueError(f"{damaged} is damaged (CRC check failed)")
             missing = [k for k in keys if k not in f.files]
             if missing:
                 raise ValueError(f"has no array {', '.join(map(repr, missing))} (it has: {', '.join(f.files) or 'none'})")

@@ -14,17 +14,22 @@ import pandas as pd
 
 from .io import atomic_open
 from .settings import parse_setting_name
-from .train import DIVERGED
+from .checkpoint import DIVERGED
 
 FIDELITY_KEYS = (("fid", "FID"), ("is_mean", "IS"), ("is_std", "IS std"), ("kid_mean", "KID"),
                  ("precision", "precision"), ("recall", "recall"))
 
 
-def _read_json(path: Path) -> dict:
+def _read_json(path: Path, setting: str | None = None) -> dict:
+    """A result file; with ``setting``, one that records another setting (copied from another run) is refused."""
     try:
-        return json.loads(path.read_text())
+        found = json.loads(path.read_text())
     except (OSError, ValueError) as err:
         raise ValueError(f"cannot read {path}: {err}") from err
+    if setting is not None and found.get("setting", setting) != setting:
+        raise ValueError(f"{path} records the setting {found['setting']}, but it is in the folder of {setting}: it "
+                         f"belongs to another run; delete it and run the workflow again")
+    return found
 
 
 def _fidelity_columns(scores: dict) -> dict:
@@ -48,7 +53,7 @@ def build_table(run_dirs: dict[str, Path], baselines: dict[str, Path], *, nll_tr
     the test split)."""
     rows = []
     for name, folder in run_dirs.items():
-        nll, scores = _read_json(folder / "nll.json"), _read_json(folder / "fid_is.json")
+        nll, scores = _read_json(folder / "nll.json", name), _read_json(folder / "fid_is.json", name)
         diverged = scores.get(DIVERGED, nll.get(DIVERGED))
         row = {"setting": name, **parse_setting_name(name),
                "status": "finished" if diverged is None else f"diverged at step {diverged}",
@@ -57,7 +62,7 @@ def build_table(run_dirs: dict[str, Path], baselines: dict[str, Path], *, nll_tr
             row.update(_fidelity_columns(scores), **{"bits/dim": nll["bpd"], "bits/dim stderr": nll["bpd_stderr"],
                                                      "NLL images": nll["num_images"]})
             if nll_train:
-                train = _read_json(folder / "nll-train.json")
+                train = _read_json(folder / "nll-train.json", name)
                 row.update({"bits/dim train": train["bpd"], "bits/dim train stderr": train["bpd_stderr"],
                             "NLL train images": train["num_images"]})
         rows.append(row)
@@ -74,7 +79,7 @@ def fid_over_training_table(run_dirs: dict[str, Path], snapshot_steps=()) -> pd.
         points = [(step, "snapshot", folder / "snapshots" / f"step-{step}" / "fid_is.json") for step in snapshot_steps]
         points.append((_last_record(folder / "metrics.jsonl").get("step"), "final", folder / "fid_is.json"))
         for step, kind, path in points:
-            scores = _read_json(path)
+            scores = _read_json(path, name)
             if DIVERGED not in scores:
                 rows.append({"setting": name, "step": step, "checkpoint": kind, **_fidelity_columns(scores)})
     return pd.DataFrame(rows)

@@ -9,8 +9,10 @@ are created once, by the first job, before any parallel writer starts. ``MLFLOW_
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
+import re
 import sys
 import time
 from pathlib import Path
@@ -20,6 +22,142 @@ R = TypeVar("R")
 
 #: SQLite answers "database is locked" while another process writes; retry with backoff for this long.
 LOCK_RETRY_SECONDS = 120.0
+
+#: Bounded settings for MLflow's HTTP client (a tracking server at an ``http(s)://`` URI), applied where the variable
+#: is unset (export one to widen it). MLflow's own defaults are 7 retries, backoff factor 2 (urllib3 sleeps 0, 4, 8,
+#: 16, 32, 64, 120 s, plus up to 1 s of jitter each), a 120 s timeout per try and honouring a Retry-After header: a
+#: server that is down failed ``ddpm track init`` after 4 min 24 s, and one that died mid-run stalled training for
+#: ~8 min. With these, urllib3 sleeps 0, then 2 + ≤1, then 4 + ≤1 s between the 4 tries. A server whose own store
+#: is so busy that one request takes over 10 s (its SQLite waits up to 20 s for a lock) needs a wider timeout.
+HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "1.0",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    "MLFLOW_HTTP_RESPECT_RETRY_AFTER_HEADER": "false",  # a server's Retry-After would sleep unbounded
+}
+for _name, _value in HTTP_DEFAULTS.items():
+    os.environ.setdefault(_name, _value)  # before any client: MLflow reads them at each request
+
+
+def http_settings(environ=os.environ) -> tuple[int, float, float, float]:
+    """``(max retries, backoff factor, backoff jitter, timeout)`` as MLflow's HTTP client will use them (unset:
+    ours)."""
+    environ = {**HTTP_DEFAULTS, **environ}
+    return (int(environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]), float(environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"]),
+            float(environ["MLFLOW_HTTP_REQUEST_BACKOFF_JITTER"]), float(environ["MLFLOW_HTTP_REQUEST_TIMEOUT"]))
+
+
+def call_failure_bound_s(environ=os.environ) -> float:
+    """Worst case, in seconds, for one MLflow call to a tracking server that is down, unreachable or hung to fail:
+    each of the 1 + R tries ends within the timeout T (refused at once, connect timeout, or read timeout), and
+    urllib3 sleeps 0 s before the first retry and min(120, F·2^(k-1) + J) before retry k ≥ 2. With the defaults:
+    4 × 10 + (2 + 1) + (4 + 1) = 48 s; a server that refuses connections (down, or its process died): ≤ 8 s.
+    Not covered: a name lookup that hangs (DNS), or a server that trickles bytes slower than one per T."""
+    retries, factor, jitter, timeout = http_settings(environ)
+    sleeps = sum(min(120.0, factor * 2 ** (k - 1) + jitter) for k in range(2, retries + 1))
+    return (retries + 1) * timeout + sleeps
+
+
+#: A job that talks to a tracking server that is down or dies fails within this many seconds of its failing call
+#: starting: that call (:func:`call_failure_bound_s`, 48 s with the defaults) plus one try, without retries, to mark
+#: its run FAILED (:func:`best_effort`, ≤ T = 10 s): 58 s. A training job also finishes the step under way and
+#: writes its resume state first.
+CALL_FAILURE_BOUND_S = call_failure_bound_s(HTTP_DEFAULTS)
+TRACKING_FAILURE_BOUND_S = CALL_FAILURE_BOUND_S + http_settings(HTTP_DEFAULTS)[3]
+
+
+class TrackingError(RuntimeError):
+    """An MLflow call failed. The message is one line that names the store (the tracking URI)."""
+
+
+def _sqlite_path(tracking_uri: str) -> Path | None:
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    path = tracking_uri.removeprefix("sqlite:///").split("?")[0]
+    return Path(path) if path and path != ":memory:" else None
+
+
+def _first_line(text: str) -> str:
+    """The first line of an error that says something (SQLAlchemy's "(raised as a result of Query-invoked autoflush
+    …)" preamble skipped), at most 300 characters."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    lines = [line for line in lines if not line.startswith("(raised as a result of")] or lines or [""]
+    return lines[0] if len(lines[0]) <= 300 else lines[0][:297] + "..."
+
+
+def _summary(err: BaseException) -> str:
+    """One line for an MLflow error: MLflow reports a failed HTTP request as a long urllib3 repr (pool, URL, the
+    connection object's address); SQLAlchemy adds the SQL and its parameters over several lines."""
+    text = str(err)
+    try:
+        retries, _, _, timeout = http_settings()
+    except ValueError:  # a setting MLflow cannot read either: its own error says which
+        return _first_line(text)
+    tries = f"{retries + 1} tr{'y' if retries == 0 else 'ies'}"
+    found = re.search(r"\((?:sqlite3|psycopg2?|pymysql|MySQLdb)[\w.]*\) ([^\n]+)", text)
+    if found:
+        return _first_line(found.group(0))
+    found = re.search(r"Failed to establish a new connection: (\[Errno -?\d+\] [^'\")]+)", text)
+    if found:
+        return f"cannot connect ({found.group(1).strip()}; {tries})"
+    if "ConnectTimeoutError" in text or "Connection to" in text and "timed out" in text:
+        return f"cannot connect: no answer within {timeout:g} s ({tries})"
+    if "Read timed out" in text or "ReadTimeoutError" in text:
+        return f"no answer within {timeout:g} s (read timed out; {tries})"
+    found = re.search(r"too many (\d+) error responses", text)
+    if found:
+        return f"the server answered HTTP {found.group(1)} to each of {tries}"
+    found = re.search(r"(RemoteDisconnected|ConnectionResetError|Connection aborted|ProtocolError)[^,)]*", text)
+    if found:
+        return f"the server dropped the connection ({found.group(0).strip()[:120]}; {tries})"
+    return _first_line(text)
+
+
+def _tracking_error(what: str, tracking_uri: str | None, err: BaseException) -> TrackingError:
+    summary = _summary(err)
+    if tracking_uri is None:
+        return TrackingError(f"MLflow {what} failed: {summary}")
+    if _sqlite_path(tracking_uri) is not None and "readonly database" in summary:
+        return TrackingError(f"the MLflow store {tracking_uri} is read-only ({what}: {summary.split(') ')[-1]}): "
+                             f"make it writable or set mlflow.tracking_uri")
+    if _sqlite_path(tracking_uri) is not None and "unable to open database file" in summary:
+        return TrackingError(f"the MLflow store {tracking_uri} cannot be opened ({what}: unable to open database "
+                             f"file): make its folder exist and writable, or set mlflow.tracking_uri")
+    return TrackingError(f"MLflow {what} at {tracking_uri} failed: {summary}")
+
+
+def check_store_writable(tracking_uri: str) -> None:
+    """Raise :class:`TrackingError` at once, before SQLite touches it, if ``tracking_uri`` is a SQLite file that
+    cannot be written: the file read-only, or its folder (where SQLite writes its journal, and creates the file)
+    not writable. Left to SQLite, the first is a traceback from deep in SQLAlchemy, the second ~100 s of retries."""
+    path = _sqlite_path(tracking_uri)
+    if path is None:
+        return
+    path = path.resolve()
+    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+        raise TrackingError(f"the MLflow store {tracking_uri} is read-only ({path} cannot be written): make it "
+                            f"writable or set mlflow.tracking_uri")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not os.access(folder, os.W_OK | os.X_OK):
+        state = "is read-only" if path.exists() else "cannot be created"
+        raise TrackingError(f"the MLflow store {tracking_uri} {state} (the folder {folder} cannot be written, and "
+                            f"SQLite writes its journal there): make it writable or set mlflow.tracking_uri")
+
+
+class _DropReraisedDatabaseErrors(logging.Filter):
+    """MLflow's SQL store logs each database error with its traceback (~80 lines), then raises it: the error comes
+    back here as one line naming the store, so the log records are dropped."""
+
+    PREFIXES = ("SQLAlchemy database error", "SQLAlchemy engine could not be created")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.PREFIXES)
+
+
+logging.getLogger("mlflow.store.db.utils").addFilter(_DropReraisedDatabaseErrors())
 
 
 def default_tracking_uri(results_dir: str | Path, configured: str | None = None) -> str:
@@ -99,11 +237,13 @@ def serve_command(store: str | Path, *, host: str = "0.0.0.0", port: int = 5000,
 def _client(tracking_uri: str):
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(tracking_uri=tracking_uri)
+    check_store_writable(tracking_uri)
+    return with_retry(lambda: MlflowClient(tracking_uri=tracking_uri), what="store opening", uri=tracking_uri)
 
 
-def with_retry(call: Callable[[], R], *, what: str) -> R:
-    """Run ``call``, retrying with jittered exponential backoff while SQLite reports the database locked."""
+def with_retry(call: Callable[[], R], *, what: str, uri: str | None = None) -> R:
+    """Run ``call``, retrying with jittered exponential backoff while SQLite reports the database locked. Any other
+    failure (or a lock past :data:`LOCK_RETRY_SECONDS`) raises :class:`TrackingError`, one line naming ``uri``."""
     deadline = time.monotonic() + LOCK_RETRY_SECONDS
     delay = 0.1
     while True:
@@ -111,28 +251,67 @@ def with_retry(call: Callable[[], R], *, what: str) -> R:
             return call()
         except Exception as err:  # MlflowException wraps sqlalchemy's OperationalError
             if "database is locked" not in str(err) or time.monotonic() > deadline:
-                raise RuntimeError(f"MLflow {what} failed: {err}") from err
+                raise _tracking_error(what, uri, err) from err
             time.sleep(delay * (1 + random.random()))
             delay = min(delay * 2, 5.0)
 
 
+def best_effort(what: str, call: Callable[[], object]) -> bool:
+    """Run ``call`` (MLflow calls, while another error is on its way up: marking the run FAILED or KILLED) with one
+    HTTP try, no retries, so a server that is gone costs at most one timeout. A failure prints one line and is
+    swallowed, so that the original error is the one reported; returns whether ``call`` succeeded."""
+    name = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"
+    previous = os.environ.get(name)
+    os.environ[name] = "0"
+    try:
+        call()
+        return True
+    except Exception as err:
+        print(f"could not {what} either: {err if isinstance(err, TrackingError) else _summary(err)}",
+              file=sys.stderr, flush=True)
+        return False
+    finally:
+        if previous is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = previous
+
+
 def init_sweep(tracking_uri: str, experiment: str, sweep_name: str, artifact_root: str | Path, config: dict,
                *, kind: str = "sweep") -> dict:
-    """Create (or reuse) the experiment and start the sweep's parent run (tagged ``ddpm.kind``); returns what jobs
-    need to attach."""
+    """Create (or reuse) the experiment and the sweep's parent run (tagged ``ddpm.kind``; a ``sweep`` run of this name
+    already in the experiment is reused, never duplicated); returns what jobs need to attach."""
     refuse_sqlite_on_network_filesystem(tracking_uri)
     client = _client(tracking_uri)
-    found = with_retry(lambda: client.get_experiment_by_name(experiment), what="experiment lookup")
+    found = with_retry(lambda: client.get_experiment_by_name(experiment), what="experiment lookup", uri=tracking_uri)
     if found is None:
         artifact_location = Path(artifact_root).resolve().as_uri()
         experiment_id = with_retry(lambda: client.create_experiment(experiment, artifact_location=artifact_location),
-                                   what="experiment creation")
+                                   what="experiment creation", uri=tracking_uri)
     else:
         experiment_id = found.experiment_id
-    parent = with_retry(lambda: client.create_run(experiment_id, run_name=sweep_name, tags={"ddpm.kind": kind}),
-                        what="parent run creation")
-    with_retry(lambda: client.log_dict(parent.info.run_id, config, "config.json"), what="config upload")
+    parent = _existing_parent(client, tracking_uri, experiment_id, sweep_name, kind) if kind == "sweep" else None
+    if parent is None:
+        parent = with_retry(lambda: client.create_run(experiment_id, run_name=sweep_name, tags={"ddpm.kind": kind}),
+                            what="parent run creation", uri=tracking_uri)
+    if config:
+        log_config(tracking_uri, parent.info.run_id, config)
     return {"tracking_uri": tracking_uri, "experiment_id": experiment_id, "parent_run_id": parent.info.run_id}
+
+
+def _existing_parent(client, tracking_uri: str, experiment_id: str, sweep_name: str, kind: str):
+    """The sweep's parent run if the store has one already (the newest, if an older version made several): a sweep
+    run again, or whose tracking file was lost, goes on in the same parent run instead of starting another."""
+    query = f"tags.`ddpm.kind` = '{kind}' and attributes.run_name = '{sweep_name}'"
+    found = with_retry(lambda: client.search_runs([experiment_id], query, order_by=["attributes.start_time DESC"],
+                                                  max_results=1), what="parent run lookup", uri=tracking_uri)
+    return found[0] if found else None
+
+
+def log_config(tracking_uri: str, run_id: str, config: dict) -> None:
+    """The sweep's resolved config, as ``config.json`` of its parent run (replaced when the config changes)."""
+    with_retry(lambda: _client(tracking_uri).log_dict(run_id, config, "config.json"), what="config upload",
+               uri=tracking_uri)
 
 
 def read_tracking(path: str | Path) -> dict:
@@ -150,7 +329,7 @@ def start_setting_run(tracking: dict, name: str, params: dict) -> str:
     run = with_retry(lambda: client.create_run(
         tracking["experiment_id"], run_name=name,
         tags={"mlflow.parentRunId": tracking["parent_run_id"], "ddpm.kind": "setting", "ddpm.setting": name},
-    ), what="run creation")
+    ), what="run creation", uri=tracking["tracking_uri"])
     log_params(tracking["tracking_uri"], run.info.run_id, params)
     return run.info.run_id
 
@@ -186,7 +365,7 @@ def mark_running(tracking_uri: str, run_id: str) -> None:
 def last_logged_step(tracking_uri: str, run_id: str, key: str) -> int:
     """The highest step at which ``key`` was logged to the run (0 if never)."""
     client = _client(tracking_uri)
-    history = with_retry(lambda: client.get_metric_history(run_id, key), what="metric history")
+    history = with_retry(lambda: client.get_metric_history(run_id, key), what="metric history", uri=tracking_uri)
     return max((m.step for m in history), default=0)
 
 
@@ -196,4 +375,4 @@ def finish_run(tracking_uri: str, run_id: str, status: str = "FINISHED") -> None
 
 def _retrying_client_call(tracking_uri: str, what: str, call: Callable) -> None:
     client = _client(tracking_uri)
-    with_retry(lambda: call(client), what=what)
+    with_retry(lambda: call(client), what=what, uri=tracking_uri)

@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 
 from . import tracking as mlf
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import DIVERGED, load_checkpoint, save_checkpoint
 from .io import atomic_open
-from .datasets import load_dataset, load_split, to_model_range
+from .datasets import load_dataset, load_split, read_manifest, split_sha256, to_model_range
 from .diffusion import GaussianDiffusion, randn
 from .distributed import World, data_parallel, joined
 from .resample import create_sampler, default_sampler_name
@@ -137,10 +137,6 @@ class NonFiniteLoss(FloatingPointError):
 def _check_finite(loss: torch.Tensor, step: int) -> None:
     if not torch.isfinite(loss):
         raise NonFiniteLoss(loss.item(), step)
-
-
-#: The key that marks a setting whose training diverged, in its checkpoint and in every file made from it.
-DIVERGED = "diverged_at_step"
 
 
 class Diverged(ValueError):
@@ -323,12 +319,14 @@ def _train_process(config: TrainConfig, out_dir: Path, world: World, device: tor
                             snapshot_steps, speed)
     except Preempted:
         if run_id is not None:
-            mlf.finish_run(tracking["tracking_uri"], run_id, "KILLED")
+            mlf.best_effort(f"mark MLflow run {run_id} KILLED",
+                            lambda: mlf.finish_run(tracking["tracking_uri"], run_id, "KILLED"))
         raise
     except NonFiniteLoss as error:
         if run_id is not None:
-            mlf.set_tag(tracking["tracking_uri"], run_id, f"ddpm.{DIVERGED}", str(error.step))
-            mlf.finish_run(tracking["tracking_uri"], run_id, "FAILED")
+            mlf.best_effort(f"mark MLflow run {run_id} FAILED", lambda: (
+                mlf.set_tag(tracking["tracking_uri"], run_id, f"ddpm.{DIVERGED}", str(error.step)),
+                mlf.finish_run(tracking["tracking_uri"], run_id, "FAILED")))
         if on_divergence == "fail":
             raise
         if not world.is_main:
@@ -336,9 +334,10 @@ def _train_process(config: TrainConfig, out_dir: Path, world: World, device: tor
         (out_dir / RESUME_FILE).unlink(missing_ok=True)  # a rerun would diverge the same way
         _publish_snapshots(out_dir, snapshot_steps, diverged_at=error.step)
         return _record_divergence(out_dir, config, error)
-    except BaseException:
+    except BaseException:  # a server that is gone: one try to mark the run (ddpm.tracking.best_effort), then this
         if run_id is not None:
-            mlf.finish_run(tracking["tracking_uri"], run_id, "FAILED")
+            mlf.best_effort(f"mark MLflow run {run_id} FAILED",
+                            lambda: mlf.finish_run(tracking["tracking_uri"], run_id, "FAILED"))
         raise
     if not world.is_main:
         return final
@@ -400,7 +399,7 @@ def _train_loop(config: TrainConfig, out_dir: Path, data_dir, world: World, devi
     mine = world.local_batch(config.batch_size)
 
     # Data: the whole train split as one float tensor in [-1, 1] (CIFAR-sized sets fit in memory).
-    images = load_split(data_dir, "train")[0] if data_dir is not None else load_dataset(config.dataset)
+    images, data_sha256 = _training_images(config, data_dir)
     data = to_model_range(images).to(device)
     _, channels, height, width = data.shape
 
@@ -427,10 +426,16 @@ def _train_loop(config: TrainConfig, out_dir: Path, data_dir, world: World, devi
             print(f"resuming from step {resume['step']} of {config.steps}", flush=True)
         # Steps logged to MLflow after the saved state are recomputed identically: log each step once.
         last_logged = mlf.last_logged_step(tracking["tracking_uri"], run_id, "loss") if run_id else resume["step"]
+        for line in metrics_lines if run_id else ():  # steps whose logging failed (the server was gone): now
+            record = json.loads(line)
+            if last_logged < record["step"] <= resume["step"]:
+                mlf.log_metrics(tracking["tracking_uri"], run_id, {k: v for k, v in record.items() if k != "step"},
+                                record["step"])
 
     def training_state(step: int) -> dict:
         return {"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
-                "step": step, "config": asdict(config), "data_shape": [channels, height, width]}
+                "step": step, "config": asdict(config), "data_shape": [channels, height, width],
+                "data_sha256": data_sha256}
 
     def save_resume(step: int) -> None:
         rng = world.gather_objects(_rng_state(generator))  # a collective: every process takes part
@@ -439,10 +444,26 @@ def _train_loop(config: TrainConfig, out_dir: Path, data_dir, world: World, devi
                                                     "rng": rng[0], "rng_per_process": rng, "mlflow_run_id": run_id,
                                                     "metrics_lines": metrics_lines})
 
+    # A failed MLflow call (rank 0's; the server is gone) stops the training, like a preemption signal, at the next
+    # agreement: every process saves the resume state, then this error is raised (it names the tracking URI).
+    tracking_error: mlf.TrackingError | None = None
+
+    def to_mlflow(call) -> None:
+        nonlocal tracking_error
+        if tracking_error is None:
+            try:
+                call()
+            except mlf.TrackingError as err:
+                tracking_error = err
+
+    def stopped_by(error: mlf.TrackingError, step: int) -> mlf.TrackingError:
+        return mlf.TrackingError(f"{error}; the training state at step {step} is saved in {out_dir / RESUME_FILE}: "
+                                 f"run again (with the store reachable) to resume")
+
     metrics_file = None
     if world.is_main:
         metrics_file = (out_dir / "metrics.jsonl").open("a" if resume is not None else "w")
-    last: dict = {}
+    last: dict = json.loads(metrics_lines[-1]) if metrics_lines else {}  # resumed at the last step: its metrics
     start = time.monotonic()
     with _PreemptionFlag() as preemption:
         for step in range(first_step, config.steps + 1):
@@ -457,7 +478,7 @@ def _train_loop(config: TrainConfig, out_dir: Path, data_dir, world: World, devi
             noise = randn((config.batch_size, *x0.shape[1:]), generator, device=device)
             losses = diffusion.training_losses(forward, x0, t[mine], noise[mine])
             loss = (losses["loss"] * weights[mine]).mean()
-            global_loss, stop = world.mean_and_any(loss, preemption.received is not None)
+            global_loss, stop = world.mean_and_any(loss, preemption.received is not None or tracking_error is not None)
             _check_finite(global_loss, step)
 
             lr = config.lr * min(1.0, step / config.warmup) if config.warmup > 0 else config.lr
@@ -474,7 +495,8 @@ def _train_loop(config: TrainConfig, out_dir: Path, data_dir, world: World, devi
                 metrics_file.write(metrics_lines[-1] + "\n")
                 metrics_file.flush()
                 if run_id is not None and step > last_logged:
-                    mlf.log_metrics(tracking["tracking_uri"], run_id, {k: v for k, v in last.items() if k != "step"}, step)
+                    to_mlflow(lambda: mlf.log_metrics(tracking["tracking_uri"], run_id,
+                                                      {k: v for k, v in last.items() if k != "step"}, step))
                 if progress:
                     eta = elapsed / (step - first_step + 1) * (config.steps - step)
                     print(f"step {step}/{config.steps} loss {last['loss']:.4f} lr {lr:.2e} "
@@ -482,20 +504,45 @@ def _train_loop(config: TrainConfig, out_dir: Path, data_dir, world: World, devi
             if world.is_main and config.preview_every and (step % config.preview_every == 0 or step == config.steps):
                 grid = _preview_grid(ema, diffusion, (channels, height, width), out_dir / "previews" / f"step-{step:07d}.png", device)
                 if run_id is not None:
-                    mlf.log_artifact(tracking["tracking_uri"], run_id, grid, "previews")
+                    to_mlflow(lambda: mlf.log_artifact(tracking["tracking_uri"], run_id, grid, "previews"))
             if world.is_main and step in snapshot_steps:
                 save_checkpoint(out_dir / PENDING_SNAPSHOT_DIR / f"step-{step}.pt",
                                 {"model": {}, "ema": ema.state_dict(), "step": step, "config": asdict(config),
-                                 "data_shape": [channels, height, width], EMA_ONLY: True})
+                                 "data_shape": [channels, height, width], "data_sha256": data_sha256,
+                                 EMA_ONLY: True})
             if (config.checkpoint_every and step % config.checkpoint_every == 0) or stop:
                 save_resume(step)
+            if stop and tracking_error is not None:
+                raise stopped_by(tracking_error, step) from tracking_error
             if stop:
                 raise Preempted(f"signal {preemption.received} at step {step}: state saved to {out_dir / RESUME_FILE}; "
                                 f"run again to continue")
+        # A call that failed at the last step has no next step to agree on: agree here (one more all-reduce).
+        if world.mean_and_any(torch.zeros((), device=device), tracking_error is not None)[1]:
+            save_resume(config.steps)
+            if tracking_error is not None:
+                raise stopped_by(tracking_error, config.steps) from tracking_error
+            raise Preempted(f"rank 0's MLflow call failed at the last step: state saved to {out_dir / RESUME_FILE}")
     if metrics_file is not None:
         metrics_file.close()
         save_checkpoint(out_dir / "checkpoint.pt", training_state(config.steps))
     return last
+
+
+def _training_images(config: TrainConfig, data_dir) -> tuple:
+    """The train split (uint8 (N, C, H, W)) and the sha256 its checkpoint records ("" for data loaded by name).
+    A prepared folder of another dataset, or fewer images than one batch, is refused naming the key."""
+    if data_dir is None:
+        images, data_sha256 = load_dataset(config.dataset), ""
+    else:
+        dataset = read_manifest(data_dir)["dataset"]
+        if dataset != config.dataset:
+            raise ValueError(f"--data {data_dir} holds {dataset}, but the setting's dataset is {config.dataset}")
+        images, data_sha256 = load_split(data_dir, "train")[0], split_sha256(data_dir, "train")
+    if config.batch_size > len(images):
+        raise ValueError(f"train.batch_size {config.batch_size} is larger than the train split "
+                         f"({len(images)} images)")
+    return images, data_sha256
 
 
 def _own_rng_state(resume: dict, world: World) -> dict:

@@ -71,24 +71,33 @@ def mlflow_server(db_path):
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "configs" / "tiny.yaml"
-SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile")]
 
 
-def snakemake(workdir: Path, *args: str, config: Path = TINY, check: bool = True) -> subprocess.CompletedProcess:
-    """Run the project's workflow in ``workdir`` with ``config`` (the venv's ``ddpm`` on the PATH for shell rules)."""
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # the venv's `ddpm` for shell rules
-    result = subprocess.run([*SNAKEMAKE, "--directory", str(workdir), "--configfile", str(config), *args],
-                            capture_output=True, text=True, env=env, timeout=900)
+def unactivated_environment() -> dict[str, str]:
+    """This process's environment as a shell where the virtual environment is not activated has it: its bin folder
+    is not on the PATH (`.venv/bin/snakemake …` typed as it is), and no MLFLOW_TRACKING_URI."""
+    venv_bin = str(Path(sys.executable).parent)
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "VIRTUAL_ENV")}
+    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if p and p != venv_bin)
+    return env
+
+
+def snakemake(workdir: Path, *args: str, config: Path = TINY, check: bool = True,
+              snakefile: Path = ROOT / "Snakefile") -> subprocess.CompletedProcess:
+    """Run the project's workflow in ``workdir`` with ``config``, started as ``.venv/bin/python -m snakemake`` from
+    a shell where the venv is not activated: the rules must find the venv's ``ddpm`` themselves."""
+    command = [sys.executable, "-m", "snakemake", "--snakefile", str(snakefile), "--directory", str(workdir),
+               "--configfile", str(config), *args]
+    result = subprocess.run(command, capture_output=True, text=True, env=unactivated_environment(), timeout=900)
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
     return result
 
 
-def job_counts(workdir: Path, config: Path, *args: str) -> dict[str, int]:
+def job_counts(workdir: Path, config: Path, *args: str, snakefile: Path = ROOT / "Snakefile") -> dict[str, int]:
     """Jobs per rule in a dry run (``snakemake -n``) of ``config``."""
     counts = {}
-    for line in snakemake(workdir, "-n", "--quiet", "rules", *args, config=config).stdout.splitlines():
+    for line in snakemake(workdir, "-n", "--quiet", "rules", *args, config=config, snakefile=snakefile).stdout.splitlines():
         parts = line.split()
         if len(parts) == 2 and parts[1].isdigit():
             counts[parts[0]] = int(parts[1])

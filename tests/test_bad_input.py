@@ -147,17 +147,17 @@ def _rgb_folder(root: Path) -> Path:
 def test_bits_per_dim_job_refuses_test_images_the_checkpoint_was_not_trained_on(trained, tmp_path, capsys, dataset):
     if dataset == "digits 16×16":
         prepare_dataset("digits", tmp_path / "data", image_size=16)
-        shape = "(1, 16, 16)"
+        shape = "[1, 16, 16]"
     else:
         prepare_dataset("imagefolder", tmp_path / "data", path=_rgb_folder(tmp_path), image_size=8, test_fraction=0.5)
-        shape = "(3, 8, 8)"
+        shape = "[3, 8, 8]"
     checkpoint = trained / "run" / "checkpoint.pt"
     code = main(["evaluate", "nll", "--checkpoint", str(checkpoint), "--data", str(tmp_path / "data"),
                  "--count", "4", "--out", str(tmp_path / "nll.npz")])
     assert code == 2
     message = _error(capsys)
-    assert f"the test images of {tmp_path / 'data'} have shape (C, H, W) = {shape}" in message, message
-    assert f"{checkpoint} was trained on (1, 8, 8)" in message
+    assert f"{checkpoint} was trained on digits images of shape [1, 8, 8]" in message, message
+    assert f"this job uses {tmp_path / 'data'}: {dataset.split()[0].replace('RGB', 'imagefolder')} images of shape {shape}" in message
     assert not (tmp_path / "nll.npz").exists()
 
 

@@ -33,11 +33,32 @@ def _source_tree() -> set[str]:
     return paths
 
 
+#: What a checkout needs for Snakemake (the ddpm package comes from the virtual environment).
+WORKFLOW_FILES = ("Snakefile", "workflow", "config", "profiles")
+
+
+def copy_checkout(folder: Path) -> Path:
+    """The workflow's files copied to ``folder``: a checkout at another path."""
+    folder.mkdir(parents=True)
+    for name in WORKFLOW_FILES:
+        (shutil.copytree if (ROOT / name).is_dir() else shutil.copy2)(ROOT / name, folder / name)
+    return folder
+
+
+def _snakefile(workdir: Path) -> Path:
+    """The Snakefile of the checkout the ``tiny_run`` fixture ran from."""
+    return workdir.parent / "ddpm repro ä" / "Snakefile"
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("tiny")
+    """The tiny sweep, run from a checkout and in a working directory whose paths have a space and a non-ASCII
+    character, by the venv's Snakemake in a shell where the venv is not activated (see conftest.snakemake)."""
+    base = tmp_path_factory.mktemp("tiny") / "my runs ü"
+    checkout = copy_checkout(base / "ddpm repro ä")
+    workdir = base / "work dir é"
     before = _source_tree()
-    snakemake(workdir, "--cores", "2")
+    snakemake(workdir, "--cores", "2", snakefile=checkout / "Snakefile")
     after = _source_tree()
     REPO_WRITES.update(added=after - before, removed=before - after)
     return workdir
@@ -224,7 +245,7 @@ def test_snakemake_report_opens_in_chromium_with_its_tables_and_figures(tiny_run
     if chromium is None:
         pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
     html = tiny_run / "results" / "report.html"
-    snakemake(tiny_run, "--report", str(html))
+    snakemake(tiny_run, "--report", str(html), snakefile=_snakefile(tiny_run))
     page = _render(chromium, html.as_uri(), tmp_path / "profile")
     for name in ("Paper figures", "Tables", "Samples", "Training", "tiny-paper.csv", "tiny-rate-distortion.csv",
                  "tiny-schedules.png", "tiny-rate-distortion.png", "progressive.png", "samples.png"):
@@ -262,6 +283,13 @@ def test_dry_run_lists_the_expected_jobs_for_the_default_and_a_cifar10_config(tm
     ({"sample": {"shard_size": 75}}, "sample.shard_size"),
     ({"fid_over_training": {"steps": [10, 999999]}}, "fid_over_training.steps"),
     ({"train": {"gpus": 3}}, "train.batch_size"),
+    ({"sweep": {"T": [50.0]}}, "config key 'sweep.T': 50.0 is not an integer; write 50"),
+    ({"train": {"steps": 60.0}}, "config key 'train.steps': 60.0 is not an integer"),
+    ({"sample": {"num_samples": "200.5"}}, "config key 'sample.num_samples': '200.5' is not an integer"),
+    ({"train": {"batch_size": 1000000}}, "config key 'train.batch_size': 1000000 is more than the train split"),
+    ({"evaluate": {"nll_num_images": 100000}}, "'evaluate.nll_num_images': 100000 is more than the test split of "
+                                               "digits has (300 images)"),
+    ({"evaluate": {"nll_train_images": 1500}}, "'evaluate.nll_train_images': 1500 is more than the train split"),
 ])
 def test_bad_config_stops_before_any_job_naming_the_key(tmp_path, override, key):
     config = yaml.safe_load(TINY.read_text())
@@ -275,7 +303,122 @@ def test_bad_config_stops_before_any_job_naming_the_key(tmp_path, override, key)
     assert not (tmp_path / "results").exists()
 
 
+def test_numbers_written_as_text_and_documented_overrides_are_taken_as_numbers(tmp_path):
+    """YAML 1.1 reads ``1e-3`` as text: taken as the number, with a hint. ``--config 'train={steps: 61}'`` (what
+    config/README.md shows for a nested key; Snakemake reads its values as text) overrides one key of a section."""
+    config = yaml.safe_load(TINY.read_text())
+    text = TINY.read_text().replace("lr: 0.001", "lr: 1e-3")
+    assert "lr: 1e-3" in text and yaml.safe_load(text)["train"]["lr"] == "1e-3"
+    written = tmp_path / "as-text.yaml"
+    written.write_text(text)
+    result = snakemake(tmp_path, "-n", "-p", "--config", "train={steps: 61, flip: true}", "sweep={T: [70]}",
+                       config=written)
+    assert "config key 'train.lr': YAML reads 1e-3 as text" in result.stderr and "1.0e-3" in result.stderr
+    commands = [line for line in result.stdout.splitlines() if " train --out " in line]
+    assert len(commands) == len(config["sweep"]["schedule"])
+    for command in commands:
+        assert "--lr 0.001 " in command and "--steps 61 " in command and "--flip true " in command
+        assert "--T 70 " in command and f"--batch-size {config['train']['batch_size']} " in command
+
+
+def test_an_image_folder_without_class_subfolders_needs_another_extractor(tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "flat images"
+    folder.mkdir()
+    for i in range(4):
+        Image.new("RGB", (8, 8), (i * 60, 0, 0)).save(folder / f"{i}.png")
+    config = yaml.safe_load(TINY.read_text())
+    config["dataset"] = {"name": "imagefolder", "path": str(folder), "image_size": 8}
+    config["evaluate"]["nll_num_images"] = 1
+    flat = tmp_path / "flat.yaml"
+    flat.write_text(yaml.safe_dump(config))
+    result = snakemake(tmp_path, "-n", config=flat, check=False)
+    assert result.returncode != 0
+    assert "config key 'evaluate.feature_extractor'" in result.stdout and "inception-v3-compat" in result.stdout
+    config["evaluate"]["feature_extractor"] = "inception-v3-compat"
+    flat.write_text(yaml.safe_dump(config))
+    assert snakemake(tmp_path, "-n", config=flat).returncode == 0
+
+
 def test_lint_is_clean(tmp_path):
     result = snakemake(tmp_path, "--lint", check=False)
     assert "Lints for" not in result.stdout + result.stderr, result.stdout[-3000:]
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Incremental reruns (these run last: they add a setting to the finished tiny run)
+
+
+def _tiny_with(tmp_path: Path, name: str, **sections) -> Path:
+    config = yaml.safe_load(TINY.read_text())
+    for section, values in sections.items():
+        config[section] = {**config[section], **values} if isinstance(values, dict) else values
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _parents(tiny_run):
+    _, _, runs = _store(tiny_run)
+    return [r for r in runs if r.data.tags.get("ddpm.kind") == "sweep"], \
+        [r for r in runs if r.data.tags.get("ddpm.kind") == "setting"]
+
+
+def _planned(tiny_run: Path, config: Path) -> dict[str, int]:
+    """Jobs per rule that ``snakemake -n`` plans in the finished tiny run for ``config`` (without the total)."""
+    counts = job_counts(tiny_run, config, snakefile=_snakefile(tiny_run))
+    counts.pop("total", None)
+    return counts
+
+
+def test_a_rerun_plans_only_what_the_change_touches_and_reuses_the_parent_run(tiny_run, tmp_path):
+    snakefile = _snakefile(tiny_run)
+    # (c) the same config: nothing to do
+    assert _planned(tiny_run, TINY) == {}
+    # (b) a report-only key: the report alone
+    published = tmp_path / "published copy.csv"
+    shutil.copy(ROOT / "config" / "published.csv", published)
+    report_only = _tiny_with(tmp_path, "report-only", published=str(published))
+    assert _planned(tiny_run, report_only) == {"report": 1, "all": 1}
+    # (a) one more setting: its own jobs and the report; no finished setting trains again
+    more = _tiny_with(tmp_path, "more", published=str(published),
+                      sweep={"schedule": ["linear", "cosine", "quad"], "T": [50]})
+    assert _planned(tiny_run, more) == {
+        "train": 1, "sample": 2, "gather_samples": 1, "fid_is": 1, "nll": 2, "gather_nll": 1, "progressive": 1,
+        "interpolate": 1, "report": 1, "all": 1}
+
+    (parent,), _ = _parents(tiny_run)
+    snakemake(tiny_run, "--cores", "2", config=more, snakefile=snakefile)
+    assert _planned(tiny_run, more) == {}
+    parents, children = _parents(tiny_run)
+    assert [p.info.run_id for p in parents] == [parent.info.run_id]  # reused, not duplicated
+    assert parents[0].info.status == "FINISHED"
+    assert sorted(r.info.run_name for r in children) == sorted(SETTINGS + ["quad-T50-eps-fixedlarge-mse-s0"])
+    assert {r.info.status for r in children} == {"FINISHED"}
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
+    table = pd.read_csv(tiny_run / "results" / "tables" / "tiny.csv")
+    assert "quad-T50-eps-fixedlarge-mse-s0" in set(table["setting"])
+    # Each training's tries log holds its one try: nothing ran again.
+    tries = (tiny_run / "results" / "logs" / "train" / f"{SETTINGS[0]}.tries.log").read_text()
+    assert tries.count(f"== ddpm train {SETTINGS[0]}: started") == 1
+
+
+def test_tracking_init_run_again_reuses_the_sweeps_parent_run(tmp_path):
+    """``ddpm track init`` a second time (its file lost, the store kept) finds the parent run: never a second one."""
+    from ddpm.cli import main
+
+    results = tmp_path / "results"
+    first, second = tmp_path / "first.json", tmp_path / "second.json"
+    for out, config in ((first, {"a": 1}), (second, {"a": 2})):
+        assert main(["track", "init", "--experiment", "x", "--results", str(results), "--config-json",
+                     json.dumps(config), "--out", str(out)]) == 0
+    assert json.loads(first.read_text()) == json.loads(second.read_text())
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("x").experiment_id])
+    assert len(runs) == 1 and runs[0].info.run_id == json.loads(first.read_text())["parent_run_id"]
+    local = client.download_artifacts(runs[0].info.run_id, "config.json", str(tmp_path))
+    assert json.loads(Path(local).read_text()) == {"a": 2}  # the newest config

@@ -1,19 +1,39 @@
 import json
 import math
+import os
 import shlex
 import shutil
+import sys
 from pathlib import Path
 
+import yaml
 from snakemake.utils import validate
 
-from ddpm.datasets import known_test_size
+from ddpm.configcheck import ConfigError, coerce_types
+from ddpm.datasets import imagefolder_has_classes, known_test_size, known_train_size
 from ddpm.settings import apply_scale, expand_sweep, train_arguments
 from ddpm.speed import Speed
 from ddpm.unet import check_config, preset
 
 
-validate(config, "../schemas/config.schema.yaml")
+SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
+# YAML's `1e-3` (a string to YAML 1.1) and --config's nested values (strings) become the numbers the schema asks
+# for; a float where an integer belongs (T: [50.0]) is refused, naming the key.
+for hint in coerce_types(config, yaml.safe_load(SCHEMA.read_text())):
+    print(hint, file=sys.stderr)
+validate(config, str(SCHEMA))
 config.update(apply_scale(config))  # scale: tiny lays the CPU-sized overrides over the validated config
+
+# Rules call `ddpm` (and `torchrun`) from the PATH. Put the environment that runs this workflow first, so that
+# `.venv/bin/snakemake` works without activating .venv; with --use-conda the rule's own environment, activated
+# inside each job's shell, comes before it. (An environment variable, not part of any command: moving the checkout
+# does not make Snakemake rerun anything.)
+envvars:
+    "PATH",  # the jobs' PATH, set here (a cluster's jobs get it as it is after this line)
+
+
+JOB_PATH = os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])
+os.environ["PATH"] = JOB_PATH
 
 RESULTS = config["results_dir"].rstrip("/")
 DATASET = config["dataset"]["name"]
@@ -21,6 +41,7 @@ NAME = config["name"]
 ENV = "../envs/ddpm.yaml"
 DATA = f"{RESULTS}/data/{DATASET}"
 RUNS = f"{RESULTS}/runs/{NAME}"  # per sweep: two sweeps may train the same setting differently
+TRACKING = f"{RESULTS}/tracking/{NAME}.json"  # where the sweep's jobs log to MLflow (rule mlflow_init)
 SETTINGS = expand_sweep(config)
 NATIVE_IMAGE_SIZES = {"cifar10": 32, "digits": 8}
 PUBLISHED = config["published"] or str(Path(workflow.basedir) / "config" / "published.csv")
@@ -28,7 +49,7 @@ SPEED = config["speed"]  # resolved on the node that runs the job: "auto" means 
 
 
 def config_error(key, message):
-    raise ValueError(f"config key '{key}': {message}")
+    raise ConfigError(key, message)
 
 
 def check_config_values():
@@ -43,6 +64,10 @@ def check_config_values():
             config_error("dataset.image_size", "imagefolder needs an image size (images are resized and center-cropped)")
         if config["evaluate"]["nll_num_images"] is None:
             config_error("evaluate.nll_num_images", "imagefolder needs the number of test images to score")
+        if config["evaluate"]["feature_extractor"] == "classifier" and not imagefolder_has_classes(Path(dataset["path"])):
+            config_error("evaluate.feature_extractor", f"the classifier extractor learns the classes of the images, "
+                         f"but {dataset['path']} has images outside class subfolders: put each class's images in a "
+                         f"subfolder of their own, or set evaluate.feature_extractor: inception-v3-compat")
     if DATASET == "cifar10" and dataset["path"] is None and not dataset["download"]:
         config_error("dataset.path", "cifar10 needs a local cifar-10-batches-py folder, or dataset.download: true")
     size = dataset["image_size"] or NATIVE_IMAGE_SIZES[DATASET]
@@ -73,10 +98,37 @@ def check_config_values():
         Speed.parse(config["speed"])
     except ValueError as err:
         config_error("speed", str(err))
+    check_sizes()
+    check_writable()
     late = [s for s in config["fid_over_training"]["steps"] if s >= config["train"]["steps"]]
     if late:
         config_error("fid_over_training.steps", f"{late} not before the last training step ({config['train']['steps']}); "
                      "the final checkpoint is always the curve's last point")
+
+
+def check_sizes():
+    """Counts that the data set cannot give (where its splits' sizes are known before preparation)."""
+    fraction = config["dataset"]["test_fraction"]
+    train_size, test_size = known_train_size(DATASET, fraction), known_test_size(DATASET, fraction)
+    limits = [("train.batch_size", config["train"]["batch_size"], train_size, "train split"),
+              ("evaluate.nll_num_images", config["evaluate"]["nll_num_images"], test_size, "test split"),
+              ("evaluate.nll_train_images", config["evaluate"]["nll_train_images"], train_size, "train split")]
+    for key, value, limit, split in limits:
+        if value is not None and limit is not None and value > limit:
+            config_error(key, f"{value} is more than the {split} of {DATASET} has ({limit} images)")
+
+
+def check_writable():
+    """The results folder and the SQLite store must be writable: one line now, not a failure in every job."""
+    results = Path(RESULTS).resolve()
+    existing = next(p for p in (results, *results.parents) if p.exists())
+    if not os.access(existing, os.W_OK):
+        config_error("results_dir", f"{existing} is read-only: results cannot be written under {results}")
+    store = results / "mlflow.db"
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or config["mlflow"]["tracking_uri"]
+    if uri is None and store.exists() and not os.access(store, os.W_OK):
+        config_error("mlflow.tracking_uri", f"the MLflow store {store} is read-only: make it writable, or point "
+                     f"mlflow.tracking_uri (or MLFLOW_TRACKING_URI) at a store you can write")
 
 
 check_config_values()
@@ -144,7 +196,7 @@ def extractor_weights():
 def extractor_args():
     weights = extractor_weights()
     args = f"--extractor {config['evaluate']['feature_extractor']}"
-    return args + (f" --weights {weights}" if weights else "")
+    return args + (f" --weights {shlex.quote(weights)}" if weights else "")
 
 
 def final_outputs():

@@ -17,7 +17,7 @@ rule prepare_data:
     conda:
         ENV
     shell:
-        "ddpm prepare --out {params.data} {params.args} > {log} 2>&1"
+        "ddpm prepare --out {params.data:q} {params.args} > {log:q} 2>&1"
 
 
 rule train_classifier:
@@ -36,4 +36,4 @@ rule train_classifier:
     conda:
         ENV
     shell:
-        "ddpm classifier --data {params.data} --out {output} --steps {params.steps} --threads {threads} > {log} 2>&1"
+        "ddpm classifier --data {params.data:q} --out {output:q} --steps {params.steps} --threads {threads} > {log:q} 2>&1"

@@ -4,7 +4,7 @@ rule fid_is:
         manifest=rules.prepare_data.output.manifest,
         weights=extractor_weights(),
         run_id=rules.train.output.run_id,
-        tracking=rules.mlflow_init.output,
+        tracking=ancient(TRACKING),
     output:
         f"{RUNS}/{{setting}}/fid_is.json",
     params:
@@ -23,9 +23,9 @@ rule fid_is:
         ENV
     shell:
         "ddpm claim-gpus {resources.gpu} --"
-        " ddpm evaluate fid --samples {input.samples} --data {params.data} {params.extractor} {params.test} {params.step}"
-        " --out {output}"
-        " --tracking {input.tracking} --run-id-file {input.run_id} --device auto --threads {threads} > {log} 2>&1"
+        " ddpm evaluate fid --samples {input.samples:q} --data {params.data:q} --setting {wildcards.setting:q}"
+        " {params.extractor} {params.test} {params.step} --out {output:q} --tracking {input.tracking:q}"
+        " --run-id-file {input.run_id:q} --device auto --threads {threads} > {log:q} 2>&1"
 
 
 use rule fid_is as fid_snapshot with:
@@ -34,7 +34,7 @@ use rule fid_is as fid_snapshot with:
         manifest=rules.prepare_data.output.manifest,
         weights=extractor_weights(),
         run_id=rules.train.output.run_id,
-        tracking=rules.mlflow_init.output,
+        tracking=ancient(TRACKING),
     output:
         f"{RUNS}/{{setting}}/snapshots/step-{{step}}/fid_is.json",
     params:
@@ -71,15 +71,16 @@ rule nll:
         ENV
     shell:
         "ddpm claim-gpus {resources.gpu} --"
-        " ddpm evaluate nll --checkpoint {input.checkpoint} --data {params.data} {params.range} --batch-size {params.batch}"
-        " --seed {params.seed} --split {params.split} --speed {params.speed} --out {output} --device auto --threads {threads} > {log} 2>&1"
+        " ddpm evaluate nll --checkpoint {input.checkpoint:q} --data {params.data:q} --setting {wildcards.setting:q}"
+        " {params.range} --batch-size {params.batch} --seed {params.seed} --split {params.split}"
+        " --speed {params.speed} --out {output:q} --device auto --threads {threads} > {log:q} 2>&1"
 
 
 rule gather_nll:
     input:
         shards=expand(f"{RUNS}/{{{{setting}}}}/nll/shard-{{shard}}.npz", shard=NLL_SHARDS),
         run_id=rules.train.output.run_id,
-        tracking=rules.mlflow_init.output,
+        tracking=ancient(TRACKING),
     output:
         f"{RUNS}/{{setting}}/nll.json",
     params:
@@ -91,8 +92,8 @@ rule gather_nll:
     conda:
         ENV
     shell:
-        "ddpm evaluate nll-gather --shards {input.shards} --split {params.split} --out {output}"
-        " --tracking {input.tracking} --run-id-file {input.run_id} > {log} 2>&1"
+        "ddpm evaluate nll-gather --shards {input.shards:q} --setting {wildcards.setting:q} --split {params.split}"
+        " --out {output:q} --tracking {input.tracking:q} --run-id-file {input.run_id:q} > {log:q} 2>&1"
 
 
 # DDPM Table 1 also gives the bound on the train set: the same jobs on the first evaluate.nll_train_images images.
@@ -114,7 +115,7 @@ use rule gather_nll as gather_nll_train with:
     input:
         shards=expand(f"{RUNS}/{{{{setting}}}}/nll-train/shard-{{shard}}.npz", shard=NLL_TRAIN_SHARDS),
         run_id=rules.train.output.run_id,
-        tracking=rules.mlflow_init.output,
+        tracking=ancient(TRACKING),
     output:
         f"{RUNS}/{{setting}}/nll-train.json",
     params:
@@ -148,5 +149,5 @@ rule baseline:
     conda:
         ENV
     shell:
-        "ddpm evaluate baseline --kind {wildcards.kind} --data {params.data} {params.extractor} --num-samples {params.n}"
-        " --seed {params.seed} --out {output} --threads {threads} > {log} 2>&1"
+        "ddpm evaluate baseline --kind {wildcards.kind} --data {params.data:q} {params.extractor}"
+        " --num-samples {params.n} --seed {params.seed} --out {output:q} --threads {threads} > {log:q} 2>&1"

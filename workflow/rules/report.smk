@@ -5,8 +5,9 @@ rule report:
         metrics=expand(f"{RUNS}/{{setting}}/metrics.jsonl", setting=SETTINGS),
         nll_train=expand(f"{RUNS}/{{setting}}/nll-train.json", setting=SETTINGS if NLL_TRAIN_IMAGES else []),
         snapshots=expand(f"{RUNS}/{{setting}}/snapshots/step-{{step}}/fid_is.json", setting=SETTINGS, step=SNAPSHOT_STEPS),
-        baselines=expand(f"{RESULTS}/baselines/{NAME}/{{kind}}.json", kind=["gaussian", "test_split"]),
-        tracking=rules.mlflow_init.output,
+        gaussian=f"{RESULTS}/baselines/{NAME}/gaussian.json",
+        test_split=f"{RESULTS}/baselines/{NAME}/test_split.json",
+        tracking=ancient(TRACKING),
         published=PUBLISHED,
     output:
         tables=multiext(f"{RESULTS}/tables/{NAME}", ".csv", ".md", ".tex"),
@@ -27,7 +28,10 @@ rule report:
                                 caption="../report/fid_over_training.rst"),
     params:
         stem=lambda wildcards, output: Path(output.tables[0]).with_suffix(""),
-        runs=" ".join(f"{RUNS}/{s}" for s in SETTINGS),
+        runs=[f"{RUNS}/{s}" for s in SETTINGS],
+        # The sweep's resolved config, stored with its MLflow parent run: every change of the config reruns this
+        # (quick) job only, never a training.
+        config=json.dumps(config, sort_keys=True),
         paper_sweep=config["paper_sweep"],
         scaled="--scaled-down" if config["scale"] == "tiny" else "",
         rescale=str(config["train"]["schedule_rescale"]).lower(),
@@ -40,9 +44,9 @@ rule report:
     conda:
         ENV
     shell:
-        "ddpm report --runs {params.runs} --gaussian {input.baselines[0]} --test-split {input.baselines[1]}"
-        " --out-stem {params.stem} --loss-figure {output.loss} --published {input.published}"
-        " --rate-distortion-figure {output.rate_distortion_figure} --schedules-figure {output.schedules_figure}"
-        " --schedule-rescale {params.rescale} --fid-over-training-figure {output.fid_curve_figure}"
-        " --snapshot-steps {params.snapshot_steps} {params.nll_train}"
-        " --paper-sweep {params.paper_sweep} {params.scaled} --tracking {input.tracking} > {log} 2>&1"
+        "ddpm report --runs {params.runs:q} --gaussian {input.gaussian:q} --test-split {input.test_split:q}"
+        " --out-stem {params.stem:q} --loss-figure {output.loss:q} --published {input.published:q}"
+        " --rate-distortion-figure {output.rate_distortion_figure:q} --schedules-figure {output.schedules_figure:q}"
+        " --schedule-rescale {params.rescale} --fid-over-training-figure {output.fid_curve_figure:q}"
+        " --snapshot-steps {params.snapshot_steps} {params.nll_train} --paper-sweep {params.paper_sweep}"
+        " {params.scaled} --tracking {input.tracking:q} --config-json {params.config:q} > {log:q} 2>&1"

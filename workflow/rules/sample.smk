@@ -1,9 +1,11 @@
 rule sample:
     input:
-        rules.train.output.checkpoint,
+        checkpoint=rules.train.output.checkpoint,
+        manifest=rules.prepare_data.output.manifest,
     output:
         f"{RUNS}/{{setting}}/samples/shard-{{shard}}.npz",
     params:
+        data=lambda wildcards, input: Path(input.manifest).parent,
         range=lambda wildcards: "--start {} --count {}".format(
             *shard_range(wildcards.shard, NUM_SAMPLES, config["sample"]["shard_size"])
         ),
@@ -22,15 +24,16 @@ rule sample:
         ENV
     shell:
         "ddpm claim-gpus {resources.gpu} --"
-        " ddpm sample --checkpoint {input} --out {output} {params.range} --batch-size {params.batch}"
-        " --seed {params.seed} {params.steps} --speed {params.speed} --device auto --threads {threads} > {log} 2>&1"
+        " ddpm sample --checkpoint {input.checkpoint:q} --data {params.data:q} --setting {wildcards.setting:q}"
+        " --out {output:q} {params.range} --batch-size {params.batch} --seed {params.seed} {params.steps}"
+        " --speed {params.speed} --device auto --threads {threads} > {log:q} 2>&1"
 
 
 rule gather_samples:
     input:
         shards=expand(f"{RUNS}/{{{{setting}}}}/samples/shard-{{shard}}.npz", shard=SAMPLE_SHARDS),
         run_id=rules.train.output.run_id,
-        tracking=rules.mlflow_init.output,
+        tracking=ancient(TRACKING),
     output:
         samples=f"{RUNS}/{{setting}}/samples.npz",
         grid=report(f"{RUNS}/{{setting}}/samples.png", category="Samples", caption="../report/samples.rst"),
@@ -43,15 +46,17 @@ rule gather_samples:
     conda:
         ENV
     shell:
-        "ddpm gather-samples --shards {input.shards} --out {output.samples} --grid {output.grid}"
-        " --grid-size {params.grid_size} --tracking {input.tracking} --run-id-file {input.run_id} > {log} 2>&1"
+        "ddpm gather-samples --shards {input.shards:q} --setting {wildcards.setting:q} --out {output.samples:q}"
+        " --grid {output.grid:q} --grid-size {params.grid_size} --tracking {input.tracking:q}"
+        " --run-id-file {input.run_id:q} > {log:q} 2>&1"
 
 
 # FID over training: the same sampling, from the EMA weights kept at each of fid_over_training.steps.
 # (`use rule … with:` replaces input and output whole, but keeps the params it does not name.)
 use rule sample as sample_snapshot with:
     input:
-        f"{RUNS}/{{setting}}/snapshots/step-{{step}}.pt",
+        checkpoint=f"{RUNS}/{{setting}}/snapshots/step-{{step}}.pt",
+        manifest=rules.prepare_data.output.manifest,
     output:
         f"{RUNS}/{{setting}}/snapshots/step-{{step}}/samples/shard-{{shard}}.npz",
     params:
@@ -76,17 +81,19 @@ rule gather_snapshot_samples:
     conda:
         ENV
     shell:
-        "ddpm gather-samples --shards {input} --out {output} > {log} 2>&1"
+        "ddpm gather-samples --shards {input:q} --setting {wildcards.setting:q} --out {output:q} > {log:q} 2>&1"
 
 
 # DDPM Figure 6: what the model predicts for x_0 along the reverse process, for the first samples of the set.
 rule progressive:
     input:
-        rules.train.output.checkpoint,
+        checkpoint=rules.train.output.checkpoint,
+        manifest=rules.prepare_data.output.manifest,
     output:
         report(f"{RUNS}/{{setting}}/progressive.png", category="Paper figures", subcategory="Progressive generation",
                caption="../report/progressive.rst"),
     params:
+        data=lambda wildcards, input: Path(input.manifest).parent,
         steps=f"--steps {config['sample']['steps']}" if config["sample"]["steps"] else "",
         seed=config["sample"]["seed"],
     threads: 1
@@ -100,8 +107,8 @@ rule progressive:
         ENV
     shell:
         "ddpm claim-gpus {resources.gpu} --"
-        " ddpm progressive --checkpoint {input} --out {output} --seed {params.seed} {params.steps} --device auto"
-        " --threads {threads} > {log} 2>&1"
+        " ddpm progressive --checkpoint {input.checkpoint:q} --data {params.data:q} --setting {wildcards.setting:q}"
+        " --out {output:q} --seed {params.seed} {params.steps} --device auto --threads {threads} > {log:q} 2>&1"
 
 
 # DDPM Figure 8: two test images encoded to x_t (t = T/2), interpolated, and decoded by the reverse process.
@@ -127,5 +134,5 @@ rule interpolate:
         ENV
     shell:
         "ddpm claim-gpus {resources.gpu} --"
-        " ddpm interpolate --checkpoint {input.checkpoint} --data {params.data} --out {output} --seed {params.seed}"
-        " {params.steps} --device auto --threads {threads} > {log} 2>&1"
+        " ddpm interpolate --checkpoint {input.checkpoint:q} --data {params.data:q} --setting {wildcards.setting:q}"
+        " --out {output:q} --seed {params.seed} {params.steps} --device auto --threads {threads} > {log:q} 2>&1"

@@ -1,11 +1,12 @@
-# Created once, before any training job: parallel first writers to a fresh SQLite file fail.
+# Created once, before any training job: parallel first writers to a fresh SQLite file fail. Every job that logs to
+# MLflow takes this file as an ancient() input: it says where to log, and rewriting it (it never changes for a sweep)
+# must not rerun a finished setting. Run again, it finds the sweep's parent run and reuses it.
 rule mlflow_init:
     output:
-        f"{RESULTS}/tracking/{NAME}.json",
+        TRACKING,
     params:
         name=NAME,
         results=lambda wildcards, output: Path(output[0]).parent.parent,
-        config=shlex.quote(json.dumps(config)),
         uri=f"--tracking-uri {shlex.quote(config['mlflow']['tracking_uri'])}" if config["mlflow"]["tracking_uri"] else "",
     log:
         f"{RESULTS}/logs/mlflow_init.log",
@@ -14,5 +15,4 @@ rule mlflow_init:
     conda:
         ENV
     shell:
-        "ddpm track init --experiment {params.name} --results {params.results} --config-json {params.config} {params.uri}"
-        " --out {output} > {log} 2>&1"
+        "ddpm track init --experiment {params.name} --results {params.results:q} {params.uri} --out {output:q} > {log:q} 2>&1"

@@ -1,7 +1,7 @@
 rule train:
     input:
         manifest=rules.prepare_data.output.manifest,
-        tracking=rules.mlflow_init.output,
+        tracking=ancient(TRACKING),
     output:
         checkpoint=f"{RUNS}/{{setting}}/checkpoint.pt",
         run_id=f"{RUNS}/{{setting}}/mlflow_run_id.txt",
@@ -15,8 +15,11 @@ rule train:
         snapshot_steps=" ".join(map(str, SNAPSHOT_STEPS)),
         speed=SPEED,
         launcher=train_launcher(config["train"]),
+        tries_log=lambda wildcards: f"{RESULTS}/logs/train/{wildcards.setting}.tries.log",
     threads: config["train"]["threads"]
-    # A killed or preempted job (exit 75 after SIGTERM / SIGUSR1) resumes from resume.pt when run again.
+    # A killed or preempted job (exit 75 after SIGTERM / SIGUSR1) resumes from resume.pt when run again. Snakemake
+    # deletes a job's log before each try: every try's output is also appended to <setting>.tries.log, which is
+    # not a declared file, so the errors of earlier tries are kept (pipefail keeps ddpm's exit status).
     retries: config["train"]["retries"]
     resources:
         **train_resources(config["train"]),
@@ -27,7 +30,7 @@ rule train:
     conda:
         ENV
     shell:
-        "{params.launcher} train --out {params.out} --data {params.data} --tracking {input.tracking}"
-        " --run-name {wildcards.setting} --on-divergence {params.on_divergence}"
+        "{params.launcher} train --out {params.out:q} --data {params.data:q} --tracking {input.tracking:q}"
+        " --run-name {wildcards.setting:q} --on-divergence {params.on_divergence}"
         " --snapshot-steps {params.snapshot_steps} --speed {params.speed} --device auto --threads {threads}"
-        " {params.args} > {log} 2>&1"
+        " {params.args} 2>&1 | tee -a {params.tries_log:q} > {log:q}"

@@ -1,0 +1,117 @@
+"""Config values of the type the schema asks for, before the schema sees them.
+
+Two things reach a Snakemake config with the wrong type, and the JSON schema alone turns each into an unhelpful
+error or, worse, into a silently different run:
+
+* YAML 1.1 (PyYAML) reads ``1e-3`` as the *string* ``'1e-3'``: a number needs a dot (``1.0e-3``). Numbers written
+  that way are taken as numbers, with a hint.
+* Snakemake's ``--config section={key: value}`` parses nested values as strings (``{steps: 60}`` gives ``'60'``).
+  Integers, numbers, booleans and nulls written as text are taken as what the schema asks for.
+
+And JSON Schema counts ``50.0`` as an integer, so ``T: [50.0]`` would name a setting ``T50.0`` and ``steps: 60.0``
+would pass the check and fail in the training job: integers must be written as integers.
+"""
+
+from __future__ import annotations
+
+import re
+
+_INTEGER = re.compile(r"[+-]?\d+")
+_YAML11_FLOAT = re.compile(r"[-+]?([0-9][0-9_]*)?\.[0-9_]*([eE][-+][0-9]+)?")  # what PyYAML reads as a float
+_NULLS = ("null", "~", "")
+
+
+class ConfigError(ValueError):
+    """A config value that cannot be used; the message names its key."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(f"config key '{key}': {message}")
+        self.key = key
+
+
+def coerce_types(config: dict, schema: dict) -> list[str]:
+    """Turn the values of ``config`` (in place) into the types ``schema`` gives them where that is unambiguous;
+    return the hints to show the user. Raises :class:`ConfigError` for a float where an integer is required."""
+    hints: list[str] = []
+    _walk(config, schema, schema, "", hints)
+    return hints
+
+
+def _resolve(schema: dict, root: dict) -> dict:
+    while "$ref" in schema:  # only local references: "#/$defs/<name>"
+        schema = root["$defs"][schema["$ref"].rsplit("/", 1)[-1]]
+    return schema
+
+
+def _types(schema: dict) -> set[str]:
+    kind = schema.get("type", [])
+    return {kind} if isinstance(kind, str) else set(kind)
+
+
+def _branch(value, schema: dict, root: dict) -> dict:
+    """The branch of an ``anyOf`` that fits the value's shape: the array branch for a list, else a scalar one."""
+    branches = [_resolve(b, root) for b in schema.get("anyOf", [])]
+    if not branches:
+        return schema
+    wants_array = isinstance(value, list)
+    for branch in branches:
+        if ("array" in _types(branch)) == wants_array:
+            return branch
+    return schema
+
+
+def _walk(value, schema: dict, root: dict, key: str, hints: list[str]):
+    schema = _branch(value, _resolve(schema, root), root)
+    if isinstance(value, dict):
+        properties = schema.get("properties", {})
+        for name in value:
+            if name in properties:
+                value[name] = _walk(value[name], properties[name], root, f"{key}.{name}".lstrip("."), hints)
+        return value
+    if isinstance(value, list):
+        if "items" in schema:
+            value[:] = [_walk(item, schema["items"], root, key, hints) for item in value]
+        return value
+    return _scalar(value, schema, key, hints)
+
+
+def _scalar(value, schema: dict, key: str, hints: list[str]):
+    types = _types(schema)
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, float) and "integer" in types and "number" not in types:
+        written = f"; write {int(value)}" if value.is_integer() else ""
+        raise ConfigError(key, f"{value!r} is not an integer{written}")
+    if not isinstance(value, str) or "string" in types:
+        return value
+    text = value.strip()
+    if text.lower() in _NULLS and ("null" in types or None in schema.get("enum", [])):
+        return None
+    if "integer" in types and _INTEGER.fullmatch(text):
+        return int(text)
+    if "integer" in types and "number" not in types and _is_float(text):
+        raise ConfigError(key, f"{value!r} is not an integer")
+    if "number" in types and _is_float(text):
+        number = float(text)
+        if not _YAML11_FLOAT.fullmatch(text) and re.search(r"[eE]", text):
+            hints.append(f"config key '{key}': YAML reads {text} as text (a YAML 1.1 number needs a dot, e.g. "
+                         f"{_with_dot(text)}); taken as the number {number!r}")
+        return number
+    if "boolean" in types and text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    return value
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return text.lower() not in ("nan", "inf", "-inf", "+inf", "infinity", "-infinity", "+infinity")
+
+
+def _with_dot(text: str) -> str:
+    """``1e-3`` as YAML 1.1 reads a number: a dot in the mantissa and a sign in the exponent (``1.0e-3``)."""
+    mantissa, _, exponent = text.lower().partition("e")
+    mantissa = mantissa if "." in mantissa else f"{mantissa}.0"
+    return f"{mantissa}e{exponent if exponent[:1] in ('+', '-') else '+' + exponent}"
