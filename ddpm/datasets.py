@@ -233,10 +233,8 @@ def _prepare_imagefolder(path, image_size: int | None, test_fraction: float, see
 
 #: Sizes known without preparing the data (imagefolder's depends on the folder).
 DIGITS_COUNT = 1797
-CIFAR10_TEST_COUNT = 10000
-
-
 CIFAR10_TRAIN_COUNT = 50000
+CIFAR10_TEST_COUNT = 10000
 
 
 def known_test_size(name: str, test_fraction: float) -> int | None:
@@ -639,9 +637,7 @@ def load_split(prepared_dir: str | os.PathLike, split: str) -> tuple[np.ndarray,
 def _load_verified(prepared_dir: Path, manifest: dict, filename: str) -> np.ndarray:
     """Check ``filename``'s sha256 against the manifest, then load it without pickle."""
     path = prepared_dir / filename
-    entry = manifest["files"].get(filename)
-    if not isinstance(entry, dict) or "sha256" not in entry:
-        raise ValueError(f"{prepared_dir / MANIFEST} has no checksum for {filename}; re-run prepare")
+    entry = _checksum_entry(prepared_dir, manifest, filename)
     if not path.is_file():
         raise FileNotFoundError(f"missing {path} (listed in {MANIFEST}); re-run prepare")
     actual = sha256_file(path)
@@ -653,12 +649,18 @@ def _load_verified(prepared_dir: Path, manifest: dict, filename: str) -> np.ndar
     return np.load(path, allow_pickle=False)
 
 
+def _checksum_entry(prepared_dir: Path, manifest: dict, filename: str) -> dict:
+    """The manifest's entry (sha256, shape, dtype) for ``filename``."""
+    entry = manifest["files"].get(filename)
+    if not isinstance(entry, dict) or "sha256" not in entry:
+        raise ValueError(f"{prepared_dir / MANIFEST} has no checksum for {filename}; re-run prepare")
+    return entry
+
+
 def split_sha256(prepared_dir: str | os.PathLike, split: str) -> str:
     """The sha256 of a prepared split's images, as its manifest records it (what a checkpoint's data is known by)."""
-    entry = read_manifest(prepared_dir)["files"].get(f"{split}_images.npy")
-    if not isinstance(entry, dict) or "sha256" not in entry:
-        raise ValueError(f"{Path(prepared_dir) / MANIFEST} has no checksum for {split}_images.npy; re-run prepare")
-    return entry["sha256"]
+    prepared_dir = Path(prepared_dir)
+    return _checksum_entry(prepared_dir, read_manifest(prepared_dir), f"{split}_images.npy")["sha256"]
 
 
 def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
