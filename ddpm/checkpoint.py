@@ -1,4 +1,6 @@
-"""Checkpoints: written atomically, read without unpickling arbitrary objects, and checked to be the job's.
+"""Checkpoints, the on-disk contract: written atomically, read without unpickling arbitrary objects, turned back
+into model + diffusion (:func:`build`, :func:`load_for_sampling`), EMA snapshots for FID over training
+(:func:`snapshot_path`), the marker of a diverged training (:data:`DIVERGED`), and checked to be the job's.
 
 Every file a job makes from a checkpoint (sample and bits/dim shards, their merges, the scores) records where it
 came from (:data:`PROVENANCE_KEYS`): the setting the checkpoint was trained as, the checkpoint's sha256 and the sha256 of
@@ -13,7 +15,11 @@ from pathlib import Path
 import torch
 
 from .datasets import read_manifest, sha256_file, split_sha256
+from .diffusion import GaussianDiffusion
 from .io import atomic_open
+from .schedules import make_betas
+from .settings import TrainConfig, setting_name
+from .unet import UNet, create_model
 
 #: The key that marks a setting whose training diverged, in its checkpoint and in every file made from it.
 DIVERGED = "diverged_at_step"
@@ -58,8 +64,6 @@ def checkpoint_provenance(path: str | Path, *, setting: str | None = None, data_
     ``data_dir``: the prepared data folder the job uses; the checkpoint must have been trained on its train split
     (the same dataset, image shape and sha256 of ``train_images.npy``). A diverged training's weightless checkpoint
     has nothing to check: ``{}`` (the job then records the divergence)."""
-    from .settings import setting_name
-
     path = Path(path)
     state = load_checkpoint(path)
     if DIVERGED in state:
@@ -99,3 +103,66 @@ def check_provenance(found: dict, where: str | Path, **expected: str | None) -> 
             what = {"setting": "setting", "checkpoint_sha256": "checkpoint", "data_sha256": "training data"}[key]
             raise ValueError(f"{where} was made from another {what}: it records {key} {found[key]}, but this job "
                              f"is for {value}")
+
+
+class Diverged(ValueError):
+    """The checkpoint records a training that diverged: there are no weights to sample or score."""
+
+    def __init__(self, path, step: int):
+        super().__init__(f"{path}: the training diverged at step {step}")
+        self.step = step
+
+
+#: Snapshots for FID over training: ``snapshots/step-<N>.pt``, the EMA weights at step N (as a checkpoint without
+#: the raw weights, marked with this key).
+SNAPSHOT_DIR = "snapshots"
+EMA_ONLY = "ema_only"
+def snapshot_path(out_dir: str | Path, step: int) -> Path:
+    return Path(out_dir) / SNAPSHOT_DIR / f"step-{step}.pt"
+
+
+def build(config: TrainConfig, *, in_channels: int, image_size: int) -> tuple[UNet, GaussianDiffusion]:
+    """The network and the diffusion process a setting describes."""
+    diffusion = GaussianDiffusion(
+        make_betas(config.schedule, config.T, rescale=config.schedule_rescale),
+        config.mean_type, config.var_type, config.loss_type,
+    )
+    overrides = {"in_channels": in_channels, "image_size": image_size}
+    if config.dropout is not None:
+        overrides["dropout"] = config.dropout
+    model = create_model(config.preset, learn_sigma=diffusion.learns_variance, **overrides)
+    return model, diffusion
+
+
+def load_for_sampling(path: str | Path, *, use_ema: bool = True, device="cpu") -> tuple[UNet, GaussianDiffusion, dict]:
+    """Rebuild model (EMA weights by default) and diffusion from a checkpoint written by :func:`train`."""
+    state = load_checkpoint(path)
+    if DIVERGED in state:
+        raise Diverged(path, state[DIVERGED])
+    if not use_ema and state.get(EMA_ONLY):
+        raise ValueError(f"{path} is a snapshot for FID over training: it holds only the EMA weights")
+    config = TrainConfig.from_dict(state["config"])
+    model, diffusion = build(config, in_channels=state["data_shape"][0], image_size=state["data_shape"][1])
+    weights = state["ema"] if use_ema else state["model"]
+    mismatch = _architecture_mismatch(model.state_dict(), weights)
+    if mismatch:
+        raise ValueError(f"checkpoint {path} does not fit the architecture its config describes "
+                         f"(preset {config.preset!r}, var_type {config.var_type!r}): {mismatch}")
+    model.load_state_dict(weights)
+    return model.to(device).eval(), diffusion, state
+
+
+def _architecture_mismatch(expected: dict, found: dict) -> str | None:
+    """A one-line summary of how the weights ``found`` differ from the model's, or None if they fit."""
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    reshaped = [k for k in expected if k in found and tuple(expected[k].shape) != tuple(found[k].shape)]
+    if not (missing or unexpected or reshaped):
+        return None
+    summary = f"{len(missing)} parameters missing, {len(unexpected)} unexpected, {len(reshaped)} of another shape"
+    if reshaped:
+        k = reshaped[0]
+        summary += f"; e.g. {k} is {tuple(found[k].shape)} in the file but {tuple(expected[k].shape)} in the model"
+    elif missing:
+        summary += f"; e.g. {missing[0]} is missing"
+    return summary

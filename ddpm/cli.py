@@ -128,7 +128,7 @@ def cmd_track_serve(args):
 
 
 def _train_flags(parser: argparse.ArgumentParser) -> None:
-    from .train import TrainConfig
+    from .settings import TrainConfig
 
     for f in fields(TrainConfig):
         default = f.default if f.default is not MISSING else None
@@ -139,8 +139,9 @@ def _train_flags(parser: argparse.ArgumentParser) -> None:
 
 def cmd_train(args):
     from .distributed import launched_world
+    from .settings import TrainConfig
     from .tracking import read_tracking
-    from .train import TrainConfig, train
+    from .train import train
 
     config = TrainConfig.from_dict({f.name: getattr(args, f.name) for f in fields(TrainConfig)})
     if launched_world().is_main:  # each try of a retried job starts with this line (its tries log keeps them all)
@@ -157,11 +158,10 @@ def cmd_train(args):
 def cmd_sample(args):
     import numpy as np
 
-    from .checkpoint import checkpoint_provenance
+    from .checkpoint import Diverged, checkpoint_provenance
     from .evaluate import provenance_arrays, write_diverged
     from .io import save_npz
     from .sample import sample_checkpoint, save_grid
-    from .train import Diverged
 
     provenance = checkpoint_provenance(args.checkpoint, setting=args.setting, data_dir=args.data)
     try:
@@ -177,9 +177,8 @@ def cmd_sample(args):
 
 
 def cmd_progressive(args):
-    from .checkpoint import checkpoint_provenance
+    from .checkpoint import Diverged, checkpoint_provenance
     from .sample import progressive_generation, save_diverged_notice, save_grid
-    from .train import Diverged
 
     checkpoint_provenance(args.checkpoint, setting=args.setting, data_dir=args.data)
     try:
@@ -192,10 +191,9 @@ def cmd_progressive(args):
 
 
 def cmd_interpolate(args):
-    from .checkpoint import checkpoint_provenance
+    from .checkpoint import Diverged, checkpoint_provenance
     from .datasets import load_split
     from .sample import interpolate, save_diverged_notice, save_grid
-    from .train import Diverged
 
     checkpoint_provenance(args.checkpoint, setting=args.setting, data_dir=args.data)
     test = load_split(args.data, "test")[0]
@@ -268,10 +266,9 @@ def cmd_fid(args):
 
 
 def cmd_nll(args):
-    from .checkpoint import checkpoint_provenance
+    from .checkpoint import Diverged, checkpoint_provenance
     from .evaluate import nll_shard, provenance_arrays, write_diverged
     from .io import save_npz
-    from .train import Diverged
 
     provenance = checkpoint_provenance(args.checkpoint, setting=args.setting, data_dir=args.data)
     try:

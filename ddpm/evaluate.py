@@ -11,13 +11,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import DIVERGED, PROVENANCE_KEYS, check_provenance
+from .checkpoint import DIVERGED, PROVENANCE_KEYS, check_provenance, load_for_sampling
 from .datasets import check_images, load_split, to_model_range
 from .io import load_npz, save_npz, write_json
 from .progress import progress as progress_iter
 from .sample import sample_generator
 from .speed import FastForward, Speed
-from .train import load_for_sampling
 
 
 def diverged_step(paths) -> int | None:

@@ -11,7 +11,7 @@ from .datasets import to_model_range, to_uint8
 from .diffusion import randn
 from .progress import progress as progress_iter
 from .speed import FastForward, Speed
-from .train import load_for_sampling
+from .checkpoint import load_for_sampling
 
 
 def sample_generator(seed: int, index: int) -> torch.Generator:

@@ -1,17 +1,49 @@
 """A sweep in the config → its settings, each with a readable name that is also its folder.
 
 A setting is one point of dataset × schedule × T × mean_type × var_type × loss_type × seed, plus the shared
-training hyperparameters. Its name, e.g. ``linear-T1000-eps-fixedlarge-mse-s0``, names its folder
-``results/runs/<name>/<name>/`` and its MLflow run.
+training hyperparameters (:class:`TrainConfig`, what a checkpoint records). Its name, e.g.
+``linear-T1000-eps-fixedlarge-mse-s0``, names its folder ``results/runs/<name>/<name>/`` and its MLflow run. This
+module imports neither torch nor the rest of the package.
 """
 
 from __future__ import annotations
 
 import itertools
 import re
-from dataclasses import fields
+from dataclasses import dataclass, fields
 
-from .train import TrainConfig
+@dataclass
+class TrainConfig:
+    dataset: str = "digits"
+    schedule: str = "linear"
+    T: int = 1000
+    schedule_rescale: bool = False  # scale the linear endpoints by 1000/T (IDDPM)
+    mean_type: str = "eps"
+    var_type: str = "fixedlarge"
+    loss_type: str = "mse"
+    timestep_sampler: str | None = None  # None: importance sampling for "kl", uniform otherwise
+    preset: str = "tiny"
+    dropout: float | None = None  # None: the preset's
+    steps: int = 1000
+    batch_size: int = 128
+    lr: float = 2e-4
+    warmup: int = 5000
+    grad_clip: float = 1.0
+    ema_decay: float = 0.9999
+    flip: bool = False  # random horizontal flips (CIFAR-10: yes; digits: no, a flipped digit is another glyph)
+    seed: int = 0
+    log_every: int = 50
+    preview_every: int = 0  # draw a grid of EMA samples every this many steps (0: never); logged to MLflow
+    checkpoint_every: int = 0  # save the resume state every this many steps (0: never; SIGTERM still saves it)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown training config keys {sorted(unknown)}; valid keys: {sorted(known)}")
+        return cls(**d)
+
 
 #: The axes of a sweep, in the order they appear in a setting's name.
 SWEEP_AXES = ("schedule", "T", "mean_type", "var_type", "loss_type", "seed")

@@ -13,101 +13,21 @@ import shutil
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from . import tracking as mlf
-from .checkpoint import DIVERGED, load_checkpoint, save_checkpoint
-from .io import atomic_open
+from .checkpoint import DIVERGED, EMA_ONLY, build, load_checkpoint, save_checkpoint, snapshot_path
 from .datasets import load_dataset, load_split, read_manifest, split_sha256, to_model_range
 from .diffusion import GaussianDiffusion, randn
 from .distributed import World, data_parallel, joined
+from .io import atomic_open
 from .resample import create_sampler, default_sampler_name
-from .schedules import make_betas
+from .settings import TrainConfig
 from .speed import FastForward, Speed, ema_update, make_optimizer
-from .unet import UNet, create_model
-
-
-@dataclass
-class TrainConfig:
-    dataset: str = "digits"
-    schedule: str = "linear"
-    T: int = 1000
-    schedule_rescale: bool = False  # scale the linear endpoints by 1000/T (IDDPM)
-    mean_type: str = "eps"
-    var_type: str = "fixedlarge"
-    loss_type: str = "mse"
-    timestep_sampler: str | None = None  # None: importance sampling for "kl", uniform otherwise
-    preset: str = "tiny"
-    dropout: float | None = None  # None: the preset's
-    steps: int = 1000
-    batch_size: int = 128
-    lr: float = 2e-4
-    warmup: int = 5000
-    grad_clip: float = 1.0
-    ema_decay: float = 0.9999
-    flip: bool = False  # random horizontal flips (CIFAR-10: yes; digits: no, a flipped digit is another glyph)
-    seed: int = 0
-    log_every: int = 50
-    preview_every: int = 0  # draw a grid of EMA samples every this many steps (0: never); logged to MLflow
-    checkpoint_every: int = 0  # save the resume state every this many steps (0: never; SIGTERM still saves it)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown training config keys {sorted(unknown)}; valid keys: {sorted(known)}")
-        return cls(**d)
-
-
-def build(config: TrainConfig, *, in_channels: int, image_size: int) -> tuple[UNet, GaussianDiffusion]:
-    """The network and the diffusion process a setting describes."""
-    diffusion = GaussianDiffusion(
-        make_betas(config.schedule, config.T, rescale=config.schedule_rescale),
-        config.mean_type, config.var_type, config.loss_type,
-    )
-    overrides = {"in_channels": in_channels, "image_size": image_size}
-    if config.dropout is not None:
-        overrides["dropout"] = config.dropout
-    model = create_model(config.preset, learn_sigma=diffusion.learns_variance, **overrides)
-    return model, diffusion
-
-
-def load_for_sampling(path: str | Path, *, use_ema: bool = True, device="cpu") -> tuple[UNet, GaussianDiffusion, dict]:
-    """Rebuild model (EMA weights by default) and diffusion from a checkpoint written by :func:`train`."""
-    state = load_checkpoint(path)
-    if DIVERGED in state:
-        raise Diverged(path, state[DIVERGED])
-    if not use_ema and state.get(EMA_ONLY):
-        raise ValueError(f"{path} is a snapshot for FID over training: it holds only the EMA weights")
-    config = TrainConfig.from_dict(state["config"])
-    model, diffusion = build(config, in_channels=state["data_shape"][0], image_size=state["data_shape"][1])
-    weights = state["ema"] if use_ema else state["model"]
-    mismatch = _architecture_mismatch(model.state_dict(), weights)
-    if mismatch:
-        raise ValueError(f"checkpoint {path} does not fit the architecture its config describes "
-                         f"(preset {config.preset!r}, var_type {config.var_type!r}): {mismatch}")
-    model.load_state_dict(weights)
-    return model.to(device).eval(), diffusion, state
-
-
-def _architecture_mismatch(expected: dict, found: dict) -> str | None:
-    """A one-line summary of how the weights ``found`` differ from the model's, or None if they fit."""
-    missing = [k for k in expected if k not in found]
-    unexpected = [k for k in found if k not in expected]
-    reshaped = [k for k in expected if k in found and tuple(expected[k].shape) != tuple(found[k].shape)]
-    if not (missing or unexpected or reshaped):
-        return None
-    summary = f"{len(missing)} parameters missing, {len(unexpected)} unexpected, {len(reshaped)} of another shape"
-    if reshaped:
-        k = reshaped[0]
-        summary += f"; e.g. {k} is {tuple(found[k].shape)} in the file but {tuple(expected[k].shape)} in the model"
-    elif missing:
-        summary += f"; e.g. {missing[0]} is missing"
-    return summary
+from .unet import UNet
 
 
 PREVIEW_SAMPLES = 36
@@ -139,14 +59,6 @@ def _check_finite(loss: torch.Tensor, step: int) -> None:
         raise NonFiniteLoss(loss.item(), step)
 
 
-class Diverged(ValueError):
-    """The checkpoint records a training that diverged: there are no weights to sample or score."""
-
-    def __init__(self, path, step: int):
-        super().__init__(f"{path}: the training diverged at step {step}")
-        self.step = step
-
-
 def _record_divergence(out_dir: Path, config: TrainConfig, error: NonFiniteLoss) -> dict:
     """``on_divergence="record"``: a checkpoint without weights that says where the training diverged, so the
     sweep goes on and the report says "diverged at step N" (as DDPM's Table 2 reports its unstable settings)."""
@@ -157,17 +69,9 @@ def _record_divergence(out_dir: Path, config: TrainConfig, error: NonFiniteLoss)
     return {DIVERGED: error.step}
 
 
-#: Snapshots for FID over training: ``snapshots/step-<N>.pt``, the EMA weights at step N (as a checkpoint without
-#: the raw weights, marked with this key).
-SNAPSHOT_DIR = "snapshots"
-EMA_ONLY = "ema_only"
 #: Snapshots are written here while the run goes on, and moved to ``snapshots/`` when it ends: like the resume state
 #: they are not outputs yet, so Snakemake's clean-up of a preempted job keeps them for the rerun.
 PENDING_SNAPSHOT_DIR = "snapshots-pending"
-
-
-def snapshot_path(out_dir: str | Path, step: int) -> Path:
-    return Path(out_dir) / SNAPSHOT_DIR / f"step-{step}.pt"
 
 
 def _check_snapshot_steps(steps, total: int) -> tuple[int, ...]:

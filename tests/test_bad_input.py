@@ -19,7 +19,9 @@ from ddpm.diffusion import GaussianDiffusion
 from ddpm.evaluate import gather_samples
 from ddpm.io import load_npz, save_npz
 from ddpm.tracking import init_sweep
-from ddpm.train import TrainConfig, load_for_sampling, train
+from ddpm.checkpoint import load_for_sampling
+from ddpm.settings import TrainConfig
+from ddpm.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -12,7 +12,9 @@ from ddpm.cli import main
 from ddpm.io import load_npz
 from ddpm.report import best_checkpoints, build_table, fid_over_training_table, paper_table, plot_fid_over_training
 from ddpm.paper import load_published
-from ddpm.train import Diverged, TrainConfig, load_for_sampling, snapshot_path, train
+from ddpm.checkpoint import Diverged, load_for_sampling, snapshot_path
+from ddpm.settings import TrainConfig
+from ddpm.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 PUBLISHED = ROOT / "config" / "published.csv"

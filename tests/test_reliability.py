@@ -16,7 +16,7 @@ from conftest import logged_step, mlflow_server
 from ddpm.checkpoint import load_checkpoint, save_checkpoint
 from ddpm.io import write_json
 from ddpm.tracking import init_sweep
-from ddpm.train import load_for_sampling
+from ddpm.checkpoint import load_for_sampling
 
 TRAIN = ["--T", "50", "--schedule-rescale", "true", "--steps", "120", "--batch-size", "16", "--log-every", "5",
          "--checkpoint-every", "10", "--warmup", "10", "--lr", "1e-3", "--dropout", "0.1", "--threads", "1"]

@@ -13,7 +13,8 @@ from ddpm.cli import main
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.schedules import make_betas
 from ddpm.speed import FastForward, Speed, ema_update, make_optimizer
-from ddpm.train import TrainConfig, train
+from ddpm.settings import TrainConfig
+from ddpm.train import train
 from ddpm.unet import create_model
 
 

@@ -14,7 +14,8 @@ from ddpm.diffusion import LOSS_TYPES, MEAN_TYPES, VAR_TYPES, GaussianDiffusion
 from ddpm.resample import LossSecondMomentResampler, UniformSampler, create_sampler
 from ddpm.sample import interpolate, progressive_generation, sample_checkpoint
 from ddpm.schedules import make_betas
-from ddpm.train import TrainConfig, train
+from ddpm.settings import TrainConfig
+from ddpm.train import train
 from ddpm.unet import create_model
 
 
