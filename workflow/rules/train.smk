@@ -19,7 +19,9 @@ rule train:
     threads: config["train"]["threads"]
     # A killed or preempted job (exit 75 after SIGTERM / SIGUSR1) resumes from resume.pt when run again. Snakemake
     # deletes a job's log before each try: every try's output is also appended to <setting>.tries.log, which is
-    # not a declared file, so the errors of earlier tries are kept (pipefail keeps ddpm's exit status).
+    # not a declared file, so the errors of earlier tries are kept (pipefail keeps ddpm's exit status). tee ignores
+    # SIGTERM and SIGUSR1: a preemption signals every process of the job, and a tee that died first would break the
+    # pipe under the training while it saves its state.
     retries: config["train"]["retries"]
     resources:
         **train_resources(config["train"]),
@@ -33,4 +35,4 @@ rule train:
         "{params.launcher} train --out {params.out:q} --data {params.data:q} --tracking {input.tracking:q}"
         " --run-name {wildcards.setting:q} --on-divergence {params.on_divergence}"
         " --snapshot-steps {params.snapshot_steps} --speed {params.speed} --device auto --threads {threads}"
-        " {params.args} 2>&1 | tee -a {params.tries_log:q} > {log:q}"
+        " {params.args} 2>&1 | (trap '' TERM USR1; exec tee -a {params.tries_log:q}) > {log:q}"
