@@ -8,9 +8,9 @@ __version__ = "0.1.0"
 #: need no tensors then start without importing torch.
 _EXPORTS = {
     "GaussianDiffusion": "diffusion", "space_timesteps": "diffusion", "HYBRID_LAMBDA": "diffusion",
-    "MEAN_TYPES": "diffusion", "VAR_TYPES": "diffusion", "LOSS_TYPES": "diffusion",
+    "MEAN_TYPES": "vocabulary", "VAR_TYPES": "vocabulary", "LOSS_TYPES": "vocabulary",
     "make_betas": "schedules", "SCHEDULES": "schedules",
-    "create_model": "unet", "UNet": "unet", "UNetConfig": "unet", "PRESETS": "unet",
+    "create_model": "unet", "UNet": "unet", "UNetConfig": "presets", "PRESETS": "presets",
 }
 
 __all__ = list(_EXPORTS)

@@ -24,10 +24,12 @@ from .diffusion import GaussianDiffusion
 from .schedules import make_betas
 from .speed import FastForward, Speed, configure_backends, make_optimizer
 from .train import apply_gradients
-from .unet import count_parameters, create_model
+from .unet import PRESETS, count_parameters, create_model
 
-#: The shapes of the presets' data sets (channels, size) when benchmarking on random data.
-PRESET_DATA = {"cifar10": (3, 32), "iddpm-cifar10": (3, 32), "256": (3, 256), "small": (3, 32), "tiny": (1, 8)}
+def preset_data(preset: str) -> tuple[int, int]:
+    """The (channels, size) of the random images ``preset`` is benchmarked on: the preset's own."""
+    config = PRESETS[preset]
+    return config.in_channels, config.image_size
 
 
 def _synchronize(device: torch.device) -> None:
@@ -63,9 +65,9 @@ def _timed(step, repeats: int, warmup: int, device: torch.device) -> float:
 def _training_step(preset: str, speed: Speed, device: torch.device, *, batch_size: int, T: int, seed: int):
     """The training loop's step at the paper's hyperparameters, on random data: ``(step, model, ema, diffusion)``."""
     torch.manual_seed(seed)
-    channels, size = PRESET_DATA[preset]
+    channels, size = preset_data(preset)
     diffusion = GaussianDiffusion(make_betas("linear", T), "eps", "fixedlarge", "mse")
-    model = create_model(preset, in_channels=channels, image_size=size).to(device).train()
+    model = create_model(preset).to(device).train()
     forward = FastForward(model, speed, device)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     optimizer = make_optimizer(model.parameters(), 2e-4, speed)
@@ -81,7 +83,7 @@ def _training_step(preset: str, speed: Speed, device: torch.device, *, batch_siz
 
 def _phases(preset: str, speed: Speed, device: torch.device, *, batch_size: int, sample_batch: int, T: int,
             steps: int, warmup: int, seed: int) -> dict:
-    channels, size = PRESET_DATA[preset]
+    channels, size = preset_data(preset)
     train_step, model, ema, diffusion = _training_step(preset, speed, device, batch_size=batch_size, T=T, seed=seed)
     result = {"parameters": count_parameters(model)}
     _reset_peak(device)
@@ -123,7 +125,7 @@ def against_straightforward(preset: str, device: torch.device, *, batch_size: in
     theirs_ema = copy.deepcopy(theirs_model).eval().requires_grad_(False)
     optimizer = torch.optim.Adam(theirs_model.parameters(), lr=2e-4)
     betas = torch.as_tensor(make_betas("linear", T), dtype=torch.float32, device=device)
-    channels, size = PRESET_DATA[preset]
+    channels, size = preset_data(preset)
     x0 = torch.rand(batch_size, channels, size, size, device=device) * 2 - 1
 
     def theirs():
@@ -146,9 +148,9 @@ def bits_per_dim_difference(preset: str, speed: Speed, device: torch.device, *, 
     change of the mean over the images, and the largest change of one image's. The network is a random one whose
     weights are perturbed by N(0, 0.01²), so that its zero-initialised output layer does not make every precision
     look exact; a trained network's figure needs a checkpoint (the goal: the mean moves by at most 1e-3)."""
-    channels, size = PRESET_DATA[preset]
+    channels, size = preset_data(preset)
     torch.manual_seed(seed)
-    model = create_model(preset, in_channels=channels, image_size=size).eval()
+    model = create_model(preset).eval()
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.add_(torch.randn_like(parameter) * 0.01)
@@ -189,8 +191,8 @@ def run_bench(preset: str = "cifar10", *, device: str | torch.device = "cpu", sp
               warmup: int = 3, seed: int = 0, rounds: int = 3) -> dict:
     """Benchmark ``preset`` with ``speed`` (default: what pays off on the device) and with the plain path, and the
     plain path's training against the straightforward code in ``rounds`` alternating rounds."""
-    if preset not in PRESET_DATA:
-        raise ValueError(f"unknown preset {preset!r}; valid presets: {', '.join(PRESET_DATA)}")
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}")
     if min(batch_size, steps, T, rounds) < 1 or warmup < 0 or (sample_batch is not None and sample_batch < 1):
         raise ValueError(f"need batch_size, sample_batch, steps, T, rounds >= 1 and warmup >= 0; got "
                          f"batch_size={batch_size}, sample_batch={sample_batch}, steps={steps}, T={T}, "

@@ -10,15 +10,17 @@ setting, another checkpoint or other data, naming both (:func:`checkpoint_proven
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .datasets import read_manifest, sha256_file, split_sha256
 from .diffusion import GaussianDiffusion
-from .io import atomic_open
+from .io import atomic_open, load_npz, save_npz, write_json
 from .schedules import make_betas
-from .settings import TrainConfig, setting_name
+from .settings import Setting, TrainConfig
 from .unet import UNet, create_model
 
 #: The key that marks a setting whose training diverged, in its checkpoint and in every file made from it.
@@ -69,7 +71,7 @@ def checkpoint_provenance(path: str | Path, *, setting: str | None = None, data_
     if DIVERGED in state:
         return {}
     config = state["config"]
-    trained_as = setting_name(config)
+    trained_as = Setting.from_dict(config).name
     if setting is not None and trained_as != setting:
         raise ValueError(f"{path} belongs to another setting: it was trained as {trained_as}, but this job is for "
                          f"{setting}. Delete it and run the workflow again to train {setting}")
@@ -105,12 +107,75 @@ def check_provenance(found: dict, where: str | Path, **expected: str | None) -> 
                              f"is for {value}")
 
 
+def provenance_arrays(provenance: dict) -> dict[str, np.ndarray]:
+    """A checkpoint's provenance (:func:`checkpoint_provenance`) as arrays to store in an ``.npz``."""
+    return {key: np.array(str(provenance[key])) for key in PROVENANCE_KEYS if key in provenance}
+
+
+def read_provenance(path) -> dict[str, str]:
+    """The provenance an ``.npz`` shard (or a merge of shards) records; ``{}`` for files written without one."""
+    found = load_npz(path, (), optional=PROVENANCE_KEYS)
+    return {key: str(value) for key, value in found.items()}
+
+
+def agreed_provenance(paths, *, setting: str | None = None) -> dict[str, str]:
+    """The one provenance that all of ``paths`` record (shards of one checkpoint); refuses shards of different
+    checkpoints, and (with ``setting``) shards of another setting, naming the file."""
+    records = [(path, read_provenance(path)) for path in paths]
+    first_path, first = records[0]
+    for path, found in records:
+        check_provenance(found, path, setting=setting)
+        if found != first:
+            raise ValueError(f"{path} and {first_path} come from different checkpoints (they record "
+                             f"{found or 'nothing'} and {first or 'nothing'}): delete the stale shards and run "
+                             f"the workflow again")
+    return first
+
+
 class Diverged(ValueError):
     """The checkpoint records a training that diverged: there are no weights to sample or score."""
 
     def __init__(self, path, step: int):
         super().__init__(f"{path}: the training diverged at step {step}")
         self.step = step
+
+
+def diverged_step(paths) -> int | None:
+    """The step at which the setting's training diverged, if any of these ``.npz`` or ``.json`` files says so."""
+    for path in paths:
+        path = Path(path)
+        if path.suffix == ".json":
+            try:
+                found = json.loads(path.read_text()).get(DIVERGED)
+            except (OSError, ValueError) as err:
+                raise ValueError(f"cannot read {path}: {err}") from err
+        else:
+            found = load_npz(path, (), optional=(DIVERGED,)).get(DIVERGED)
+        if found is not None:
+            return int(found)
+    return None
+
+
+def record_divergence(path, step: int) -> None:
+    """Write, in place of a job's output, the record that its setting's training diverged at ``step``: a ``.json``
+    or ``.npz`` holding ``{diverged_at_step: step}`` (what later jobs and the report read), or for a figure (``.png``)
+    a small image that says "diverged at step N"."""
+    path = Path(path)
+    if path.suffix == ".png":
+        from PIL import Image, ImageDraw
+
+        text = f"diverged at step {step}"
+        image = Image.new("RGB", (8 * len(text) + 20, 40), "white")
+        ImageDraw.Draw(image).text((10, 14), text, fill="black")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image.save(path)
+        print(f"the training diverged at step {step}: no figure; {path} says so")
+        return
+    if path.suffix == ".json":
+        write_json(path, {DIVERGED: int(step)})
+    else:
+        save_npz(path, **{DIVERGED: np.array(int(step))})
+    print(f"the training diverged at step {step}: nothing to compute; {path} records it")
 
 
 #: Snapshots for FID over training: ``snapshots/step-<N>.pt``, the EMA weights at step N (as a checkpoint without

@@ -3,16 +3,23 @@
     ddpm prepare | classifier | track init | track serve | train | sample | progressive | interpolate | gather-samples
     ddpm evaluate fid | nll | nll-gather | baseline
     ddpm report | bench | claim-gpus
+
+Each command parses its arguments, calls one function of the package and prints what it did. A setting whose
+training diverged is handled here, once, for every command (:func:`passes_divergence_on`); which metrics go to
+MLflow is decided by the metric code (``metrics.tracked_scores``, ``evaluate.tracked_bpd``).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
 from dataclasses import MISSING, fields
 from pathlib import Path
+
+from .vocabulary import EXTRACTORS, ON_DIVERGENCE
 
 
 def _bool(text: str) -> bool:
@@ -74,6 +81,7 @@ def _add_tracking(parser: argparse.ArgumentParser) -> None:
 
 
 def _log_to_run(args: argparse.Namespace, metrics: dict, artifact: str | None = None, step: int = 0) -> None:
+    """Log to the setting's MLflow run, where the job was given one (``--tracking``, ``--run-id-file``)."""
     if not args.tracking or not args.run_id_file:
         return
     from . import tracking
@@ -86,13 +94,60 @@ def _log_to_run(args: argparse.Namespace, metrics: dict, artifact: str | None = 
         tracking.log_artifact(uri, run_id, artifact)
 
 
+def passes_divergence_on(*outputs: str, inputs: str | None = None):
+    """A command of a setting whose training diverged writes, in place of each of its ``outputs`` (argument names),
+    the record that says so (:func:`ddpm.checkpoint.record_divergence`) and succeeds, so that the sweep goes on and
+    the report shows the row. The divergence reaches the command through its checkpoint (it raises
+    :class:`~ddpm.checkpoint.Diverged`) or through the files of its ``inputs`` argument (records of earlier jobs)."""
+
+    def decorate(command):
+        @functools.wraps(command)
+        def run(args):
+            from .checkpoint import Diverged, diverged_step, record_divergence
+
+            files = getattr(args, inputs) if inputs else []
+            step = diverged_step([files] if isinstance(files, str) else files)
+            if step is None:
+                try:
+                    return command(args)
+                except Diverged as diverged:
+                    step = diverged.step
+            for name in outputs:
+                if getattr(args, name, None):
+                    record_divergence(getattr(args, name), step)
+        return run
+
+    return decorate
+
+
 # ---------------------------------------------------------------------------------------------- commands
+def add_prepare(p):
+    from .datasets import DATASETS, TEST_FRACTION
+
+    p.add_argument("--dataset", required=True, choices=DATASETS)
+    p.add_argument("--out", required=True, help="the prepared folder: train/test arrays and manifest.json")
+    p.add_argument("--path", help="local data: a cifar-10-batches-py folder, or a folder of images")
+    p.add_argument("--image-size", type=int, help="resize (and center-crop) to this side (default: the native size)")
+    p.add_argument("--download", action="store_true", help="let torchvision download CIFAR-10")
+    p.add_argument("--test-fraction", type=float, default=TEST_FRACTION,
+                   help=f"digits and imagefolder: the share held out as the test split (default: {TEST_FRACTION})")
+    p.add_argument("--seed", type=int, default=0, help="the seed of the split (default: 0)")
+
+
 def cmd_prepare(args):
     from .datasets import prepare_dataset
 
     manifest = prepare_dataset(args.dataset, args.out, path=args.path, image_size=args.image_size,
                                download=args.download, test_fraction=args.test_fraction, seed=args.seed)
     print(json.dumps({k: v for k, v in manifest.items() if k != "files"}, indent=2, default=str))
+
+
+def add_classifier(p):
+    p.add_argument("--data", required=True, help="a prepared dataset folder")
+    p.add_argument("--out", required=True, help="the classifier's weights file")
+    p.add_argument("--steps", type=int, default=1500, help="training steps (default: 1500)")
+    p.add_argument("--seed", type=int, default=0)
+    _add_runtime(p)
 
 
 def cmd_classifier(args):
@@ -104,6 +159,15 @@ def cmd_classifier(args):
     print(json.dumps(summary, default=str))
 
 
+def add_track_init(p):
+    p.add_argument("--experiment", required=True, help="the MLflow experiment (the sweep's name)")
+    p.add_argument("--sweep-name", help="the parent run's name (default: the experiment's)")
+    p.add_argument("--results", default="results", help="results folder (the default SQLite store lives there)")
+    p.add_argument("--tracking-uri", help="used when $MLFLOW_TRACKING_URI is unset; default sqlite:///<results>/mlflow.db")
+    p.add_argument("--config-json", help="the resolved config, stored with the parent run")
+    p.add_argument("--out", required=True, help="tracking file for the jobs that follow")
+
+
 def cmd_track_init(args):
     from .io import write_json
     from .tracking import default_tracking_uri, init_sweep
@@ -113,6 +177,15 @@ def cmd_track_init(args):
     info = init_sweep(uri, args.experiment, args.sweep_name or args.experiment, Path(args.results) / "mlartifacts", config)
     write_json(args.out, info)
     print(json.dumps(info))
+
+
+def add_track_serve(p):
+    p.add_argument("--store", required=True, help="a SQLite file on this machine's own disk, or a database URI")
+    p.add_argument("--host", default="0.0.0.0", help="address to listen on (default: every interface)")
+    p.add_argument("--port", type=int, default=5000, help="(default: 5000)")
+    p.add_argument("--allowed-hosts", help="Host headers to answer (default: this machine's names, with and "
+                   "without the port, and localhost)")
+    p.add_argument("--workers", type=int, default=4, help="server processes (default: 4)")
 
 
 def cmd_track_serve(args):
@@ -127,14 +200,35 @@ def cmd_track_serve(args):
     os.execvp(command[0], command)
 
 
-def _train_flags(parser: argparse.ArgumentParser) -> None:
+def _train_choices() -> dict[str, tuple]:
+    """The names each training option takes, from the registries that define them."""
+    from .datasets import DATASETS
+    from .presets import PRESETS
+    from .schedules import SCHEDULES
+    from .vocabulary import LOSS_TYPES, MEAN_TYPES, TIMESTEP_SAMPLERS, VAR_TYPES
+
+    return {"dataset": DATASETS, "schedule": tuple(SCHEDULES), "mean_type": MEAN_TYPES, "var_type": VAR_TYPES,
+            "loss_type": LOSS_TYPES, "timestep_sampler": TIMESTEP_SAMPLERS, "preset": tuple(PRESETS)}
+
+
+def add_train(p):
     from .settings import TrainConfig
 
-    for f in fields(TrainConfig):
+    p.add_argument("--out", required=True, help="output folder of the run")
+    p.add_argument("--data", help="a prepared dataset folder (default: load --dataset by name)")
+    p.add_argument("--run-name", help="MLflow run name (default: the output folder's name)")
+    p.add_argument("--on-divergence", choices=ON_DIVERGENCE, default="fail",
+                   help="NaN / Inf loss: fail (exit 2), or record it in checkpoint.pt and exit 0 so a sweep goes on")
+    p.add_argument("--snapshot-steps", type=int, nargs="*", default=[],
+                   help="keep the EMA weights at these steps as snapshots/step-<N>.pt (FID over training)")
+    _add_tracking(p)
+    _add_runtime(p, speed=True)
+    choices = _train_choices()
+    for f in fields(TrainConfig):  # one flag per field of what a checkpoint records
         default = f.default if f.default is not MISSING else None
         kind = {"int": int, "float": float, "bool": _bool}.get(f.type.split(" |")[0], str)  # "float | None" → float
-        parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=default,
-                            help=f"default: {default}")
+        p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=default,
+                       choices=choices.get(f.name), help=f"default: {default}")
 
 
 def cmd_train(args):
@@ -155,293 +249,27 @@ def cmd_train(args):
         print(json.dumps(final))
 
 
-def cmd_sample(args):
-    import numpy as np
-
-    from .checkpoint import Diverged, checkpoint_provenance
-    from .evaluate import provenance_arrays, write_diverged
-    from .io import save_npz
-    from .sample import sample_checkpoint, save_grid
-
-    provenance = checkpoint_provenance(args.checkpoint, setting=args.setting, data_dir=args.data)
-    try:
-        images = sample_checkpoint(args.checkpoint, start=args.start, count=args.count, batch_size=args.batch_size,
-                                   seed=args.seed, steps=args.steps, device=_device(args.device), speed=_speed(args))
-    except Diverged as diverged:
-        return write_diverged(args.out, diverged.step)
-    save_npz(args.out, images=images, indices=np.arange(args.start, args.start + args.count),
-             **provenance_arrays(provenance))
-    if args.grid:
-        save_grid(images, args.grid)
-    print(f"wrote {len(images)} samples to {args.out}" + (f" and a grid to {args.grid}" if args.grid else ""))
-
-
-def cmd_progressive(args):
-    from .checkpoint import Diverged, checkpoint_provenance
-    from .sample import progressive_generation, save_diverged_notice, save_grid
-
-    checkpoint_provenance(args.checkpoint, setting=args.setting, data_dir=args.data)
-    try:
-        images = progressive_generation(args.checkpoint, count=args.count, columns=args.columns, seed=args.seed,
-                                        steps=args.steps, device=_device(args.device))
-    except Diverged as diverged:
-        return save_diverged_notice(diverged.step, args.out)
-    save_grid(images, args.out, nrow=args.columns)
-    print(f"wrote x̂₀ along the reverse process for {args.count} samples to {args.out}")
-
-
-def cmd_interpolate(args):
-    from .checkpoint import Diverged, checkpoint_provenance
-    from .datasets import load_split
-    from .sample import interpolate, save_diverged_notice, save_grid
-
-    checkpoint_provenance(args.checkpoint, setting=args.setting, data_dir=args.data)
-    test = load_split(args.data, "test")[0]
-    if max(args.images) >= len(test):
-        raise ValueError(f"--images {args.images}: the test split of {args.data} has {len(test)} images")
-    try:
-        images = interpolate(args.checkpoint, test[args.images[0]], test[args.images[1]], t_fraction=args.t_fraction,
-                             seed=args.seed, steps=args.steps, device=_device(args.device))
-    except Diverged as diverged:
-        return save_diverged_notice(diverged.step, args.out)
-    save_grid(images, args.out, nrow=len(images))
-    print(f"wrote the interpolation between test images {args.images[0]} and {args.images[1]} to {args.out}")
-
-
-def cmd_gather_samples(args):
-    from .evaluate import agreed_provenance, diverged_step, gather_samples, provenance_arrays, write_diverged
-    from .io import save_npz
-    from .sample import save_diverged_notice, save_grid
-
-    step = diverged_step(args.shards)
-    if step is not None:
-        if args.grid:
-            save_diverged_notice(step, args.grid)
-        return write_diverged(args.out, step)
-    provenance = agreed_provenance(args.shards, setting=args.setting)
-    images, indices = gather_samples(args.shards)
-    save_npz(args.out, images=images, indices=indices, **provenance_arrays(provenance))
-    print(f"gathered {len(images)} samples into {args.out}")
-    if args.grid:
-        save_grid(images[: args.grid_size], args.grid)
-        _log_to_run(args, {}, artifact=args.grid)
-        print(f"grid of {min(args.grid_size, len(images))} samples in {args.grid}")
-
-
-def cmd_fid(args):
-    from .checkpoint import check_provenance
-    from .datasets import check_images, load_split, split_sha256
-    from .evaluate import diverged_step, read_provenance, write_diverged
-    from .io import load_npz, write_json
-    from .metrics import fidelity_metrics
-
-    step = diverged_step([args.samples])
-    if step is not None:
-        return write_diverged(args.out, step)
-    provenance = read_provenance(args.samples)
-    if args.setting is not None:  # samples of this setting, from a model trained on this reference's data
-        check_provenance(provenance, args.samples, setting=args.setting)
-        if provenance.get("data_sha256"):
-            check_provenance(provenance, args.samples, data_sha256=split_sha256(args.data, "train"))
-    reference = load_split(args.data, "train")[0]
-    samples = load_npz(args.samples, ("images",))["images"]
-    check_images(samples, f"samples in {args.samples}", shape=reference.shape[1:])  # the data set's shape, exactly
-    scores = fidelity_metrics(samples, reference, extractor=args.extractor, weights_path=args.weights,
-                              device=_device(args.device))
-    if args.test_reference:  # DDPM Table 1 also gives FID against the test set
-        test = load_split(args.data, "test")[0]
-        scores["fid_test"] = fidelity_metrics(samples, test, extractor=args.extractor, weights_path=args.weights,
-                                              device=_device(args.device), metrics=("fid",))["fid"]
-        scores["num_test_reference"] = len(test)
-    if args.training_step is not None:
-        scores["training_step"] = args.training_step
-    write_json(args.out, {**scores, **provenance})
-    logged = {k: v for k, v in scores.items() if k in ("fid", "fid_test", "is_mean", "is_std", "kid_mean", "kid_std",
-                                                      "precision", "recall")}
-    if not args.snapshot:  # the plain names are the final checkpoint's
-        _log_to_run(args, logged)
-    if args.training_step is not None:
-        _log_to_run(args, {f"{k}_over_training": v for k, v in logged.items()}, step=args.training_step)
-    print(json.dumps(scores))
-
-
-def cmd_nll(args):
-    from .checkpoint import Diverged, checkpoint_provenance
-    from .evaluate import nll_shard, provenance_arrays, write_diverged
-    from .io import save_npz
-
-    provenance = checkpoint_provenance(args.checkpoint, setting=args.setting, data_dir=args.data)
-    try:
-        shard = nll_shard(args.checkpoint, args.data, start=args.start, count=args.count, batch_size=args.batch_size,
-                          seed=args.seed, device=_device(args.device), split=args.split, speed=_speed(args))
-    except Diverged as diverged:
-        return write_diverged(args.out, diverged.step)
-    save_npz(args.out, **shard, **provenance_arrays(provenance))
-    print(f"bits/dim of {args.split} images {shard['indices'][0]}..{shard['indices'][-1]}: {shard['total_bpd'].mean():.4f}")
-
-
-def cmd_nll_gather(args):
-    from .evaluate import agreed_provenance, diverged_step, gather_nll, write_diverged
-    from .io import write_json
-
-    step = diverged_step(args.shards)
-    if step is not None:
-        return write_diverged(args.out, step)
-    provenance = agreed_provenance(args.shards, setting=args.setting)
-    result = {**gather_nll(args.shards), "split": args.split, **provenance}
-    write_json(args.out, result)
-    metric = "bpd" if args.split == "test" else "bpd_train"
-    _log_to_run(args, {metric: result["bpd"], f"{metric}_stderr": result["bpd_stderr"]})
-    print(f"bits/dim {result['bpd']:.4f} ± {result['bpd_stderr']:.4f} over {result['num_images']} {args.split} images")
-
-
-def cmd_baseline(args):
-    from .datasets import load_split
-    from .io import write_json
-    from .metrics import fidelity_metrics, gaussian_baseline_samples
-
-    train_images = load_split(args.data, "train")[0]
-    if args.kind == "gaussian":
-        candidates = gaussian_baseline_samples(train_images, args.num_samples, args.seed)
-    else:
-        candidates = load_split(args.data, "test")[0][: args.num_samples]
-    scores = fidelity_metrics(candidates, train_images, extractor=args.extractor, weights_path=args.weights,
-                              device=_device(args.device))
-    write_json(args.out, {**scores, "baseline": args.kind})
-    print(json.dumps(scores))
-
-
-def cmd_report(args):
-    from . import tracking
-    from .paper import load_published
-    from .report import (build_table, fid_over_training_table, paper_table, plot_fid_over_training, plot_loss_curves,
-                         plot_rate_distortion, plot_schedules, rate_distortion_table, write_tables)
-
-    published = load_published(args.published) if args.published else None  # read first: a bad file stops here
-    args.paper_sweep = args.paper_sweep or Path(args.out_stem).name
-    run_dirs = {Path(r).name: Path(r) for r in args.runs}
-    table = build_table(run_dirs, {"gaussian baseline": Path(args.gaussian), "test split (floor)": Path(args.test_split)},
-                        nll_train=args.nll_train)
-    outputs = write_tables(table, args.out_stem)
-    curve = fid_over_training_table(run_dirs, args.snapshot_steps)
-    outputs += write_tables(curve, f"{args.out_stem}-fid-over-training")
-    if published is not None:
-        beside = paper_table(table, published, args.paper_sweep, comparable=not args.scaled_down, curve=curve)
-        outputs += write_tables(beside, f"{args.out_stem}-paper")
-        print(beside.to_string(index=False))
-    outputs += write_tables(rate_distortion_table(run_dirs, published, args.paper_sweep), f"{args.out_stem}-rate-distortion")
-    plot_loss_curves(run_dirs, args.loss_figure)
-    figures = [Path(args.loss_figure)]
-    if args.rate_distortion_figure:
-        plot_rate_distortion(run_dirs, args.rate_distortion_figure)
-        figures.append(Path(args.rate_distortion_figure))
-    if args.schedules_figure:
-        plot_schedules(run_dirs, args.schedules_figure, rescale=args.schedule_rescale)
-        figures.append(Path(args.schedules_figure))
-    if args.fid_over_training_figure:
-        plot_fid_over_training(curve, args.fid_over_training_figure)
-        figures.append(Path(args.fid_over_training_figure))
-    if args.tracking:
-        info = tracking.read_tracking(args.tracking)
-        if args.config_json:
-            tracking.log_config(info["tracking_uri"], info["parent_run_id"], json.loads(args.config_json))
-        for path in [*outputs, *figures]:
-            tracking.log_artifact(info["tracking_uri"], info["parent_run_id"], path, "report")
-        tracking.finish_run(info["tracking_uri"], info["parent_run_id"], "FINISHED")
-    print(table.to_string(index=False))
-
-
-def cmd_bench(args):
-    from .bench import log_to_mlflow, run_bench, write_record
-    from .tracking import default_tracking_uri
-
-    result = run_bench(args.preset, device=_device(args.device), speed=_speed(args), batch_size=args.batch_size,
-                       sample_batch=args.sample_batch, T=args.T, steps=args.steps, warmup=args.warmup, seed=args.seed,
-                       rounds=args.rounds)
-    path = write_record(result, args.out)
-    if args.mlflow:
-        uri = default_tracking_uri(args.out, args.tracking_uri)
-        result["mlflow_run_id"] = log_to_mlflow(result, uri, Path(args.out) / "mlartifacts")
-    print(json.dumps({**result, "record": str(path)}, indent=2))
-
-
-def cmd_claim_gpus(args):
-    from .gpus import run_on_free_gpus
-
-    command = args.command_line[1:] if args.command_line[:1] == ["--"] else args.command_line
-    run_on_free_gpus(args.count, command)  # does not return
-
-
-# ---------------------------------------------------------------------------------------------- parser
-def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ddpm", description="Denoising diffusion probabilistic models: "
-                                     "prepare data, train, sample, evaluate, report.")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("prepare", help="dataset → uint8 train/test arrays and a manifest with checksums")
-    p.add_argument("--dataset", required=True, help="digits, cifar10 or imagefolder")
-    p.add_argument("--out", required=True)
-    p.add_argument("--path", help="local data: a cifar-10-batches-py folder, or a folder of images")
-    p.add_argument("--image-size", type=int)
-    p.add_argument("--download", action="store_true", help="let torchvision download CIFAR-10")
-    p.add_argument("--test-fraction", type=float, default=1 / 6)
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=cmd_prepare)
-
-    p = sub.add_parser("classifier", help="train the small classifier used as FID / IS feature extractor")
-    p.add_argument("--data", required=True, help="a prepared dataset folder")
-    p.add_argument("--out", required=True)
-    p.add_argument("--steps", type=int, default=1500)
-    p.add_argument("--seed", type=int, default=0)
-    _add_runtime(p)
-    p.set_defaults(func=cmd_classifier)
-
-    track = sub.add_parser("track", help="MLflow bookkeeping").add_subparsers(dest="track_command", required=True)
-    p = track.add_parser("init", help="create the store, the experiment and the sweep's parent run (run again: "
-                         "the same parent run is found and reused)")
-    p.add_argument("--experiment", required=True)
-    p.add_argument("--sweep-name")
-    p.add_argument("--results", default="results", help="results folder (the default SQLite store lives there)")
-    p.add_argument("--tracking-uri", help="used when $MLFLOW_TRACKING_URI is unset; default sqlite:///<results>/mlflow.db")
-    p.add_argument("--config-json", help="the resolved config, stored with the parent run")
-    p.add_argument("--out", required=True, help="tracking file for the jobs that follow")
-    p.set_defaults(func=cmd_track_init)
-
-    p = track.add_parser("serve", help="a tracking server for a cluster's submit node (mlflow server, with the host "
-                         "names the compute nodes use allowed); SQLite on a network filesystem is refused")
-    p.add_argument("--store", required=True, help="a SQLite file on this machine's own disk, or a database URI")
-    p.add_argument("--host", default="0.0.0.0", help="address to listen on (default: every interface)")
-    p.add_argument("--port", type=int, default=5000)
-    p.add_argument("--allowed-hosts", help="Host headers to answer (default: this machine's names, with and "
-                   "without the port, and localhost)")
-    p.add_argument("--workers", type=int, default=4)
-    p.set_defaults(func=cmd_track_serve)
-
-    p = sub.add_parser("train", help="train one setting; writes checkpoint.pt and metrics.jsonl")
-    p.add_argument("--out", required=True, help="output folder of the run")
-    p.add_argument("--data", help="a prepared dataset folder (default: load --dataset by name)")
-    p.add_argument("--run-name", help="MLflow run name (default: the output folder's name)")
-    p.add_argument("--on-divergence", choices=["fail", "record"], default="fail",
-                   help="NaN / Inf loss: fail (exit 2), or record it in checkpoint.pt and exit 0 so a sweep goes on")
-    p.add_argument("--snapshot-steps", type=int, nargs="*", default=[],
-                   help="keep the EMA weights at these steps as snapshots/step-<N>.pt (FID over training)")
-    _add_tracking(p)
-    _add_runtime(p, speed=True)
-    _train_flags(p)
-    p.set_defaults(func=cmd_train)
-
-    p = sub.add_parser("progressive", help="x̂₀ along the reverse process as a PNG grid (DDPM Figure 6)")
+def add_progressive(p):
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--out", required=True, help="the PNG: one row per sample, one column per reverse-step stage")
-    p.add_argument("--count", type=int, default=8)
-    p.add_argument("--columns", type=int, default=10)
+    p.add_argument("--count", type=int, default=8, help="samples, one per row (default: 8)")
+    p.add_argument("--columns", type=int, default=10, help="stages of the reverse process (default: 10)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=None, help="respace the reverse process to this many steps")
     _add_job_expectations(p, data=True)
     _add_runtime(p)
-    p.set_defaults(func=cmd_progressive)
 
-    p = sub.add_parser("interpolate", help="interpolate two test images through a latent x_t (DDPM Figure 8)")
+
+@passes_divergence_on("out")
+def cmd_progressive(args):
+    from .sample import write_progressive
+
+    write_progressive(args.checkpoint, args.out, count=args.count, columns=args.columns, seed=args.seed,
+                      steps=args.steps, device=_device(args.device), setting=args.setting, data_dir=args.data)
+    print(f"wrote x̂₀ along the reverse process for {args.count} samples to {args.out}")
+
+
+def add_interpolate(p):
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data", required=True, help="a prepared dataset folder (its test split)")
     p.add_argument("--out", required=True, help="the PNG: first image, λ = 0, 0.1, …, 1, second image")
@@ -451,36 +279,66 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="respace the reverse process to this many steps")
     _add_job_expectations(p)
     _add_runtime(p)
-    p.set_defaults(func=cmd_interpolate)
 
-    p = sub.add_parser("sample", help="draw samples from a checkpoint, each seeded by its index")
+
+@passes_divergence_on("out")
+def cmd_interpolate(args):
+    from .sample import write_interpolation
+
+    write_interpolation(args.checkpoint, args.data, args.out, images=args.images, t_fraction=args.t_fraction,
+                        seed=args.seed, steps=args.steps, device=_device(args.device), setting=args.setting)
+    print(f"wrote the interpolation between test images {args.images[0]} and {args.images[1]} to {args.out}")
+
+
+def add_sample(p):
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--out", required=True, help=".npz file for the uint8 samples")
     p.add_argument("--grid", help="also write a PNG grid here")
     p.add_argument("--start", type=int, default=0, help="index of the first sample")
-    p.add_argument("--count", type=int, default=64)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--count", type=int, default=64, help="how many samples (default: 64)")
+    p.add_argument("--batch-size", type=int, default=500, help="samples per batch (default: 500)")
+    p.add_argument("--seed", type=int, default=0, help="with the index, seeds each sample (default: 0)")
     p.add_argument("--steps", type=int, default=None, help="respace to this many sampling steps (default: all T)")
     _add_job_expectations(p, data=True)
     _add_runtime(p, speed=True)
-    p.set_defaults(func=cmd_sample)
 
-    p = sub.add_parser("gather-samples", help="merge sample shards and draw the grid")
+
+@passes_divergence_on("out")
+def cmd_sample(args):
+    from .sample import write_sample_shard
+
+    images = write_sample_shard(args.checkpoint, args.out, start=args.start, count=args.count, grid=args.grid,
+                                setting=args.setting, data_dir=args.data, batch_size=args.batch_size, seed=args.seed,
+                                steps=args.steps, device=_device(args.device), speed=_speed(args))
+    print(f"wrote {len(images)} samples to {args.out}" + (f" and a grid to {args.grid}" if args.grid else ""))
+
+
+def add_gather_samples(p):
     p.add_argument("--shards", nargs="+", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--grid", help="also draw a grid of the first --grid-size samples here (a PNG)")
-    p.add_argument("--grid-size", type=int, default=100)
+    p.add_argument("--grid-size", type=int, default=100, help="(default: 100)")
     _add_job_expectations(p)
     _add_tracking(p)
-    p.set_defaults(func=cmd_gather_samples)
 
-    evaluate = sub.add_parser("evaluate", help="FID / IS / KID / PR and bits/dim").add_subparsers(
-        dest="evaluate_command", required=True)
-    p = evaluate.add_parser("fid", help="torch-fidelity metrics of samples against the train split")
+
+@passes_divergence_on("grid", "out", inputs="shards")
+def cmd_gather_samples(args):
+    from .evaluate import write_gathered_samples
+    from .sample import save_grid
+
+    images = write_gathered_samples(args.shards, args.out, setting=args.setting)
+    print(f"gathered {len(images)} samples into {args.out}")
+    if args.grid:
+        save_grid(images[: args.grid_size], args.grid)
+        _log_to_run(args, {}, artifact=args.grid)
+        print(f"grid of {min(args.grid_size, len(images))} samples in {args.grid}")
+
+
+def add_fid(p):
     p.add_argument("--samples", required=True)
     p.add_argument("--data", required=True)
-    p.add_argument("--extractor", default="classifier", help="classifier or inception-v3-compat")
+    p.add_argument("--extractor", default="classifier", choices=EXTRACTORS, help="(default: classifier)")
     p.add_argument("--weights", help="extractor weights (the classifier file, or local Inception weights)")
     p.add_argument("--test-reference", action="store_true", help="also FID against the test split (fid_test)")
     p.add_argument("--training-step", type=int,
@@ -492,65 +350,82 @@ def make_parser() -> argparse.ArgumentParser:
     _add_job_expectations(p)
     _add_tracking(p)
     _add_runtime(p)
-    p.set_defaults(func=cmd_fid)
 
-    p = evaluate.add_parser("nll", help="bits/dim (calc_bpd_loop) on a shard of the test (or train) split")
+
+@passes_divergence_on("out", inputs="samples")
+def cmd_fid(args):
+    from .evaluate import write_scores
+    from .metrics import tracked_scores
+
+    scores = write_scores(args.samples, args.data, args.out, extractor=args.extractor, weights=args.weights,
+                          device=_device(args.device), test_reference=args.test_reference,
+                          training_step=args.training_step, setting=args.setting)
+    for metrics, step in tracked_scores(scores, snapshot=args.snapshot):
+        _log_to_run(args, metrics, step=step)
+    print(json.dumps(scores))
+
+
+def add_nll(p):
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data", required=True)
     p.add_argument("--split", choices=["test", "train"], default="test")
-    p.add_argument("--start", type=int, default=0)
-    p.add_argument("--count", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=100)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--start", type=int, default=0, help="index of the first image")
+    p.add_argument("--count", type=int, default=None, help="how many images (default: the rest of the split)")
+    p.add_argument("--batch-size", type=int, default=200, help="images per batch (default: 200)")
+    p.add_argument("--seed", type=int, default=0, help="with the index, seeds each image's noise (default: 0)")
     p.add_argument("--out", required=True)
     _add_job_expectations(p)
     _add_runtime(p, speed=True)
-    p.set_defaults(func=cmd_nll)
 
-    p = evaluate.add_parser("nll-gather", help="merge bits/dim shards")
+
+@passes_divergence_on("out")
+def cmd_nll(args):
+    from .evaluate import write_nll_shard
+
+    shard = write_nll_shard(args.checkpoint, args.data, args.out, setting=args.setting, start=args.start,
+                            count=args.count, batch_size=args.batch_size, seed=args.seed, device=_device(args.device),
+                            split=args.split, speed=_speed(args))
+    print(f"bits/dim of {args.split} images {shard['indices'][0]}..{shard['indices'][-1]}: {shard['total_bpd'].mean():.4f}")
+
+
+def add_nll_gather(p):
     p.add_argument("--shards", nargs="+", required=True)
     p.add_argument("--split", choices=["test", "train"], default="test",
                    help="the shards' split: MLflow gets bpd (test) or bpd_train (train)")
     p.add_argument("--out", required=True)
     _add_job_expectations(p)
     _add_tracking(p)
-    p.set_defaults(func=cmd_nll_gather)
 
-    p = evaluate.add_parser("baseline", help="score the test split or a fitted Gaussian the same way as samples")
+
+@passes_divergence_on("out", inputs="shards")
+def cmd_nll_gather(args):
+    from .evaluate import tracked_bpd, write_gathered_nll
+
+    result = write_gathered_nll(args.shards, args.out, split=args.split, setting=args.setting)
+    _log_to_run(args, tracked_bpd(result))
+    print(f"bits/dim {result['bpd']:.4f} ± {result['bpd_stderr']:.4f} over {result['num_images']} {args.split} images")
+
+
+def add_baseline(p):
     p.add_argument("--kind", choices=["gaussian", "test_split"], required=True)
     p.add_argument("--data", required=True)
-    p.add_argument("--extractor", default="classifier")
-    p.add_argument("--weights")
-    p.add_argument("--num-samples", type=int, default=1000)
+    p.add_argument("--extractor", default="classifier", choices=EXTRACTORS, help="(default: classifier)")
+    p.add_argument("--weights", help="extractor weights (the classifier file, or local Inception weights)")
+    p.add_argument("--num-samples", type=int, default=1000, help="images to score (default: 1000)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
     _add_runtime(p)
-    p.set_defaults(func=cmd_baseline)
 
-    p = sub.add_parser("claim-gpus", help="run a command on N GPUs no other job holds (sets CUDA_VISIBLE_DEVICES; "
-                       "as it is where it is already set, or where there is no GPU)")
-    p.add_argument("count", type=int, help="how many GPUs")
-    p.add_argument("command_line", nargs=argparse.REMAINDER, help="-- then the command")
-    p.set_defaults(func=cmd_claim_gpus)
 
-    p = sub.add_parser("bench", help="training images/s, sampling and bits/dim image-steps/s and peak memory, "
-                                      "with the speed-ups and on the plain fp32 eager path, and their ratio (JSON)")
-    p.add_argument("--preset", default="cifar10", help="U-Net preset, on random data of its data set's shape")
-    p.add_argument("--batch-size", type=int, default=128, help="training batch (the paper: 128)")
-    p.add_argument("--sample-batch", type=int, default=None, help="sampling and bits/dim batch (default: --batch-size)")
-    p.add_argument("--T", type=int, default=1000)
-    p.add_argument("--steps", type=int, default=10, help="timed steps per phase")
-    p.add_argument("--warmup", type=int, default=3, help="untimed steps per phase first (compilation, autotuning)")
-    p.add_argument("--rounds", type=int, default=3, help="alternating rounds of the plain path's training against "
-                   "the same U-Net written the straightforward way (the median ratio is reported)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="benchmarks", help="folder of the JSON records (and the default MLflow store)")
-    p.add_argument("--mlflow", type=_bool, default=True, help="also log the run to MLflow (default: true)")
-    p.add_argument("--tracking-uri", help="used when $MLFLOW_TRACKING_URI is unset; default sqlite:///<out>/mlflow.db")
-    _add_runtime(p, speed=True)
-    p.set_defaults(func=cmd_bench)
+def cmd_baseline(args):
+    from .metrics import write_baseline_scores
 
-    p = sub.add_parser("report", help="tables (csv, md, tex) and figures of a sweep")
+    scores = write_baseline_scores(args.kind, args.data, args.out, num_samples=args.num_samples, seed=args.seed,
+                                   extractor=args.extractor, weights=args.weights, device=_device(args.device))
+    print(json.dumps(scores))
+
+
+def add_report(p):
     p.add_argument("--runs", nargs="+", required=True, help="the settings' folders")
     p.add_argument("--gaussian", required=True, help="the Gaussian baseline's scores")
     p.add_argument("--test-split", required=True, help="the test split's scores")
@@ -569,7 +444,109 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--scaled-down", action="store_true", help="a scale=tiny run: no Δ columns, it is not comparable")
     p.add_argument("--tracking", help="also attach the tables to the sweep's parent run and finish it")
     p.add_argument("--config-json", help="with --tracking: the sweep's resolved config, stored with the parent run")
-    p.set_defaults(func=cmd_report)
+
+
+def cmd_report(args):
+    from .report import write_report
+
+    table = write_report(args.runs, out_stem=args.out_stem, gaussian=args.gaussian, test_split=args.test_split,
+                         loss_figure=args.loss_figure, published=args.published, paper_sweep=args.paper_sweep,
+                         scaled_down=args.scaled_down, nll_train=args.nll_train, snapshot_steps=args.snapshot_steps,
+                         rate_distortion_figure=args.rate_distortion_figure, schedules_figure=args.schedules_figure,
+                         schedule_rescale=args.schedule_rescale,
+                         fid_over_training_figure=args.fid_over_training_figure, tracking=args.tracking,
+                         config=json.loads(args.config_json) if args.config_json else None)
+    print(table.to_string(index=False))
+
+
+def add_bench(p):
+    from .presets import PRESETS
+
+    p.add_argument("--preset", default="cifar10", choices=tuple(PRESETS),
+                   help="U-Net preset, on random data of its own image shape (default: cifar10)")
+    p.add_argument("--batch-size", type=int, default=128, help="training batch (the paper: 128)")
+    p.add_argument("--sample-batch", type=int, default=None, help="sampling and bits/dim batch (default: --batch-size)")
+    p.add_argument("--T", type=int, default=1000, help="diffusion steps (default: 1000)")
+    p.add_argument("--steps", type=int, default=10, help="timed steps per phase")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps per phase first (compilation, autotuning)")
+    p.add_argument("--rounds", type=int, default=3, help="alternating rounds of the plain path's training against "
+                   "the same U-Net written the straightforward way (the median ratio is reported)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="benchmarks", help="folder of the JSON records (and the default MLflow store)")
+    p.add_argument("--mlflow", type=_bool, default=True, help="also log the run to MLflow (default: true)")
+    p.add_argument("--tracking-uri", help="used when $MLFLOW_TRACKING_URI is unset; default sqlite:///<out>/mlflow.db")
+    _add_runtime(p, speed=True)
+
+
+def cmd_bench(args):
+    from .bench import log_to_mlflow, run_bench, write_record
+    from .tracking import default_tracking_uri
+
+    result = run_bench(args.preset, device=_device(args.device), speed=_speed(args), batch_size=args.batch_size,
+                       sample_batch=args.sample_batch, T=args.T, steps=args.steps, warmup=args.warmup, seed=args.seed,
+                       rounds=args.rounds)
+    path = write_record(result, args.out)
+    if args.mlflow:
+        uri = default_tracking_uri(args.out, args.tracking_uri)
+        result["mlflow_run_id"] = log_to_mlflow(result, uri, Path(args.out) / "mlartifacts")
+    print(json.dumps({**result, "record": str(path)}, indent=2))
+
+
+def add_claim_gpus(p):
+    p.add_argument("count", type=int, help="how many GPUs")
+    p.add_argument("command_line", nargs=argparse.REMAINDER, help="-- then the command")
+
+
+def cmd_claim_gpus(args):
+    from .gpus import run_on_free_gpus
+
+    command = args.command_line[1:] if args.command_line[:1] == ["--"] else args.command_line
+    run_on_free_gpus(args.count, command)  # does not return
+
+
+# ---------------------------------------------------------------------------------------------- parser
+#: (group, command, help, its arguments, what it runs); group None is a top-level command.
+COMMANDS = [
+    (None, "prepare", "dataset → uint8 train/test arrays and a manifest with checksums", add_prepare, cmd_prepare),
+    (None, "classifier", "train the small classifier used as FID / IS feature extractor", add_classifier,
+     cmd_classifier),
+    ("track", "init", "create the store, the experiment and the sweep's parent run (run again: the same parent run "
+     "is found and reused)", add_track_init, cmd_track_init),
+    ("track", "serve", "a tracking server for a cluster's submit node (mlflow server, with the host names the compute "
+     "nodes use allowed); SQLite on a network filesystem is refused", add_track_serve, cmd_track_serve),
+    (None, "train", "train one setting; writes checkpoint.pt and metrics.jsonl", add_train, cmd_train),
+    (None, "progressive", "x̂₀ along the reverse process as a PNG grid (DDPM Figure 6)", add_progressive,
+     cmd_progressive),
+    (None, "interpolate", "interpolate two test images through a latent x_t (DDPM Figure 8)", add_interpolate,
+     cmd_interpolate),
+    (None, "sample", "draw samples from a checkpoint, each seeded by its index", add_sample, cmd_sample),
+    (None, "gather-samples", "merge sample shards and draw the grid", add_gather_samples, cmd_gather_samples),
+    ("evaluate", "fid", "torch-fidelity metrics of samples against the train split", add_fid, cmd_fid),
+    ("evaluate", "nll", "bits/dim (calc_bpd_loop) on a shard of the test (or train) split", add_nll, cmd_nll),
+    ("evaluate", "nll-gather", "merge bits/dim shards", add_nll_gather, cmd_nll_gather),
+    ("evaluate", "baseline", "score the test split or a fitted Gaussian the same way as samples", add_baseline,
+     cmd_baseline),
+    (None, "claim-gpus", "run a command on N GPUs no other job holds (sets CUDA_VISIBLE_DEVICES; as it is where it "
+     "is already set, or where there is no GPU)", add_claim_gpus, cmd_claim_gpus),
+    (None, "bench", "training images/s, sampling and bits/dim image-steps/s and peak memory, with the speed-ups and "
+     "on the plain fp32 eager path, and their ratio (JSON)", add_bench, cmd_bench),
+    (None, "report", "tables (csv, md, tex) and figures of a sweep", add_report, cmd_report),
+]
+GROUPS = {"track": "MLflow bookkeeping", "evaluate": "FID / IS / KID / PR and bits/dim"}
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ddpm", description="Denoising diffusion probabilistic models: "
+                                     "prepare data, train, sample, evaluate, report.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    groups = {}
+    for group, name, help_text, add_arguments, command in COMMANDS:
+        if group is not None and group not in groups:
+            groups[group] = sub.add_parser(group, help=GROUPS[group]).add_subparsers(
+                dest=f"{group}_command", required=True)
+        p = (groups[group] if group else sub).add_parser(name, help=help_text)
+        add_arguments(p)
+        p.set_defaults(func=command)
     return parser
 
 

@@ -9,6 +9,9 @@ Two layers:
 
 Every prepared file is written atomically (temporary file in the same folder, then ``os.replace``)
 and the manifest is written last, so an interrupted preparation never looks complete.
+
+torch is imported inside the few functions that use it: the workflow reads this module's tables (datasets, their
+native sizes and split counts) when it parses its config, without importing torch.
 """
 
 from __future__ import annotations
@@ -20,11 +23,14 @@ import numbers
 import os
 import pickle
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from .io import atomic_open
+
+if TYPE_CHECKING:
+    import torch
 
 DATASETS = ("digits", "cifar10", "imagefolder")
 SPLITS = ("train", "test")
@@ -48,6 +54,10 @@ CIFAR10_TEST_BATCH = "test_batch"
 CIFAR10_META = "batches.meta"
 CIFAR10_SIDE = 32
 CIFAR10_CLASSES = 10
+#: The share of digits and of an image folder held out as the test split by default (300 of digits' 1,797 images).
+TEST_FRACTION = 0.1667
+#: The side of each dataset's images as published (imagefolder's is the config's ``dataset.image_size``).
+NATIVE_IMAGE_SIZES = {"digits": 8, "cifar10": CIFAR10_SIDE}
 
 
 # --------------------------------------------------------------------------------------------
@@ -95,6 +105,8 @@ def check_images(images, name: str, *, shape=None, min_count: int = 1) -> None:
 
 def to_model_range(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     """uint8 0…255 → float32 in [-1, 1]."""
+    import torch
+
     images = torch.as_tensor(images)
     if images.dtype != torch.uint8:
         raise ValueError(f"images must be uint8 0..255, got {images.dtype}")
@@ -103,6 +115,8 @@ def to_model_range(images: np.ndarray | torch.Tensor) -> torch.Tensor:
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
     """[-1, 1] → uint8 0…255 (rounded, clipped)."""
+    import torch
+
     return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
@@ -117,7 +131,7 @@ def prepare_dataset(
     path: str | os.PathLike | None = None,
     image_size: int | None = None,
     download: bool = False,
-    test_fraction: float = 1 / 6,
+    test_fraction: float = TEST_FRACTION,
     seed: int = 0,
 ) -> dict:
     """Write ``{train,test}_{images,labels}.npy`` and ``manifest.json`` for dataset ``name`` into ``out_dir``.
@@ -167,7 +181,7 @@ def _prepare_digits(image_size: int | None, test_fraction: float, seed: int) -> 
         "num_classes": 10,
         "class_names": [str(d) for d in range(10)],
         "split": _seeded_split_record(test_fraction, seed, test_idx, basis="sklearn.datasets.load_digits() order"),
-        "native_size": 8,
+        "native_size": NATIVE_IMAGE_SIZES["digits"],
         "image_size": image_size,
     }
 
@@ -197,7 +211,7 @@ def _prepare_cifar10(out_dir: Path, path, image_size: int | None, download: bool
             "method": "official",
             "rule": "data_batch_1..data_batch_5 (in order) -> train; test_batch -> test",
         },
-        "native_size": CIFAR10_SIDE,
+        "native_size": NATIVE_IMAGE_SIZES["cifar10"],
         "image_size": image_size,
     }
 
@@ -280,6 +294,8 @@ def resize_images(images: np.ndarray, image_size: int | None) -> np.ndarray:
     """uint8 (N, C, H, W) → (N, C, S, S) by bilinear interpolation on floats, rounded back; unchanged if no resize is needed."""
     if image_size is None or images.shape[-2:] == (image_size, image_size):
         return images
+    import torch
+
     x = torch.from_numpy(np.ascontiguousarray(images)).float()
     y = torch.nn.functional.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True)
     return y.round().clamp(0, 255).to(torch.uint8).numpy()

@@ -19,14 +19,8 @@ import torch
 from .losses import discretized_gaussian_log_likelihood, mean_flat, nats_to_bits, normal_kl
 from .progress import progress as progress_iter
 from .schedules import check_betas
+from .vocabulary import LOSS_TYPES, MEAN_TYPES, VAR_TYPES  # noqa: F401 (the process's names)
 
-#: What the network predicts (the rows of Table 2): ε (Eq. 11), x₀, or the posterior mean μ̃ ("xprev").
-MEAN_TYPES = ("eps", "xstart", "xprev")
-#: Reverse-process variance: σ² = β_t ("fixedlarge"), σ² = β̃_t ("fixedsmall", Eq. 7), a learned diagonal
-#: log-variance ("learned", Table 2), or IDDPM's interpolation between log β_t and log β̃_t (IDDPM Eq. 15).
-VAR_TYPES = ("fixedlarge", "fixedsmall", "learned", "learned_range")
-#: L_simple (Eq. 14), the true variational bound L (Eq. 5), or IDDPM's L_hybrid = L_simple + λ L_vlb (Eq. 16).
-LOSS_TYPES = ("mse", "kl", "hybrid")
 #: λ of L_hybrid (IDDPM Section 3.1).
 HYBRID_LAMBDA = 0.001
 

@@ -6,69 +6,17 @@ test set is split into shards or batches.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from .checkpoint import DIVERGED, PROVENANCE_KEYS, check_provenance, load_for_sampling
-from .datasets import check_images, load_split, to_model_range
+from .checkpoint import (agreed_provenance, check_provenance, checkpoint_provenance, load_for_sampling,
+                         provenance_arrays, read_provenance)
+from .datasets import check_images, load_split, split_sha256, to_model_range
 from .io import load_npz, save_npz, write_json
 from .progress import progress as progress_iter
 from .sample import sample_generator
 from .speed import FastForward, Speed
-
-
-def diverged_step(paths) -> int | None:
-    """The step at which the setting's training diverged, if any of these ``.npz`` or ``.json`` files says so."""
-    import json
-
-    for path in paths:
-        path = Path(path)
-        if path.suffix == ".json":
-            try:
-                found = json.loads(path.read_text()).get(DIVERGED)
-            except (OSError, ValueError) as err:
-                raise ValueError(f"cannot read {path}: {err}") from err
-        else:
-            found = load_npz(path, (), optional=(DIVERGED,)).get(DIVERGED)
-        if found is not None:
-            return int(found)
-    return None
-
-
-def write_diverged(path, step: int) -> None:
-    """Write the file a job makes for a diverged setting: ``{diverged_at_step: step}`` as ``.json`` or ``.npz``."""
-    if Path(path).suffix == ".json":
-        write_json(path, {DIVERGED: int(step)})
-    else:
-        save_npz(path, **{DIVERGED: np.array(int(step))})
-    print(f"the training diverged at step {step}: nothing to compute; {path} records it")
-
-
-def provenance_arrays(provenance: dict) -> dict[str, np.ndarray]:
-    """A checkpoint's provenance (:func:`ddpm.checkpoint.checkpoint_provenance`) as arrays to store in an ``.npz``."""
-    return {key: np.array(str(provenance[key])) for key in PROVENANCE_KEYS if key in provenance}
-
-
-def read_provenance(path) -> dict[str, str]:
-    """The provenance an ``.npz`` shard (or a merge of shards) records; ``{}`` for files written without one."""
-    found = load_npz(path, (), optional=PROVENANCE_KEYS)
-    return {key: str(value) for key, value in found.items()}
-
-
-def agreed_provenance(paths, *, setting: str | None = None) -> dict[str, str]:
-    """The one provenance that all of ``paths`` record (shards of one checkpoint); refuses shards of different
-    checkpoints, and (with ``setting``) shards of another setting, naming the file."""
-    records = [(path, read_provenance(path)) for path in paths]
-    first_path, first = records[0]
-    for path, found in records:
-        check_provenance(found, path, setting=setting)
-        if found != first:
-            raise ValueError(f"{path} and {first_path} come from different checkpoints (they record "
-                             f"{found or 'nothing'} and {first or 'nothing'}): delete the stale shards and run "
-                             f"the workflow again")
-    return first
 
 
 NLL_SHARD_KEYS = ("indices", "total_bpd", "prior_bpd", "vb_sum", "xstart_mse_sum")
@@ -157,3 +105,64 @@ def gather_samples(shard_paths) -> tuple[np.ndarray, np.ndarray]:
     if not np.array_equal(indices[order], np.arange(len(indices))):
         raise ValueError(f"sample shards do not cover indices 0..{len(indices) - 1} exactly once")
     return images[order], indices[order]
+
+
+# ---------------------------------------------------------------------------------------------- the jobs' files
+def write_nll_shard(checkpoint, data_dir, out, *, setting: str | None = None, **options) -> dict[str, np.ndarray]:
+    """``ddpm evaluate nll``: :func:`nll_shard` saved with the checkpoint's provenance (checked against ``setting``
+    and ``data_dir`` first)."""
+    provenance = checkpoint_provenance(checkpoint, setting=setting, data_dir=data_dir)
+    shard = nll_shard(checkpoint, data_dir, **options)
+    save_npz(out, **shard, **provenance_arrays(provenance))
+    return shard
+
+
+def write_gathered_nll(shards, out, *, split: str = "test", setting: str | None = None) -> dict:
+    """``ddpm evaluate nll-gather``: :func:`gather_nll` of shards of one checkpoint, as JSON with its provenance."""
+    provenance = agreed_provenance(shards, setting=setting)
+    result = {**gather_nll(shards), "split": split, **provenance}
+    write_json(out, result)
+    return result
+
+
+def tracked_bpd(result: dict) -> dict[str, float]:
+    """What a bits/dim merge logs to its setting's MLflow run: ``bpd`` (test split) or ``bpd_train``, and its
+    standard error."""
+    metric = "bpd" if result["split"] == "test" else "bpd_train"
+    return {metric: result["bpd"], f"{metric}_stderr": result["bpd_stderr"]}
+
+
+def write_gathered_samples(shards, out, *, setting: str | None = None) -> np.ndarray:
+    """``ddpm gather-samples``: :func:`gather_samples` of shards of one checkpoint, saved with its provenance."""
+    provenance = agreed_provenance(shards, setting=setting)
+    images, indices = gather_samples(shards)
+    save_npz(out, images=images, indices=indices, **provenance_arrays(provenance))
+    return images
+
+
+def write_scores(samples, data_dir, out, *, extractor: str, weights=None, device: str = "cpu",
+                 test_reference: bool = False, training_step: int | None = None, setting: str | None = None) -> dict:
+    """``ddpm evaluate fid``: FID / IS / KID / precision-recall of the samples in ``samples`` against the train split
+    of ``data_dir`` (and FID against its test split: DDPM Table 1's second FID), as JSON with the samples'
+    provenance. With ``setting``: samples of another setting, or of a model trained on other data, are refused."""
+    from .metrics import fidelity_metrics
+
+    provenance = read_provenance(samples)
+    if setting is not None:
+        check_provenance(provenance, samples, setting=setting)
+        if provenance.get("data_sha256"):
+            check_provenance(provenance, samples, data_sha256=split_sha256(data_dir, "train"))
+    reference = load_split(data_dir, "train")[0]
+    images = load_npz(samples, ("images",))["images"]
+    check_images(images, f"samples in {samples}", shape=reference.shape[1:])  # the data set's shape, exactly
+    scores = fidelity_metrics(images, reference, extractor=extractor, weights_path=weights, device=device)
+    if test_reference:
+        test = load_split(data_dir, "test")[0]
+        scores["fid_test"] = fidelity_metrics(images, test, extractor=extractor, weights_path=weights, device=device,
+                                              metrics=("fid",))["fid"]
+        scores["num_test_reference"] = len(test)
+    if training_step is not None:
+        scores["training_step"] = training_step
+    write_json(out, {**scores, **provenance})
+    return scores
+

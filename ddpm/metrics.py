@@ -28,15 +28,18 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ddpm.datasets import check_images
+from ddpm.datasets import check_images, load_split
 from ddpm.features import register_classifier_extractor
+from ddpm.io import write_json
+from ddpm.vocabulary import EXTRACTORS
 
 #: torch-fidelity's metric groups: Inception score, FID, KID, precision/recall.
 METRICS = ("isc", "fid", "kid", "prc")
 
-EXTRACTORS = ("inception-v3-compat", "classifier")
 INCEPTION_CONFIG_KEY = "evaluate.inception_weights"
 KID_DEFAULT_SUBSET_SIZE = 1000  # torch-fidelity's and Bińkowski et al.'s default
+#: The scores a FID job logs to its setting's MLflow run (its fid_is.json keeps them all).
+TRACKED_SCORES = ("fid", "fid_test", "is_mean", "is_std", "kid_mean", "kid_std", "precision", "recall")
 MIN_IMAGES = 10  # IS uses 10 splits; precision/recall need > 3 neighbours; FID needs a covariance
 
 
@@ -211,3 +214,31 @@ def gaussian_baseline_samples(train_images: np.ndarray, n: int, seed: int) -> np
     # Singular covariance (e.g. the digits' always-blank border pixels) is fine for the SVD method; cov is PSD.
     draws = np.random.default_rng(seed).multivariate_normal(mean, cov, size=int(n), method="svd", check_valid="ignore")
     return np.clip(np.round(draws), 0, 255).astype(np.uint8).reshape((int(n),) + train_images.shape[1:])
+
+
+def tracked_scores(scores: dict, *, snapshot: bool = False) -> list[tuple[dict, int]]:
+    """What a FID job logs to its setting's MLflow run, as (metrics, step) pairs: the final checkpoint's
+    :data:`TRACKED_SCORES` under their own names at step 0; where the samples come from the checkpoint of step N
+    (``scores["training_step"]``), also as ``<name>_over_training`` at step N, a point of the curve of FID over
+    training; for a snapshot (``snapshot``), only that point."""
+    logged = {key: value for key, value in scores.items() if key in TRACKED_SCORES}
+    pairs = [] if snapshot else [(logged, 0)]
+    if scores.get("training_step") is not None:
+        pairs.append(({f"{key}_over_training": value for key, value in logged.items()}, scores["training_step"]))
+    return pairs
+
+
+def write_baseline_scores(kind: str, data_dir, out, *, num_samples: int, seed: int = 0, extractor: str = "classifier",
+                          weights=None, device: str = "cpu") -> dict:
+    """``ddpm evaluate baseline``: the reference rows of the main table, scored against the train split exactly as
+    samples are: ``gaussian`` (:func:`gaussian_baseline_samples`) or ``test_split`` (its first ``num_samples``
+    images), as JSON."""
+    train_images = load_split(data_dir, "train")[0]
+    if kind == "gaussian":
+        candidates = gaussian_baseline_samples(train_images, num_samples, seed)
+    else:
+        candidates = load_split(data_dir, "test")[0][:num_samples]
+    scores = fidelity_metrics(candidates, train_images, extractor=extractor, weights_path=weights, device=device)
+    write_json(out, {**scores, "baseline": kind})
+    return scores
+

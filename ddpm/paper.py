@@ -12,12 +12,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from .diffusion import LOSS_TYPES, MEAN_TYPES, VAR_TYPES
 from .schedules import SCHEDULES
 from .settings import SWEEP_AXES
+from .vocabulary import LOSS_TYPES, MEAN_TYPES, VAR_TYPES
 
-COLUMNS = ("sweep", "paper", "table", "schedule", "T", "mean_type", "var_type", "loss_type", "metric", "value", "std",
-           "note")
 #: Metric names: FID against the train set (``fid``) or the test set (``fid_test``), Inception score, bits/dim on
 #: the test set (``bpd``) and the train set (``bpd_train``), DDPM Table 4's rate and distortion after k reverse steps
 #: (``rate_bpd_step<k>``, ``distortion_rmse_step<k>``), and ``unstable`` for a setting the paper reports as "–".
@@ -26,6 +24,7 @@ METRICS = ("fid", "fid_test", "is", "bpd", "bpd_train",
            *(f"{kind}_step{k}" for k in TABLE4_STEPS for kind in ("rate_bpd", "distortion_rmse")), "unstable")
 #: The axes that name a setting of a paper's table: a sweep's axes but the seed.
 SETTING_AXES = tuple(axis for axis in SWEEP_AXES if axis != "seed")
+COLUMNS = ("sweep", "paper", "table", *SETTING_AXES, "metric", "value", "std", "note")
 
 
 def load_published(path: str | Path) -> pd.DataFrame:

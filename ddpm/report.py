@@ -7,13 +7,14 @@ the number of samples or test images behind each figure stands beside it.
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from .io import atomic_open
-from .settings import parse_setting_name
+from .settings import SETTING_FILE, Setting, read_setting
 from .checkpoint import DIVERGED
 
 FIDELITY_KEYS = (("fid", "FID"), ("is_mean", "IS"), ("is_std", "IS std"), ("kid_mean", "KID"),
@@ -41,6 +42,15 @@ def _fidelity_columns(scores: dict) -> dict:
     return row
 
 
+def _setting(folder: Path, name: str) -> dict:
+    """The axes of the run in ``folder`` (its setting.json), which must be the setting ``name`` it is reported as."""
+    setting = read_setting(folder)
+    if setting.name != name:
+        raise ValueError(f"{folder / SETTING_FILE} records the setting {setting.name}, but the run is reported as "
+                         f"{name}: it belongs to another run; delete it and run the workflow again")
+    return setting.axes()
+
+
 def _last_record(metrics_file: Path) -> dict:
     """The last line of a run's metrics.jsonl (its final step and loss), or {} if it logged none."""
     lines = metrics_file.read_text().splitlines()
@@ -55,7 +65,7 @@ def build_table(run_dirs: dict[str, Path], baselines: dict[str, Path], *, nll_tr
     for name, folder in run_dirs.items():
         nll, scores = _read_json(folder / "nll.json", name), _read_json(folder / "fid_is.json", name)
         diverged = scores.get(DIVERGED, nll.get(DIVERGED))
-        row = {"setting": name, **parse_setting_name(name),
+        row = {"setting": name, **_setting(folder, name),
                "status": "finished" if diverged is None else f"diverged at step {diverged}",
                "final loss": _last_record(folder / "metrics.jsonl").get("loss", float("nan"))}
         if diverged is None:
@@ -133,7 +143,7 @@ def paper_table(table: pd.DataFrame, published: pd.DataFrame, sweep: str, *, com
     run (``comparable=False``: other data, another network) gets no Δ columns."""
     from .paper import SETTING_AXES, published_for
 
-    settings = table[table["schedule"].notna()]
+    settings = table[table["status"].notna()]  # the settings' rows, not the baselines'
     if curve is not None and not curve.empty:
         settings = _at_best_checkpoint(settings, best_checkpoints(curve))
     extractor = next((c[c.index("[") + 1:-1] for c in settings.columns if c.startswith("FID [")), None)
@@ -146,8 +156,9 @@ def paper_table(table: pd.DataFrame, published: pd.DataFrame, sweep: str, *, com
                if metric not in OPTIONAL_PAPER_METRICS or measured_column(label) in settings or metric in sweep_metrics]
     # A column the table lacks (every setting diverged, or no FID against the test set) reads as NaN.
     rows = []
+    integer_axes = {f.name for f in fields(Setting) if f.type in ("int", int)}  # floats beside the baselines' NaN
     for axes, group in settings.groupby(list(SETTING_AXES), sort=False):
-        setting = {**dict(zip(SETTING_AXES, axes)), "T": int(axes[1])}  # T is float beside the baselines' NaN
+        setting = {axis: int(value) if axis in integer_axes else value for axis, value in zip(SETTING_AXES, axes)}
         paper = published_for(published, sweep, setting)
         row = {**setting, "seeds": len(group)}
         for label, metric in metrics:
@@ -263,7 +274,7 @@ def rate_distortion_table(run_dirs: dict[str, Path], published: pd.DataFrame | N
             continue
         part = rate_distortion(nll)
         part.insert(0, "setting", name)
-        paper = published_for(published, sweep, parse_setting_name(name)) if published is not None else {}
+        paper = published_for(published, sweep, _setting(folder, name)) if published is not None else {}
         for column, metric in (("rate (paper)", "rate_bpd"), ("distortion (paper)", "distortion_rmse")):
             part[column] = [paper.get(f"{metric}_step{k}", {}).get("value", np.nan) for k in part["reverse step"]]
         parts.append(part)
@@ -300,7 +311,7 @@ def plot_schedules(run_dirs: dict[str, Path], path: str | Path, *, rescale: bool
     fig, ax = plt.subplots(figsize=(7, 4.5))
     seen = set()
     for name, folder in run_dirs.items():
-        setting = parse_setting_name(name)
+        setting = _setting(folder, name)
         key = (setting["schedule"], setting["T"])
         if key in seen:
             continue
@@ -344,3 +355,51 @@ def plot_loss_curves(run_dirs: dict[str, Path], path: str | Path) -> None:
     ax.legend(fontsize=7)
     ax.set_title("Training loss per setting")
     _save(fig, path)
+
+
+# ---------------------------------------------------------------------------------------------- the report job
+def write_report(runs, *, out_stem: str, gaussian, test_split, loss_figure, published=None, paper_sweep=None,
+                 scaled_down: bool = False, nll_train: bool = False, snapshot_steps=(), rate_distortion_figure=None,
+                 schedules_figure=None, schedule_rescale: bool = False, fid_over_training_figure=None,
+                 tracking=None, config: dict | None = None) -> pd.DataFrame:
+    """``ddpm report``: a sweep's tables (``<out_stem>.{csv,md,tex}``; ``-fid-over-training``, ``-rate-distortion``
+    and, with the papers' numbers ``published``, ``-paper`` beside them) and figures; with ``tracking`` (the
+    sweep's tracking file), every table and figure also goes to the sweep's parent MLflow run (with ``config``, the
+    sweep's resolved config), which is then finished. Returns the main table."""
+    from .paper import load_published
+
+    published = load_published(published) if published else None  # read first: a bad file stops here
+    paper_sweep = paper_sweep or Path(out_stem).name
+    run_dirs = {Path(r).name: Path(r) for r in runs}
+    table = build_table(run_dirs, {"gaussian baseline": Path(gaussian), "test split (floor)": Path(test_split)},
+                        nll_train=nll_train)
+    outputs = write_tables(table, out_stem)
+    curve = fid_over_training_table(run_dirs, snapshot_steps)
+    outputs += write_tables(curve, f"{out_stem}-fid-over-training")
+    if published is not None:
+        beside = paper_table(table, published, paper_sweep, comparable=not scaled_down, curve=curve)
+        outputs += write_tables(beside, f"{out_stem}-paper")
+        print(beside.to_string(index=False))
+    outputs += write_tables(rate_distortion_table(run_dirs, published, paper_sweep), f"{out_stem}-rate-distortion")
+    plot_loss_curves(run_dirs, loss_figure)
+    figures = [Path(loss_figure)]
+    if rate_distortion_figure:
+        plot_rate_distortion(run_dirs, rate_distortion_figure)
+        figures.append(Path(rate_distortion_figure))
+    if schedules_figure:
+        plot_schedules(run_dirs, schedules_figure, rescale=schedule_rescale)
+        figures.append(Path(schedules_figure))
+    if fid_over_training_figure:
+        plot_fid_over_training(curve, fid_over_training_figure)
+        figures.append(Path(fid_over_training_figure))
+    if tracking:
+        from . import tracking as mlflow_tracking
+
+        info = mlflow_tracking.read_tracking(tracking)
+        if config is not None:
+            mlflow_tracking.log_config(info["tracking_uri"], info["parent_run_id"], config)
+        for path in [*outputs, *figures]:
+            mlflow_tracking.log_artifact(info["tracking_uri"], info["parent_run_id"], path, "report")
+        mlflow_tracking.finish_run(info["tracking_uri"], info["parent_run_id"], "FINISHED")
+    return table
+

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-SAMPLERS = ("uniform", "loss-second-moment")
+from .vocabulary import TIMESTEP_SAMPLERS as SAMPLERS
 
 
 class TimestepSampler:

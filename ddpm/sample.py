@@ -1,4 +1,5 @@
-"""Drawing samples from a trained checkpoint, each sample seeded by its own index."""
+"""Drawing samples from a trained checkpoint, each sample seeded by its own index; the sampling jobs' files
+(``write_*``: the arrays or figures with the checkpoint's provenance)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .datasets import to_model_range, to_uint8
+from .checkpoint import checkpoint_provenance, load_for_sampling, provenance_arrays
+from .datasets import load_split, to_model_range, to_uint8
 from .diffusion import randn
+from .io import save_npz
 from .progress import progress as progress_iter
 from .speed import FastForward, Speed
-from .checkpoint import load_for_sampling
 
 
 def sample_generator(seed: int, index: int) -> torch.Generator:
@@ -116,13 +118,33 @@ def save_grid(images: np.ndarray, path: str | Path, *, nrow: int | None = None, 
     Image.fromarray(grid.permute(1, 2, 0).numpy()).save(path)
 
 
-def save_diverged_notice(step: int, path: str | Path) -> None:
-    """Where a figure of samples would be, a small PNG that says "diverged at step N" (the setting has no weights)."""
-    from PIL import Image, ImageDraw
+# ---------------------------------------------------------------------------------------------- the jobs' files
+def write_sample_shard(checkpoint, out, *, start: int = 0, count: int = 64, grid=None, setting: str | None = None,
+                       data_dir=None, **sampling) -> np.ndarray:
+    """``ddpm sample``: samples ``start`` … ``start + count - 1`` (:func:`sample_checkpoint`) saved to ``out`` with
+    their indices and the checkpoint's provenance (checked against ``setting`` and ``data_dir`` first); with
+    ``grid``, also a PNG of them."""
+    provenance = checkpoint_provenance(checkpoint, setting=setting, data_dir=data_dir)
+    images = sample_checkpoint(checkpoint, start=start, count=count, **sampling)
+    save_npz(out, images=images, indices=np.arange(start, start + count), **provenance_arrays(provenance))
+    if grid:
+        save_grid(images, grid)
+    return images
 
-    text = f"diverged at step {step}"
-    image = Image.new("RGB", (8 * len(text) + 20, 40), "white")
-    ImageDraw.Draw(image).text((10, 14), text, fill="black")
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    image.save(path)
-    print(f"the training diverged at step {step}: no figure; {path} says so")
+
+def write_progressive(checkpoint, out, *, columns: int = 10, setting: str | None = None, data_dir=None,
+                      **sampling) -> None:
+    """``ddpm progressive``: the grid of :func:`progressive_generation`, one row per sample."""
+    checkpoint_provenance(checkpoint, setting=setting, data_dir=data_dir)
+    save_grid(progressive_generation(checkpoint, columns=columns, **sampling), out, nrow=columns)
+
+
+def write_interpolation(checkpoint, data_dir, out, *, images=(0, 1), setting: str | None = None, **sampling) -> None:
+    """``ddpm interpolate``: the row of :func:`interpolate` between test images ``images`` of ``data_dir``."""
+    checkpoint_provenance(checkpoint, setting=setting, data_dir=data_dir)
+    test = load_split(data_dir, "test")[0]
+    if max(images) >= len(test):
+        raise ValueError(f"--images {list(images)}: the test split of {data_dir} has {len(test)} images")
+    row = interpolate(checkpoint, test[images[0]], test[images[1]], **sampling)
+    save_grid(row, out, nrow=len(row))
+

@@ -1,26 +1,88 @@
-"""A sweep in the config → its settings, each with a readable name that is also its folder.
+"""A sweep in the config → its settings: what each setting is, as data, and its readable name.
 
-A setting is one point of dataset × schedule × T × mean_type × var_type × loss_type × seed, plus the shared
-training hyperparameters (:class:`TrainConfig`, what a checkpoint records). Its name, e.g.
-``linear-T1000-eps-fixedlarge-mse-s0``, names its folder ``results/runs/<name>/<name>/`` and its MLflow run. This
-module imports neither torch nor the rest of the package.
+A :class:`Setting` is one point of the sweep's axes (schedule × T × mean_type × var_type × loss_type × seed); with
+the sweep's shared training hyperparameters it makes a :class:`TrainConfig` (what a checkpoint records). Its name,
+e.g. ``linear-T1000-eps-fixedlarge-mse-s0``, names its folder ``results/runs/<sweep>/<name>/`` and its MLflow run;
+``setting.json`` in that folder records its axes (:func:`write_setting`), and reports read them from there, never
+from the name. This module imports neither torch nor the rest of the package (only its vocabulary and io).
 """
 
 from __future__ import annotations
 
 import itertools
-import re
-from dataclasses import dataclass, fields
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from .io import write_json
+from .vocabulary import SCALES
+
+@dataclass(frozen=True)
+class Setting:
+    """One point of a sweep: a value for each axis. Adding an axis is one field here (its ``label`` is how the value
+    shows in the name), its entry in the schema's ``sweep`` (and ``sweep.rows``), and the code that uses it."""
+
+    schedule: str = field(default="linear", metadata={"label": "{}"})
+    T: int = field(default=1000, metadata={"label": "T{}"})
+    mean_type: str = field(default="eps", metadata={"label": "{}"})
+    var_type: str = field(default="fixedlarge", metadata={"label": "{}"})
+    loss_type: str = field(default="mse", metadata={"label": "{}"})
+    seed: int = field(default=0, metadata={"label": "s{}"})
+
+    @property
+    def name(self) -> str:
+        """The folder and MLflow run name: the axes' labels joined by "-", in the order of the fields."""
+        return "-".join(f.metadata["label"].format(getattr(self, f.name)) for f in fields(self))
+
+    def axes(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Setting":
+        """The setting of ``d``'s axes (``d`` may hold more: a training config, a table row); a missing axis fails."""
+        missing = [axis for axis in SWEEP_AXES if axis not in d]
+        if missing:
+            raise ValueError(f"a setting needs every sweep axis; missing: {', '.join(missing)}")
+        return cls(**{axis: d[axis] for axis in SWEEP_AXES})
+
+
+#: The axes of a sweep, in the order they appear in a setting's name.
+SWEEP_AXES = tuple(f.name for f in fields(Setting))
+#: The file in each run folder that records its setting's axes.
+SETTING_FILE = "setting.json"
+
+
+def write_setting(run_dir: str | Path, setting: Setting) -> Path:
+    """Write ``setting.json`` (the setting's name and axes) into ``run_dir``."""
+    path = Path(run_dir) / SETTING_FILE
+    write_json(path, {"name": setting.name, **setting.axes()})
+    return path
+
+
+def read_setting(run_dir: str | Path) -> Setting:
+    """The setting recorded in ``run_dir/setting.json``."""
+    path = Path(run_dir) / SETTING_FILE
+    try:
+        recorded = json.loads(path.read_text())
+        setting = Setting.from_dict(recorded)
+    except (OSError, ValueError, TypeError) as err:
+        raise ValueError(f"cannot read the setting of {run_dir} from {path}: {err}") from err
+    if recorded.get("name") != setting.name:
+        raise ValueError(f"{path} names the setting {recorded.get('name')!r}, but its axes make {setting.name!r}")
+    return setting
+
 
 @dataclass
 class TrainConfig:
+    """One setting's training, as its checkpoint records it; the defaults are the workflow's (its JSON schema)."""
+
     dataset: str = "digits"
-    schedule: str = "linear"
-    T: int = 1000
+    schedule: str = Setting.schedule
+    T: int = Setting.T
     schedule_rescale: bool = False  # scale the linear endpoints by 1000/T (IDDPM)
-    mean_type: str = "eps"
-    var_type: str = "fixedlarge"
-    loss_type: str = "mse"
+    mean_type: str = Setting.mean_type
+    var_type: str = Setting.var_type
+    loss_type: str = Setting.loss_type
     timestep_sampler: str | None = None  # None: importance sampling for "kl", uniform otherwise
     preset: str = "tiny"
     dropout: float | None = None  # None: the preset's
@@ -31,10 +93,10 @@ class TrainConfig:
     grad_clip: float = 1.0
     ema_decay: float = 0.9999
     flip: bool = False  # random horizontal flips (CIFAR-10: yes; digits: no, a flipped digit is another glyph)
-    seed: int = 0
-    log_every: int = 50
+    seed: int = Setting.seed
+    log_every: int = 100
     preview_every: int = 0  # draw a grid of EMA samples every this many steps (0: never); logged to MLflow
-    checkpoint_every: int = 0  # save the resume state every this many steps (0: never; SIGTERM still saves it)
+    checkpoint_every: int = 1000  # save the resume state every this many steps (0: never; SIGTERM still saves it)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -45,59 +107,90 @@ class TrainConfig:
         return cls(**d)
 
 
-#: The axes of a sweep, in the order they appear in a setting's name.
-SWEEP_AXES = ("schedule", "T", "mean_type", "var_type", "loss_type", "seed")
-_NAME = re.compile(r"^(?P<schedule>[a-z0-9]+)-T(?P<T>\d+)-(?P<mean_type>[a-z]+)-(?P<var_type>[a-z_]+)-(?P<loss_type>[a-z]+)-s(?P<seed>\d+)$")
+@dataclass(frozen=True)
+class Speed:
+    """Which speed-ups are on. ``Speed()`` is the plain fp32 eager path."""
+
+    bf16: bool = False  # autocast the network to bfloat16 (fp32 master weights; the output is cast back to fp32)
+    channels_last: bool = False  # NHWC activations and weights (faster convolutions on tensor cores)
+    compile: bool = False  # torch.compile the network, falling back to eager if compilation fails
+    cuda_graph: bool = False  # sampling / bits/dim: compile with mode="reduce-overhead" (CUDA graphs); needs compile
+    fused_adam: bool = False  # Adam's fused kernel (one launch for all parameters)
+    foreach_ema: bool = False  # the EMA update as one multi-tensor lerp instead of a loop over parameters
+    tf32: bool = False  # TF32 matmuls and convolutions where a kernel stays in fp32
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+    @classmethod
+    def auto(cls, device) -> "Speed":
+        """What pays off on ``device``: everything on CUDA; on a CPU, the multi-tensor updates only (bf16 and
+        compilation are not reliably faster there, and they would change the CPU results the tests pin down)."""
+        if str(device).split(":")[0] == "cuda":  # a torch.device or its name; torch is not imported here
+            return cls(**{name: True for name in cls.names()})
+        return cls(fused_adam=True, foreach_ema=True)
+
+    @classmethod
+    def parse(cls, text: str, device="cpu") -> "Speed":
+        """``plain``, ``auto`` (see :meth:`auto`), or a comma-separated list of speed-ups, e.g. ``bf16,compile``."""
+        text = text.strip()
+        if text == "plain":
+            return cls()
+        if text == "auto":
+            return cls.auto(device)
+        chosen = [name.strip() for name in text.split(",") if name.strip()]
+        unknown = [name for name in chosen if name not in cls.names()]
+        if unknown or not chosen:
+            raise ValueError(f"unknown speed-up {', '.join(map(repr, unknown)) or repr(text)}; valid: plain, auto, or "
+                             f"a comma-separated list of {', '.join(cls.names())}")
+        speed = cls(**{name: True for name in chosen})
+        if speed.cuda_graph and not speed.compile:
+            raise ValueError("speed-up 'cuda_graph' needs 'compile' (CUDA graphs come from torch.compile)")
+        return speed
+
+    def describe(self) -> str:
+        on = [name for name, value in asdict(self).items() if value]
+        return ",".join(on) if on else "plain"
 
 
-def setting_name(setting: dict) -> str:
-    return "{schedule}-T{T}-{mean_type}-{var_type}-{loss_type}-s{seed}".format(**setting)
-
-
-def parse_setting_name(name: str) -> dict:
-    match = _NAME.match(name)
-    if not match:
-        raise ValueError(f"not a setting name: {name!r} (expected e.g. linear-T1000-eps-fixedlarge-mse-s0)")
-    axes = match.groupdict()
-    return {**axes, "T": int(axes["T"]), "seed": int(axes["seed"])}
-
-
-def expand_sweep(config: dict) -> list[str]:
-    """The names of all settings of the config's sweep, in a stable order.
+def expand_sweep(config: dict) -> list[Setting]:
+    """All settings of the config's sweep, in a stable order.
 
     Without ``sweep.rows``: the cross product of the sweep's lists. With it: for each row in turn, the cross product
     of the sweep's lists with the row's values in place of them (a row gives a value or a list per axis), e.g. the
     six (mean, variance, loss) rows of DDPM's Table 2, each crossed with the sweep's seeds."""
     sweep = config["sweep"]
     rows = sweep.get("rows") or [{}]
-    names = []
+    settings = []
     for row in rows:
         unknown = set(row) - set(SWEEP_AXES)
         if unknown:
             raise ValueError(f"sweep.rows: unknown axis {sorted(unknown)}; valid axes: {', '.join(SWEEP_AXES)}")
         axes = [_as_list(row[a]) if a in row else sweep[a] for a in SWEEP_AXES]
-        names += [setting_name(dict(zip(SWEEP_AXES, values))) for values in itertools.product(*axes)]
+        settings += [Setting(*values) for values in itertools.product(*axes)]
+    names = [s.name for s in settings]
     duplicates = {n for n in names if names.count(n) > 1}
     if duplicates:
         raise ValueError(f"the sweep lists a setting twice: {sorted(duplicates)}")
-    return names
+    return settings
 
 
 def _as_list(value) -> list:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
-def train_config(config: dict, name: str) -> TrainConfig:
-    """The full, resolved training configuration of setting ``name``."""
+def train_config(config: dict, setting: Setting) -> TrainConfig:
+    """The full, resolved training configuration of ``setting`` in the sweep of ``config``."""
     train = dict(config["train"])
     known = {f.name for f in fields(TrainConfig)}
     return TrainConfig.from_dict({**{k: v for k, v in train.items() if k in known},
-                                  **parse_setting_name(name), "dataset": config["dataset"]["name"]})
+                                  **setting.axes(), "dataset": config["dataset"]["name"]})
 
 
-def train_arguments(config: dict, name: str) -> str:
-    """The ``ddpm train`` flags of setting ``name`` (what a Snakemake rule passes on)."""
-    resolved = train_config(config, name)
+def train_arguments(config: dict, setting: Setting) -> str:
+    """The ``ddpm train`` flags of ``setting`` (what a Snakemake rule passes on)."""
+    resolved = train_config(config, setting)
     flags = []
     for f in fields(TrainConfig):
         value = getattr(resolved, f.name)
@@ -112,7 +205,7 @@ TINY_SCALE = {
     "dataset": {"name": "digits", "path": None, "download": False, "image_size": None, "test_fraction": 0.1667},
     "train": {"preset": "tiny", "steps": 40, "batch_size": 32, "warmup": 5, "ema_decay": 0.9, "log_every": 10,
               "preview_every": 20, "checkpoint_every": 20, "threads": 1},
-    "sample": {"num_samples": 100, "shard_size": 50, "batch_size": 50, "steps": 20, "grid_size": 36},
+    "sample": {"num_samples": 100, "shard_size": 100, "batch_size": 50, "steps": 20, "grid_size": 36},
     "evaluate": {"feature_extractor": "classifier", "inception_weights": None, "classifier_steps": 300,
                  "nll_num_images": 10, "nll_shard_size": 10, "nll_batch_size": 10},
     "fid_over_training": {"num_samples": None},
@@ -126,8 +219,8 @@ def apply_scale(config: dict) -> dict:
     scaled = {**config, "paper_sweep": config["name"]}
     if config.get("scale", "full") == "full":
         return scaled
-    if config["scale"] != "tiny":
-        raise ValueError(f"config key 'scale': unknown scale {config['scale']!r}; valid scales: full, tiny")
+    if config["scale"] not in SCALES:
+        raise ValueError(f"config key 'scale': unknown scale {config['scale']!r}; valid scales: {', '.join(SCALES)}")
     for section, values in TINY_SCALE.items():
         scaled[section] = {**config.get(section, {}), **values}
     # What the full config turns on stays on, at the tiny size: the code path of a curve, not the curve.

@@ -3,63 +3,18 @@ measured against (``ddpm bench``).
 
 None of them changes what is computed, only how: the master weights, the loss, the EMA and the bits/dim terms stay
 in fp32 (:class:`FastForward` casts the network's output back to fp32 before any diffusion math), and a
-``torch.compile`` that fails falls back to the eager module with a warning.
+``torch.compile`` that fails falls back to the eager module with a warning. Which speed-ups are on is a
+:class:`ddpm.settings.Speed` (torch-free: the workflow checks the config's ``speed`` when it parses).
 """
 
 from __future__ import annotations
 
 import warnings
-from dataclasses import asdict, dataclass, fields
 
 import torch
 from torch import nn
 
-
-@dataclass(frozen=True)
-class Speed:
-    """Which speed-ups are on. ``Speed()`` is the plain fp32 eager path."""
-
-    bf16: bool = False  # autocast the network to bfloat16 (fp32 master weights; the output is cast back to fp32)
-    channels_last: bool = False  # NHWC activations and weights (faster convolutions on tensor cores)
-    compile: bool = False  # torch.compile the network, falling back to eager if compilation fails
-    cuda_graph: bool = False  # sampling / bits/dim: compile with mode="reduce-overhead" (CUDA graphs); needs compile
-    fused_adam: bool = False  # Adam's fused kernel (one launch for all parameters)
-    foreach_ema: bool = False  # the EMA update as one multi-tensor lerp instead of a loop over parameters
-    tf32: bool = False  # TF32 matmuls and convolutions where a kernel stays in fp32
-
-    @classmethod
-    def names(cls) -> tuple[str, ...]:
-        return tuple(f.name for f in fields(cls))
-
-    @classmethod
-    def auto(cls, device: str | torch.device) -> "Speed":
-        """What pays off on ``device``: everything on CUDA; on a CPU, the multi-tensor updates only (bf16 and
-        compilation are not reliably faster there, and they would change the CPU results the tests pin down)."""
-        if torch.device(device).type == "cuda":
-            return cls(**{name: True for name in cls.names()})
-        return cls(fused_adam=True, foreach_ema=True)
-
-    @classmethod
-    def parse(cls, text: str, device: str | torch.device = "cpu") -> "Speed":
-        """``plain``, ``auto`` (see :meth:`auto`), or a comma-separated list of speed-ups, e.g. ``bf16,compile``."""
-        text = text.strip()
-        if text == "plain":
-            return cls()
-        if text == "auto":
-            return cls.auto(device)
-        chosen = [name.strip() for name in text.split(",") if name.strip()]
-        unknown = [name for name in chosen if name not in cls.names()]
-        if unknown or not chosen:
-            raise ValueError(f"unknown speed-up {', '.join(map(repr, unknown)) or repr(text)}; valid: plain, auto, or "
-                             f"a comma-separated list of {', '.join(cls.names())}")
-        speed = cls(**{name: True for name in chosen})
-        if speed.cuda_graph and not speed.compile:
-            raise ValueError("speed-up 'cuda_graph' needs 'compile' (CUDA graphs come from torch.compile)")
-        return speed
-
-    def describe(self) -> str:
-        on = [name for name, value in asdict(self).items() if value]
-        return ",".join(on) if on else "plain"
+from .settings import Speed  # noqa: F401 (every user of a speed-up imports it from here)
 
 
 def configure_backends(speed: Speed) -> None:

@@ -25,9 +25,10 @@ from .diffusion import GaussianDiffusion, randn
 from .distributed import World, data_parallel, joined
 from .io import atomic_open
 from .resample import create_sampler, default_sampler_name
-from .settings import TrainConfig
+from .settings import Setting, TrainConfig, write_setting
 from .speed import FastForward, Speed, ema_update, make_optimizer
 from .unet import UNet
+from .vocabulary import ON_DIVERGENCE
 
 
 PREVIEW_SAMPLES = 36
@@ -188,8 +189,8 @@ def train(
     setting with DistributedDataParallel, on one GPU each (see :mod:`ddpm.distributed`): ``batch_size`` stays the
     global batch, and the files are those of a one-process run.
     """
-    if on_divergence not in ("fail", "record"):
-        raise ValueError(f"on_divergence must be 'fail' or 'record', got {on_divergence!r}")
+    if on_divergence not in ON_DIVERGENCE:
+        raise ValueError(f"on_divergence must be one of {', '.join(ON_DIVERGENCE)}, got {on_divergence!r}")
     with joined(device) as (world, device):
         return _train_process(config, Path(out_dir), world, device, data_dir=data_dir, progress=progress,
                               tracking=tracking if world.is_main else None, run_name=run_name,
@@ -202,6 +203,7 @@ def _train_process(config: TrainConfig, out_dir: Path, world: World, device: tor
     world.local_batch(config.batch_size)  # a batch that does not split over the processes fails here, first
     if world.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
+        write_setting(out_dir, Setting.from_dict(asdict(config)))  # what the run is, for the reports to read
     snapshot_steps = _check_snapshot_steps(snapshot_steps, config.steps)
     resume = _read_resume(out_dir, config) if world.is_main else None
     world.barrier()  # rank 0 has set a stale state aside: the others read the file only if it is this config's

@@ -9,83 +9,13 @@ skip connections between the down and up paths. Layer layout and initialisation 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import replace
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-GROUPS = 32
-
-
-@dataclass(frozen=True)
-class UNetConfig:
-    """Architecture hyperparameters. ``attn_resolutions`` are feature-map sizes (e.g. 16 for 16×16)."""
-
-    ch: int = 128
-    ch_mult: tuple[int, ...] = (1, 2, 2, 2)
-    num_res_blocks: int = 2
-    attn_resolutions: tuple[int, ...] = (16,)
-    num_heads: int = 1  # DDPM: one head; Improved DDPM: 4
-    dropout: float = 0.1
-    resamp_with_conv: bool = True
-    image_size: int = 32
-    in_channels: int = 3
-    out_channels: int = 3
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["ch_mult"], d["attn_resolutions"] = list(self.ch_mult), list(self.attn_resolutions)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "UNetConfig":
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown UNet config keys {sorted(unknown)}; valid keys: {sorted(cls.__dataclass_fields__)}")
-        d = dict(d)
-        for key in ("ch_mult", "attn_resolutions"):
-            if key in d:
-                d[key] = tuple(d[key])
-        return cls(**d)
-
-
-#: Presets. ``cifar10``: the paper's CIFAR-10 model (35.7M parameters). ``256``: its LSUN / CelebA-HQ 256² model
-#: (ch_mult 1,1,2,2,4,4; 114M). ``small``/``tiny``: sized to train in minutes on a CPU.
-PRESETS: dict[str, UNetConfig] = {
-    "cifar10": UNetConfig(),
-    "256": UNetConfig(ch_mult=(1, 1, 2, 2, 4, 4), dropout=0.0, image_size=256),
-    "small": UNetConfig(ch=64, ch_mult=(1, 2, 2), num_res_blocks=2, attn_resolutions=(8,), dropout=0.1, image_size=16, in_channels=1, out_channels=1),
-    # Improved DDPM's CIFAR-10 model (improved-diffusion's flags: 128 channels, 3 residual blocks, dropout 0.3; its
-    # defaults: attention at 16×16 and 8×8 with 4 heads): 49.1M parameters with a learned Σ, their "50M". Their
-    # default time conditioning by scale and shift of the group norm is not reproduced: t is added as in DDPM.
-    "iddpm-cifar10": UNetConfig(num_res_blocks=3, attn_resolutions=(16, 8), num_heads=4, dropout=0.3),
-    "tiny": UNetConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), dropout=0.0, image_size=8, in_channels=1, out_channels=1),
-}
-
-
-def preset(name: str, **overrides) -> UNetConfig:
-    """The preset ``name`` with fields replaced by ``overrides`` (e.g. ``image_size``, ``in_channels``)."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown model preset {name!r}; valid presets: {', '.join(PRESETS)}")
-    return replace(PRESETS[name], **overrides)
-
-
-def check_config(config: UNetConfig) -> None:
-    """Raise ValueError if the U-Net cannot be built for these sizes."""
-    levels = len(config.ch_mult)
-    if config.ch % GROUPS or any((config.ch * m) % GROUPS for m in config.ch_mult):
-        raise ValueError(f"channel widths ch={config.ch} x ch_mult={config.ch_mult} must be multiples of {GROUPS} (GroupNorm groups)")
-    factor = 2 ** (levels - 1)
-    if config.image_size < factor or config.image_size % factor:
-        raise ValueError(
-            f"image_size {config.image_size} cannot pass through {levels} resolution levels: it must be a multiple of "
-            f"{factor} (2^(len(ch_mult) - 1)); pick another image size or a preset with fewer levels"
-        )
-    if not 0.0 <= config.dropout < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {config.dropout}")
-    if config.num_res_blocks < 1 or config.in_channels < 1 or config.out_channels < 1:
-        raise ValueError(f"num_res_blocks, in_channels and out_channels must be >= 1, got {config}")
+from .presets import GROUPS, PRESETS, UNetConfig, check_config, preset  # noqa: F401 (the network's names)
 
 
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:

@@ -102,3 +102,21 @@ def job_counts(workdir: Path, config: Path, *args: str, snakefile: Path = ROOT /
         if len(parts) == 2 and parts[1].isdigit():
             counts[parts[0]] = int(parts[1])
     return counts
+
+
+def setting_named(name: str):
+    """The Setting of a name such as ``linear-T1000-eps-fixedlarge-mse-s0`` (test fixtures are written by name)."""
+    from ddpm.settings import Setting
+
+    schedule, T, mean_type, var_type, loss_type, seed = name.split("-")
+    return Setting(schedule, int(T.removeprefix("T")), mean_type, var_type, loss_type, int(seed.removeprefix("s")))
+
+
+def record_settings(runs: dict[str, Path]) -> dict[str, Path]:
+    """Hand-made run folders as a training leaves them: each with the setting.json of the name it is reported as."""
+    from ddpm.settings import write_setting
+
+    for name, folder in runs.items():
+        write_setting(folder, setting_named(name))
+    return runs
+

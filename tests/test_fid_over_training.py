@@ -6,6 +6,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from conftest import record_settings
 
 from ddpm.checkpoint import load_checkpoint
 from ddpm.cli import main
@@ -74,14 +75,14 @@ def _run(folder: Path, final: dict, snapshots: dict[int, dict], last_step: int =
 
 
 def test_the_paper_table_takes_is_and_fid_from_the_checkpoint_with_the_lowest_fid(tmp_path):
-    runs = {
+    runs = record_settings({
         # the snapshot at step 20 has the lowest FID: IS and FID come from it
         "linear-T1000-eps-fixedlarge-mse-s0": _run(tmp_path / "a", _scores(4.0, 9.0, fid_test=6.0),
                                                    {10: _scores(9.0, 7.0, fid_test=11.0), 20: _scores(3.5, 9.3, fid_test=5.5)}),
         # a lower FID from fewer samples is biased, not better: the final checkpoint stays
         "linear-T1000-eps-fixedlarge-kl-s0": _run(tmp_path / "b", _scores(14.0, 7.5, fid_test=15.0),
                                                   {10: _scores(20.0, 7.0, fid_test=21.0), 20: _scores(2.0, 9.9, n=50, fid_test=3.0)}),
-    }
+    })
     curve = fid_over_training_table(runs, [10, 20])
     assert list(curve["step"]) == [10, 20, 30, 10, 20, 30]
     assert list(curve["checkpoint"]) == ["snapshot", "snapshot", "final"] * 2
@@ -102,8 +103,8 @@ def test_the_paper_table_takes_is_and_fid_from_the_checkpoint_with_the_lowest_fi
 
 
 def test_a_diverged_setting_is_scored_at_its_best_snapshot_before_the_divergence(tmp_path):
-    runs = {"linear-T1000-xprev-fixedlarge-mse-s0": _run(tmp_path / "a", {"diverged_at_step": 25},
-                                                         {10: _scores(50.0, 5.0), 20: {"diverged_at_step": 25}})}
+    runs = record_settings({"linear-T1000-xprev-fixedlarge-mse-s0": _run(tmp_path / "a", {"diverged_at_step": 25},
+                                                         {10: _scores(50.0, 5.0), 20: {"diverged_at_step": 25}})})
     runs["linear-T1000-xprev-fixedlarge-mse-s0"].joinpath("metrics.jsonl").write_text("")  # no logged step
     curve = fid_over_training_table(runs, [10, 20])
     assert list(curve["step"]) == [10]  # the checkpoints that the training never reached have no point

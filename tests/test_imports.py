@@ -1,16 +1,21 @@
 """The package's layering, read from its source (ast): no import cycle in ``ddpm/``, counting imports inside
-functions too, and the math core importing nothing above it."""
+functions too, and the math core importing nothing above it. And the workflow parsing its config without torch
+(``python -X importtime``)."""
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "ddpm"
-#: The process, the network and their losses: what improved-diffusion keeps apart from everything else.
-MATH_CORE = {"schedules", "diffusion", "losses", "resample", "unet"}
-#: What the math core may use besides itself: the progress line, which imports nothing of the package.
-LEAVES = {"progress"}
+from conftest import ROOT, TINY, unactivated_environment
+
+PACKAGE = ROOT / "ddpm"
+#: The process, the network (and its presets) and their losses: what improved-diffusion keeps apart from the rest.
+MATH_CORE = {"schedules", "diffusion", "losses", "resample", "unet", "presets"}
+#: What the math core may use besides itself: the progress line and the names, which import nothing of the package.
+LEAVES = {"progress", "vocabulary"}
 
 
 def package_imports(source: str, module: str) -> set[str]:
@@ -91,3 +96,29 @@ def test_the_walk_sees_every_form_of_import(source, expected):
 def test_a_cycle_is_found_and_shown():
     assert cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert cycle({"a": {"b"}, "b": set(), "c": {"a"}}) is None
+
+
+def imported_modules(importtime_log: str) -> set[str]:
+    """The modules named in ``python -X importtime``'s report (one line per module: ``import time: … | name``)."""
+    return {line.rsplit("|", 1)[-1].strip() for line in importtime_log.splitlines() if line.startswith("import time:")}
+
+
+@pytest.mark.parametrize("config,overrides", [(TINY, [])] + [
+    (path, ["--config", "scale=tiny"]) for path in sorted((ROOT / "config").glob("*.yaml"))
+], ids=lambda value: value.name if isinstance(value, Path) else " ".join(value))
+def test_the_workflow_parses_without_importing_torch(config, overrides, tmp_path):
+    """Every Snakemake start (twice per SLURM job) parses the Snakefile: checking the config must not pay for torch."""
+    command = [sys.executable, "-X", "importtime", "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"),
+               "--directory", str(tmp_path), "--configfile", str(config), *overrides, "-n", "--quiet", "rules"]
+    result = subprocess.run(command, capture_output=True, text=True, env=unactivated_environment(), timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    imported = imported_modules(result.stderr)
+    assert {"snakemake", "ddpm.settings", "ddpm.presets", "ddpm.datasets"} <= imported, "importtime reported nothing"
+    assert sorted(m for m in imported if m.split(".")[0] == "torch") == []
+
+
+def test_imported_modules_reads_importtime_lines():
+    log = ("import time: self [us] | cumulative | imported package\n"
+           "import time:       271 |        271 |   ddpm\n"
+           "import time:      1200 |       9000 | torch._C\n")
+    assert imported_modules(log) == {"imported package", "ddpm", "torch._C"}

@@ -8,12 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import ROOT, job_counts, snakemake
+from conftest import ROOT, job_counts, record_settings, snakemake
 from PIL import Image
 
 from ddpm.paper import load_published, published_for
 from ddpm.report import build_table, paper_table, rate_distortion, rate_distortion_table
-from ddpm.settings import apply_scale, expand_sweep, parse_setting_name, train_config
+from ddpm.settings import apply_scale, expand_sweep, train_config
 from ddpm.unet import count_parameters, create_model
 
 CONFIGS = ROOT / "config"
@@ -37,7 +37,7 @@ def test_rows_cross_the_sweep_lists_they_do_not_give():
     sweep = {"schedule": ["linear", "cosine"], "T": [1000, 4000], "mean_type": ["eps"], "var_type": ["fixedlarge"],
              "loss_type": ["mse"], "seed": [0, 1],
              "rows": [{"loss_type": "mse"}, {"var_type": "learned_range", "loss_type": ["hybrid", "kl"], "T": 4000}]}
-    names = expand_sweep({"sweep": sweep})
+    names = [s.name for s in expand_sweep({"sweep": sweep})]
     assert names[:8] == [f"{s}-T{T}-eps-fixedlarge-mse-s{seed}" for s in ("linear", "cosine") for T in (1000, 4000)
                          for seed in (0, 1)]
     assert names[8:] == [f"{s}-T4000-eps-learned_range-{loss}-s{seed}" for s in ("linear", "cosine")
@@ -49,18 +49,17 @@ def test_rows_cross_the_sweep_lists_they_do_not_give():
 
 
 def test_table2_has_the_papers_six_rows():
-    rows = {tuple(parse_setting_name(n)[a] for a in ("mean_type", "var_type", "loss_type"))
-            for n in expand_sweep(_config("ddpm_table2"))}
+    rows = {(s.mean_type, s.var_type, s.loss_type) for s in expand_sweep(_config("ddpm_table2"))}
     assert rows == {("xprev", "learned", "kl"), ("xprev", "fixedlarge", "kl"), ("xprev", "fixedlarge", "mse"),
                     ("eps", "learned", "kl"), ("eps", "fixedlarge", "kl"), ("eps", "fixedlarge", "mse")}
 
 
 def test_improved_ddpm_sweep_is_schedule_by_T_by_objective():
-    names = expand_sweep(_config("improved_ddpm_schedules"))
-    assert len(names) == 12
-    objectives = {(parse_setting_name(n)["var_type"], parse_setting_name(n)["loss_type"]) for n in names}
+    settings = expand_sweep(_config("improved_ddpm_schedules"))
+    assert len(settings) == 12
+    objectives = {(s.var_type, s.loss_type) for s in settings}
     assert objectives == {("fixedlarge", "mse"), ("learned_range", "hybrid"), ("learned_range", "kl")}
-    assert {(parse_setting_name(n)["schedule"], parse_setting_name(n)["T"]) for n in names} == {
+    assert {(s.schedule, s.T) for s in settings} == {
         ("linear", 1000), ("linear", 4000), ("cosine", 1000), ("cosine", 4000)}
 
 
@@ -102,7 +101,7 @@ def test_cifar10_preset_is_unchanged_by_attention_heads():
 
 def test_every_published_number_belongs_to_a_setting_of_its_sweep():
     table = load_published(PUBLISHED)
-    sweeps = {_config(n)["name"]: set(expand_sweep(_config(n))) for n in PAPER_CONFIGS}
+    sweeps = {_config(n)["name"]: {s.name for s in expand_sweep(_config(n))} for n in PAPER_CONFIGS}
     lsun = {"ddpm-lsun-church", "ddpm-lsun-bedroom", "ddpm-lsun-bedroom-large", "ddpm-lsun-cat"}
     for row in table.itertuples():
         settings = sweeps.get(row.sweep) or (sweeps["ddpm-lsun-church"] if row.sweep in lsun else None)
@@ -192,7 +191,7 @@ def test_dry_run_of_each_paper_config_full_and_tiny(tmp_path, name, settings, sa
     assert full.get("gather_nll_train", 0) == (settings if nll_train_shards else 0)
 
     tiny = job_counts(tmp_path / "tiny", config, "--config", "scale=tiny")
-    assert (tiny["train"], tiny["sample"], tiny["nll"]) == (settings, settings * 2, settings)
+    assert (tiny["train"], tiny["sample"], tiny["nll"]) == (settings, settings, settings)  # one shard each
     assert tiny.get("fid_snapshot", 0) == (settings if snapshots else 0)  # one snapshot: the code path
     assert tiny.get("nll_train", 0) == (settings if nll_train_shards else 0)
     assert tiny["train_classifier"] == 1  # digits are scored with the classifier
@@ -213,11 +212,11 @@ def _scored_run(folder: Path, fid: float, is_mean: float, is_std: float, bpd: fl
 
 
 def test_paper_table_puts_the_published_numbers_beside_the_measured_ones(tmp_path):
-    runs = {
+    runs = record_settings({
         "linear-T1000-eps-fixedlarge-mse-s0": _scored_run(tmp_path / "a", 4.0, 9.0, 0.2, 3.80),
         "linear-T1000-eps-fixedlarge-mse-s1": _scored_run(tmp_path / "b", 5.0, 9.2, 0.1, 3.90),
         "linear-T1000-xprev-fixedlarge-mse-s0": _scored_run(tmp_path / "c", 300.0, 2.0, 0.05, 7.0),
-    }
+    })
     baseline = tmp_path / "gaussian.json"
     baseline.write_text(json.dumps({"fid": 400.0, "is_mean": 1.5, "is_std": 0.1, "kid_mean": 0.3, "precision": 0.0,
                                     "recall": 0.0, "num_samples": 500, "extractor": "inception-v3-compat"}))
@@ -235,7 +234,7 @@ def test_paper_table_puts_the_published_numbers_beside_the_measured_ones(tmp_pat
     assert "gaussian baseline" not in set(table.get("setting", []))
     assert "FID test" not in table and "bits/dim train" not in table  # neither measured here nor in Table 2
 
-    runs = {"linear-T1000-eps-fixedlarge-mse-s0": _scored_run(tmp_path / "d", 4.0, 9.0, 0.2, 3.80, fid_test=6.0)}
+    runs = record_settings({"linear-T1000-eps-fixedlarge-mse-s0": _scored_run(tmp_path / "d", 4.0, 9.0, 0.2, 3.80, fid_test=6.0)})
     table1 = paper_table(build_table(runs, {}), load_published(PUBLISHED), "ddpm-table1")
     assert (table1["FID test"].iloc[0], table1["FID test (paper)"].iloc[0]) == (6.0, 5.24)
     assert table1["FID test Δ"].iloc[0] == pytest.approx(6.0 - 5.24)
@@ -260,7 +259,7 @@ def tiny_papers(tmp_path_factory):
 def test_each_paper_config_runs_scaled_down_with_the_papers_numbers_beside_the_measured(tiny_papers, name):
     config = _config(name)
     table = pd.read_csv(tiny_papers / "results" / "tables" / f"{config['name']}-tiny-paper.csv")
-    settings = [parse_setting_name(n) for n in expand_sweep(config)]
+    settings = [s.axes() for s in expand_sweep(config)]
     assert [tuple(row) for row in table[["schedule", "T", "mean_type", "var_type", "loss_type"]].itertuples(index=False)] \
         == [(s["schedule"], s["T"], s["mean_type"], s["var_type"], s["loss_type"]) for s in settings]
     measured = ("IS", "FID", "FID test", "bits/dim", *(("bits/dim train",) if config["evaluate"].get("nll_train_images") else ()))
@@ -270,7 +269,7 @@ def test_each_paper_config_runs_scaled_down_with_the_papers_numbers_beside_the_m
     curve = pd.read_csv(tiny_papers / "results" / "tables" / f"{config['name']}-tiny-fid-over-training.csv")
     snapshot_steps = [20] if config.get("fid_over_training", {}).get("steps") else []
     for setting in expand_sweep(config):  # the snapshots (tiny: one, halfway) and the final checkpoint, all scored
-        points = curve[curve["setting"] == setting]
+        points = curve[curve["setting"] == setting.name]
         assert list(points["step"]) == [*snapshot_steps, 40] and points["FID [classifier]"].map(math.isfinite).all()
     assert set(table["min-FID step"].astype(str)) <= {str(step) for step in (*snapshot_steps, 40)}
     assert (table["samples"] == 100).all() and (table["extractor"] == "classifier").all()
@@ -290,7 +289,7 @@ def test_each_paper_config_runs_scaled_down_with_the_papers_numbers_beside_the_m
         assert ("unstable" in str(row["paper note"])) == ("unstable" in paper)
     assert filled > 0  # every paper config has published numbers beside some of its rows
     runs = tiny_papers / "results" / "runs" / f"{config['name']}-tiny"
-    for name in expand_sweep(config):
+    for name in (s.name for s in expand_sweep(config)):
         for figure in ("samples", "progressive", "interpolation"):
             assert (runs / name / f"{figure}.png").is_file(), (name, figure)
     for figure in ("loss", "rate-distortion", "schedules", "fid-over-training"):
@@ -331,7 +330,7 @@ def test_rate_distortion_table_puts_the_papers_rows_beside_its_own(tmp_path):
     run.mkdir()
     (run / "nll.json").write_text(json.dumps(_bound(1000)))
     published = load_published(PUBLISHED)
-    table = rate_distortion_table({run.name: run}, published, "ddpm-table1")
+    table = rate_distortion_table(record_settings({run.name: run}), published, "ddpm-table1")
     assert len(table) == 10 and set(table["setting"]) == {run.name}
     assert (table.loc[0, "rate (paper)"], table.loc[0, "distortion (paper)"]) == (1.77581, 0.95136)  # the row
     table4 = published[published["table"] == "Table 4"].set_index("metric")["value"]
@@ -347,7 +346,7 @@ def test_rate_distortion_table_has_no_papers_rows_for_another_T(tmp_path):
     run = tmp_path / "linear-T200-eps-fixedlarge-mse-s0"
     run.mkdir()
     (run / "nll.json").write_text(json.dumps(_bound(200)))
-    table = rate_distortion_table({run.name: run}, load_published(PUBLISHED), "ddpm-table1")
+    table = rate_distortion_table(record_settings({run.name: run}), load_published(PUBLISHED), "ddpm-table1")
     assert list(table["reverse step"]) == list(range(200, 0, -20))
     assert table[["rate (paper)", "distortion (paper)"]].isna().all().all()
 
@@ -358,7 +357,7 @@ def test_fid_over_training_and_train_bits_per_dim_reach_mlflow(tiny_papers):
     client = MlflowClient(tracking_uri=f"sqlite:///{tiny_papers / 'results' / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("ddpm-table1-tiny")
     runs = [r for r in client.search_runs([experiment.experiment_id]) if r.data.tags.get("ddpm.kind") == "setting"]
-    assert sorted(r.info.run_name for r in runs) == sorted(expand_sweep(_config("ddpm_table1")))
+    assert sorted(r.info.run_name for r in runs) == sorted(s.name for s in expand_sweep(_config("ddpm_table1")))
     for run in runs:  # a curve to compare in the MLflow UI: the snapshot, then the final checkpoint
         history = client.get_metric_history(run.info.run_id, "fid_over_training")
         assert sorted(m.step for m in history) == [20, 40]

@@ -1,7 +1,6 @@
 """Killed training resumes exactly; preemption saves and resumes; parallel writers to the MLflow store lose nothing."""
 
 import json
-import os
 import random
 import signal
 import subprocess

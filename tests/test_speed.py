@@ -10,7 +10,6 @@ import torch
 from ddpm.bench import RATIO_KEYS, bits_per_dim_difference, run_bench
 from ddpm.checkpoint import load_checkpoint
 from ddpm.cli import main
-from ddpm.diffusion import GaussianDiffusion
 from ddpm.schedules import make_betas
 from ddpm.speed import FastForward, Speed, ema_update, make_optimizer
 from ddpm.settings import TrainConfig

@@ -146,7 +146,9 @@ def test_interpolation_decodes_the_end_points_back_and_blends_in_between(tmp_pat
 
 
 def test_cli_reports_bad_input_clearly(tmp_path, capsys):
-    assert main(["train", "--out", str(tmp_path), "--schedule", "cosin", "--steps", "1"]) == 2
-    assert "unknown noise schedule 'cosin'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as refused:  # argparse: the schedules are the option's choices
+        main(["train", "--out", str(tmp_path), "--schedule", "cosin", "--steps", "1"])
+    error = capsys.readouterr().err
+    assert refused.value.code == 2 and "--schedule: invalid choice: 'cosin'" in error and "cosine" in error
     assert main(["sample", "--checkpoint", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "x.npz")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err

@@ -10,10 +10,9 @@ import yaml
 from snakemake.utils import validate
 
 from ddpm.configcheck import ConfigError, coerce_types
-from ddpm.datasets import imagefolder_has_classes, known_test_size, known_train_size
-from ddpm.settings import apply_scale, expand_sweep, train_arguments
-from ddpm.speed import Speed
-from ddpm.unet import check_config, preset
+from ddpm.datasets import NATIVE_IMAGE_SIZES, imagefolder_has_classes, known_test_size, known_train_size
+from ddpm.presets import check_config, preset
+from ddpm.settings import Speed, apply_scale, expand_sweep, train_arguments
 
 
 SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
@@ -42,8 +41,8 @@ ENV = "../envs/ddpm.yaml"
 DATA = f"{RESULTS}/data/{DATASET}"
 RUNS = f"{RESULTS}/runs/{NAME}"  # per sweep: two sweeps may train the same setting differently
 TRACKING = f"{RESULTS}/tracking/{NAME}.json"  # where the sweep's jobs log to MLflow (rule mlflow_init)
-SETTINGS = expand_sweep(config)
-NATIVE_IMAGE_SIZES = {"cifar10": 32, "digits": 8}
+SWEEP = {setting.name: setting for setting in expand_sweep(config)}  # name (its folder) → its axes
+SETTINGS = list(SWEEP)
 PUBLISHED = config["published"] or str(Path(workflow.basedir) / "config" / "published.csv")
 SPEED = config["speed"]  # resolved on the node that runs the job: "auto" means what pays off on its device
 

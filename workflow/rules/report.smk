@@ -3,6 +3,7 @@ rule report:
         fid=expand(f"{RUNS}/{{setting}}/fid_is.json", setting=SETTINGS),
         nll=expand(f"{RUNS}/{{setting}}/nll.json", setting=SETTINGS),
         metrics=expand(f"{RUNS}/{{setting}}/metrics.jsonl", setting=SETTINGS),
+        settings=expand(f"{RUNS}/{{setting}}/setting.json", setting=SETTINGS),  # the axes the tables show
         nll_train=expand(f"{RUNS}/{{setting}}/nll-train.json", setting=SETTINGS if NLL_TRAIN_IMAGES else []),
         snapshots=expand(f"{RUNS}/{{setting}}/snapshots/step-{{step}}/fid_is.json", setting=SETTINGS, step=SNAPSHOT_STEPS),
         gaussian=f"{RESULTS}/baselines/{NAME}/gaussian.json",

@@ -6,11 +6,12 @@ rule train:
         checkpoint=f"{RUNS}/{{setting}}/checkpoint.pt",
         run_id=f"{RUNS}/{{setting}}/mlflow_run_id.txt",
         metrics=f"{RUNS}/{{setting}}/metrics.jsonl",
+        setting=f"{RUNS}/{{setting}}/setting.json",
         snapshots=expand(f"{RUNS}/{{{{setting}}}}/snapshots/step-{{step}}.pt", step=SNAPSHOT_STEPS),
     params:
         out=lambda wildcards, output: Path(output.checkpoint).parent,
         data=lambda wildcards, input: Path(input.manifest).parent,
-        args=lambda wildcards: train_arguments(config, wildcards.setting),
+        args=lambda wildcards: train_arguments(config, SWEEP[wildcards.setting]),
         on_divergence=config["train"]["on_divergence"],
         snapshot_steps=" ".join(map(str, SNAPSHOT_STEPS)),
         speed=SPEED,

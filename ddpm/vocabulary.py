@@ -1,0 +1,26 @@
+"""The names that a config, a checkpoint and the command line share, each defined once (torch-free).
+
+The modules that implement them import them from here (``ddpm.diffusion``, ``ddpm.resample``, ``ddpm.metrics``,
+``ddpm.train``); the command line offers them as choices; ``tests/test_vocabulary.py`` checks that the workflow's
+JSON schema (``workflow/schemas/config.schema.yaml``) lists exactly these. Names that live with a table of their own
+are not repeated here: the noise schedules (``ddpm.schedules.SCHEDULES``), the network presets
+(``ddpm.presets.PRESETS``) and the datasets (``ddpm.datasets.DATASETS``, with their native image sizes).
+"""
+
+#: What the network predicts (the rows of DDPM Table 2): ε (Eq. 11), x₀, or the posterior mean μ̃ ("xprev").
+MEAN_TYPES = ("eps", "xstart", "xprev")
+#: Reverse-process variance: σ² = β_t ("fixedlarge"), σ² = β̃_t ("fixedsmall", Eq. 7), a learned diagonal
+#: log-variance ("learned", Table 2), or IDDPM's interpolation between log β_t and log β̃_t (IDDPM Eq. 15).
+VAR_TYPES = ("fixedlarge", "fixedsmall", "learned", "learned_range")
+#: L_simple (Eq. 14), the true variational bound L (Eq. 5), or IDDPM's L_hybrid = L_simple + λ L_vlb (Eq. 16).
+LOSS_TYPES = ("mse", "kl", "hybrid")
+#: How training draws t: uniformly (Algorithm 1), or by importance sampling on the loss's second moment (IDDPM
+#: Eq. 18). Unset: importance sampling for ``kl``, uniform otherwise (``ddpm.resample.default_sampler``).
+TIMESTEP_SAMPLERS = ("uniform", "loss-second-moment")
+#: A NaN / Inf loss: fail the job, or record the divergence in checkpoint.pt so that the sweep goes on.
+ON_DIVERGENCE = ("fail", "record")
+#: The feature extractor of FID / IS / KID / precision-recall: torch-fidelity's Inception (its TF-compatible port of
+#: the 2015-12-05 weights), or the small classifier trained on the data set's train split.
+EXTRACTORS = ("inception-v3-compat", "classifier")
+#: ``scale``: the config as written, or the same sweep on digits at CPU size (``ddpm.settings.TINY_SCALE``).
+SCALES = ("full", "tiny")
