@@ -19,7 +19,7 @@ import time
 from dataclasses import MISSING, fields
 from pathlib import Path
 
-from .vocabulary import EXTRACTORS, ON_DIVERGENCE
+from .vocabulary import DECODERS, EXTRACTORS, ON_DIVERGENCE
 
 
 def _bool(text: str) -> bool:
@@ -373,6 +373,9 @@ def add_nll(p):
     p.add_argument("--count", type=int, default=None, help="how many images (default: the rest of the split)")
     p.add_argument("--batch-size", type=int, default=200, help="images per batch (default: 200)")
     p.add_argument("--seed", type=int, default=0, help="with the index, seeds each image's noise (default: 0)")
+    p.add_argument("--decoder", choices=DECODERS, default="exact",
+                   help="L_0's decoder likelihood: exact (normal CDF), or official (the papers' code: tanh "
+                        "approximation, every bin floored at 1e-12) for parity with published NLLs (default: exact)")
     p.add_argument("--out", required=True)
     _add_job_expectations(p)
     _add_runtime(p, speed=True)
@@ -384,7 +387,7 @@ def cmd_nll(args):
 
     shard = write_nll_shard(args.checkpoint, args.data, args.out, setting=args.setting, start=args.start,
                             count=args.count, batch_size=args.batch_size, seed=args.seed, device=_device(args.device),
-                            split=args.split, speed=_speed(args))
+                            split=args.split, speed=_speed(args), decoder=args.decoder)
     print(f"bits/dim of {args.split} images {shard['indices'][0]}..{shard['indices'][-1]}: {shard['total_bpd'].mean():.4f}")
 
 

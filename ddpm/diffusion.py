@@ -336,14 +336,17 @@ class GaussianDiffusion:
         )
 
     # ------------------------------------------------------------------ the variational bound
-    def _vb_terms_bpd(self, model: Model, x_start, x_t, t, *, clip_denoised: bool, model_kwargs=None, model_output=None):
+    def _vb_terms_bpd(self, model: Model, x_start, x_t, t, *, clip_denoised: bool, model_kwargs=None, model_output=None,
+                      decoder: str = "exact"):
         """One term of Eq. 5 in bits/dim per image: L_{t−1} = KL(q(x_{t−1}|x_t,x_0) ‖ p_θ(x_{t−1}|x_t)) for
-        t > 0 (index), and L_0 = −log p_θ(x_0 | x_1) under the discretized decoder (Eq. 13) at t = 0."""
+        t > 0 (index), and L_0 = −log p_θ(x_0 | x_1) under the discretized decoder (Eq. 13, computed as ``decoder``
+        says: :func:`~ddpm.losses.discretized_gaussian_log_likelihood`) at t = 0."""
         true_mean, _, true_log_variance = self.q_posterior_mean_variance(x_start, x_t, t)
         out = self.p_mean_variance(model, x_t, t, clip_denoised=clip_denoised, model_kwargs=model_kwargs, model_output=model_output)
         kl = nats_to_bits(mean_flat(normal_kl(true_mean, true_log_variance, out["mean"], out["log_variance"])))
         decoder_nll = -nats_to_bits(
-            mean_flat(discretized_gaussian_log_likelihood(x_start, means=out["mean"], log_scales=0.5 * out["log_variance"]))
+            mean_flat(discretized_gaussian_log_likelihood(x_start, means=out["mean"], log_scales=0.5 * out["log_variance"],
+                                                          decoder=decoder))
         )
         return {"output": torch.where(t == 0, decoder_nll, kl), "pred_xstart": out["pred_xstart"]}
 
@@ -406,8 +409,10 @@ class GaussianDiffusion:
         model_kwargs: dict | None = None,
         generator: Generator = None,
         progress: bool = False,
+        decoder: str = "exact",
     ) -> dict[str, torch.Tensor]:
-        """The full variational bound of Eq. 5, term by term, for a batch of images in [-1, 1].
+        """The full variational bound of Eq. 5, term by term, for a batch of images in [-1, 1]; ``decoder`` says how
+        L_0's likelihood is computed (``exact``, or ``official`` for parity with the papers' code).
 
         Returns per image: ``total_bpd`` = L_T + Σ_t L_{t−1} (bits/dim, an upper bound on −log p(x_0)),
         ``prior_bpd`` = L_T, and per image and timestep index (shape (B, T)): ``vb`` (``vb[:, 0]`` = L_0, the
@@ -428,7 +433,8 @@ class GaussianDiffusion:
             t = torch.full((batch,), i, device=x_start.device, dtype=torch.long)
             noise = randn(x_start.shape, generator, device=x_start.device, dtype=x_start.dtype)
             x_t = self.q_sample(x_start, t, noise)
-            out = self._vb_terms_bpd(model, x_start, x_t, t, clip_denoised=clip_denoised, model_kwargs=model_kwargs)
+            out = self._vb_terms_bpd(model, x_start, x_t, t, clip_denoised=clip_denoised, model_kwargs=model_kwargs,
+                                     decoder=decoder)
             vb.append(out["output"])
             xstart_mse.append(mean_flat((out["pred_xstart"] - x_start) ** 2))
             mse.append(mean_flat((self._predict_eps_from_xstart(x_t, t, out["pred_xstart"]) - noise) ** 2))

@@ -24,12 +24,13 @@ NLL_SHARD_KEYS = ("indices", "total_bpd", "prior_bpd", "vb_sum", "xstart_mse_sum
 
 @torch.no_grad()
 def nll_shard(checkpoint, data_dir, *, start: int, count: int | None, batch_size: int = 100, seed: int = 0,
-              device: str = "cpu", progress: bool = True, split: str = "test", speed: Speed = Speed()) -> dict[str, np.ndarray]:
-    """The variational bound (``calc_bpd_loop``) for images ``start`` … ``start + count - 1`` of the test split
-    (or of the train split: DDPM Table 1 gives both).
+              device: str = "cpu", progress: bool = True, split: str = "test", speed: Speed = Speed(),
+              decoder: str = "exact") -> dict[str, np.ndarray]:
+    """The variational bound (``calc_bpd_loop``, L_0 computed as ``decoder`` says) for images ``start`` …
+    ``start + count - 1`` of the test split (or of the train split: DDPM Table 1 gives both).
 
-    Returns per image ``total_bpd`` and ``prior_bpd``, and per timestep the sums over these images of ``vb``
-    (bits/dim) and ``xstart_mse`` (on [-1, 1]), so shards can be merged exactly."""
+    Returns per image ``total_bpd`` and ``prior_bpd``, per timestep the sums over these images of ``vb``
+    (bits/dim) and ``xstart_mse`` (on [-1, 1]), so shards can be merged exactly, and the ``decoder``."""
     model, diffusion, state = load_for_sampling(checkpoint, device=device)
     model = FastForward(model, speed, device, inference=True)  # the bound's terms stay fp32 whatever the network's
     images = load_split(data_dir, split)[0]
@@ -48,7 +49,7 @@ def nll_shard(checkpoint, data_dir, *, start: int, count: int | None, batch_size
         last = min(first + batch_size, stop)
         x0 = to_model_range(images[first:last]).to(device)
         generators = [sample_generator(seed, i) for i in range(first, last)]
-        out = diffusion.calc_bpd_loop(model, x0, generator=generators, progress=progress)
+        out = diffusion.calc_bpd_loop(model, x0, generator=generators, progress=progress, decoder=decoder)
         totals.append(out["total_bpd"].cpu().numpy())
         priors.append(out["prior_bpd"].cpu().numpy())
         vb_sum += out["vb"].double().sum(0).cpu().numpy()  # in float64: sharding moves it ~1e-16
@@ -59,12 +60,15 @@ def nll_shard(checkpoint, data_dir, *, start: int, count: int | None, batch_size
         "prior_bpd": np.concatenate(priors),
         "vb_sum": vb_sum,
         "xstart_mse_sum": mse_sum,
+        "decoder": np.array(decoder),
     }
 
 
 def gather_nll(shard_paths) -> dict:
-    """Merge NLL shards into the test-set bound: mean bits/dim, its standard error, and per-timestep terms."""
-    shards = [load_npz(p, NLL_SHARD_KEYS) for p in shard_paths]
+    """Merge NLL shards into the test-set bound: mean bits/dim, its standard error, per-timestep terms, and the
+    decoder likelihood they used (shards written before there was a choice used ``exact``); shards that used
+    different ones are refused."""
+    shards = [load_npz(p, NLL_SHARD_KEYS, optional=("decoder",)) for p in shard_paths]
     if not shards:
         raise ValueError("no NLL shards to gather")
     for path, shard in zip(shard_paths, shards):
@@ -72,6 +76,10 @@ def gather_nll(shard_paths) -> dict:
         if shard["total_bpd"].shape != (n,) or shard["prior_bpd"].shape != (n,) or \
                 shard["vb_sum"].shape != shards[0]["vb_sum"].shape:
             raise ValueError(f"{path} is not an NLL shard of this run: its arrays have inconsistent shapes")
+    decoders = {str(s.get("decoder", "exact")) for s in shards}
+    if len(decoders) > 1:
+        raise ValueError(f"the NLL shards used different decoder likelihoods ({', '.join(sorted(decoders))}): delete "
+                         f"the stale shards and run the workflow again")
     indices = np.concatenate([s["indices"] for s in shards])
     if len(np.unique(indices)) != len(indices):
         raise ValueError(f"NLL shards overlap: {len(indices) - len(np.unique(indices))} test images counted twice")
@@ -86,6 +94,7 @@ def gather_nll(shard_paths) -> dict:
         "num_images": n,
         "vb_per_timestep": vb.tolist(),
         "xstart_mse_per_timestep": mse.tolist(),
+        "decoder": decoders.pop(),
     }
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from .io import write_json
 from .vocabulary import SCALES
 
+
 @dataclass(frozen=True)
 class Setting:
     """One point of a sweep: a value for each axis. Adding an axis is one field here (its ``label`` is how the value
@@ -40,10 +41,11 @@ class Setting:
     @classmethod
     def from_dict(cls, d: dict) -> "Setting":
         """The setting of ``d``'s axes (``d`` may hold more: a training config, a table row); a missing axis fails."""
-        missing = [axis for axis in SWEEP_AXES if axis not in d]
+        axes = [f.name for f in fields(cls)]
+        missing = [axis for axis in axes if axis not in d]
         if missing:
             raise ValueError(f"a setting needs every sweep axis; missing: {', '.join(missing)}")
-        return cls(**{axis: d[axis] for axis in SWEEP_AXES})
+        return cls(**{axis: d[axis] for axis in axes})
 
 
 #: The axes of a sweep, in the order they appear in a setting's name.

@@ -22,5 +22,9 @@ ON_DIVERGENCE = ("fail", "record")
 #: The feature extractor of FID / IS / KID / precision-recall: torch-fidelity's Inception (its TF-compatible port of
 #: the 2015-12-05 weights), or the small classifier trained on the data set's train split.
 EXTRACTORS = ("inception-v3-compat", "classifier")
+#: The decoder likelihood p_θ(x_0 | x_1) of L_0 (Eq. 13): ``exact``, this project's (the exact normal CDF; the middle
+#: bins floored at 1e-12, the edge bins' tails exact), or ``official``, the papers' code's (diffusion_tf, as
+#: improved-diffusion: the tanh approximation of the CDF, every bin floored at 1e-12), for parity with published NLLs.
+DECODERS = ("exact", "official")
 #: ``scale``: the config as written, or the same sweep on digits at CPU size (``ddpm.settings.TINY_SCALE``).
 SCALES = ("full", "tiny")

@@ -298,10 +298,14 @@ def test_recorded_divergence_flows_through_every_job_to_the_report(tmp_path, mon
                     ["evaluate", "nll", "--checkpoint", checkpoint, "--data", str(data), "--out",
                      str(run / "nll" / "shard-0.npz")],
                     ["evaluate", "nll-gather", "--shards", str(run / "nll" / "shard-0.npz"), "--out",
-                     str(run / "nll.json")]):
+                     str(run / "nll.json")],
+                    ["progressive", "--checkpoint", checkpoint, "--out", str(run / "progressive.png")],
+                    ["interpolate", "--checkpoint", checkpoint, "--data", str(data), "--out",
+                     str(run / "interpolation.png")]):
         assert main(command) == 0, (command, capsys.readouterr().err)
         assert "diverged at step 3" in capsys.readouterr().out
-    assert Image.open(run / "samples.png").size[0] > 100  # a notice where the grid would be
+    for figure in ("samples", "progressive", "interpolation"):  # a notice where the figure would be
+        assert Image.open(run / f"{figure}.png").size == (8 * len("diverged at step 3") + 20, 40)
 
     table = build_table({run.name: run}, {})
     assert table.loc[0, "status"] == "diverged at step 3" and "FID [classifier]" not in table.columns

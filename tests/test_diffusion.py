@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ddpm.diffusion import LOSS_TYPES, MEAN_TYPES, VAR_TYPES, GaussianDiffusion
-from ddpm.losses import discretized_gaussian_log_likelihood
+from ddpm.losses import MIN_PROB, approx_standard_normal_cdf, discretized_gaussian_log_likelihood
 from ddpm.schedules import make_betas
 
 
@@ -90,6 +90,51 @@ def test_decoder_probabilities_over_256_bins_sum_to_one(mean, log_scale):
     # a wide one puts its tails into the two stretched edge bins instead.
     if log_scale <= -6.0:
         assert abs(bins[p.argmax()].item() - min(max(mean, -1.0), 1.0)) <= 1.0 / 255 + 1e-12
+
+
+def test_the_official_cdf_approximation_is_within_1e_3_of_the_normal_cdf():
+    x = torch.linspace(-8, 8, 4001, dtype=torch.float64)
+    approx = approx_standard_normal_cdf(x)
+    assert approx_standard_normal_cdf(torch.zeros(1)).item() == 0.5 and torch.all(approx[1:] >= approx[:-1])  # a CDF
+    gap = (approx - torch.special.ndtr(x)).abs().max().item()
+    assert 1e-5 < gap < 1e-3  # an approximation, and a close one
+
+
+@pytest.mark.parametrize("log_scale", [-4.0, -1.0])
+@pytest.mark.parametrize("mean", [-0.3, 0.99])
+def test_the_official_decoder_differs_from_the_exact_one_only_by_its_cdf(mean, log_scale):
+    bins = torch.linspace(-1, 1, 256, dtype=torch.float64)
+    kwargs = dict(means=torch.full_like(bins, mean), log_scales=torch.full_like(bins, log_scale))
+    exact = discretized_gaussian_log_likelihood(bins, **kwargs).exp()
+    official = discretized_gaussian_log_likelihood(bins, decoder="official", **kwargs).exp()
+    assert official.sum().item() == pytest.approx(1.0, abs=1e-6)  # still a distribution over the 256 values
+    assert 0 < (official - exact).abs().max().item() < 1e-3
+
+
+def test_the_official_decoder_floors_the_edge_bins_the_exact_one_does_not():
+    """A decoder whose mean sits far outside [-1, 1] (an untrained network's can): every bin but the far edge one is
+    floored at 1e-12 by the official code; here the edge bin's exact tail is kept, far below that."""
+    bins = torch.tensor([-1.0, 0.0, 1.0], dtype=torch.float64)
+    kwargs = dict(means=torch.full_like(bins, 30.0), log_scales=torch.full_like(bins, -2.0))
+    exact = discretized_gaussian_log_likelihood(bins, **kwargs)
+    official = discretized_gaussian_log_likelihood(bins, decoder="official", **kwargs)
+    floor = math.log(MIN_PROB)
+    assert official[0].item() == floor and exact[0].item() < floor - 1000  # the lowest bin, its exact tail
+    assert official[1].item() == exact[1].item() == floor  # a middle bin: floored by both
+    assert official[2].item() == exact[2].item() == 0.0  # the top bin holds all the mass
+
+
+def test_calc_bpd_loop_with_the_official_decoder_changes_l0_only(digits):
+    diffusion = linear(T=20)
+    model = OracleEps(diffusion, digits[:3] * 0.5)  # a wrong x_0: every term is non-trivial
+    runs = {decoder: diffusion.calc_bpd_loop(model, digits[:3], generator=torch.Generator().manual_seed(0),
+                                             decoder=decoder) for decoder in ("exact", "official")}
+    exact, official = runs["exact"], runs["official"]
+    assert torch.equal(exact["vb"][:, 1:], official["vb"][:, 1:]) and torch.equal(exact["prior_bpd"], official["prior_bpd"])
+    assert not torch.equal(exact["vb"][:, 0], official["vb"][:, 0])
+    assert torch.allclose(official["total_bpd"] - exact["total_bpd"], official["vb"][:, 0] - exact["vb"][:, 0])
+    with pytest.raises(ValueError, match="unknown decoder 'tanh'; valid decoders: exact, official"):
+        diffusion.calc_bpd_loop(model, digits[:3], decoder="tanh")
 
 
 def test_prior_term_of_linear_T1000_is_about_1e_minus_5_bits_per_dim():

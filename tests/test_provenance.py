@@ -10,10 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ddpm.checkpoint import PROVENANCE_KEYS
+from ddpm.checkpoint import PROVENANCE_KEYS, read_provenance
 from ddpm.cli import main
 from ddpm.datasets import prepare_dataset, split_sha256
-from ddpm.evaluate import read_provenance
 from ddpm.io import load_npz, save_npz
 from ddpm.report import build_table
 
@@ -206,3 +205,24 @@ def test_a_bits_per_dim_shard_past_the_split_is_refused_not_cut_short(runs, tmp_
     error = capsys.readouterr().err
     assert "test images 290..309 are out of range" in error and "has 300 images" in error
     assert "evaluate.nll_num_images" in error and not out.exists()
+
+
+def test_bits_per_dim_records_its_decoder_and_refuses_to_merge_two(runs, tmp_path, capsys):
+    def nll(out: Path, start: int, decoder: str) -> int:
+        return main(["evaluate", "nll", "--checkpoint", str(runs["linear"]), "--data", str(runs["data"]), "--setting",
+                     LINEAR, "--start", str(start), "--count", "2", "--batch-size", "2", "--decoder", decoder,
+                     "--out", str(out)])
+
+    assert nll(tmp_path / "official-0.npz", 0, "official") == 0 and nll(tmp_path / "exact-0.npz", 0, "exact") == 0
+    assert nll(tmp_path / "exact-1.npz", 2, "exact") == 0
+    official, exact = (load_npz(tmp_path / f"{d}-0.npz", ("total_bpd", "decoder")) for d in ("official", "exact"))
+    assert (str(official["decoder"]), str(exact["decoder"])) == ("official", "exact")
+    assert not np.array_equal(official["total_bpd"], exact["total_bpd"])  # L_0 is another number
+    assert main(["evaluate", "nll-gather", "--shards", str(tmp_path / "official-0.npz"), "--setting", LINEAR,
+                 "--out", str(tmp_path / "nll.json")]) == 0
+    assert json.loads((tmp_path / "nll.json").read_text())["decoder"] == "official"
+    assert main(["evaluate", "nll-gather", "--shards", str(tmp_path / "official-0.npz"), str(tmp_path / "exact-1.npz"),
+                 "--setting", LINEAR, "--out", str(tmp_path / "mixed.json")]) == 2
+    assert "different decoder likelihoods (exact, official)" in capsys.readouterr().err
+    assert not (tmp_path / "mixed.json").exists()
+

@@ -13,7 +13,8 @@ from ddpm.datasets import DATASETS, NATIVE_IMAGE_SIZES
 from ddpm.presets import PRESETS
 from ddpm.schedules import SCHEDULES
 from ddpm.settings import SWEEP_AXES, TINY_SCALE, TrainConfig
-from ddpm.vocabulary import EXTRACTORS, LOSS_TYPES, MEAN_TYPES, ON_DIVERGENCE, SCALES, TIMESTEP_SAMPLERS, VAR_TYPES
+from ddpm.vocabulary import (DECODERS, EXTRACTORS, LOSS_TYPES, MEAN_TYPES, ON_DIVERGENCE, SCALES, TIMESTEP_SAMPLERS,
+                             VAR_TYPES)
 
 SCHEMA = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
 
@@ -29,6 +30,7 @@ ENUMS = {
     "train.timestep_sampler": (*TIMESTEP_SAMPLERS, None),
     "train.on_divergence": ON_DIVERGENCE,
     "evaluate.feature_extractor": EXTRACTORS,
+    "evaluate.decoder": DECODERS,
 }
 
 #: Defaults that only the workflow has: how it shards, retries and places jobs, and where it keeps its files.
@@ -72,6 +74,7 @@ def python_defaults() -> dict:
         "evaluate.nll_num_images": cli_default("evaluate", "nll", option="count"),
         "evaluate.nll_batch_size": cli_default("evaluate", "nll", option="batch_size"),
         "evaluate.seed": cli_default("evaluate", "nll", option="seed"),
+        "evaluate.decoder": cli_default("evaluate", "nll", option="decoder"),
         "fid_over_training.steps": cli_default("train", option="snapshot_steps"),
         "mlflow.tracking_uri": cli_default("track", "init", option="tracking_uri"),
     })

@@ -58,6 +58,7 @@ rule nll:
         ),
         batch=config["evaluate"]["nll_batch_size"],
         seed=config["evaluate"]["seed"],
+        decoder=config["evaluate"]["decoder"],
         split="test",
         speed=SPEED,
     threads: 1
@@ -72,7 +73,7 @@ rule nll:
     shell:
         "ddpm claim-gpus {resources.gpu} --"
         " ddpm evaluate nll --checkpoint {input.checkpoint:q} --data {params.data:q} --setting {wildcards.setting:q}"
-        " {params.range} --batch-size {params.batch} --seed {params.seed} --split {params.split}"
+        " {params.range} --batch-size {params.batch} --seed {params.seed} --decoder {params.decoder} --split {params.split}"
         " --speed {params.speed} --out {output:q} --device auto --threads {threads} > {log:q} 2>&1"
 
 
