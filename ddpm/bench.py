@@ -21,10 +21,12 @@ from pathlib import Path
 import torch
 
 from .diffusion import GaussianDiffusion
+from .presets import PRESETS
 from .schedules import make_betas
 from .speed import FastForward, Speed, configure_backends, make_optimizer
 from .train import apply_gradients
-from .unet import PRESETS, count_parameters, create_model
+from .unet import count_parameters, create_model
+
 
 def preset_data(preset: str) -> tuple[int, int]:
     """The (channels, size) of the random images ``preset`` is benchmarked on: the preset's own."""

@@ -6,7 +6,6 @@ test set is split into shards or batches.
 
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 
@@ -174,4 +173,3 @@ def write_scores(samples, data_dir, out, *, extractor: str, weights=None, device
         scores["training_step"] = training_step
     write_json(out, {**scores, **provenance})
     return scores
-

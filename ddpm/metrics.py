@@ -241,4 +241,3 @@ def write_baseline_scores(kind: str, data_dir, out, *, num_samples: int, seed: i
     scores = fidelity_metrics(candidates, train_images, extractor=extractor, weights_path=weights, device=device)
     write_json(out, {**scores, "baseline": kind})
     return scores
-

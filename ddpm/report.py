@@ -402,4 +402,3 @@ def write_report(runs, *, out_stem: str, gaussian, test_split, loss_figure, publ
             mlflow_tracking.log_artifact(info["tracking_uri"], info["parent_run_id"], path, "report")
         mlflow_tracking.finish_run(info["tracking_uri"], info["parent_run_id"], "FINISHED")
     return table
-

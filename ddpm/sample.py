@@ -147,4 +147,3 @@ def write_interpolation(checkpoint, data_dir, out, *, images=(0, 1), setting: st
         raise ValueError(f"--images {list(images)}: the test split of {data_dir} has {len(test)} images")
     row = interpolate(checkpoint, test[images[0]], test[images[1]], **sampling)
     save_grid(row, out, nrow=len(row))
-

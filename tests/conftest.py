@@ -119,4 +119,3 @@ def record_settings(runs: dict[str, Path]) -> dict[str, Path]:
     for name, folder in runs.items():
         write_setting(folder, setting_named(name))
     return runs
-

@@ -73,9 +73,9 @@ def test_workflow_writes_every_expected_file(tiny_run):
                  results / "mlflow.db", results / "data" / "digits" / "manifest.json"]
     for setting in SETTINGS:
         run = results / "runs" / "tiny" / setting
-        expected += [run / name for name in ("checkpoint.pt", "setting.json", "mlflow_run_id.txt", "metrics.jsonl", "samples.npz",
-                                              "samples.png", "progressive.png", "interpolation.png", "fid_is.json",
-                                              "nll.json")]
+        expected += [run / name for name in ("checkpoint.pt", "setting.json", "mlflow_run_id.txt", "metrics.jsonl",
+                                              "samples.npz", "samples.png", "progressive.png", "interpolation.png",
+                                              "fid_is.json", "nll.json")]
         expected += [run / "samples" / f"shard-{i}.npz" for i in (0, 1)]
         expected += [run / "nll" / f"shard-{i}.npz" for i in (0, 1)]
         expected += [results / "logs" / "train" / f"{setting}.log", results / "benchmarks" / "train" / f"{setting}.tsv"]

@@ -225,4 +225,3 @@ def test_bits_per_dim_records_its_decoder_and_refuses_to_merge_two(runs, tmp_pat
                  "--setting", LINEAR, "--out", str(tmp_path / "mixed.json")]) == 2
     assert "different decoder likelihoods (exact, official)" in capsys.readouterr().err
     assert not (tmp_path / "mixed.json").exists()
-

@@ -12,7 +12,7 @@ from ddpm.cli import make_parser
 from ddpm.datasets import DATASETS, NATIVE_IMAGE_SIZES
 from ddpm.presets import PRESETS
 from ddpm.schedules import SCHEDULES
-from ddpm.settings import SWEEP_AXES, TINY_SCALE, TrainConfig
+from ddpm.settings import SWEEP_AXES, TINY_SCALE, Setting, TrainConfig
 from ddpm.vocabulary import (DECODERS, EXTRACTORS, LOSS_TYPES, MEAN_TYPES, ON_DIVERGENCE, SCALES, TIMESTEP_SAMPLERS,
                              VAR_TYPES)
 
@@ -53,7 +53,7 @@ def python_defaults() -> dict:
     """The package's default for every schema key that has one outside the workflow."""
     train = {f.name: f.default for f in fields(TrainConfig)}
     defaults = {f"train.{name}": value for name, value in train.items() if name not in SWEEP_AXES and name != "dataset"}
-    defaults.update({f"sweep.{axis}": [train[axis]] for axis in SWEEP_AXES})
+    defaults.update({f"sweep.{axis}": [value] for axis, value in Setting().axes().items()})
     defaults.update({
         "name": None, "results_dir": cli_default("track", "init", option="results"), "scale": SCALES[0],
         "speed": cli_default("train", option="speed"),
