@@ -1,4 +1,5 @@
-"""Denoising Diffusion Probabilistic Models (Ho, Jain & Abbeel 2020) and the Improved-DDPM ablations."""
+"""Denoising Diffusion Probabilistic Models (Ho, Jain & Abbeel 2020), the Improved-DDPM ablations and DDIM's
+sampling (Song, Meng & Ermon 2020)."""
 
 import importlib
 
@@ -11,6 +12,7 @@ _EXPORTS = {
     "MEAN_TYPES": "vocabulary", "VAR_TYPES": "vocabulary", "LOSS_TYPES": "vocabulary",
     "make_betas": "schedules", "SCHEDULES": "schedules",
     "create_model": "unet", "UNet": "unet", "UNetConfig": "presets", "PRESETS": "presets",
+    "sample_loop": "samplers", "timestep_subsequence": "samplers", "SamplerPoint": "settings",
 }
 
 __all__ = list(_EXPORTS)

@@ -14,6 +14,7 @@ import copy
 import datetime
 import platform
 import resource
+import statistics
 import subprocess
 import time
 from pathlib import Path
@@ -23,6 +24,7 @@ import torch
 from .diffusion import GaussianDiffusion
 from .presets import PRESETS
 from .schedules import make_betas
+from .settings import SamplerPoint
 from .speed import FastForward, Speed, configure_backends, make_optimizer
 from .train import apply_gradients
 from .unet import count_parameters, create_model
@@ -111,6 +113,49 @@ def _phases(preset: str, speed: Speed, device: torch.device, *, batch_size: int,
         seconds = _timed(step, steps, warmup, device)
         result[f"{name}_image_steps_per_s"] = sample_batch / seconds
         result[f"{name}_peak_memory_mb"] = _peak_memory_mb(device)
+    return result
+
+
+#: The sampler points ``ddpm bench`` times by default: DDPM's ancestral sampler on all T steps, DDIM (η = 0) on 10
+#: and 50.
+BENCH_SAMPLERS = (SamplerPoint("ancestral"), SamplerPoint("ddim", 10), SamplerPoint("ddim", 50))
+
+
+def sampler_speeds(preset: str, speed: Speed, device: torch.device, *, sample_batch: int, T: int, seed: int,
+                   rounds: int = 3, points=BENCH_SAMPLERS) -> dict:
+    """Images per second of whole sample sets (x_T to x_0) for each sampler point, on the same network (random
+    weights, ``speed``'s forward pass): the points are timed in turn, ``rounds`` times over (after one untimed
+    round for warm-up, compilation included), so that a slow spell of the machine falls on all of them. Reports each
+    point's median images/s, network evaluations per image, and its speed-up over the first point, the median of
+    the per-round ratios."""
+    from .samplers import network_evaluations, sample_loop
+
+    torch.manual_seed(seed)
+    channels, size = preset_data(preset)
+    diffusion = GaussianDiffusion(make_betas("linear", T), "eps", "fixedlarge", "mse")
+    network = FastForward(create_model(preset).to(device).eval(), speed, device, inference=True)
+    shape = (sample_batch, channels, size, size)
+
+    def images_per_s(point) -> float:
+        generator = torch.Generator().manual_seed(seed)
+        _synchronize(device)
+        start = time.perf_counter()
+        sample_loop(network, diffusion, point, shape, generator, device=device)
+        _synchronize(device)
+        return sample_batch / (time.perf_counter() - start)
+
+    for point in points:  # warm-up
+        images_per_s(point)
+    measured = [[images_per_s(point) for point in points] for _ in range(rounds)]
+    result = {}
+    for i, point in enumerate(points):
+        per_round = [row[i] for row in measured]
+        result[point.name] = {
+            "images_per_s": float(statistics.median(per_round)),
+            "network_evaluations": network_evaluations(T, point),
+            "speedup_over_" + points[0].name: float(statistics.median(row[i] / row[0] for row in measured)),
+            "images_per_s_per_round": per_round,
+        }
     return result
 
 
@@ -221,6 +266,7 @@ def run_bench(preset: str = "cifar10", *, device: str | torch.device = "cpu", sp
         "optimised": {k: v for k, v in optimised.items() if k != "parameters"},
         "ratio": {k: optimised[k] / plain[k] for k in RATIO_KEYS},
         "against_straightforward": straightforward,
+        "samplers": sampler_speeds(preset, speed, device, sample_batch=sample_batch, T=T, seed=seed, rounds=rounds),
         **bits_per_dim_difference(preset, speed, device),
     }
 
@@ -243,6 +289,8 @@ def log_to_mlflow(result: dict, tracking_uri: str, artifact_root: str | Path, ex
     metrics = {f"{part}.{k}": v for part in ("plain", "optimised", "ratio", "against_straightforward")
                for k, v in result[part].items() if k != "ratio_per_round"}
     metrics.update({k: result[k] for k in ("bpd_mean_difference", "bpd_max_image_difference")})
+    metrics.update({f"samplers.{point}.{k}": v for point, figures in result["samplers"].items()
+                    for k, v in figures.items() if not k.endswith("per_round")})
     tracking.log_metrics(tracking_uri, run_id, metrics)
     tracking.finish_run(tracking_uri, run_id)
     return run_id

@@ -25,8 +25,9 @@ from .unet import UNet, create_model
 
 #: The key that marks a setting whose training diverged, in its checkpoint and in every file made from it.
 DIVERGED = "diverged_at_step"
-#: What a file made from a checkpoint records of it (the values are strings; "" where unknown).
-PROVENANCE_KEYS = ("setting", "checkpoint_sha256", "data_sha256")
+#: What a file made from a checkpoint records of it (the values are strings; "" where unknown): the sampler point
+#: (its name, :class:`ddpm.settings.SamplerPoint`) for samples and their scores.
+PROVENANCE_KEYS = ("setting", "checkpoint_sha256", "data_sha256", "sampler")
 
 
 def save_checkpoint(path: str | Path, state: dict) -> None:
@@ -102,7 +103,8 @@ def check_provenance(found: dict, where: str | Path, **expected: str | None) -> 
             raise ValueError(f"{where} does not record its {key.replace('_', ' ')} (written by an older version): "
                              f"delete it and run the workflow again")
         if found[key] != value:
-            what = {"setting": "setting", "checkpoint_sha256": "checkpoint", "data_sha256": "training data"}[key]
+            what = {"setting": "setting", "checkpoint_sha256": "checkpoint", "data_sha256": "training data",
+                    "sampler": "sampler point"}[key]
             raise ValueError(f"{where} was made from another {what}: it records {key} {found[key]}, but this job "
                              f"is for {value}")
 
@@ -119,14 +121,15 @@ def read_provenance(path) -> dict[str, str]:
 
 
 def agreed_provenance(paths, *, setting: str | None = None) -> dict[str, str]:
-    """The one provenance that all of ``paths`` record (shards of one checkpoint); refuses shards of different
-    checkpoints, and (with ``setting``) shards of another setting, naming the file."""
+    """The one provenance that all of ``paths`` record (shards of one checkpoint and sampler point); refuses shards of
+    different checkpoints or sampler points, and (with ``setting``) shards of another setting, naming the file."""
     records = [(path, read_provenance(path)) for path in paths]
     first_path, first = records[0]
     for path, found in records:
         check_provenance(found, path, setting=setting)
         if found != first:
-            raise ValueError(f"{path} and {first_path} come from different checkpoints (they record "
+            what = "sampler points" if {**found, "sampler": ""} == {**first, "sampler": ""} else "checkpoints"
+            raise ValueError(f"{path} and {first_path} come from different {what} (they record "
                              f"{found or 'nothing'} and {first or 'nothing'}): delete the stale shards and run "
                              f"the workflow again")
     return first

@@ -19,7 +19,7 @@ import time
 from dataclasses import MISSING, fields
 from pathlib import Path
 
-from .vocabulary import DECODERS, EXTRACTORS, ON_DIVERGENCE
+from .vocabulary import DECODERS, EXTRACTORS, ON_DIVERGENCE, SAMPLE_VARIANCES, SAMPLERS, SKIPS
 
 
 def _bool(text: str) -> bool:
@@ -75,23 +75,67 @@ def _add_job_expectations(parser: argparse.ArgumentParser, *, data: bool = False
                             "data is refused")
 
 
-def _add_tracking(parser: argparse.ArgumentParser) -> None:
+def _add_tracking(parser: argparse.ArgumentParser, *, sampler_run: bool = False) -> None:
     parser.add_argument("--tracking", help="the sweep's MLflow tracking file (written by `ddpm track init`)")
     parser.add_argument("--run-id-file", help="the setting's mlflow_run_id.txt, to attach metrics to its run")
+    if sampler_run:
+        parser.add_argument("--primary", action="store_true",
+                            help="the sweep's first sampler point: also log to the setting's run, not only to the "
+                                 "point's run nested under it")
+
+
+def _add_sampler(parser: argparse.ArgumentParser) -> None:
+    """How to sample (:class:`ddpm.settings.SamplerPoint`)."""
+    parser.add_argument("--sampler", choices=SAMPLERS, default="ancestral",
+                        help="ancestral (DDPM Algorithm 2) or ddim (DDIM Eq. 12) (default: ancestral)")
+    parser.add_argument("--steps", type=int, default=None, help="S, the reverse steps (default: all T)")
+    parser.add_argument("--skip", choices=SKIPS, default="uniform",
+                        help="which S of the T steps: uniform or quadratic (DDIM Appendix D.2) (default: uniform)")
+    parser.add_argument("--eta", type=float, default=None, help="ddim only: η in [0, 1] (default: 0, deterministic)")
+    parser.add_argument("--variance", choices=SAMPLE_VARIANCES, default=None,
+                        help="ancestral only: the model's own σ², or fixedlarge (β) / fixedsmall (β̃) of the "
+                             "respaced process (default: model)")
+    parser.add_argument("--clip", action=argparse.BooleanOptionalAction, default=True,
+                        help="clip x̂₀ to [-1, 1] at every step (default: clip)")
+
+
+def _sampler_point(args: argparse.Namespace):
+    from .settings import SamplerPoint
+
+    return SamplerPoint(args.sampler, args.steps, args.skip, args.eta, args.variance, args.clip).check("")
+
+
+def _runs(args: argparse.Namespace, point=None) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """The MLflow runs a job logs to, as (tracking URI, run id), where it was given them (``--tracking``,
+    ``--run-id-file``): ``(point runs, setting runs)``. Without a sampler ``point``: the setting's run. With one: the
+    point's run nested under the setting's (found or created), and the setting's too for the ``--primary`` point."""
+    if not args.tracking or not args.run_id_file:
+        return [], []
+    from . import tracking
+
+    info = tracking.read_tracking(args.tracking)
+    uri, setting_run = info["tracking_uri"], Path(args.run_id_file).read_text().strip()
+    if point is None:
+        return [], [(uri, setting_run)]
+    name = args.setting or Path(args.run_id_file).parent.name
+    point_run = tracking.start_sampler_run(info, setting_run, name, {"name": point.name, **point.axes()})
+    return [(uri, point_run)], [(uri, setting_run)] if args.primary else []
+
+
+def _log(runs: list[tuple[str, str]], metrics: dict, artifact: str | None = None, step: int = 0) -> None:
+    """Log the numbers of ``metrics`` (and ``artifact``) to each of ``runs``."""
+    from . import tracking
+
+    numeric = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    for uri, run_id in runs:
+        tracking.log_metrics(uri, run_id, numeric, step)
+        if artifact:
+            tracking.log_artifact(uri, run_id, artifact)
 
 
 def _log_to_run(args: argparse.Namespace, metrics: dict, artifact: str | None = None, step: int = 0) -> None:
-    """Log to the setting's MLflow run, where the job was given one (``--tracking``, ``--run-id-file``)."""
-    if not args.tracking or not args.run_id_file:
-        return
-    from . import tracking
-
-    uri = tracking.read_tracking(args.tracking)["tracking_uri"]
-    run_id = Path(args.run_id_file).read_text().strip()
-    numeric = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    tracking.log_metrics(uri, run_id, numeric, step)
-    if artifact:
-        tracking.log_artifact(uri, run_id, artifact)
+    """Log to the setting's MLflow run, where the job was given one."""
+    _log(_runs(args)[1], metrics, artifact, step)
 
 
 def passes_divergence_on(*outputs: str, inputs: str | None = None):
@@ -255,7 +299,7 @@ def add_progressive(p):
     p.add_argument("--count", type=int, default=8, help="samples, one per row (default: 8)")
     p.add_argument("--columns", type=int, default=10, help="stages of the reverse process (default: 10)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=None, help="respace the reverse process to this many steps")
+    _add_sampler(p)
     _add_job_expectations(p, data=True)
     _add_runtime(p)
 
@@ -265,7 +309,8 @@ def cmd_progressive(args):
     from .sample import write_progressive
 
     write_progressive(args.checkpoint, args.out, count=args.count, columns=args.columns, seed=args.seed,
-                      steps=args.steps, device=_device(args.device), setting=args.setting, data_dir=args.data)
+                      point=_sampler_point(args), device=_device(args.device), setting=args.setting,
+                      data_dir=args.data)
     print(f"wrote x̂₀ along the reverse process for {args.count} samples to {args.out}")
 
 
@@ -276,7 +321,7 @@ def add_interpolate(p):
     p.add_argument("--images", type=int, nargs=2, default=[0, 1], help="the two test images (indices)")
     p.add_argument("--t-fraction", type=float, default=0.5, help="encode to x_t with t = this fraction of T")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=None, help="respace the reverse process to this many steps")
+    _add_sampler(p)
     _add_job_expectations(p)
     _add_runtime(p)
 
@@ -286,7 +331,8 @@ def cmd_interpolate(args):
     from .sample import write_interpolation
 
     write_interpolation(args.checkpoint, args.data, args.out, images=args.images, t_fraction=args.t_fraction,
-                        seed=args.seed, steps=args.steps, device=_device(args.device), setting=args.setting)
+                        seed=args.seed, point=_sampler_point(args), device=_device(args.device),
+                        setting=args.setting)
     print(f"wrote the interpolation between test images {args.images[0]} and {args.images[1]} to {args.out}")
 
 
@@ -298,7 +344,7 @@ def add_sample(p):
     p.add_argument("--count", type=int, default=64, help="how many samples (default: 64)")
     p.add_argument("--batch-size", type=int, default=500, help="samples per batch (default: 500)")
     p.add_argument("--seed", type=int, default=0, help="with the index, seeds each sample (default: 0)")
-    p.add_argument("--steps", type=int, default=None, help="respace to this many sampling steps (default: all T)")
+    _add_sampler(p)
     _add_job_expectations(p, data=True)
     _add_runtime(p, speed=True)
 
@@ -309,7 +355,7 @@ def cmd_sample(args):
 
     images = write_sample_shard(args.checkpoint, args.out, start=args.start, count=args.count, grid=args.grid,
                                 setting=args.setting, data_dir=args.data, batch_size=args.batch_size, seed=args.seed,
-                                steps=args.steps, device=_device(args.device), speed=_speed(args))
+                                point=_sampler_point(args), device=_device(args.device), speed=_speed(args))
     print(f"wrote {len(images)} samples to {args.out}" + (f" and a grid to {args.grid}" if args.grid else ""))
 
 
@@ -318,21 +364,32 @@ def add_gather_samples(p):
     p.add_argument("--out", required=True)
     p.add_argument("--grid", help="also draw a grid of the first --grid-size samples here (a PNG)")
     p.add_argument("--grid-size", type=int, default=100, help="(default: 100)")
+    p.add_argument("--sampler-out", help="write the sampler point and what sampling cost (sampler.json) here; the "
+                   "shards must have been drawn by the point of the sampler flags")
+    _add_sampler(p)
     _add_job_expectations(p)
-    _add_tracking(p)
+    _add_tracking(p, sampler_run=True)
 
 
-@passes_divergence_on("grid", "out", inputs="shards")
+@passes_divergence_on("grid", "out", "sampler_out", inputs="shards")
 def cmd_gather_samples(args):
+    from .checkpoint import agreed_provenance, check_provenance
     from .evaluate import write_gathered_samples
     from .sample import save_grid
+    from .settings import write_sampler
 
-    images = write_gathered_samples(args.shards, args.out, setting=args.setting)
-    print(f"gathered {len(images)} samples into {args.out}")
+    point = _sampler_point(args) if args.sampler_out else None
+    if point is not None:
+        check_provenance(agreed_provenance(args.shards), args.shards[0], sampler=point.name)
+    images, cost = write_gathered_samples(args.shards, args.out, setting=args.setting)
+    print(f"gathered {len(images)} samples into {args.out}" + (f" ({json.dumps(cost)})" if cost else ""))
+    if point is not None:
+        write_sampler(Path(args.sampler_out).parent, point, cost, Path(args.sampler_out).name)
     if args.grid:
         save_grid(images[: args.grid_size], args.grid)
-        _log_to_run(args, {}, artifact=args.grid)
         print(f"grid of {min(args.grid_size, len(images))} samples in {args.grid}")
+    point_runs, setting_runs = _runs(args, point)
+    _log(point_runs + setting_runs, cost, artifact=args.grid)
 
 
 def add_fid(p):
@@ -346,9 +403,10 @@ def add_fid(p):
                         "(fid_over_training, is_mean_over_training, … at this step)")
     p.add_argument("--snapshot", action="store_true",
                    help="a snapshot for FID over training, not the final checkpoint: log only the curve's point")
+    p.add_argument("--sampler-file", help="the samples' sampler.json: log to the sampler point's run")
     p.add_argument("--out", required=True)
     _add_job_expectations(p)
-    _add_tracking(p)
+    _add_tracking(p, sampler_run=True)
     _add_runtime(p)
 
 
@@ -356,12 +414,20 @@ def add_fid(p):
 def cmd_fid(args):
     from .evaluate import write_scores
     from .metrics import tracked_scores
+    from .settings import read_sampler_file
+    from .tracking import finish_run
 
     scores = write_scores(args.samples, args.data, args.out, extractor=args.extractor, weights=args.weights,
                           device=_device(args.device), test_reference=args.test_reference,
                           training_step=args.training_step, setting=args.setting)
+    point = read_sampler_file(args.sampler_file) if args.sampler_file else None
+    point_runs, setting_runs = _runs(args, point)
     for metrics, step in tracked_scores(scores, snapshot=args.snapshot):
-        _log_to_run(args, metrics, step=step)
+        _log(setting_runs, metrics, step=step)  # the setting's: its own point's scores, and the curve's point
+        if step == 0:
+            _log(point_runs, metrics)  # the sampler point's: its final scores
+    for uri, run_id in point_runs:  # the point's last job
+        finish_run(uri, run_id)
     print(json.dumps(scores))
 
 
@@ -433,7 +499,7 @@ def add_report(p):
     p.add_argument("--gaussian", required=True, help="the Gaussian baseline's scores")
     p.add_argument("--test-split", required=True, help="the test split's scores")
     p.add_argument("--out-stem", required=True, help="tables go to <stem>.csv, .md, .tex (and <stem>-paper.*, "
-                   "<stem>-rate-distortion.*, <stem>-fid-over-training.*)")
+                   "<stem>-rate-distortion.*, <stem>-fid-over-training.*, <stem>-samplers.*)")
     p.add_argument("--loss-figure", required=True)
     p.add_argument("--rate-distortion-figure", help="DDPM Figure 5: rate and distortion along the reverse process")
     p.add_argument("--schedules-figure", help="ᾱ_t and L_T of the sweep's noise schedules, side by side")
@@ -442,6 +508,10 @@ def add_report(p):
                    help="the sweep's fid_over_training.steps: read snapshots/step-<N>/fid_is.json of every run")
     p.add_argument("--nll-train", action="store_true", help="the runs have nll-train.json: bits/dim on the train set")
     p.add_argument("--fid-over-training-figure", help="FID against the training step, each setting's minimum marked")
+    p.add_argument("--samplers", nargs="+", default=["ancestral"],
+                   help="the sweep's sampler points in order (read samplers/<point>/ of every run); the first is each "
+                        "setting's own (default: ancestral)")
+    p.add_argument("--samplers-figure", help="FID against S, one line per sampler (η, σ̂)")
     p.add_argument("--published", help="the papers' numbers (CSV): also write <stem>-paper.* with them beside yours")
     p.add_argument("--paper-sweep", help="the sweep name the published numbers are filed under (default: the stem's)")
     p.add_argument("--scaled-down", action="store_true", help="a scale=tiny run: no Δ columns, it is not comparable")
@@ -457,7 +527,8 @@ def cmd_report(args):
                          scaled_down=args.scaled_down, nll_train=args.nll_train, snapshot_steps=args.snapshot_steps,
                          rate_distortion_figure=args.rate_distortion_figure, schedules_figure=args.schedules_figure,
                          schedule_rescale=args.schedule_rescale,
-                         fid_over_training_figure=args.fid_over_training_figure, tracking=args.tracking,
+                         fid_over_training_figure=args.fid_over_training_figure, samplers=args.samplers,
+                         samplers_figure=args.samplers_figure, tracking=args.tracking,
                          config=json.loads(args.config_json) if args.config_json else None)
     print(table.to_string(index=False))
 

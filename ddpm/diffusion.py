@@ -315,23 +315,59 @@ class GaussianDiffusion:
                 trajectory[i] = out["pred_xstart"].cpu()
         return (x, trajectory) if return_trajectory else x
 
-    def respaced(self, use_timesteps: Sequence[int] | int) -> "GaussianDiffusion":
-        """A process over a subset of the timesteps (fast previews, IDDPM Section 4).
+    def ddim_sample(self, model: Model, x: torch.Tensor, t: torch.Tensor, *, eta: float = 0.0,
+                    generator: Generator = None, clip_denoised: bool = True,
+                    model_kwargs: dict | None = None) -> dict[str, torch.Tensor]:
+        """One step of DDIM's generative process from x_t to x_{t−1} of this (possibly respaced) process  (DDIM Eq. 12):
+        x_{t−1} = √ᾱ_{t−1} x̂_0 + √(1 − ᾱ_{t−1} − σ_t²) ε̂ + σ_t z, with
+        σ_t(η) = η √((1 − ᾱ_{t−1}) / (1 − ᾱ_t)) √(1 − ᾱ_t / ᾱ_{t−1})  (DDIM Eq. 16), ᾱ before the first step being 1.
+
+        ε̂ is recomputed from x̂_0 after ``clip_denoised`` (as improved-diffusion; without clipping it is the network's
+        ε). η = 1 gives σ_t² = β̃_t and the mean μ̃_t(x_t, x̂_0): the step of :meth:`p_sample` with σ² = β̃. The noise z
+        is drawn at every step, η = 0 included, so every sampler uses one noise tensor per step of its generator."""
+        out = self.p_mean_variance(model, x, t, clip_denoised=clip_denoised, model_kwargs=model_kwargs)
+        eps = self._predict_eps_from_xstart(x, t, out["pred_xstart"])
+        alpha_bar = self._extract("alphas_cumprod", t, x)
+        alpha_bar_prev = self._extract("alphas_cumprod_prev", t, x)
+        sigma = eta * torch.sqrt((1 - alpha_bar_prev) / (1 - alpha_bar) * (1 - alpha_bar / alpha_bar_prev))
+        noise = randn(x.shape, generator, device=x.device, dtype=x.dtype)
+        mean = alpha_bar_prev.sqrt() * out["pred_xstart"] + torch.sqrt(1 - alpha_bar_prev - sigma ** 2) * eps
+        return {"sample": mean + sigma * noise, "pred_xstart": out["pred_xstart"]}
+
+    def ddim_reverse_sample(self, model: Model, x: torch.Tensor, t: torch.Tensor, *, model_kwargs: dict | None = None
+                            ) -> dict[str, torch.Tensor]:
+        """One step of DDIM's encoder, the deterministic (η = 0) process run forwards: from x at the noise level before
+        step ``t`` (ᾱ_{t−1}; x_0 when t = 0) to x_t = √ᾱ_t x̂_0 + √(1 − ᾱ_t) ε̂  (DDIM §4.3: Euler steps of the ODE
+        Eq. 14 in the other direction). ε̂ is the network's at the current point, called at step ``t`` (at t = 0,
+        x_0 itself is fed in at the first step); x̂_0 is not clipped."""
+        out = self.p_mean_variance(model, x, t, clip_denoised=False, model_kwargs=model_kwargs)
+        eps = self._predict_eps_from_xstart(x, t, out["pred_xstart"])  # the network's ε (eps), or the one it implies
+        alpha_bar_prev = self._extract("alphas_cumprod_prev", t, x)
+        pred_xstart = (x - torch.sqrt(1 - alpha_bar_prev) * eps) / alpha_bar_prev.sqrt()
+        alpha_bar = self._extract("alphas_cumprod", t, x)
+        return {"sample": alpha_bar.sqrt() * pred_xstart + torch.sqrt(1 - alpha_bar) * eps, "pred_xstart": pred_xstart}
+
+    def respaced(self, use_timesteps: Sequence[int] | int, *, var_type: str | None = None) -> "GaussianDiffusion":
+        """A process over a subset of the timesteps (fast sampling, IDDPM Section 4).
 
         Keeps ᾱ at the kept steps and sets β_i = 1 − ᾱ_{s_i} / ᾱ_{s_{i−1}}; the model is still called with
-        the original timestep indices. An integer picks that many evenly spaced steps."""
+        the original timestep indices. An integer picks that many evenly spaced steps. ``var_type`` replaces the
+        process's variance (a sampling-time override: σ² = β or β̃ of the new process)."""
         if isinstance(use_timesteps, (int, np.integer)):
             use_timesteps = space_timesteps(self.num_timesteps, int(use_timesteps))
         steps = sorted(set(int(s) for s in use_timesteps))
         if not steps or steps[0] < 0 or steps[-1] >= self.num_timesteps:
             raise ValueError(f"respaced timesteps must be a non-empty subset of [0, {self.num_timesteps - 1}], got {list(use_timesteps)[:5]}…")
+        if steps == list(range(self.num_timesteps)):  # every step: the same betas, not ones recomputed from ᾱ
+            return GaussianDiffusion(self.betas, self.mean_type, var_type or self.var_type, self.loss_type,
+                                     timestep_map=self.timestep_map)
         last_alpha_cumprod = 1.0
         new_betas = []
         for s in steps:
             new_betas.append(1.0 - self.alphas_cumprod[s] / last_alpha_cumprod)
             last_alpha_cumprod = self.alphas_cumprod[s]
         return GaussianDiffusion(
-            np.array(new_betas), self.mean_type, self.var_type, self.loss_type,
+            np.array(new_betas), self.mean_type, var_type or self.var_type, self.loss_type,
             timestep_map=self.timestep_map[steps],
         )
 

@@ -16,6 +16,7 @@ from .io import load_npz, save_npz, write_json
 from .progress import progress as progress_iter
 from .sample import sample_generator
 from .speed import FastForward, Speed
+from .vocabulary import SAMPLING_COST
 
 
 NLL_SHARD_KEYS = ("indices", "total_bpd", "prior_bpd", "vb_sum", "xstart_mse_sum")
@@ -140,12 +141,31 @@ def tracked_bpd(result: dict) -> dict[str, float]:
     return {metric: result["bpd"], f"{metric}_stderr": result["bpd_stderr"]}
 
 
-def write_gathered_samples(shards, out, *, setting: str | None = None) -> np.ndarray:
-    """``ddpm gather-samples``: :func:`gather_samples` of shards of one checkpoint, saved with its provenance."""
+def sampling_cost(shard_paths) -> dict:
+    """What drawing the shards' samples cost: network evaluations per image (one number: the shards must agree) and
+    images per second of sampling (all shards' images over all their seconds). {} for shards that do not record it."""
+    shards = [load_npz(p, (), optional=("sampling_seconds", SAMPLING_COST[0])) for p in shard_paths]
+    if not all(len(shard) == 2 for shard in shards):
+        return {}
+    evaluations = {int(shard["network_evaluations"]) for shard in shards}
+    if len(evaluations) > 1:
+        raise ValueError(f"the sample shards took different numbers of network evaluations per image "
+                         f"({sorted(evaluations)}): delete the stale shards and run the workflow again")
+    count = sum(len(load_npz(p, ("indices",))["indices"]) for p in shard_paths)
+    seconds = sum(float(shard["sampling_seconds"]) for shard in shards)
+    images_per_s = count / seconds if seconds > 0 else float("nan")
+    return dict(zip(SAMPLING_COST, (evaluations.pop(), images_per_s)))
+
+
+def write_gathered_samples(shards, out, *, setting: str | None = None) -> tuple[np.ndarray, dict]:
+    """``ddpm gather-samples``: :func:`gather_samples` of shards of one checkpoint and one sampler point, saved with
+    their provenance and what they cost (:func:`sampling_cost`); returns the images and that cost."""
     provenance = agreed_provenance(shards, setting=setting)
     images, indices = gather_samples(shards)
-    save_npz(out, images=images, indices=indices, **provenance_arrays(provenance))
-    return images
+    cost = sampling_cost(shards)
+    save_npz(out, images=images, indices=indices, **{k: np.array(v) for k, v in cost.items()},
+             **provenance_arrays(provenance))
+    return images, cost
 
 
 def write_scores(samples, data_dir, out, *, extractor: str, weights=None, device: str = "cpu",
@@ -161,9 +181,11 @@ def write_scores(samples, data_dir, out, *, extractor: str, weights=None, device
         if provenance.get("data_sha256"):
             check_provenance(provenance, samples, data_sha256=split_sha256(data_dir, "train"))
     reference = load_split(data_dir, "train")[0]
-    images = load_npz(samples, ("images",))["images"]
+    found = load_npz(samples, ("images",), optional=SAMPLING_COST)
+    images = found["images"]
     check_images(images, f"samples in {samples}", shape=reference.shape[1:])  # the data set's shape, exactly
     scores = fidelity_metrics(images, reference, extractor=extractor, weights_path=weights, device=device)
+    scores.update({key: found[key].item() for key in SAMPLING_COST if key in found})
     if test_reference:
         test = load_split(data_dir, "test")[0]
         scores["fid_test"] = fidelity_metrics(images, test, extractor=extractor, weights_path=weights, device=device,

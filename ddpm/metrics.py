@@ -31,7 +31,7 @@ from torch.utils.data import Dataset
 from ddpm.datasets import check_images, load_split
 from ddpm.features import register_classifier_extractor
 from ddpm.io import write_json
-from ddpm.vocabulary import EXTRACTORS
+from ddpm.vocabulary import EXTRACTORS, SAMPLING_COST
 
 #: torch-fidelity's metric groups: Inception score, FID, KID, precision/recall.
 METRICS = ("isc", "fid", "kid", "prc")
@@ -222,7 +222,8 @@ def tracked_scores(scores: dict, *, snapshot: bool = False) -> list[tuple[dict, 
     (``scores["training_step"]``), also as ``<name>_over_training`` at step N, a point of the curve of FID over
     training; for a snapshot (``snapshot``), only that point."""
     logged = {key: value for key, value in scores.items() if key in TRACKED_SCORES}
-    pairs = [] if snapshot else [(logged, 0)]
+    cost = {key: value for key, value in scores.items() if key in SAMPLING_COST}  # beside the final's scores
+    pairs = [] if snapshot else [({**logged, **cost}, 0)]
     if scores.get("training_step") is not None:
         pairs.append(({f"{key}_over_training": value for key, value in logged.items()}, scores["training_step"]))
     return pairs

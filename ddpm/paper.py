@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from .schedules import SCHEDULES
-from .settings import SWEEP_AXES
+from .settings import SWEEP_AXES, SamplerPoint
 from .vocabulary import LOSS_TYPES, MEAN_TYPES, VAR_TYPES
 
 #: Metric names: FID against the train set (``fid``) or the test set (``fid_test``), Inception score, bits/dim on
@@ -24,14 +24,18 @@ METRICS = ("fid", "fid_test", "is", "bpd", "bpd_train",
            *(f"{kind}_step{k}" for k in TABLE4_STEPS for kind in ("rate_bpd", "distortion_rmse")), "unstable")
 #: The axes that name a setting of a paper's table: a sweep's axes but the seed.
 SETTING_AXES = tuple(axis for axis in SWEEP_AXES if axis != "seed")
-COLUMNS = ("sweep", "paper", "table", *SETTING_AXES, "metric", "value", "std", "note")
+#: The sampler a number was measured with (DDIM's tables): sampler, S, η (ddim) or variance (ancestral). Empty: the
+#: setting's own number, measured with the paper's own sampler (ancestral on all T steps).
+SAMPLER_COLUMNS = ("sampler", "steps", "eta", "variance")
+COLUMNS = ("sweep", "paper", "table", *SETTING_AXES, *SAMPLER_COLUMNS, "metric", "value", "std", "note")
 
 
 def load_published(path: str | Path) -> pd.DataFrame:
     """Read and check the published numbers; an error names the file, the line and the bad field."""
     path = Path(path)
     try:
-        table = pd.read_csv(path, dtype={"T": "Int64"}, keep_default_na=False, na_values=[""])
+        table = pd.read_csv(path, dtype={"T": "Int64", "steps": "Int64", "eta": "Float64"}, keep_default_na=False,
+                            na_values=[""])
     except (OSError, ValueError, pd.errors.ParserError) as err:
         raise ValueError(f"cannot read the published numbers {path}: {err}") from err
     if tuple(table.columns) != COLUMNS:
@@ -45,22 +49,60 @@ def load_published(path: str | Path) -> pd.DataFrame:
                 raise ValueError(f"{where}: {column} {row[column]!r} is not one of {', '.join(allowed)}")
         if pd.isna(row["T"]) or row["T"] < 1:
             raise ValueError(f"{where}: T must be a positive integer, got {row['T']!r}")
+        _check_sampler_columns(row, where)
         has_value = not pd.isna(row["value"]) and math.isfinite(float(row["value"]))
         if has_value == (row["metric"] == "unstable"):
             raise ValueError(f"{where}: {'an unstable row has no value' if has_value else 'value is missing'}")
-    keys = ["sweep", *SETTING_AXES, "metric"]
-    repeated = table[table.duplicated(keys, keep=False)]
+    keys = ["sweep", *SETTING_AXES, *SAMPLER_COLUMNS, "metric"]
+    repeated = table[table.duplicated(keys, keep=False)]  # empty cells match each other
     if len(repeated):
         raise ValueError(f"{path}: a number is given twice: {repeated[keys].iloc[0].to_dict()}")
     return table
 
 
-def published_for(table: pd.DataFrame, sweep: str, setting: dict) -> dict[str, dict]:
-    """The published numbers of one setting of ``sweep``: metric → {"value", "std", "table", "paper", "note"}."""
-    rows = table[table["sweep"] == sweep]
+def _check_sampler_columns(row, where: str) -> None:
+    """A sampler row names a sampler, S, and η (ddim) or the variance (ancestral); a setting's own row none of them."""
+    if pd.isna(row["sampler"]):
+        given = [c for c in SAMPLER_COLUMNS if not pd.isna(row[c])]
+        if given:
+            raise ValueError(f"{where}: {', '.join(given)} given without a sampler")
+        return
+    try:
+        SamplerPoint(row["sampler"], None if pd.isna(row["steps"]) else int(row["steps"]),
+                     eta=None if pd.isna(row["eta"]) else float(row["eta"]),
+                     variance=None if pd.isna(row["variance"]) else row["variance"]).check("", T=int(row["T"]))
+    except ValueError as err:
+        raise ValueError(f"{where}: {str(err).lstrip('-')}") from None
+
+
+def _matches(rows: pd.DataFrame, setting: dict) -> pd.DataFrame:
     for axis in SETTING_AXES:
         rows = rows[rows[axis] == setting[axis]]
+    return rows
+
+
+def _records(rows: pd.DataFrame) -> dict[str, dict]:
     return {row.metric: {"value": None if pd.isna(row.value) else float(row.value),
                          "std": None if pd.isna(row.std) else float(row.std),
                          "table": row.table, "paper": row.paper, "note": "" if pd.isna(row.note) else row.note}
             for row in rows.itertuples()}
+
+
+def published_for(table: pd.DataFrame, sweep: str, setting: dict) -> dict[str, dict]:
+    """The published numbers of one setting of ``sweep`` (its own, not a sampler's): metric → {"value", "std",
+    "table", "paper", "note"}."""
+    rows = _matches(table[table["sweep"] == sweep], setting)
+    return _records(rows[rows["sampler"].isna()])
+
+
+def published_for_sampler(table: pd.DataFrame, sweep: str, setting: dict, point: SamplerPoint) -> dict[str, dict]:
+    """The published numbers of one setting of ``sweep`` sampled as ``point`` (its sampler, S — all T when the point
+    takes every step — and η or variance; the skip and clipping are the paper's choice, not a key)."""
+    rows = _matches(table[table["sweep"] == sweep], setting)
+    steps = point.num_steps(int(setting["T"]))
+    rows = rows[(rows["sampler"] == point.sampler) & (rows["steps"] == steps)]
+    if point.sampler == "ddim":
+        rows = rows[(rows["eta"] - point.eta).abs() < 1e-9]
+    else:
+        rows = rows[rows["variance"] == point.variance]
+    return _records(rows)

@@ -1,4 +1,5 @@
-"""The sweep's report: one table row per setting (plus the baselines), as CSV, Markdown and LaTeX, and figures.
+"""The sweep's report: one table row per setting and sampler point (plus the baselines), as CSV, Markdown and LaTeX,
+and figures.
 
 Every metric column names its feature extractor, so figures from different extractors never share a column, and
 the number of samples or test images behind each figure stands beside it.
@@ -14,8 +15,11 @@ import numpy as np
 import pandas as pd
 
 from .io import atomic_open
-from .settings import SETTING_FILE, Setting, read_setting
+from .settings import SAMPLER_FILE, SETTING_FILE, Setting, read_sampler_file, read_setting
 from .checkpoint import DIVERGED
+
+#: The sampling of a sweep without a sampling axis: its one point, DDPM's ancestral sampler on every step.
+DEFAULT_SAMPLERS = ("ancestral",)
 
 FIDELITY_KEYS = (("fid", "FID"), ("is_mean", "IS"), ("is_std", "IS std"), ("kid_mean", "KID"),
                  ("precision", "precision"), ("recall", "recall"))
@@ -57,37 +61,59 @@ def _last_record(metrics_file: Path) -> dict:
     return json.loads(lines[-1]) if lines else {}
 
 
-def build_table(run_dirs: dict[str, Path], baselines: dict[str, Path], *, nll_train: bool = False) -> pd.DataFrame:
-    """``run_dirs``: setting name → its folder (with fid_is.json, nll.json, metrics.jsonl, and nll-train.json with
-    ``nll_train``); ``baselines``: row label → a fidelity-metrics JSON scored the same way (the Gaussian baseline,
-    the test split)."""
+def _point_dir(folder: Path, sampler: str) -> Path:
+    return folder / "samplers" / sampler
+
+
+def build_table(run_dirs: dict[str, Path], baselines: dict[str, Path], *, samplers=DEFAULT_SAMPLERS,
+                nll_train: bool = False) -> pd.DataFrame:
+    """``run_dirs``: setting name → its folder (with metrics.jsonl, nll.json, ``samplers/<point>/fid_is.json`` for
+    each of ``samplers``, and nll-train.json with ``nll_train``); one row per setting and sampler point, with what the
+    point's samples cost; ``baselines``: row label → a fidelity-metrics JSON scored the same way (the Gaussian
+    baseline, the test split)."""
     rows = []
     for name, folder in run_dirs.items():
-        nll, scores = _read_json(folder / "nll.json", name), _read_json(folder / "fid_is.json", name)
-        diverged = scores.get(DIVERGED, nll.get(DIVERGED))
-        row = {"setting": name, **_setting(folder, name),
-               "status": "finished" if diverged is None else f"diverged at step {diverged}",
-               "final loss": _last_record(folder / "metrics.jsonl").get("loss", float("nan"))}
-        if diverged is None:
-            row.update(_fidelity_columns(scores), **{"bits/dim": nll["bpd"], "bits/dim stderr": nll["bpd_stderr"],
-                                                     "NLL images": nll["num_images"]})
-            if nll_train:
-                train = _read_json(folder / "nll-train.json", name)
-                row.update({"bits/dim train": train["bpd"], "bits/dim train stderr": train["bpd_stderr"],
-                            "NLL train images": train["num_images"]})
-        rows.append(row)
+        nll = _read_json(folder / "nll.json", name)
+        for sampler in samplers:
+            scores = _read_json(_point_dir(folder, sampler) / "fid_is.json", name)
+            diverged = scores.get(DIVERGED, nll.get(DIVERGED))
+            row = {"setting": name, **_setting(folder, name), "sampler": sampler,
+                   "status": "finished" if diverged is None else f"diverged at step {diverged}",
+                   "final loss": _last_record(folder / "metrics.jsonl").get("loss", float("nan"))}
+            if diverged is None:
+                _check_sampler(scores, folder, sampler)
+                row.update({"network evaluations": scores.get("network_evaluations", float("nan")),
+                            "sampling images/s": scores.get("sampling_images_per_s", float("nan"))})
+                row.update(_fidelity_columns(scores), **{"bits/dim": nll["bpd"], "bits/dim stderr": nll["bpd_stderr"],
+                                                         "NLL images": nll["num_images"]})
+                if nll_train:
+                    train = _read_json(folder / "nll-train.json", name)
+                    row.update({"bits/dim train": train["bpd"], "bits/dim train stderr": train["bpd_stderr"],
+                                "NLL train images": train["num_images"]})
+            rows.append(row)
     for label, path in baselines.items():
         rows.append({"setting": label, **_fidelity_columns(_read_json(path))})
     return pd.DataFrame(rows)
 
 
-def fid_over_training_table(run_dirs: dict[str, Path], snapshot_steps=()) -> pd.DataFrame:
+def _check_sampler(scores: dict, folder: Path, sampler: str) -> None:
+    """Scores in the folder of sampler point ``sampler`` must be of samples that point drew."""
+    if scores.get("sampler", sampler) != sampler:
+        raise ValueError(f"{_point_dir(folder, sampler) / 'fid_is.json'} scores samples of the sampler point "
+                         f"{scores['sampler']}, but it is in the folder of {sampler}: delete it and run the workflow "
+                         f"again")
+
+
+def fid_over_training_table(run_dirs: dict[str, Path], snapshot_steps=(), *, sampler: str = DEFAULT_SAMPLERS[0]
+                            ) -> pd.DataFrame:
     """FID over training: one row per setting and scored checkpoint (the snapshots at ``snapshot_steps``, then the
-    final one), with its step and scores. A checkpoint the training never reached (it diverged) has no row."""
+    final one sampled by ``sampler``, the sweep's first point), with its step and scores. A checkpoint the training
+    never reached (it diverged) has no row."""
     rows = []
     for name, folder in run_dirs.items():
         points = [(step, "snapshot", folder / "snapshots" / f"step-{step}" / "fid_is.json") for step in snapshot_steps]
-        points.append((_last_record(folder / "metrics.jsonl").get("step"), "final", folder / "fid_is.json"))
+        points.append((_last_record(folder / "metrics.jsonl").get("step"), "final",
+                       _point_dir(folder, sampler) / "fid_is.json"))
         for step, kind, path in points:
             scores = _read_json(path, name)
             if DIVERGED not in scores:
@@ -240,6 +266,76 @@ def write_tables(table: pd.DataFrame, stem: str | Path) -> list[Path]:
     return outputs
 
 
+def _sampler_row_label(point) -> str:
+    """DDIM Table 1's row names: η = … for ddim, σ̂ for ancestral with σ² = β (on the subsequence)."""
+    if point.sampler == "ddim":
+        return f"η = {point.eta:.1f}"
+    return {"model": "ancestral", "fixedlarge": "σ̂", "fixedsmall": "ancestral, σ² = β̃"}[point.variance]
+
+
+def samplers_table(run_dirs: dict[str, Path], samplers, published: pd.DataFrame | None, sweep: str, *,
+                   comparable: bool = True) -> pd.DataFrame:
+    """The sampling axis in DDIM Table 1's layout: one row per (setting, sampler row: η or σ̂, skip, clipping), seeds
+    pooled; for each S, the measured FID (mean over seeds), the published one, Δ = measured − paper (not for a
+    scaled-down run, ``comparable=False``) and the seconds per image of sampling. A point on every step is S = T."""
+    from .paper import SETTING_AXES, published_for_sampler
+
+    cells: dict[tuple, dict] = {}
+    for name, folder in run_dirs.items():
+        setting = _setting(folder, name)
+        for sampler in samplers:
+            point_dir = _point_dir(folder, sampler)
+            scores = _read_json(point_dir / "fid_is.json", name)
+            if DIVERGED in scores:
+                continue
+            point = read_sampler_file(point_dir / SAMPLER_FILE)
+            S = point.num_steps(setting["T"])
+            key = (*(setting[a] for a in SETTING_AXES), _sampler_row_label(point), point.skip, point.clip)
+            cell = cells.setdefault(key, {}).setdefault(S, {"fid": [], "seconds": [], "paper": None})
+            fid = next(v for k, v in _fidelity_columns(scores).items() if k.startswith("FID ["))
+            cell["fid"].append(fid)
+            cell["seconds"].append(1 / scores["sampling_images_per_s"] if scores.get("sampling_images_per_s") else float("nan"))
+            if published is not None:
+                cell["paper"] = published_for_sampler(published, sweep, setting, point).get("fid", {}).get("value")
+    all_steps = sorted({S for by_steps in cells.values() for S in by_steps})
+    rows = []
+    for key, by_steps in cells.items():
+        row = dict(zip((*SETTING_AXES, "sampler", "skip", "clip"), key))
+        for S in all_steps:
+            cell = by_steps.get(S)
+            measured = float(np.mean(cell["fid"])) if cell else float("nan")
+            paper = cell["paper"] if cell else None
+            row[f"S={S} FID"] = measured
+            row[f"S={S} paper"] = paper
+            if comparable:
+                row[f"S={S} Δ"] = None if paper is None else measured - paper
+            row[f"S={S} s/image"] = float(np.mean(cell["seconds"])) if cell else float("nan")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def plot_samplers(table: pd.DataFrame, path: str | Path) -> None:
+    """FID against S (log scale), one line per row of :func:`samplers_table`; the published values dashed."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    steps = [int(c.split()[0][2:]) for c in table.columns if c.endswith(" FID")]
+    for _, row in table.iterrows():
+        label = f"{row['sampler']}, {row['skip']}" + ("" if row["clip"] else ", no clip")
+        if table[["schedule", "T"]].drop_duplicates().shape[0] > 1:
+            label = f"{row['schedule']}-T{row['T']}: {label}"
+        line, = ax.plot(steps, [row[f"S={S} FID"] for S in steps], marker="o", label=label)
+        paper = [row[f"S={S} paper"] for S in steps]
+        if any(v is not None and not pd.isna(v) for v in paper):
+            ax.plot(steps, [np.nan if v is None else v for v in paper], linestyle="--", color=line.get_color())
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("S (reverse steps)")
+    ax.set_ylabel("FID")
+    ax.legend(fontsize=7)
+    ax.set_title("FID against the number of sampling steps (dashed: published)")
+    _save(fig, path)
+
+
 #: DDPM Table 4's rows: after 1000, 900, …, 100 reverse steps of T = 1000 (the same fractions of any other T).
 TABLE4_FRACTIONS = tuple(f / 10 for f in range(10, 0, -1))
 
@@ -361,23 +457,30 @@ def plot_loss_curves(run_dirs: dict[str, Path], path: str | Path) -> None:
 def write_report(runs, *, out_stem: str, gaussian, test_split, loss_figure, published=None, paper_sweep=None,
                  scaled_down: bool = False, nll_train: bool = False, snapshot_steps=(), rate_distortion_figure=None,
                  schedules_figure=None, schedule_rescale: bool = False, fid_over_training_figure=None,
-                 tracking=None, config: dict | None = None) -> pd.DataFrame:
+                 samplers=DEFAULT_SAMPLERS, samplers_figure=None, tracking=None, config: dict | None = None
+                 ) -> pd.DataFrame:
     """``ddpm report``: a sweep's tables (``<out_stem>.{csv,md,tex}``; ``-fid-over-training``, ``-rate-distortion``
     and, with the papers' numbers ``published``, ``-paper`` beside them) and figures; with ``tracking`` (the
     sweep's tracking file), every table and figure also goes to the sweep's parent MLflow run (with ``config``, the
-    sweep's resolved config), which is then finished. Returns the main table."""
+    sweep's resolved config), which is then finished. ``samplers``: the sweep's sampler points, in order; the first
+    is each setting's own (the paper table and FID over training); ``-samplers`` lays out every point. Returns the
+    main table."""
     from .paper import load_published
 
     published = load_published(published) if published else None  # read first: a bad file stops here
     paper_sweep = paper_sweep or Path(out_stem).name
     run_dirs = {Path(r).name: Path(r) for r in runs}
     table = build_table(run_dirs, {"gaussian baseline": Path(gaussian), "test split (floor)": Path(test_split)},
-                        nll_train=nll_train)
+                        samplers=samplers, nll_train=nll_train)
     outputs = write_tables(table, out_stem)
-    curve = fid_over_training_table(run_dirs, snapshot_steps)
+    curve = fid_over_training_table(run_dirs, snapshot_steps, sampler=samplers[0])
     outputs += write_tables(curve, f"{out_stem}-fid-over-training")
+    by_sampler = samplers_table(run_dirs, samplers, published, paper_sweep, comparable=not scaled_down)
+    outputs += write_tables(by_sampler, f"{out_stem}-samplers")
+    print(by_sampler.to_string(index=False))
     if published is not None:
-        beside = paper_table(table, published, paper_sweep, comparable=not scaled_down, curve=curve)
+        own = table[table["sampler"].isna() | (table["sampler"] == samplers[0])]  # the settings' own and baselines
+        beside = paper_table(own, published, paper_sweep, comparable=not scaled_down, curve=curve)
         outputs += write_tables(beside, f"{out_stem}-paper")
         print(beside.to_string(index=False))
     outputs += write_tables(rate_distortion_table(run_dirs, published, paper_sweep), f"{out_stem}-rate-distortion")
@@ -392,6 +495,9 @@ def write_report(runs, *, out_stem: str, gaussian, test_split, loss_figure, publ
     if fid_over_training_figure:
         plot_fid_over_training(curve, fid_over_training_figure)
         figures.append(Path(fid_over_training_figure))
+    if samplers_figure:
+        plot_samplers(by_sampler, samplers_figure)
+        figures.append(Path(samplers_figure))
     if tracking:
         from . import tracking as mlflow_tracking
 

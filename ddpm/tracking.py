@@ -334,6 +334,26 @@ def start_setting_run(tracking: dict, name: str, params: dict) -> str:
     return run.info.run_id
 
 
+def start_sampler_run(tracking: dict, setting_run_id: str, setting: str, point: dict) -> str:
+    """The run of one sampler point of a setting, nested under the setting's run (``point``: its name and keys, logged
+    as params), so that MLflow's Compare lines a setting's samplers up. A point sampled again (its job rerun) goes on
+    in the run it has already, found by its tags."""
+    client = _client(tracking["tracking_uri"])
+    name = point["name"]
+    query = f"tags.`mlflow.parentRunId` = '{setting_run_id}' and tags.`ddpm.sampler` = '{name}'"
+    found = with_retry(lambda: client.search_runs([tracking["experiment_id"]], query, max_results=1),
+                       what="sampler run lookup", uri=tracking["tracking_uri"])
+    if found:
+        return found[0].info.run_id
+    run = with_retry(lambda: client.create_run(
+        tracking["experiment_id"], run_name=f"{setting}/{name}",
+        tags={"mlflow.parentRunId": setting_run_id, "ddpm.kind": "sampler", "ddpm.setting": setting,
+              "ddpm.sampler": name},
+    ), what="run creation", uri=tracking["tracking_uri"])
+    log_params(tracking["tracking_uri"], run.info.run_id, {k: v for k, v in point.items() if k != "name" and v is not None})
+    return run.info.run_id
+
+
 def log_params(tracking_uri: str, run_id: str, params: dict) -> None:
     from mlflow.entities import Param
 

@@ -28,3 +28,15 @@ EXTRACTORS = ("inception-v3-compat", "classifier")
 DECODERS = ("exact", "official")
 #: ``scale``: the config as written, or the same sweep on digits at CPU size (``ddpm.settings.TINY_SCALE``).
 SCALES = ("full", "tiny")
+#: How a sampling job draws images from a trained model: DDPM's ancestral sampling (Algorithm 2, on every step or a
+#: respaced subsequence, IDDPM §4), or DDIM's generalized process (DDIM Eq. 12, σ_τ(η) of Eq. 16).
+SAMPLERS = ("ancestral", "ddim")
+#: The S timesteps a sampler visits out of T: evenly spaced (``uniform``: ⌊i·T/S⌋, i = 0 … S−1) or ``quadratic``
+#: (⌊(i·√(0.8T)/(S−1))²⌋, repeats dropped) — DDIM Appendix D.2, as ermongroup/ddim builds them.
+SKIPS = ("uniform", "quadratic")
+#: The variance of an ancestral sampler: the model's own, or an override at sampling time: σ² = β of the (respaced)
+#: process (``fixedlarge``; DDIM Table 1's σ̂ row on a subsequence) or σ² = β̃ (``fixedsmall``, Eq. 7).
+SAMPLE_VARIANCES = ("model", "fixedlarge", "fixedsmall")
+#: What a set of samples cost, as the sample files, their scores and MLflow name it: network evaluations per image and
+#: images per second of sampling.
+SAMPLING_COST = ("network_evaluations", "sampling_images_per_s")

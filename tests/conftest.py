@@ -119,3 +119,16 @@ def record_settings(runs: dict[str, Path]) -> dict[str, Path]:
     for name, folder in runs.items():
         write_setting(folder, setting_named(name))
     return runs
+
+
+def write_point_scores(folder: Path, scores: dict, point=None) -> Path:
+    """A sampler point's files as the workflow leaves them in a run folder: ``samplers/<point>/fid_is.json`` and
+    ``sampler.json`` (the default point: ancestral on every step)."""
+    from ddpm.settings import SamplerPoint, write_sampler
+
+    point = point or SamplerPoint()
+    point_dir = folder / "samplers" / point.name
+    point_dir.mkdir(parents=True, exist_ok=True)
+    write_sampler(point_dir, point)
+    (point_dir / "fid_is.json").write_text(json.dumps(scores))
+    return point_dir

@@ -290,11 +290,13 @@ def test_recorded_divergence_flows_through_every_job_to_the_report(tmp_path, mon
     data = tmp_path / "data"
     prepare_dataset("digits", data)
     checkpoint = str(run / "checkpoint.pt")
-    for command in (["sample", "--checkpoint", checkpoint, "--out", str(run / "samples" / "shard-0.npz")],
-                    ["gather-samples", "--shards", str(run / "samples" / "shard-0.npz"), "--out",
-                     str(run / "samples.npz"), "--grid", str(run / "samples.png")],
-                    ["evaluate", "fid", "--samples", str(run / "samples.npz"), "--data", str(data), "--out",
-                     str(run / "fid_is.json")],
+    point = run / "samplers" / "ancestral"  # the files of the one sampler point, as the workflow names them
+    for command in (["sample", "--checkpoint", checkpoint, "--out", str(point / "samples" / "shard-0.npz")],
+                    ["gather-samples", "--shards", str(point / "samples" / "shard-0.npz"), "--out",
+                     str(point / "samples.npz"), "--grid", str(point / "samples.png"), "--sampler-out",
+                     str(point / "sampler.json")],
+                    ["evaluate", "fid", "--samples", str(point / "samples.npz"), "--data", str(data), "--out",
+                     str(point / "fid_is.json"), "--sampler-file", str(point / "sampler.json")],
                     ["evaluate", "nll", "--checkpoint", checkpoint, "--data", str(data), "--out",
                      str(run / "nll" / "shard-0.npz")],
                     ["evaluate", "nll-gather", "--shards", str(run / "nll" / "shard-0.npz"), "--out",
@@ -304,8 +306,8 @@ def test_recorded_divergence_flows_through_every_job_to_the_report(tmp_path, mon
                      str(run / "interpolation.png")]):
         assert main(command) == 0, (command, capsys.readouterr().err)
         assert "diverged at step 3" in capsys.readouterr().out
-    for figure in ("samples", "progressive", "interpolation"):  # a notice where the figure would be
-        assert Image.open(run / f"{figure}.png").size == (8 * len("diverged at step 3") + 20, 40)
+    for figure in (point / "samples.png", run / "progressive.png", run / "interpolation.png"):  # a notice instead
+        assert Image.open(figure).size == (8 * len("diverged at step 3") + 20, 40)
 
     table = build_table({run.name: run}, {})
     assert table.loc[0, "status"] == "diverged at step 3" and "FID [classifier]" not in table.columns

@@ -6,7 +6,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import record_settings
+from conftest import record_settings, write_point_scores
 
 from ddpm.checkpoint import load_checkpoint
 from ddpm.cli import main
@@ -65,7 +65,7 @@ def _scores(fid: float, is_mean: float, n: int = 500, **extra) -> dict:
 
 def _run(folder: Path, final: dict, snapshots: dict[int, dict], last_step: int = 30) -> Path:
     folder.mkdir(parents=True)
-    (folder / "fid_is.json").write_text(json.dumps(final))
+    write_point_scores(folder, final)
     (folder / "nll.json").write_text(json.dumps({"bpd": 3.8, "bpd_stderr": 0.01, "num_images": 100}))
     (folder / "metrics.jsonl").write_text(json.dumps({"step": last_step, "loss": 0.1}) + "\n")
     for step, scores in snapshots.items():

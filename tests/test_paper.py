@@ -8,17 +8,20 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import ROOT, job_counts, record_settings, snakemake
+from conftest import ROOT, job_counts, record_settings, snakemake, write_point_scores
 from PIL import Image
 
-from ddpm.paper import load_published, published_for
+from ddpm.paper import load_published, published_for, published_for_sampler
 from ddpm.report import build_table, paper_table, rate_distortion, rate_distortion_table
-from ddpm.settings import apply_scale, expand_sweep, train_config
+from ddpm.settings import apply_scale, expand_sampling, expand_sweep, train_config
 from ddpm.unet import count_parameters, create_model
 
 CONFIGS = ROOT / "config"
 PUBLISHED = CONFIGS / "published.csv"
-PAPER_CONFIGS = ["ddpm_table1", "ddpm_table2", "improved_ddpm_schedules", "ddpm_lsun"]
+PAPER_CONFIGS = ["ddpm_table1", "ddpm_table2", "improved_ddpm_schedules", "ddpm_lsun"]  # the settings' own tables
+SAMPLER_CONFIGS = ["ddim_table1"]  # one training, its sampling axis in the paper's layout
+#: Published rows of a sweep that has no config yet, and why.
+NO_CONFIG_YET = {"ddim-celeba": "DDIM's own CelebA 64² model: CelebA is not a dataset of this project yet"}
 
 
 def _config(name: str) -> dict:
@@ -99,15 +102,28 @@ def test_cifar10_preset_is_unchanged_by_attention_heads():
 # The published numbers
 
 
-def test_every_published_number_belongs_to_a_setting_of_its_sweep():
+def test_every_published_number_belongs_to_a_setting_of_its_sweep_and_a_sampler_point_of_it():
     table = load_published(PUBLISHED)
-    sweeps = {_config(n)["name"]: {s.name for s in expand_sweep(_config(n))} for n in PAPER_CONFIGS}
+    configs = {_config(n)["name"]: _config(n) for n in PAPER_CONFIGS + SAMPLER_CONFIGS}
     lsun = {"ddpm-lsun-church", "ddpm-lsun-bedroom", "ddpm-lsun-bedroom-large", "ddpm-lsun-cat"}
+    matched = 0
     for row in table.itertuples():
-        settings = sweeps.get(row.sweep) or (sweeps["ddpm-lsun-church"] if row.sweep in lsun else None)
-        assert settings is not None, f"no paper config is named {row.sweep}"
+        if row.sweep in NO_CONFIG_YET:
+            continue
+        config = configs.get(row.sweep) or (configs["ddpm-lsun-church"] if row.sweep in lsun else None)
+        assert config is not None, f"no paper config is named {row.sweep}"
+        settings = {s.name: s for s in expand_sweep(config)}
         name = f"{row.schedule}-T{row.T}-{row.mean_type}-{row.var_type}-{row.loss_type}-s0"
         assert name in settings, f"{row.sweep}: {name} is not in the sweep"
+        if pd.isna(row.sampler):
+            continue
+        setting = settings[name].axes()  # a sampler row: one point of the config's sampling axis has it
+        points = [p for p in expand_sampling(config) if published_for_sampler(table, row.sweep, setting, p)]
+        assert points, f"{row.sweep}: no sampler point of the config is {row.sampler} S={row.steps} " \
+                       f"eta={row.eta} variance={row.variance}"
+        matched += 1
+    assert matched == 25 + 16  # DDIM Table 1 (CIFAR-10) and Table 3 (bedroom, church)
+    assert set(table["sweep"]) >= set(NO_CONFIG_YET)
 
 
 def test_published_numbers_are_the_papers():
@@ -127,12 +143,21 @@ def test_published_numbers_are_the_papers():
 
 
 @pytest.mark.parametrize("change, message", [
-    (lambda text: text.replace(",linear,1000,xprev,learned,kl,is,", ",linear,1000,xprev,learnt,kl,is,"), "var_type 'learnt'"),
+    (lambda text: text.replace(",linear,1000,xprev,learned,kl,,,,,is,", ",linear,1000,xprev,learnt,kl,,,,,is,"),
+     "var_type 'learnt'"),
     (lambda text: text.replace(",is,9.46,0.11,", ",is,,0.11,"), "line 2: value is missing"),
     (lambda text: text.replace(",unstable,,,training", ",unstable,1.0,,training", 1), "an unstable row has no value"),
     (lambda text: text.replace(",fid,23.69,", ",fd,23.69,"), "metric 'fd'"),
     (lambda text: text + text.splitlines()[1] + "\n", "a number is given twice"),
     (lambda text: text.replace("sweep,paper", "sweeps,paper"), "expected the columns"),
+    (lambda text: text.replace(",mse,ddim,10,0.2,,fid,14.04,", ",mse,ddim,10,1.2,,fid,14.04,"),
+     r"eta: η must be in \[0, 1\]"),
+    (lambda text: text.replace(",mse,ddim,10,0.2,,fid,14.04,", ",mse,ddim,10,0.2,fixedlarge,fid,14.04,"),
+     "variance: the ddim sampler's variance is set by η"),
+    (lambda text: text.replace(",mse,ancestral,10,,fixedlarge,fid,367.43,", ",mse,,10,,,fid,367.43,"),
+     "steps given without a sampler"),
+    (lambda text: text.replace(",mse,ancestral,10,,fixedlarge,fid,367.43,", ",mse,ancestral,2000,,fixedlarge,fid,367.43,"),
+     "S = 2000 is more than the T = 1000"),
 ])
 def test_a_bad_published_file_is_refused_naming_the_line(tmp_path, change, message):
     bad = tmp_path / "published.csv"
@@ -170,18 +195,20 @@ def _lsun_config(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("name, settings, sample_shards, nll_shards, snapshots, nll_train_shards", [
-    ("ddpm_table1", 2, 10, 10, 7, 50),  # FID every 100k of 800k steps; bits/dim on the 50,000 train images too
-    ("ddpm_table2", 6, 10, 10, 7, 0),
-    ("improved_ddpm_schedules", 12, 10, 10, 0, 0),
-    ("ddpm_lsun", 1, 50, 4, 5, 0),
+@pytest.mark.parametrize("name, settings, points, sample_shards, nll_shards, snapshots, nll_train_shards", [
+    ("ddpm_table1", 2, 1, 10, 10, 7, 50),  # FID every 100k of 800k steps; bits/dim on the 50,000 train images too
+    ("ddpm_table2", 6, 1, 10, 10, 7, 0),
+    ("improved_ddpm_schedules", 12, 1, 10, 10, 0, 0),
+    ("ddpm_lsun", 1, 9, 50, 4, 5, 0),  # its own sampler, and DDIM Table 3's 8 points
+    ("ddim_table1", 1, 25, 10, 10, 0, 0),  # 1 training, 25 sampler points
 ])
-def test_dry_run_of_each_paper_config_full_and_tiny(tmp_path, name, settings, sample_shards, nll_shards, snapshots,
-                                                     nll_train_shards):
+def test_dry_run_of_each_paper_config_full_and_tiny(tmp_path, name, settings, points, sample_shards, nll_shards,
+                                                     snapshots, nll_train_shards):
     config = _lsun_config(tmp_path) if name == "ddpm_lsun" else CONFIGS / f"{name}.yaml"
     full = job_counts(tmp_path / "full", config)
-    assert (full["train"], full["sample"], full["nll"]) == (settings, settings * sample_shards, settings * nll_shards)
-    assert full["fid_is"] == full["gather_samples"] == full["gather_nll"] == settings
+    assert (full["train"], full["sample"], full["nll"]) == (settings, settings * points * sample_shards,
+                                                            settings * nll_shards)
+    assert full["fid_is"] == full["gather_samples"] == settings * points and full["gather_nll"] == settings
     assert full["prepare_data"] == full["mlflow_init"] == full["report"] == 1 and full["baseline"] == 2
     assert "train_classifier" not in full  # the Inception extractor
     # FID over training: each snapshot sampled in as many shards as the final checkpoint, gathered and scored
@@ -191,7 +218,7 @@ def test_dry_run_of_each_paper_config_full_and_tiny(tmp_path, name, settings, sa
     assert full.get("gather_nll_train", 0) == (settings if nll_train_shards else 0)
 
     tiny = job_counts(tmp_path / "tiny", config, "--config", "scale=tiny")
-    assert (tiny["train"], tiny["sample"], tiny["nll"]) == (settings, settings, settings)  # one shard each
+    assert (tiny["train"], tiny["sample"], tiny["nll"]) == (settings, settings * points, settings)  # one shard each
     assert tiny.get("fid_snapshot", 0) == (settings if snapshots else 0)  # one snapshot: the code path
     assert tiny.get("nll_train", 0) == (settings if nll_train_shards else 0)
     assert tiny["train_classifier"] == 1  # digits are scored with the classifier
@@ -205,7 +232,7 @@ def _scored_run(folder: Path, fid: float, is_mean: float, is_std: float, bpd: fl
     folder.mkdir(parents=True)
     scores = {"fid": fid, "is_mean": is_mean, "is_std": is_std, "kid_mean": 0.01, "precision": 0.5, "recall": 0.5,
               "num_samples": 500, "extractor": "inception-v3-compat", **extra}
-    (folder / "fid_is.json").write_text(json.dumps(scores))
+    write_point_scores(folder, scores)
     (folder / "nll.json").write_text(json.dumps({"bpd": bpd, "bpd_stderr": 0.01, "num_images": 100}))
     (folder / "metrics.jsonl").write_text(json.dumps({"step": 10, "loss": 0.1}) + "\n")
     return folder
@@ -247,10 +274,10 @@ def test_paper_table_puts_the_published_numbers_beside_the_measured_ones(tmp_pat
 
 @pytest.fixture(scope="module")
 def tiny_papers(tmp_path_factory):
-    """All four paper configs with scale=tiny, one after the other in one working directory (as a user would:
-    they share the prepared digits, the classifier and the MLflow store). About 12 minutes on 2 CPU cores."""
+    """All paper configs with scale=tiny, one after the other in one working directory (as a user would: they share
+    the prepared digits, the classifier and the MLflow store). About 15 minutes on 2 CPU cores."""
     workdir = tmp_path_factory.mktemp("papers")
-    for name in PAPER_CONFIGS:
+    for name in PAPER_CONFIGS + SAMPLER_CONFIGS:
         snakemake(workdir, "--cores", "2", "--config", "scale=tiny", config=CONFIGS / f"{name}.yaml")
     return workdir
 
@@ -289,13 +316,37 @@ def test_each_paper_config_runs_scaled_down_with_the_papers_numbers_beside_the_m
         assert ("unstable" in str(row["paper note"])) == ("unstable" in paper)
     assert filled > 0  # every paper config has published numbers beside some of its rows
     runs = tiny_papers / "results" / "runs" / f"{config['name']}-tiny"
+    first_point = expand_sampling(apply_scale({**config, "scale": "tiny"}))[0].name
     for name in (s.name for s in expand_sweep(config)):
-        for figure in ("samples", "progressive", "interpolation"):
+        for figure in ("progressive", "interpolation"):
             assert (runs / name / f"{figure}.png").is_file(), (name, figure)
+        assert (runs / name / "samplers" / first_point / "samples.png").is_file(), name
     for figure in ("loss", "rate-distortion", "schedules", "fid-over-training"):
         assert (tiny_papers / "results" / "figures" / f"{config['name']}-tiny-{figure}.png").is_file()
     markdown = (tiny_papers / "results" / "tables" / f"{config['name']}-tiny-paper.md").read_text()
     assert "FID (paper)" in markdown and all(f"| {v:.4g} |" in markdown for v in table["FID (paper)"].dropna())
+
+
+def test_ddim_table1_scaled_down_fills_the_samplers_table_beside_the_published(tiny_papers):
+    """DDIM Table 1's 25 points from the one training: measured FID and time per image in every cell, the paper's
+    number beside each (no Δ: a scaled-down run is not comparable), and the figure of FID against S."""
+    table = pd.read_csv(tiny_papers / "results" / "tables" / "ddim-table1-tiny-samplers.csv")
+    assert list(table["sampler"]) == ["σ̂", "η = 0.0", "η = 0.2", "η = 0.5", "η = 1.0"]
+    assert set(table["skip"]) == {"quadratic"} and list(table["clip"]) == [True, False, False, False, False]
+    for S in (10, 20, 50, 100, 1000):
+        assert table[f"S={S} FID"].map(math.isfinite).all(), S
+        assert table[f"S={S} paper"].notna().all() and f"S={S} Δ" not in table, S
+        assert (table[f"S={S} s/image"] > 0).all(), S
+    assert (table["S=10 s/image"] < table["S=1000 s/image"]).all()  # 10 network calls per image against 1000
+    cells = table.set_index("sampler")  # the paper's numbers (DDIM, Table 1, CIFAR-10)
+    assert [cells.loc["σ̂", f"S={S} paper"] for S in (10, 20, 50, 100, 1000)] == [367.43, 133.37, 32.72, 9.99, 3.17]
+    assert [cells.loc["η = 0.0", f"S={S} paper"] for S in (10, 20, 50, 100, 1000)] == [13.36, 6.84, 4.67, 4.16, 4.04]
+    assert cells.loc["η = 1.0", "S=20 paper"] == 18.36 and cells.loc["η = 0.5", "S=50 paper"] == 5.25
+    assert "S=10 paper" in (tiny_papers / "results" / "tables" / "ddim-table1-tiny-samplers.md").read_text()
+    assert (tiny_papers / "results" / "figures" / "ddim-table1-tiny-samplers.png").is_file()
+    main = pd.read_csv(tiny_papers / "results" / "tables" / "ddim-table1-tiny.csv")
+    rows = main[main["setting"] == "linear-T1000-eps-fixedlarge-mse-s0"]
+    assert len(rows) == 25 and sorted(set(rows["network evaluations"])) == [10, 20, 49, 96, 1000]
 
 
 # ----------------------------------------------------------------------------------------------------------------

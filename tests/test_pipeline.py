@@ -18,6 +18,7 @@ from conftest import mlflow_server as start_mlflow_server
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = ["linear-T50-eps-fixedlarge-mse-s0", "cosine-T50-eps-fixedlarge-mse-s0"]
+SAMPLER_POINTS = ["ancestral", "ddim-eta0.5-S10-uniform"]  # tests/configs/tiny.yaml's sampling
 
 #: Files the tiny workflow run added to or removed from the source tree (filled by the ``tiny_run`` fixture).
 REPO_WRITES: dict[str, set[str]] = {}
@@ -66,17 +67,19 @@ def tiny_run(tmp_path_factory):
 
 def test_workflow_writes_every_expected_file(tiny_run):
     results = tiny_run / "results"
-    expected = [results / "tables" / f"tiny{kind}.{ext}" for kind in ("", "-paper") for ext in ("csv", "md", "tex")]
-    expected += [results / "tables" / f"tiny-rate-distortion.{ext}" for ext in ("csv", "md", "tex")]
-    expected += [results / "figures" / f"tiny-{figure}.png" for figure in ("rate-distortion", "schedules")]
+    expected = [results / "tables" / f"tiny{kind}.{ext}" for kind in ("", "-paper", "-rate-distortion", "-samplers")
+                for ext in ("csv", "md", "tex")]
+    expected += [results / "figures" / f"tiny-{figure}.png" for figure in ("rate-distortion", "schedules", "samplers")]
     expected += [results / "figures" / "tiny-loss.png",
                  results / "mlflow.db", results / "data" / "digits" / "manifest.json"]
     for setting in SETTINGS:
         run = results / "runs" / "tiny" / setting
         expected += [run / name for name in ("checkpoint.pt", "setting.json", "mlflow_run_id.txt", "metrics.jsonl",
-                                              "samples.npz", "samples.png", "progressive.png", "interpolation.png",
-                                              "fid_is.json", "nll.json")]
-        expected += [run / "samples" / f"shard-{i}.npz" for i in (0, 1)]
+                                              "progressive.png", "interpolation.png", "nll.json")]
+        for point in SAMPLER_POINTS:
+            expected += [run / "samplers" / point / name
+                         for name in ("samples.npz", "samples.png", "sampler.json", "fid_is.json")]
+            expected += [run / "samplers" / point / "samples" / f"shard-{i}.npz" for i in (0, 1)]
         expected += [run / "nll" / f"shard-{i}.npz" for i in (0, 1)]
         expected += [results / "logs" / "train" / f"{setting}.log", results / "benchmarks" / "train" / f"{setting}.tsv"]
     missing = [str(p.relative_to(tiny_run)) for p in expected if not p.is_file()]
@@ -97,14 +100,15 @@ def test_same_config_gives_the_same_samples_whatever_the_shards_and_parallel_job
     resharded = tmp_path / "resharded.yaml"
     resharded.write_text(yaml.safe_dump(config))
     run = Path("results", "runs", "tiny", SETTINGS[0])
-    snakemake(tmp_path / "again", "--cores", "1", str(run / "samples.npz"), str(run / "nll.json"), config=resharded)
+    samples = Path("samplers", SAMPLER_POINTS[1], "samples.npz")  # DDIM with η = 0.5: noise at every step
+    snakemake(tmp_path / "again", "--cores", "1", str(run / samples), str(run / "nll.json"), config=resharded)
     first, again = tiny_run / run, tmp_path / "again" / run
-    assert len(list((again / "samples").glob("shard-*.npz"))) == 4
+    assert len(list((again / samples.parent / "samples").glob("shard-*.npz"))) == 4
 
     a, b = torch.load(first / "checkpoint.pt"), torch.load(again / "checkpoint.pt")
     for part in ("model", "ema"):
         assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
-    a, b = np.load(first / "samples.npz"), np.load(again / "samples.npz")
+    a, b = np.load(first / samples), np.load(again / samples)
     assert np.array_equal(a["images"], b["images"]) and np.array_equal(a["indices"], b["indices"])
 
     def per_image_bpd(folder):
@@ -135,16 +139,22 @@ def test_a_diverging_setting_is_a_row_of_the_report_not_a_failed_sweep(tmp_path)
     assert statuses == {"setting": "FAILED", "sweep": "FINISHED"}, statuses
 
 
-def test_table_has_one_row_per_setting_with_finite_metrics(tiny_run):
+def test_table_has_one_row_per_setting_and_sampler_point_with_finite_metrics(tiny_run):
     table = pd.read_csv(tiny_run / "results" / "tables" / "tiny.csv")
-    assert list(table["setting"]) == SETTINGS + ["gaussian baseline", "test split (floor)"]
+    assert list(table["setting"]) == [s for s in SETTINGS for _ in SAMPLER_POINTS] + ["gaussian baseline",
+                                                                                      "test split (floor)"]
+    assert list(table["sampler"].iloc[:4]) == SAMPLER_POINTS * 2
     for column in ("FID [classifier]", "IS [classifier]", "KID [classifier]", "samples"):
         assert column in table.columns
         assert table[column].map(math.isfinite).all(), table[column]
-    assert table["FID test [classifier]"].iloc[:2].map(math.isfinite).all()  # the settings, against the test split
     settings = table[table["setting"].isin(SETTINGS)]
+    assert settings["FID test [classifier]"].map(math.isfinite).all()  # the settings, against the test split
     assert settings["bits/dim"].map(math.isfinite).all() and (settings["bits/dim"] > 0).all()
     assert (settings["samples"] == 200).all() and (settings["NLL images"] == 60).all()
+    assert list(settings["network evaluations"]) == [50, 10, 50, 10]  # all T = 50 steps, DDIM's 10
+    assert (settings["sampling images/s"] > 0).all()
+    # the two points sample the same x_T differently: their scores differ
+    assert settings["FID [classifier]"].iloc[0] != settings["FID [classifier]"].iloc[1]
     floor = table.set_index("setting").loc["test split (floor)", "FID [classifier]"]
     gaussian = table.set_index("setting").loc["gaussian baseline", "FID [classifier]"]
     assert floor < gaussian  # the extractor tells real digits from the fitted Gaussian
@@ -161,6 +171,14 @@ def test_table_has_one_row_per_setting_with_finite_metrics(tiny_run):
     beside = pd.read_csv(tiny_run / "results" / "tables" / "tiny-paper.csv")  # no published numbers for "tiny"
     assert list(beside["schedule"]) == ["linear", "cosine"] and beside["FID"].map(math.isfinite).all()
     assert beside["FID (paper)"].isna().all() and (beside["extractor"] == "classifier").all()
+    own = settings[settings["sampler"] == "ancestral"]  # the paper table scores each setting's own sampler
+    assert list(beside["FID"]) == pytest.approx(list(own["FID [classifier]"]))
+    by_sampler = pd.read_csv(tiny_run / "results" / "tables" / "tiny-samplers.csv")
+    assert list(zip(by_sampler["schedule"], by_sampler["sampler"])) == [
+        ("linear", "ancestral"), ("linear", "η = 0.5"), ("cosine", "ancestral"), ("cosine", "η = 0.5")]
+    assert by_sampler["S=10 FID"].isna().tolist() == [True, False, True, False]
+    assert by_sampler["S=50 FID"].isna().tolist() == [False, True, False, True]
+    assert (by_sampler["S=10 s/image"].dropna() < by_sampler["S=50 s/image"].dropna().to_numpy()).all()
 
 
 def _store(tiny_run):
@@ -191,7 +209,29 @@ def test_mlflow_store_has_one_finished_run_per_setting_under_one_parent(tiny_run
         previews = [a.path for a in client.list_artifacts(run.info.run_id, "previews")]
         assert previews == ["previews/step-0000030.png", "previews/step-0000060.png"]
     artifacts = [a.path for a in client.list_artifacts(parents[0].info.run_id, "report")]
-    assert "report/tiny.csv" in artifacts
+    assert "report/tiny.csv" in artifacts and "report/tiny-samplers.csv" in artifacts
+
+
+def test_each_sampler_point_has_its_run_nested_under_its_settings_run(tiny_run):
+    client, _, runs = _store(tiny_run)
+    settings = {r.info.run_name: r.info.run_id for r in runs if r.data.tags.get("ddpm.kind") == "setting"}
+    points = [r for r in runs if r.data.tags.get("ddpm.kind") == "sampler"]
+    assert sorted(r.info.run_name for r in points) == sorted(f"{s}/{p}" for s in SETTINGS for p in SAMPLER_POINTS)
+    for run in points:
+        setting, point = run.info.run_name.split("/")
+        assert run.data.tags["mlflow.parentRunId"] == settings[setting] and run.data.tags["ddpm.sampler"] == point
+        assert run.info.status == "FINISHED"
+        for metric in ("fid", "is_mean", "kid_mean", "precision", "recall", "sampling_images_per_s"):
+            assert math.isfinite(run.data.metrics[metric]), metric
+        assert not [m for m in run.data.metrics if m.endswith("_over_training")]  # the curve is the setting's
+        ddim = point.startswith("ddim")
+        assert run.data.metrics["network_evaluations"] == (10 if ddim else 50)
+        assert run.data.params["sampler"] == ("ddim" if ddim else "ancestral")
+        assert run.data.params.get("eta") == ("0.5" if ddim else None)  # a key the sampler does not take is left out
+        assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["samples.png"]
+        # the setting's own point is also the setting's scores; the others are only the point's
+        own = client.get_run(settings[setting]).data.metrics
+        assert (own["fid"] == run.data.metrics["fid"]) == (not ddim)
 
 
 @pytest.fixture(scope="module")
@@ -264,9 +304,9 @@ def test_snakemake_report_opens_in_chromium_with_its_tables_and_figures(tiny_run
 
 def test_dry_run_lists_the_expected_jobs_for_the_default_and_a_cifar10_config(tmp_path):
     counts = job_counts(tmp_path, ROOT / "config" / "config.yaml")
-    # 4 settings: 4 trainings, 2 sample shards each, 150-image NLL shards over 300 test images.
-    assert counts["train"] == 4 and counts["sample"] == 8 and counts["nll"] == 8
-    assert counts["fid_is"] == 4 and counts["gather_nll"] == 4 and counts["baseline"] == 2 and counts["report"] == 1
+    # 4 settings: 4 trainings, each sampled at 3 sampler points in one shard, 150-image NLL shards over 300 test images.
+    assert counts["train"] == 4 and counts["sample"] == 12 and counts["nll"] == 8 and counts["gather_samples"] == 12
+    assert counts["fid_is"] == 12 and counts["gather_nll"] == 4 and counts["baseline"] == 2 and counts["report"] == 1
 
     # the paper's setting: 50,000 samples in shards of 5,000
     counts = job_counts(tmp_path, ROOT / "config" / "cifar10.yaml")
@@ -290,11 +330,16 @@ def test_dry_run_lists_the_expected_jobs_for_the_default_and_a_cifar10_config(tm
     ({"evaluate": {"nll_num_images": 100000}}, "'evaluate.nll_num_images': 100000 is more than the test split of "
                                                "digits has (300 images)"),
     ({"evaluate": {"nll_train_images": 1500}}, "'evaluate.nll_train_images': 1500 is more than the train split"),
+    ({"sampling": [{"sampler": "ddim", "eta": 1.5}]}, "eta"),
+    ({"sampling": [{"sampler": "ancestral", "eta": 0.5}]}, "config key 'sampling[0].eta': η is DDIM's"),
+    ({"sampling": [{"sampler": "ddim", "steps": [10, 51]}]}, "'sampling[0].steps': S = 51 is more than the T = 50"),
+    ({"sampling": [{"sampler": "plms"}]}, "plms"),
+    ({"sampling": [{"sampler": "ddim", "skip": "cubic"}]}, "cubic"),
 ])
 def test_bad_config_stops_before_any_job_naming_the_key(tmp_path, override, key):
     config = yaml.safe_load(TINY.read_text())
     for section, values in override.items():
-        config[section] = {**config.get(section, {}), **values}
+        config[section] = values if isinstance(values, list) else {**config.get(section, {}), **values}
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(config))
     result = snakemake(tmp_path, "--cores", "1", config=bad, check=False)
@@ -386,7 +431,7 @@ def test_a_rerun_plans_only_what_the_change_touches_and_reuses_the_parent_run(ti
     more = _tiny_with(tmp_path, "more", published=str(published),
                       sweep={"schedule": ["linear", "cosine", "quad"], "T": [50]})
     assert _planned(tiny_run, more) == {
-        "train": 1, "sample": 2, "gather_samples": 1, "fid_is": 1, "nll": 2, "gather_nll": 1, "progressive": 1,
+        "train": 1, "sample": 4, "gather_samples": 2, "fid_is": 2, "nll": 2, "gather_nll": 1, "progressive": 1,
         "interpolate": 1, "report": 1, "all": 1}
 
     (parent,), _ = _parents(tiny_run)

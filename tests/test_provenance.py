@@ -9,12 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import record_settings, write_point_scores
 
 from ddpm.checkpoint import PROVENANCE_KEYS, read_provenance
 from ddpm.cli import main
 from ddpm.datasets import prepare_dataset, split_sha256
 from ddpm.io import load_npz, save_npz
 from ddpm.report import build_table
+from ddpm.settings import SamplerPoint
 
 LINEAR = "linear-T10-eps-fixedlarge-mse-s0"
 COSINE = "cosine-T10-eps-fixedlarge-mse-s0"
@@ -154,11 +156,38 @@ def test_shards_that_record_nothing_are_refused_when_a_setting_is_expected(runs,
 def test_the_report_refuses_a_result_file_of_another_run(tmp_path):
     folder = tmp_path / LINEAR
     folder.mkdir()
-    (folder / "fid_is.json").write_text(json.dumps({"setting": COSINE, "fid": 1.0}))
+    write_point_scores(folder, {"setting": COSINE, "fid": 1.0})
     (folder / "nll.json").write_text(json.dumps({"setting": LINEAR, "bpd": 1.0}))
     (folder / "metrics.jsonl").write_text("")
     with pytest.raises(ValueError, match=f"records the setting {COSINE}, but it is in the folder of {LINEAR}"):
         build_table({LINEAR: folder}, {})
+
+
+def test_the_report_refuses_scores_of_another_sampler_point_in_a_points_folder(tmp_path):
+    folder = tmp_path / LINEAR
+    folder.mkdir()
+    write_point_scores(folder, {"setting": LINEAR, "sampler": "ddim-eta0-S10-uniform", "fid": 1.0})
+    (folder / "nll.json").write_text(json.dumps({"setting": LINEAR, "bpd": 1.0}))
+    (folder / "metrics.jsonl").write_text("")
+    record_settings({LINEAR: folder})
+    with pytest.raises(ValueError, match="scores samples of the sampler point ddim-eta0-S10-uniform, but it is in "
+                                         "the folder of ancestral"):
+        build_table({LINEAR: folder}, {})
+
+
+def test_gathering_refuses_shards_of_another_sampler_point_or_a_mix(runs, tmp_path, capsys):
+    ddim = ["--sampler", "ddim", "--steps", "5"]
+    ancestral, other = tmp_path / "a.npz", tmp_path / "b.npz"
+    assert _sample(runs, runs["linear"], ancestral) == 0
+    assert main(["sample", "--checkpoint", str(runs["linear"]), "--out", str(other), "--start", "2", "--count", "2",
+                 *ddim]) == 0
+    assert read_provenance(other)["sampler"] == SamplerPoint("ddim", 5).name
+    gather = ["gather-samples", "--out", str(tmp_path / "samples.npz"), "--sampler-out", str(tmp_path / "sampler.json")]
+    assert main([*gather, "--shards", str(other), *ddim, "--steps", "10"]) == 2  # drawn on 5 steps, not 10
+    assert "records sampler ddim-eta0-S5-uniform, but this job is for ddim-eta0-S10-uniform" in capsys.readouterr().err
+    assert main([*gather, "--shards", str(ancestral), str(other)]) == 2  # a mix of two points
+    assert "come from different sampler points" in capsys.readouterr().err
+    assert not (tmp_path / "samples.npz").exists() and not (tmp_path / "sampler.json").exists()
 
 
 def test_an_empty_checkpoint_says_to_retrain(runs, tmp_path, capsys):
@@ -192,7 +221,8 @@ def test_sample_shards_keep_their_arrays(runs, tmp_path):
     """Provenance is added beside the images, not in place of anything."""
     assert _sample(runs, runs["linear"], tmp_path / "s.npz") == 0
     arrays = np.load(tmp_path / "s.npz")
-    assert {"images", "indices", *PROVENANCE_KEYS} == set(arrays.files)
+    assert {"images", "indices", "network_evaluations", "sampling_seconds", *PROVENANCE_KEYS} == set(arrays.files)
+    assert str(arrays["sampler"]) == "ancestral" and int(arrays["network_evaluations"]) == 10  # every step of T = 10
     assert arrays["images"].shape == (2, 1, 8, 8) and list(arrays["indices"]) == [0, 1]
 
 

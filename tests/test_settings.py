@@ -5,6 +5,7 @@ import dataclasses
 import json
 
 import pytest
+from conftest import write_point_scores
 
 from ddpm.report import build_table, plot_schedules
 from ddpm.settings import SETTING_FILE, SWEEP_AXES, Setting, TrainConfig, expand_sweep, read_setting, write_setting
@@ -64,9 +65,8 @@ def test_expand_sweep_gives_settings():
 
 def _scored(folder, setting: Setting | None):
     folder.mkdir()
-    (folder / "fid_is.json").write_text(json.dumps({"fid": 5.0, "is_mean": 2.0, "is_std": 0.1, "kid_mean": 0.0,
-                                                    "precision": 0.5, "recall": 0.5, "num_samples": 10,
-                                                    "extractor": "classifier"}))
+    write_point_scores(folder, {"fid": 5.0, "is_mean": 2.0, "is_std": 0.1, "kid_mean": 0.0, "precision": 0.5,
+                                "recall": 0.5, "num_samples": 10, "extractor": "classifier"})
     (folder / "nll.json").write_text(json.dumps({"bpd": 3.0, "bpd_stderr": 0.1, "num_images": 10,
                                                 "prior_bpd": 1e-5}))
     (folder / "metrics.jsonl").write_text("")

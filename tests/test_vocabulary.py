@@ -12,9 +12,9 @@ from ddpm.cli import make_parser
 from ddpm.datasets import DATASETS, NATIVE_IMAGE_SIZES
 from ddpm.presets import PRESETS
 from ddpm.schedules import SCHEDULES
-from ddpm.settings import SWEEP_AXES, TINY_SCALE, Setting, TrainConfig
-from ddpm.vocabulary import (DECODERS, EXTRACTORS, LOSS_TYPES, MEAN_TYPES, ON_DIVERGENCE, SCALES, TIMESTEP_SAMPLERS,
-                             VAR_TYPES)
+from ddpm.settings import DEFAULT_SAMPLING, SWEEP_AXES, TINY_SCALE, Setting, TrainConfig
+from ddpm.vocabulary import (DECODERS, EXTRACTORS, LOSS_TYPES, MEAN_TYPES, ON_DIVERGENCE, SAMPLE_VARIANCES, SAMPLERS,
+                             SCALES, SKIPS, TIMESTEP_SAMPLERS, VAR_TYPES)
 
 SCHEMA = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
 
@@ -31,6 +31,9 @@ ENUMS = {
     "train.on_divergence": ON_DIVERGENCE,
     "evaluate.feature_extractor": EXTRACTORS,
     "evaluate.decoder": DECODERS,
+    "$defs.sampler": SAMPLERS,
+    "$defs.skip": SKIPS,
+    "$defs.sample_variance": SAMPLE_VARIANCES,
 }
 
 #: Defaults that only the workflow has: how it shards, retries and places jobs, and where it keeps its files.
@@ -65,7 +68,7 @@ def python_defaults() -> dict:
         "train.on_divergence": cli_default("train", option="on_divergence"),
         "sample.num_samples": cli_default("evaluate", "baseline", option="num_samples"),
         "sample.batch_size": cli_default("sample", option="batch_size"),
-        "sample.steps": cli_default("sample", option="steps"),
+        "sampling": [dict(row) for row in DEFAULT_SAMPLING],
         "sample.seed": cli_default("sample", option="seed"),
         "sample.grid_size": cli_default("gather-samples", option="grid_size"),
         "evaluate.feature_extractor": cli_default("evaluate", "fid", option="extractor"),

@@ -12,7 +12,7 @@ from snakemake.utils import validate
 from ddpm.configcheck import ConfigError, coerce_types
 from ddpm.datasets import NATIVE_IMAGE_SIZES, imagefolder_has_classes, known_test_size, known_train_size
 from ddpm.presets import check_config, preset
-from ddpm.settings import Speed, apply_scale, expand_sweep, train_arguments
+from ddpm.settings import Speed, apply_scale, expand_sampling, expand_sweep, train_arguments
 
 
 SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
@@ -43,6 +43,12 @@ RUNS = f"{RESULTS}/runs/{NAME}"  # per sweep: two sweeps may train the same sett
 TRACKING = f"{RESULTS}/tracking/{NAME}.json"  # where the sweep's jobs log to MLflow (rule mlflow_init)
 SWEEP = {setting.name: setting for setting in expand_sweep(config)}  # name (its folder) → its axes
 SETTINGS = list(SWEEP)
+try:  # every point is checked against every setting's T (S <= T) before any job runs
+    SAMPLING = {point.name: point for point in expand_sampling(config, sorted({s.T for s in SWEEP.values()}))}
+except ValueError as err:
+    raise ConfigError(str(err).split(":")[0], str(err).split(": ", 1)[1]) from None
+SAMPLER_POINTS = list(SAMPLING)  # the first is each setting's own (main and paper tables, figures, FID over training)
+PRIMARY = SAMPLER_POINTS[0]
 PUBLISHED = config["published"] or str(Path(workflow.basedir) / "config" / "published.csv")
 SPEED = config["speed"]  # resolved on the node that runs the job: "auto" means what pays off on its device
 
@@ -135,6 +141,7 @@ check_config_values()
 
 wildcard_constraints:
     setting="|".join(SETTINGS),
+    sampler="|".join(SAMPLER_POINTS),
     shard=r"\d+",
     step=r"\d+",
 
@@ -185,6 +192,14 @@ SNAPSHOT_SAMPLES = config["fid_over_training"]["num_samples"] or NUM_SAMPLES
 SNAPSHOT_SHARDS = shards(SNAPSHOT_SAMPLES, config["sample"]["shard_size"])
 
 
+def sampler_args(name):
+    """The ``ddpm sample`` flags of the sampler point ``name``."""
+    point = SAMPLING[name]
+    flags = f"--sampler {point.sampler} --skip {point.skip}" + (" --steps %d" % point.steps if point.steps else "")
+    flags += f" --eta {point.eta}" if point.sampler == "ddim" else f" --variance {point.variance}"
+    return flags + ("" if point.clip else " --no-clip")
+
+
 def extractor_weights():
     """The feature extractor's weights file: the trained classifier, or the local Inception weights (or none)."""
     if config["evaluate"]["feature_extractor"] == "classifier":
@@ -200,10 +215,10 @@ def extractor_args():
 
 def final_outputs():
     return (
-        [f"{RESULTS}/tables/{NAME}{kind}.{ext}" for kind in ("", "-paper", "-rate-distortion", "-fid-over-training")
-         for ext in ("csv", "md", "tex")]
+        [f"{RESULTS}/tables/{NAME}{kind}.{ext}"
+         for kind in ("", "-paper", "-rate-distortion", "-fid-over-training", "-samplers") for ext in ("csv", "md", "tex")]
         + [f"{RESULTS}/figures/{NAME}-{figure}.png"
-           for figure in ("loss", "rate-distortion", "schedules", "fid-over-training")]
-        + expand(f"{RUNS}/{{setting}}/{{figure}}.png", setting=SETTINGS,
-                 figure=["samples", "progressive", "interpolation"])
+           for figure in ("loss", "rate-distortion", "schedules", "fid-over-training", "samplers")]
+        + expand(f"{RUNS}/{{setting}}/{{figure}}.png", setting=SETTINGS, figure=["progressive", "interpolation"])
+        + expand(f"{RUNS}/{{setting}}/samplers/{{sampler}}/samples.png", setting=SETTINGS, sampler=SAMPLER_POINTS)
     )

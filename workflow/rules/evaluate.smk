@@ -1,31 +1,35 @@
 rule fid_is:
     input:
         samples=rules.gather_samples.output.samples,
+        sampler=rules.gather_samples.output.sampler,
         manifest=rules.prepare_data.output.manifest,
         weights=extractor_weights(),
         run_id=rules.train.output.run_id,
         tracking=ancient(TRACKING),
     output:
-        f"{RUNS}/{{setting}}/fid_is.json",
+        f"{POINT}/fid_is.json",
     params:
         data=lambda wildcards, input: Path(input.manifest).parent,
         extractor=extractor_args(),
         test="--test-reference" if config["evaluate"]["fid_test"] else "",
         step=f"--training-step {config['train']['steps']}",
+        # the point's own MLflow run, and the setting's for the first point
+        runs=lambda wildcards, input: f"--sampler-file {shlex.quote(input.sampler)}"
+        + (" --primary" if wildcards.sampler == PRIMARY else ""),
     threads: 1
     resources:
         gpu=1,
     log:
-        f"{RESULTS}/logs/fid_is/{{setting}}.log",
+        f"{RESULTS}/logs/fid_is/{{setting}}-{{sampler}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/fid_is/{{setting}}.tsv"
+        f"{RESULTS}/benchmarks/fid_is/{{setting}}-{{sampler}}.tsv"
     conda:
         ENV
     shell:
         "ddpm claim-gpus {resources.gpu} --"
         " ddpm evaluate fid --samples {input.samples:q} --data {params.data:q} --setting {wildcards.setting:q}"
         " {params.extractor} {params.test} {params.step} --out {output:q} --tracking {input.tracking:q}"
-        " --run-id-file {input.run_id:q} --device auto --threads {threads} > {log:q} 2>&1"
+        " --run-id-file {input.run_id:q} {params.runs} --device auto --threads {threads} > {log:q} 2>&1"
 
 
 use rule fid_is as fid_snapshot with:
@@ -39,6 +43,7 @@ use rule fid_is as fid_snapshot with:
         f"{RUNS}/{{setting}}/snapshots/step-{{step}}/fid_is.json",
     params:
         step=lambda wildcards: f"--training-step {wildcards.step} --snapshot",
+        runs="",  # the curve's points go to the setting's run
     log:
         f"{RESULTS}/logs/fid_snapshot/{{setting}}-{{step}}.log",
     benchmark:

@@ -1,6 +1,6 @@
 rule report:
     input:
-        fid=expand(f"{RUNS}/{{setting}}/fid_is.json", setting=SETTINGS),
+        fid=expand(f"{RUNS}/{{setting}}/samplers/{{sampler}}/fid_is.json", setting=SETTINGS, sampler=SAMPLER_POINTS),
         nll=expand(f"{RUNS}/{{setting}}/nll.json", setting=SETTINGS),
         metrics=expand(f"{RUNS}/{{setting}}/metrics.jsonl", setting=SETTINGS),
         settings=expand(f"{RUNS}/{{setting}}/setting.json", setting=SETTINGS),  # the axes the tables show
@@ -27,6 +27,10 @@ rule report:
         fid_curve_text=multiext(f"{RESULTS}/tables/{NAME}-fid-over-training", ".md", ".tex"),
         fid_curve_figure=report(f"{RESULTS}/figures/{NAME}-fid-over-training.png", category="Paper figures",
                                 caption="../report/fid_over_training.rst"),
+        samplers=report(f"{RESULTS}/tables/{NAME}-samplers.csv", category="Tables", caption="../report/samplers.rst"),
+        samplers_text=multiext(f"{RESULTS}/tables/{NAME}-samplers", ".md", ".tex"),
+        samplers_figure=report(f"{RESULTS}/figures/{NAME}-samplers.png", category="Paper figures",
+                               caption="../report/samplers.rst"),
     params:
         stem=lambda wildcards, output: Path(output.tables[0]).with_suffix(""),
         runs=[f"{RUNS}/{s}" for s in SETTINGS],
@@ -38,6 +42,7 @@ rule report:
         rescale=str(config["train"]["schedule_rescale"]).lower(),
         snapshot_steps=" ".join(map(str, SNAPSHOT_STEPS)),
         nll_train="--nll-train" if NLL_TRAIN_IMAGES else "",
+        samplers=" ".join(SAMPLER_POINTS),
     log:
         f"{RESULTS}/logs/report.log",
     benchmark:
@@ -50,4 +55,5 @@ rule report:
         " --rate-distortion-figure {output.rate_distortion_figure:q} --schedules-figure {output.schedules_figure:q}"
         " --schedule-rescale {params.rescale} --fid-over-training-figure {output.fid_curve_figure:q}"
         " --snapshot-steps {params.snapshot_steps} {params.nll_train} --paper-sweep {params.paper_sweep}"
+        " --samplers {params.samplers} --samplers-figure {output.samplers_figure:q}"
         " {params.scaled} --tracking {input.tracking:q} --config-json {params.config:q} > {log:q} 2>&1"

@@ -1,15 +1,19 @@
+# Every setting is sampled at every point of the sampling axis (SAMPLING), each point in its own folder.
+POINT = f"{RUNS}/{{setting}}/samplers/{{sampler}}"
+
+
 rule sample:
     input:
         checkpoint=rules.train.output.checkpoint,
         manifest=rules.prepare_data.output.manifest,
     output:
-        f"{RUNS}/{{setting}}/samples/shard-{{shard}}.npz",
+        f"{POINT}/samples/shard-{{shard}}.npz",
     params:
         data=lambda wildcards, input: Path(input.manifest).parent,
         range=lambda wildcards: "--start {} --count {}".format(
             *shard_range(wildcards.shard, NUM_SAMPLES, config["sample"]["shard_size"])
         ),
-        steps=f"--steps {config['sample']['steps']}" if config["sample"]["steps"] else "",
+        sampler=lambda wildcards: sampler_args(wildcards.get("sampler", PRIMARY)),
         batch=config["sample"]["batch_size"],
         seed=config["sample"]["seed"],
         speed=SPEED,
@@ -17,38 +21,42 @@ rule sample:
     resources:
         gpu=1,
     log:
-        f"{RESULTS}/logs/sample/{{setting}}-{{shard}}.log",
+        f"{RESULTS}/logs/sample/{{setting}}-{{sampler}}-{{shard}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/sample/{{setting}}-{{shard}}.tsv"
+        f"{RESULTS}/benchmarks/sample/{{setting}}-{{sampler}}-{{shard}}.tsv"
     conda:
         ENV
     shell:
         "ddpm claim-gpus {resources.gpu} --"
         " ddpm sample --checkpoint {input.checkpoint:q} --data {params.data:q} --setting {wildcards.setting:q}"
-        " --out {output:q} {params.range} --batch-size {params.batch} --seed {params.seed} {params.steps}"
+        " --out {output:q} {params.range} --batch-size {params.batch} --seed {params.seed} {params.sampler}"
         " --speed {params.speed} --device auto --threads {threads} > {log:q} 2>&1"
 
 
 rule gather_samples:
     input:
-        shards=expand(f"{RUNS}/{{{{setting}}}}/samples/shard-{{shard}}.npz", shard=SAMPLE_SHARDS),
+        shards=expand(f"{RUNS}/{{{{setting}}}}/samplers/{{{{sampler}}}}/samples/shard-{{shard}}.npz", shard=SAMPLE_SHARDS),
         run_id=rules.train.output.run_id,
         tracking=ancient(TRACKING),
     output:
-        samples=f"{RUNS}/{{setting}}/samples.npz",
-        grid=report(f"{RUNS}/{{setting}}/samples.png", category="Samples", caption="../report/samples.rst"),
+        samples=f"{POINT}/samples.npz",
+        sampler=f"{POINT}/sampler.json",
+        grid=report(f"{POINT}/samples.png", category="Samples", subcategory="{sampler}",
+                    caption="../report/samples.rst"),
     params:
         grid_size=config["sample"]["grid_size"],
+        sampler=lambda wildcards: sampler_args(wildcards.sampler),
+        primary=lambda wildcards: "--primary" if wildcards.sampler == PRIMARY else "",
     log:
-        f"{RESULTS}/logs/gather_samples/{{setting}}.log",
+        f"{RESULTS}/logs/gather_samples/{{setting}}-{{sampler}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/gather_samples/{{setting}}.tsv"
+        f"{RESULTS}/benchmarks/gather_samples/{{setting}}-{{sampler}}.tsv"
     conda:
         ENV
     shell:
         "ddpm gather-samples --shards {input.shards:q} --setting {wildcards.setting:q} --out {output.samples:q}"
-        " --grid {output.grid:q} --grid-size {params.grid_size} --tracking {input.tracking:q}"
-        " --run-id-file {input.run_id:q} > {log:q} 2>&1"
+        " --sampler-out {output.sampler:q} {params.sampler} --grid {output.grid:q} --grid-size {params.grid_size}"
+        " --tracking {input.tracking:q} --run-id-file {input.run_id:q} {params.primary} > {log:q} 2>&1"
 
 
 # FID over training: the same sampling, from the EMA weights kept at each of fid_over_training.steps.
@@ -94,7 +102,7 @@ rule progressive:
                caption="../report/progressive.rst"),
     params:
         data=lambda wildcards, input: Path(input.manifest).parent,
-        steps=f"--steps {config['sample']['steps']}" if config["sample"]["steps"] else "",
+        sampler=sampler_args(PRIMARY),
         seed=config["sample"]["seed"],
     threads: 1
     resources:
@@ -108,7 +116,7 @@ rule progressive:
     shell:
         "ddpm claim-gpus {resources.gpu} --"
         " ddpm progressive --checkpoint {input.checkpoint:q} --data {params.data:q} --setting {wildcards.setting:q}"
-        " --out {output:q} --seed {params.seed} {params.steps} --device auto --threads {threads} > {log:q} 2>&1"
+        " --out {output:q} --seed {params.seed} {params.sampler} --device auto --threads {threads} > {log:q} 2>&1"
 
 
 # DDPM Figure 8: two test images encoded to x_t (t = T/2), interpolated, and decoded by the reverse process.
@@ -121,7 +129,7 @@ rule interpolate:
                caption="../report/interpolation.rst"),
     params:
         data=lambda wildcards, input: Path(input.manifest).parent,
-        steps=f"--steps {config['sample']['steps']}" if config["sample"]["steps"] else "",
+        sampler=sampler_args(PRIMARY),
         seed=config["sample"]["seed"],
     threads: 1
     resources:
@@ -135,4 +143,4 @@ rule interpolate:
     shell:
         "ddpm claim-gpus {resources.gpu} --"
         " ddpm interpolate --checkpoint {input.checkpoint:q} --data {params.data:q} --setting {wildcards.setting:q}"
-        " --out {output:q} --seed {params.seed} {params.steps} --device auto --threads {threads} > {log:q} 2>&1"
+        " --out {output:q} --seed {params.seed} {params.sampler} --device auto --threads {threads} > {log:q} 2>&1"
