@@ -331,7 +331,8 @@ class GaussianDiffusion:
         alpha_bar_prev = self._extract("alphas_cumprod_prev", t, x)
         sigma = eta * torch.sqrt((1 - alpha_bar_prev) / (1 - alpha_bar) * (1 - alpha_bar / alpha_bar_prev))
         noise = randn(x.shape, generator, device=x.device, dtype=x.dtype)
-        mean = alpha_bar_prev.sqrt() * out["pred_xstart"] + torch.sqrt(1 - alpha_bar_prev - sigma ** 2) * eps
+        direction = (1 - alpha_bar_prev - sigma ** 2).clamp_min(0)  # ≥ 0 exactly; rounding must not make it NaN
+        mean = alpha_bar_prev.sqrt() * out["pred_xstart"] + direction.sqrt() * eps
         return {"sample": mean + sigma * noise, "pred_xstart": out["pred_xstart"]}
 
     def ddim_reverse_sample(self, model: Model, x: torch.Tensor, t: torch.Tensor, *, model_kwargs: dict | None = None
