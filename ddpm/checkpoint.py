@@ -120,13 +120,14 @@ def read_provenance(path) -> dict[str, str]:
     return {key: str(value) for key, value in found.items()}
 
 
-def agreed_provenance(paths, *, setting: str | None = None) -> dict[str, str]:
+def agreed_provenance(paths, *, setting: str | None = None, sampler: str | None = None) -> dict[str, str]:
     """The one provenance that all of ``paths`` record (shards of one checkpoint and sampler point); refuses shards of
-    different checkpoints or sampler points, and (with ``setting``) shards of another setting, naming the file."""
+    different checkpoints or sampler points, and (with ``setting``, ``sampler``) shards of another setting or
+    sampler point, naming the file."""
     records = [(path, read_provenance(path)) for path in paths]
     first_path, first = records[0]
     for path, found in records:
-        check_provenance(found, path, setting=setting)
+        check_provenance(found, path, setting=setting, sampler=sampler)
         if found != first:
             what = "sampler points" if {**found, "sampler": ""} == {**first, "sampler": ""} else "checkpoints"
             raise ValueError(f"{path} and {first_path} come from different {what} (they record "

@@ -368,28 +368,23 @@ def add_gather_samples(p):
                    "shards must have been drawn by the point of the sampler flags")
     _add_sampler(p)
     _add_job_expectations(p)
-    _add_tracking(p, sampler_run=True)
 
 
 @passes_divergence_on("grid", "out", "sampler_out", inputs="shards")
 def cmd_gather_samples(args):
-    from .checkpoint import agreed_provenance, check_provenance
     from .evaluate import write_gathered_samples
     from .sample import save_grid
     from .settings import write_sampler
 
     point = _sampler_point(args) if args.sampler_out else None
-    if point is not None:
-        check_provenance(agreed_provenance(args.shards), args.shards[0], sampler=point.name)
-    images, cost = write_gathered_samples(args.shards, args.out, setting=args.setting)
+    images, cost = write_gathered_samples(args.shards, args.out, setting=args.setting,
+                                          sampler=point.name if point else None)
     print(f"gathered {len(images)} samples into {args.out}" + (f" ({json.dumps(cost)})" if cost else ""))
     if point is not None:
         write_sampler(Path(args.sampler_out).parent, point, cost, Path(args.sampler_out).name)
     if args.grid:
         save_grid(images[: args.grid_size], args.grid)
         print(f"grid of {min(args.grid_size, len(images))} samples in {args.grid}")
-    point_runs, setting_runs = _runs(args, point)
-    _log(point_runs + setting_runs, cost, artifact=args.grid)
 
 
 def add_fid(p):
@@ -404,6 +399,7 @@ def add_fid(p):
     p.add_argument("--snapshot", action="store_true",
                    help="a snapshot for FID over training, not the final checkpoint: log only the curve's point")
     p.add_argument("--sampler-file", help="the samples' sampler.json: log to the sampler point's run")
+    p.add_argument("--grid", help="the samples' grid (a PNG), attached to the runs the scores go to")
     p.add_argument("--out", required=True)
     _add_job_expectations(p)
     _add_tracking(p, sampler_run=True)
@@ -425,7 +421,9 @@ def cmd_fid(args):
     for metrics, step in tracked_scores(scores, snapshot=args.snapshot):
         _log(setting_runs, metrics, step=step)  # the setting's: its own point's scores, and the curve's point
         if step == 0:
-            _log(point_runs, metrics)  # the sampler point's: its final scores
+            _log(point_runs, metrics)  # the sampler point's: its final scores and what sampling cost
+    if args.grid:
+        _log(point_runs + setting_runs, {}, artifact=args.grid)
     for uri, run_id in point_runs:  # the point's last job
         finish_run(uri, run_id)
     print(json.dumps(scores))

@@ -141,9 +141,10 @@ def tracked_bpd(result: dict) -> dict[str, float]:
     return {metric: result["bpd"], f"{metric}_stderr": result["bpd_stderr"]}
 
 
-def sampling_cost(shard_paths) -> dict:
-    """What drawing the shards' samples cost: network evaluations per image (one number: the shards must agree) and
-    images per second of sampling (all shards' images over all their seconds). {} for shards that do not record it."""
+def sampling_cost(shard_paths, count: int) -> dict:
+    """What drawing the ``count`` images of the shards cost: network evaluations per image (one number: the shards
+    must agree) and images per second of sampling (over all the shards' seconds). {} for shards that do not record
+    it."""
     shards = [load_npz(p, (), optional=("sampling_seconds", SAMPLING_COST[0])) for p in shard_paths]
     if not all(len(shard) == 2 for shard in shards):
         return {}
@@ -151,18 +152,19 @@ def sampling_cost(shard_paths) -> dict:
     if len(evaluations) > 1:
         raise ValueError(f"the sample shards took different numbers of network evaluations per image "
                          f"({sorted(evaluations)}): delete the stale shards and run the workflow again")
-    count = sum(len(load_npz(p, ("indices",))["indices"]) for p in shard_paths)
     seconds = sum(float(shard["sampling_seconds"]) for shard in shards)
     images_per_s = count / seconds if seconds > 0 else float("nan")
     return dict(zip(SAMPLING_COST, (evaluations.pop(), images_per_s)))
 
 
-def write_gathered_samples(shards, out, *, setting: str | None = None) -> tuple[np.ndarray, dict]:
-    """``ddpm gather-samples``: :func:`gather_samples` of shards of one checkpoint and one sampler point, saved with
-    their provenance and what they cost (:func:`sampling_cost`); returns the images and that cost."""
-    provenance = agreed_provenance(shards, setting=setting)
+def write_gathered_samples(shards, out, *, setting: str | None = None, sampler: str | None = None
+                           ) -> tuple[np.ndarray, dict]:
+    """``ddpm gather-samples``: :func:`gather_samples` of shards of one checkpoint and one sampler point (with
+    ``setting``, ``sampler``: the ones this job is for), saved with their provenance and what they cost
+    (:func:`sampling_cost`); returns the images and that cost."""
+    provenance = agreed_provenance(shards, setting=setting, sampler=sampler)
     images, indices = gather_samples(shards)
-    cost = sampling_cost(shards)
+    cost = sampling_cost(shards, len(images))
     save_npz(out, images=images, indices=indices, **{k: np.array(v) for k, v in cost.items()},
              **provenance_arrays(provenance))
     return images, cost

@@ -292,8 +292,7 @@ def samplers_table(run_dirs: dict[str, Path], samplers, published: pd.DataFrame 
             S = point.num_steps(setting["T"])
             key = (*(setting[a] for a in SETTING_AXES), _sampler_row_label(point), point.skip, point.clip)
             cell = cells.setdefault(key, {}).setdefault(S, {"fid": [], "seconds": [], "paper": None})
-            fid = next(v for k, v in _fidelity_columns(scores).items() if k.startswith("FID ["))
-            cell["fid"].append(fid)
+            cell["fid"].append(scores["fid"])
             cell["seconds"].append(1 / scores["sampling_images_per_s"] if scores.get("sampling_images_per_s") else float("nan"))
             if published is not None:
                 cell["paper"] = published_for_sampler(published, sweep, setting, point).get("fid", {}).get("value")

@@ -185,7 +185,10 @@ def test_gathering_refuses_shards_of_another_sampler_point_or_a_mix(runs, tmp_pa
     gather = ["gather-samples", "--out", str(tmp_path / "samples.npz"), "--sampler-out", str(tmp_path / "sampler.json")]
     assert main([*gather, "--shards", str(other), *ddim, "--steps", "10"]) == 2  # drawn on 5 steps, not 10
     assert "records sampler ddim-eta0-S5-uniform, but this job is for ddim-eta0-S10-uniform" in capsys.readouterr().err
-    assert main([*gather, "--shards", str(ancestral), str(other)]) == 2  # a mix of two points
+    assert main([*gather, "--shards", str(ancestral), str(other)]) == 2  # a mix, gathered as the ancestral point
+    assert "records sampler ddim-eta0-S5-uniform, but this job is for ancestral" in capsys.readouterr().err
+    assert main(["gather-samples", "--out", str(tmp_path / "samples.npz"), "--shards", str(ancestral),
+                 str(other)]) == 2  # a mix, gathered without saying for which point (the snapshots' gathering)
     assert "come from different sampler points" in capsys.readouterr().err
     assert not (tmp_path / "samples.npz").exists() and not (tmp_path / "sampler.json").exists()
 

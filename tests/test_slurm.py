@@ -66,8 +66,9 @@ def test_tiny_workflow_runs_to_completion_on_slurm_with_every_job_in_its_account
     by_rule: dict[str, list[dict]] = {}
     for job in ours:
         by_rule.setdefault(_rule(job), []).append(job)
-    # One setting; two sample shards and two bits/dim shards (tests/configs/tiny.yaml).
-    assert len(by_rule["train"]) == 1 and len(by_rule["sample"]) == 2 and len(by_rule["nll"]) == 2, by_rule.keys()
+    # One setting; two sampler points of two sample shards each, two bits/dim shards (tests/configs/tiny.yaml).
+    assert len(by_rule["train"]) == 1 and len(by_rule["sample"]) == 4 and len(by_rule["nll"]) == 2, by_rule.keys()
+    assert len(by_rule["fid_is"]) == 2
     for rule in ("prepare_data", "train_classifier", "fid_is", "report"):
         assert rule in by_rule, f"no {rule} job in SLURM's accounting: {sorted(by_rule)}"
     for rule in ("mlflow_init", "gather_samples", "gather_nll"):

@@ -2,6 +2,7 @@ rule fid_is:
     input:
         samples=rules.gather_samples.output.samples,
         sampler=rules.gather_samples.output.sampler,
+        grid=rules.gather_samples.output.grid,
         manifest=rules.prepare_data.output.manifest,
         weights=extractor_weights(),
         run_id=rules.train.output.run_id,
@@ -13,8 +14,8 @@ rule fid_is:
         extractor=extractor_args(),
         test="--test-reference" if config["evaluate"]["fid_test"] else "",
         step=f"--training-step {config['train']['steps']}",
-        # the point's own MLflow run, and the setting's for the first point
-        runs=lambda wildcards, input: f"--sampler-file {shlex.quote(input.sampler)}"
+        # the point's own MLflow run (its scores and grid), and the setting's for the first point
+        runs=lambda wildcards, input: f"--sampler-file {shlex.quote(input.sampler)} --grid {shlex.quote(input.grid)}"
         + (" --primary" if wildcards.sampler == PRIMARY else ""),
     threads: 1
     resources:

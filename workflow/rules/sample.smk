@@ -36,8 +36,6 @@ rule sample:
 rule gather_samples:
     input:
         shards=expand(f"{RUNS}/{{{{setting}}}}/samplers/{{{{sampler}}}}/samples/shard-{{shard}}.npz", shard=SAMPLE_SHARDS),
-        run_id=rules.train.output.run_id,
-        tracking=ancient(TRACKING),
     output:
         samples=f"{POINT}/samples.npz",
         sampler=f"{POINT}/sampler.json",
@@ -46,7 +44,6 @@ rule gather_samples:
     params:
         grid_size=config["sample"]["grid_size"],
         sampler=lambda wildcards: sampler_args(wildcards.sampler),
-        primary=lambda wildcards: "--primary" if wildcards.sampler == PRIMARY else "",
     log:
         f"{RESULTS}/logs/gather_samples/{{setting}}-{{sampler}}.log",
     benchmark:
@@ -56,7 +53,7 @@ rule gather_samples:
     shell:
         "ddpm gather-samples --shards {input.shards:q} --setting {wildcards.setting:q} --out {output.samples:q}"
         " --sampler-out {output.sampler:q} {params.sampler} --grid {output.grid:q} --grid-size {params.grid_size}"
-        " --tracking {input.tracking:q} --run-id-file {input.run_id:q} {params.primary} > {log:q} 2>&1"
+        " > {log:q} 2>&1"
 
 
 # FID over training: the same sampling, from the EMA weights kept at each of fid_over_training.steps.
