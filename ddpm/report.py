@@ -277,10 +277,12 @@ def samplers_table(run_dirs: dict[str, Path], samplers, published: pd.DataFrame 
                    comparable: bool = True) -> pd.DataFrame:
     """The sampling axis in DDIM Table 1's layout: one row per (setting, sampler row: η or σ̂, skip, clipping), seeds
     pooled; for each S, the measured FID (mean over seeds), the published one, Δ = measured − paper (not for a
-    scaled-down run, ``comparable=False``) and the seconds per image of sampling. A point on every step is S = T."""
+    scaled-down run, ``comparable=False``) and the seconds per image of sampling, then the FIDs' feature extractor and
+    number of samples. A point on every step is S = T."""
     from .paper import SETTING_AXES, published_for_sampler
 
     cells: dict[tuple, dict] = {}
+    measured_with = set()  # (feature extractor, samples) of the FIDs
     for name, folder in run_dirs.items():
         setting = _setting(folder, name)
         for sampler in samplers:
@@ -288,12 +290,18 @@ def samplers_table(run_dirs: dict[str, Path], samplers, published: pd.DataFrame 
             scores = _read_json(point_dir / "fid_is.json", name)
             if DIVERGED in scores:
                 continue
+            _check_sampler(scores, folder, sampler)
             point = read_sampler_file(point_dir / SAMPLER_FILE)
+            if point.name != sampler:
+                raise ValueError(f"{point_dir / SAMPLER_FILE} records the sampler point {point.name}, but it is in "
+                                 f"the folder of {sampler}: delete it and run the workflow again")
             S = point.num_steps(setting["T"])
             key = (*(setting[a] for a in SETTING_AXES), _sampler_row_label(point), point.skip, point.clip)
             cell = cells.setdefault(key, {}).setdefault(S, {"fid": [], "seconds": [], "paper": None})
             cell["fid"].append(scores["fid"])
-            cell["seconds"].append(1 / scores["sampling_images_per_s"] if scores.get("sampling_images_per_s") else float("nan"))
+            images_per_s = scores.get("sampling_images_per_s")
+            cell["seconds"].append(1 / images_per_s if images_per_s else float("nan"))
+            measured_with.add((scores["extractor"], scores["num_samples"]))
             if published is not None:
                 cell["paper"] = published_for_sampler(published, sweep, setting, point).get("fid", {}).get("value")
     all_steps = sorted({S for by_steps in cells.values() for S in by_steps})
@@ -309,6 +317,8 @@ def samplers_table(run_dirs: dict[str, Path], samplers, published: pd.DataFrame 
             if comparable:
                 row[f"S={S} Δ"] = None if paper is None else measured - paper
             row[f"S={S} s/image"] = float(np.mean(cell["seconds"])) if cell else float("nan")
+        row["extractor"] = ", ".join(sorted({extractor for extractor, _ in measured_with}))
+        row["samples"] = max((count for _, count in measured_with), default=None)
         rows.append(row)
     return pd.DataFrame(rows)
 

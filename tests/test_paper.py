@@ -13,7 +13,7 @@ from PIL import Image
 
 from ddpm.paper import load_published, published_for, published_for_sampler
 from ddpm.report import build_table, paper_table, rate_distortion, rate_distortion_table
-from ddpm.settings import apply_scale, expand_sampling, expand_sweep, train_config
+from ddpm.settings import SamplerPoint, apply_scale, expand_sampling, expand_sweep, train_config
 from ddpm.unet import count_parameters, create_model
 
 CONFIGS = ROOT / "config"
@@ -351,6 +351,34 @@ def test_ddim_table1_scaled_down_fills_the_samplers_table_beside_the_published(t
     main = pd.read_csv(tiny_papers / "results" / "tables" / "ddim-table1-tiny.csv")
     rows = main[main["setting"] == "linear-T1000-eps-fixedlarge-mse-s0"]
     assert len(rows) == 25 and sorted(set(rows["network evaluations"])) == [10, 20, 49, 96, 1000]
+
+
+def test_samplers_table_lays_the_points_out_as_ddim_table1_with_the_papers_numbers(tmp_path):
+    from ddpm.report import samplers_table
+
+    folder = record_settings({"linear-T1000-eps-fixedlarge-mse-s0": tmp_path / "run"})
+    run = folder["linear-T1000-eps-fixedlarge-mse-s0"]
+    points = [SamplerPoint("ddim", 10, "quadratic", eta=0.0, clip=False),
+              SamplerPoint("ddim", 20, "quadratic", eta=0.0, clip=False),
+              SamplerPoint("ancestral", 10, "quadratic", variance="fixedlarge")]
+    for point, fid in zip(points, (15.0, 7.0, 300.0)):
+        write_point_scores(run, {"fid": fid, "num_samples": 50000, "extractor": "inception-v3-compat",
+                                 "sampling_images_per_s": 100.0 / point.steps}, point)
+    names = [p.name for p in points]
+    table = samplers_table(folder, names, load_published(PUBLISHED), "ddim-table1")
+    assert list(table["sampler"]) == ["η = 0.0", "σ̂"] and list(table["clip"]) == [False, True]
+    eta0, sigma_hat = table.iloc[0], table.iloc[1]
+    assert (eta0["S=10 FID"], eta0["S=10 paper"], eta0["S=20 paper"]) == (15.0, 13.36, 6.84)
+    assert eta0["S=10 Δ"] == pytest.approx(15.0 - 13.36) and eta0["S=10 s/image"] == pytest.approx(0.1)
+    assert (sigma_hat["S=10 paper"], sigma_hat["S=10 Δ"]) == (367.43, pytest.approx(300.0 - 367.43))
+    assert pd.isna(sigma_hat["S=20 FID"]) and pd.isna(sigma_hat["S=20 paper"])  # a point not sampled
+    assert (eta0["extractor"], eta0["samples"]) == ("inception-v3-compat", 50000)
+    assert "S=10 Δ" not in samplers_table(folder, names, load_published(PUBLISHED), "ddim-table1", comparable=False)
+    # a point's folder holding another point's sampler.json is refused, naming the file
+    (run / "samplers" / names[0] / "sampler.json").write_text(
+        (run / "samplers" / names[1] / "sampler.json").read_text())
+    with pytest.raises(ValueError, match=f"records the sampler point {names[1]}, but it is in the folder of {names[0]}"):
+        samplers_table(folder, names, None, "ddim-table1")
 
 
 # ----------------------------------------------------------------------------------------------------------------
