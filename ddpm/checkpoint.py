@@ -21,7 +21,7 @@ from .diffusion import GaussianDiffusion
 from .io import atomic_open, load_npz, save_npz, write_json
 from .schedules import make_betas
 from .settings import Setting, TrainConfig
-from .unet import UNet, create_model
+from .unet import UNet, UNetConfig, create_model
 
 #: The key that marks a setting whose training diverged, in its checkpoint and in every file made from it.
 DIVERGED = "diverged_at_step"
@@ -88,8 +88,10 @@ def checkpoint_provenance(path: str | Path, *, setting: str | None = None, data_
                              f"the train split of {data_dir} has {split_sha256(data_dir, 'train')}. Delete it and "
                              f"run the workflow again to retrain on this data")
         if not data_sha256:
-            print(f"note: {path} does not record the checksum of its training images (trained without a prepared "
-                  f"data folder): its data is checked by name and shape only", flush=True)
+            why = (f"imported from {state['source']['format']} weights, trained elsewhere" if "source" in state
+                   else "trained without a prepared data folder")
+            print(f"note: {path} does not record the checksum of its training images ({why}): its data is checked "
+                  f"by name and shape only", flush=True)
     return {"setting": trained_as, "checkpoint_sha256": sha256_file(path), "data_sha256": data_sha256}
 
 
@@ -186,16 +188,25 @@ def record_divergence(path, step: int) -> None:
 #: the raw weights, marked with this key).
 SNAPSHOT_DIR = "snapshots"
 EMA_ONLY = "ema_only"
+#: An imported checkpoint (:mod:`ddpm.pretrained`) records its architecture under this key, and where it came from
+#: under ``source`` (format, files, sha256); a trained one is built from its config's preset.
+UNET_KEY = "unet"
+
+
 def snapshot_path(out_dir: str | Path, step: int) -> Path:
     return Path(out_dir) / SNAPSHOT_DIR / f"step-{step}.pt"
 
 
-def build(config: TrainConfig, *, in_channels: int, image_size: int) -> tuple[UNet, GaussianDiffusion]:
-    """The network and the diffusion process a setting describes."""
+def build(config: TrainConfig, *, in_channels: int, image_size: int, unet: dict | None = None
+          ) -> tuple[UNet, GaussianDiffusion]:
+    """The network and the diffusion process a setting describes; ``unet``: the architecture as a
+    :class:`UNetConfig` dict, for imported weights (:mod:`ddpm.pretrained`), instead of the config's preset."""
     diffusion = GaussianDiffusion(
         make_betas(config.schedule, config.T, rescale=config.schedule_rescale),
         config.mean_type, config.var_type, config.loss_type,
     )
+    if unet is not None:
+        return UNet(UNetConfig.from_dict(unet)), diffusion
     overrides = {"in_channels": in_channels, "image_size": image_size}
     if config.dropout is not None:
         overrides["dropout"] = config.dropout
@@ -211,7 +222,11 @@ def load_for_sampling(path: str | Path, *, use_ema: bool = True, device="cpu") -
     if not use_ema and state.get(EMA_ONLY):
         raise ValueError(f"{path} is a snapshot for FID over training: it holds only the EMA weights")
     config = TrainConfig.from_dict(state["config"])
-    model, diffusion = build(config, in_channels=state["data_shape"][0], image_size=state["data_shape"][1])
+    model, diffusion = build(config, in_channels=state["data_shape"][0], image_size=state["data_shape"][1],
+                             unet=state.get(UNET_KEY))
+    if not use_ema and state.get("model") is None:
+        raise ValueError(f"{path} holds only EMA weights ({state.get('source', {}).get('format', 'imported')}: "
+                         f"the source had no raw weights)")
     weights = state["ema"] if use_ema else state["model"]
     mismatch = _architecture_mismatch(model.state_dict(), weights)
     if mismatch:

@@ -1,7 +1,8 @@
 """The ``ddpm`` command line: every pipeline step also runs by hand, without Snakemake.
 
-    ddpm prepare | classifier | track init | track serve | train | sample | progressive | interpolate | gather-samples
-    ddpm evaluate fid | nll | nll-gather | baseline
+    ddpm prepare | classifier | track init | track serve | train | import | sample | progressive | interpolate
+    ddpm gather-samples
+    ddpm evaluate fid | ref-stats | nll | nll-gather | baseline
     ddpm report | bench | claim-gpus
 
 Each command parses its arguments, calls one function of the package and prints what it did. A setting whose
@@ -19,7 +20,7 @@ import time
 from dataclasses import MISSING, fields
 from pathlib import Path
 
-from .vocabulary import DECODERS, EXTRACTORS, ON_DIVERGENCE, SAMPLE_VARIANCES, SAMPLERS, SKIPS
+from .vocabulary import DECODERS, EXTRACTORS, IMPORT_FORMATS, ON_DIVERGENCE, SAMPLE_VARIANCES, SAMPLERS, SKIPS
 
 
 def _bool(text: str) -> bool:
@@ -131,6 +132,14 @@ def _log(runs: list[tuple[str, str]], metrics: dict, artifact: str | None = None
         tracking.log_metrics(uri, run_id, numeric, step)
         if artifact:
             tracking.log_artifact(uri, run_id, artifact)
+
+
+def _tag(runs: list[tuple[str, str]], tags: dict[str, str]) -> None:
+    from . import tracking
+
+    for uri, run_id in runs:
+        for key, value in tags.items():
+            tracking.set_tag(uri, run_id, key, value)
 
 
 def _log_to_run(args: argparse.Namespace, metrics: dict, artifact: str | None = None, step: int = 0) -> None:
@@ -293,6 +302,56 @@ def cmd_train(args):
         print(json.dumps(final))
 
 
+def add_import(p):
+    from .settings import SWEEP_AXES
+
+    p.add_argument("source", help="a diffusers model folder (config.json + diffusion_pytorch_model.safetensors or .bin, "
+                                  "and its scheduler config), pytorch-ddpm's ckpt.pt, or a Hugging Face model id such "
+                                  "as google/ddpm-cifar10-32 (fetched with huggingface_hub where there is a network)")
+    p.add_argument("--out", required=True, help="the checkpoint to write (e.g. results/runs/<sweep>/<setting>/"
+                                                "checkpoint.pt); setting.json, metrics.jsonl beside it")
+    p.add_argument("--format", choices=IMPORT_FORMATS, help="the source's layout (default: detected)")
+    p.add_argument("--revision", help="a Hugging Face model's revision (branch, tag or commit)")
+    p.add_argument("--image-size", type=int, help="pytorch-ddpm: the image size (default: its flagfile.txt's "
+                                                  "img_size, or 32)")
+    p.add_argument("--data", help="a prepared dataset folder: the source must generate its image shape")
+    p.add_argument("--run-name", help="MLflow run name (default: the output folder's name)")
+    p.add_argument("--tracking", help="the sweep's MLflow tracking file (written by `ddpm track init`)")
+    for axis in SWEEP_AXES:
+        p.add_argument(f"--{axis.replace('_', '-')}", dest=axis, type=int if axis in ("T", "seed") else str,
+                       help=f"the setting's {axis}: the source must agree (all six axes, or none)")
+
+
+def cmd_import(args):
+    from . import tracking as mlf
+    from .checkpoint import load_checkpoint
+    from .pretrained import import_checkpoint
+    from .settings import SWEEP_AXES, Setting, write_setting
+
+    given = {axis: getattr(args, axis) for axis in SWEEP_AXES if getattr(args, axis) is not None}
+    if given and len(given) != len(SWEEP_AXES):
+        raise SystemExit(f"ddpm import: give all of the setting's axes or none; missing: "
+                         f"{', '.join('--' + a.replace('_', '-') for a in SWEEP_AXES if a not in given)}")
+    setting = Setting.from_dict(given) if given else None
+    out = Path(args.out)
+    record = import_checkpoint(args.source, out, fmt=args.format, setting=setting, data_dir=args.data,
+                               revision=args.revision, image_size=args.image_size)
+    config = load_checkpoint(out)["config"]
+    write_setting(out.parent, Setting.from_dict(config))
+    (out.parent / "metrics.jsonl").write_text("")  # no training: no loss curve
+    if args.tracking:
+        tracking = mlf.read_tracking(args.tracking)
+        params = {**config, "source_format": record["format"], "source": record["path"],
+                  **{f"source_sha256.{name}": sha for name, sha in record["files"].items()}}
+        run_id = mlf.start_setting_run(tracking, args.run_name or out.parent.name, params)
+        mlf.set_tag(tracking["tracking_uri"], run_id, "ddpm.imported", record["format"])
+        mlf.finish_run(tracking["tracking_uri"], run_id)
+        (out.parent / "mlflow_run_id.txt").write_text(run_id + "\n")
+    for note in record["notes"]:
+        print(f"note: {note}", file=sys.stderr, flush=True)
+    print(json.dumps({"checkpoint": str(out), **record, "setting": Setting.from_dict(config).name}, indent=2))
+
+
 def add_progressive(p):
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--out", required=True, help="the PNG: one row per sample, one column per reverse-step stage")
@@ -400,6 +459,12 @@ def add_fid(p):
                    help="a snapshot for FID over training, not the final checkpoint: log only the curve's point")
     p.add_argument("--sampler-file", help="the samples' sampler.json: log to the sampler point's run")
     p.add_argument("--grid", help="the samples' grid (a PNG), attached to the runs the scores go to")
+    p.add_argument("--ref-stats", help="FID against this statistics file of the train split (`ddpm evaluate "
+                   "ref-stats`, checked against --extractor, --weights and --data) instead of the train images' "
+                   "features; IS, KID and precision/recall still use the images")
+    p.add_argument("--foreign-ref-stats", action="store_true",
+                   help="--ref-stats is a file from elsewhere (pytorch-fid / clean-fid layout: mu and sigma, no .json "
+                        "record beside it): use it, checking only its feature dimension")
     p.add_argument("--out", required=True)
     _add_job_expectations(p)
     _add_tracking(p, sampler_run=True)
@@ -409,13 +474,14 @@ def add_fid(p):
 @passes_divergence_on("out", inputs="samples")
 def cmd_fid(args):
     from .evaluate import write_scores
-    from .metrics import tracked_scores
+    from .metrics import fid_tags, tracked_scores
     from .settings import read_sampler_file
     from .tracking import finish_run
 
     scores = write_scores(args.samples, args.data, args.out, extractor=args.extractor, weights=args.weights,
                           device=_device(args.device), test_reference=args.test_reference,
-                          training_step=args.training_step, setting=args.setting)
+                          training_step=args.training_step, setting=args.setting, ref_stats=args.ref_stats,
+                          ref_stats_foreign=args.foreign_ref_stats)
     point = read_sampler_file(args.sampler_file) if args.sampler_file else None
     point_runs, setting_runs = _runs(args, point)
     for metrics, step in tracked_scores(scores, snapshot=args.snapshot):
@@ -424,9 +490,34 @@ def cmd_fid(args):
             _log(point_runs, metrics)  # the sampler point's: its final scores and what sampling cost
     if args.grid:
         _log(point_runs + setting_runs, {}, artifact=args.grid)
+    if not args.snapshot:  # how the final scores were computed: sample count, extractor, reference, weights, seed
+        _tag(point_runs + setting_runs, fid_tags(scores))
     for uri, run_id in point_runs:  # the point's last job
         finish_run(uri, run_id)
     print(json.dumps(scores))
+
+
+def add_ref_stats(p):
+    p.add_argument("--data", required=True, help="the prepared data folder (`ddpm prepare`)")
+    p.add_argument("--split", choices=["train", "test"], default="train",
+                   help="the split whose images the statistics are of (default: train, FID's reference)")
+    p.add_argument("--out", required=True, help="the statistics file, .npz (mu, sigma: pytorch-fid's layout); its "
+                   "record goes beside it (same stem, .json)")
+    p.add_argument("--extractor", default="classifier", choices=EXTRACTORS,
+                   help="the feature extractor FID will be computed with (default: classifier)")
+    p.add_argument("--weights", help="extractor weights (the classifier file, or local Inception weights)")
+    p.add_argument("--num-images", type=int, default=None, help="the split's first N images (default: all)")
+    p.add_argument("--batch-size", type=int, default=200, help="images per batch of features (default: 200)")
+    _add_runtime(p)
+
+
+def cmd_ref_stats(args):
+    from .refstats import write_ref_stats
+
+    record = write_ref_stats(args.data, args.out, split=args.split, extractor=args.extractor, weights=args.weights,
+                             device=_device(args.device), num_images=args.num_images, batch_size=args.batch_size)
+    print(f"FID statistics of {record['num_images']} {args.split} images ({record['feature_dim']} "
+          f"{args.extractor} features) in {args.out}")
 
 
 def add_nll(p):
@@ -512,7 +603,7 @@ def add_report(p):
     p.add_argument("--samplers-figure", help="FID against S, one line per sampler (η, σ̂)")
     p.add_argument("--published", help="the papers' numbers (CSV): also write <stem>-paper.* with them beside yours")
     p.add_argument("--paper-sweep", help="the sweep name the published numbers are filed under (default: the stem's)")
-    p.add_argument("--scaled-down", action="store_true", help="a scale=tiny run: no Δ columns, it is not comparable")
+    p.add_argument("--scaled-down", action="store_true", help="a scale=tiny run: no Δ, every published number is marked not comparable")
     p.add_argument("--tracking", help="also attach the tables to the sweep's parent run and finish it")
     p.add_argument("--config-json", help="with --tracking: the sweep's resolved config, stored with the parent run")
 
@@ -587,6 +678,8 @@ COMMANDS = [
     ("track", "serve", "a tracking server for a cluster's submit node (mlflow server, with the host names the compute "
      "nodes use allowed); SQLite on a network filesystem is refused", add_track_serve, cmd_track_serve),
     (None, "train", "train one setting; writes checkpoint.pt and metrics.jsonl", add_train, cmd_train),
+    (None, "import", "published weights (diffusers' DDPM folders, pytorch-ddpm's ckpt.pt) as a checkpoint of this "
+     "project, for sampling and scoring like a trained one", add_import, cmd_import),
     (None, "progressive", "x̂₀ along the reverse process as a PNG grid (DDPM Figure 6)", add_progressive,
      cmd_progressive),
     (None, "interpolate", "interpolate two test images through a latent x_t (DDPM Figure 8)", add_interpolate,
@@ -594,6 +687,8 @@ COMMANDS = [
     (None, "sample", "draw samples from a checkpoint, each seeded by its index", add_sample, cmd_sample),
     (None, "gather-samples", "merge sample shards and draw the grid", add_gather_samples, cmd_gather_samples),
     ("evaluate", "fid", "torch-fidelity metrics of samples against the train split", add_fid, cmd_fid),
+    ("evaluate", "ref-stats", "FID's reference statistics of a split (feature mean and covariance) as a file, "
+     "computed once for every `evaluate fid --ref-stats`", add_ref_stats, cmd_ref_stats),
     ("evaluate", "nll", "bits/dim (calc_bpd_loop) on a shard of the test (or train) split", add_nll, cmd_nll),
     ("evaluate", "nll-gather", "merge bits/dim shards", add_nll_gather, cmd_nll_gather),
     ("evaluate", "baseline", "score the test split or a fitted Gaussian the same way as samples", add_baseline,

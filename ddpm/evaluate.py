@@ -16,7 +16,7 @@ from .io import load_npz, save_npz, write_json
 from .progress import progress as progress_iter
 from .sample import sample_generator
 from .speed import FastForward, Speed
-from .vocabulary import SAMPLING_COST
+from .vocabulary import SAMPLE_RECORD, SAMPLING_COST
 
 
 NLL_SHARD_KEYS = ("indices", "total_bpd", "prior_bpd", "vb_sum", "xstart_mse_sum")
@@ -157,6 +157,21 @@ def sampling_cost(shard_paths, count: int) -> dict:
     return dict(zip(SAMPLING_COST, (evaluations.pop(), images_per_s)))
 
 
+def sample_record(shard_paths) -> dict:
+    """What the shards were drawn with (:data:`SAMPLE_RECORD`: EMA or raw weights, the seed), which they must agree
+    on; {} for shards that do not record it."""
+    shards = [load_npz(p, (), optional=SAMPLE_RECORD) for p in shard_paths]
+    record = {}
+    for key in SAMPLE_RECORD:
+        values = {shard[key].item() for shard in shards if key in shard}
+        if len(values) > 1:
+            raise ValueError(f"the sample shards were drawn with different {key.replace('_', ' ')}s "
+                             f"({sorted(map(str, values))}): delete the stale shards and run the workflow again")
+        if values and all(key in shard for shard in shards):
+            record[key] = values.pop()
+    return record
+
+
 def write_gathered_samples(shards, out, *, setting: str | None = None, sampler: str | None = None
                            ) -> tuple[np.ndarray, dict]:
     """``ddpm gather-samples``: :func:`gather_samples` of shards of one checkpoint and one sampler point (with
@@ -165,29 +180,58 @@ def write_gathered_samples(shards, out, *, setting: str | None = None, sampler: 
     provenance = agreed_provenance(shards, setting=setting, sampler=sampler)
     images, indices = gather_samples(shards)
     cost = sampling_cost(shards, len(images))
-    save_npz(out, images=images, indices=indices, **{k: np.array(v) for k, v in cost.items()},
+    record = sample_record(shards)
+    save_npz(out, images=images, indices=indices, **{k: np.array(v) for k, v in {**cost, **record}.items()},
              **provenance_arrays(provenance))
     return images, cost
 
 
+def fid_conditions(extractor: str, weights, resolution) -> dict:
+    """How a FID was computed, beside its value: the reference split, the extractor's weights (sha256, or the name of
+    torch-fidelity's Inception download) and the resize before the extractor (None: none)."""
+    from .refstats import resize_record, weights_id
+
+    return {"reference_split": "train", "extractor_weights": weights_id(extractor, weights),
+            "resize": resize_record(extractor, resolution, weights)}
+
+
 def write_scores(samples, data_dir, out, *, extractor: str, weights=None, device: str = "cpu",
-                 test_reference: bool = False, training_step: int | None = None, setting: str | None = None) -> dict:
+                 test_reference: bool = False, training_step: int | None = None, setting: str | None = None,
+                 ref_stats: str | None = None, ref_stats_foreign: bool = False) -> dict:
     """``ddpm evaluate fid``: FID / IS / KID / precision-recall of the samples in ``samples`` against the train split
     of ``data_dir`` (and FID against its test split: DDPM Table 1's second FID), as JSON with the samples'
-    provenance. With ``setting``: samples of another setting, or of a model trained on other data, are refused."""
-    from .metrics import fidelity_metrics
+    provenance. With ``setting``: samples of another setting, or of a model trained on other data, are refused.
 
+    With ``ref_stats``: FID against that statistics file of the train split (``ddpm evaluate ref-stats``; checked by
+    :func:`ddpm.refstats.read_ref_stats` before anything is computed, also against the split's checksum) instead of
+    the train images' features, recorded as ``fid_reference``; a file from elsewhere (pytorch-fid, clean-fid) only
+    with ``ref_stats_foreign``. IS, KID and precision/recall are computed from the images as without it."""
+    from .metrics import METRICS, fidelity_metrics
+    from .refstats import fid_against_file
+
+    if ref_stats_foreign and ref_stats is None:
+        raise ValueError("ref_stats_foreign (--foreign-ref-stats) says what the ref_stats file (--ref-stats) is, "
+                         "but none was given")
     provenance = read_provenance(samples)
     if setting is not None:
         check_provenance(provenance, samples, setting=setting)
         if provenance.get("data_sha256"):
             check_provenance(provenance, samples, data_sha256=split_sha256(data_dir, "train"))
     reference = load_split(data_dir, "train")[0]
-    found = load_npz(samples, ("images",), optional=SAMPLING_COST)
+    found = load_npz(samples, ("images",), optional=SAMPLING_COST + SAMPLE_RECORD)
     images = found["images"]
     check_images(images, f"samples in {samples}", shape=reference.shape[1:])  # the data set's shape, exactly
-    scores = fidelity_metrics(images, reference, extractor=extractor, weights_path=weights, device=device)
-    scores.update({key: found[key].item() for key in SAMPLING_COST if key in found})
+    if ref_stats is None:
+        scores = fidelity_metrics(images, reference, extractor=extractor, weights_path=weights, device=device)
+    else:
+        fid, fid_reference = fid_against_file(images, ref_stats, extractor=extractor, weights=weights, device=device,
+                                              resolution=reference.shape[2:], split="train",
+                                              foreign=ref_stats_foreign, split_sha256=split_sha256(data_dir, "train"))
+        scores = fidelity_metrics(images, reference, extractor=extractor, weights_path=weights, device=device,
+                                  metrics=tuple(m for m in METRICS if m != "fid"))
+        scores.update(fid=fid, fid_reference=fid_reference)
+    scores.update({key: found[key].item() for key in SAMPLING_COST + SAMPLE_RECORD if key in found})
+    scores.update(fid_conditions(extractor, weights, reference.shape[2:]))
     if test_reference:
         test = load_split(data_dir, "test")[0]
         scores["fid_test"] = fidelity_metrics(images, test, extractor=extractor, weights_path=weights, device=device,

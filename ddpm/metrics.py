@@ -229,6 +229,22 @@ def tracked_scores(scores: dict, *, snapshot: bool = False) -> list[tuple[dict, 
     return pairs
 
 
+#: How a FID / IS result was computed (its JSON's keys), as the tags ``ddpm.fid.<key>`` of the MLflow runs it goes to.
+FID_CONDITIONS = ("num_samples", "extractor", "extractor_weights", "resize", "reference_split", "model_weights",
+                  "sample_seed")
+
+
+def fid_tags(scores: dict) -> dict[str, str]:
+    """:data:`FID_CONDITIONS` of ``scores`` as MLflow tags, and the reference statistics file where FID used one
+    (``ddpm.fid.reference_stats``: its origin, ``ddpm`` or ``foreign``, and the start of its sha256)."""
+    tags = {f"ddpm.fid.{key}": "none" if scores[key] is None else str(scores[key])
+            for key in FID_CONDITIONS if key in scores}
+    reference = scores.get("fid_reference")
+    if reference:
+        tags["ddpm.fid.reference_stats"] = f"{reference['origin']} {reference['npz_sha256'][:12]}"
+    return tags
+
+
 def write_baseline_scores(kind: str, data_dir, out, *, num_samples: int, seed: int = 0, extractor: str = "classifier",
                           weights=None, device: str = "cpu") -> dict:
     """``ddpm evaluate baseline``: the reference rows of the main table, scored against the train split exactly as

@@ -28,6 +28,34 @@ SETTING_AXES = tuple(axis for axis in SWEEP_AXES if axis != "seed")
 #: setting's own number, measured with the paper's own sampler (ancestral on all T steps).
 SAMPLER_COLUMNS = ("sampler", "steps", "eta", "variance")
 COLUMNS = ("sweep", "paper", "table", *SETTING_AXES, *SAMPLER_COLUMNS, "metric", "value", "std", "note")
+#: How the papers measured their numbers: IS and FID of 50,000 samples (DDPM §4, DDIM §5.1, Improved DDPM §2.3)
+#: with the TF Inception (torch-fidelity's ``inception-v3-compat`` is a port of it); bits/dim over the whole CIFAR-10
+#: test (10,000) and train (50,000) splits (DDPM Table 1). A measurement under other conditions is not comparable.
+PAPER_SAMPLES = 50_000
+PAPER_EXTRACTOR = "inception-v3-compat"
+PAPER_NLL_IMAGES = {"bpd": 10_000, "bpd_train": 50_000}
+SCALED_DOWN = "scaled down (digits, a CPU-sized network, a few steps)"
+
+
+def not_comparable(metric: str, *, samples=None, extractor: str | None = None, nll_images=None,
+                   scaled_down: bool = False) -> list[str]:
+    """Why a measured ``metric`` cannot stand beside the paper's number (empty: it can): the run was scaled down, or
+    fewer samples / another feature extractor (IS, FID), or fewer images (bits/dim) than the paper's."""
+    reasons = [SCALED_DOWN] if scaled_down else []
+    if metric in PAPER_NLL_IMAGES:
+        if nll_images is not None and not math.isnan(nll_images) and nll_images < PAPER_NLL_IMAGES[metric]:
+            reasons.append(f"{int(nll_images):,} images (paper: {PAPER_NLL_IMAGES[metric]:,})")
+        return reasons
+    if samples is not None and not math.isnan(samples) and samples < PAPER_SAMPLES:
+        reasons.append(f"{int(samples):,} samples (paper: {PAPER_SAMPLES:,})")
+    if extractor is not None and extractor != PAPER_EXTRACTOR:
+        reasons.append(f"{extractor} features (paper: Inception)")
+    return reasons
+
+
+def comparability_note(marks: dict[tuple[str, ...], list[str]]) -> str:
+    """``marks``: reasons → the columns they hold for, as one cell: ``FID, IS: 100 samples (paper: 50,000); …``."""
+    return "; ".join(f"{', '.join(labels)}: {', '.join(reasons)}" for reasons, labels in marks.items() if reasons)
 
 
 def load_published(path: str | Path) -> pd.DataFrame:

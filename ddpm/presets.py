@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 
 GROUPS = 32
+DOWNSAMPLE_PADDINGS = ("symmetric", "same")
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,12 @@ class UNetConfig:
     image_size: int = 32
     in_channels: int = 3
     out_channels: int = 3
+    # What published weights need (ddpm.pretrained); the defaults are this project's own U-Net. The official
+    # TF models (and their diffusers conversions): GroupNorm ε 1e-6 and TF's "SAME" padding of the stride-2 conv
+    # (one row and column after the image, none before); pytorch-ddpm: frequencies 10000^(-i/half) (shift 0).
+    norm_eps: float = 1e-5
+    downsample_padding: str = "symmetric"  # or "same" (TF)
+    temb_freq_shift: int = 1  # the embedding's frequencies are 10000^(-i / (half - shift)), i < half
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -77,5 +84,8 @@ def check_config(config: UNetConfig) -> None:
         )
     if not 0.0 <= config.dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {config.dropout}")
+    if config.downsample_padding not in DOWNSAMPLE_PADDINGS:
+        raise ValueError(f"downsample_padding must be one of {', '.join(DOWNSAMPLE_PADDINGS)}, got "
+                         f"{config.downsample_padding!r}")
     if config.num_res_blocks < 1 or config.in_channels < 1 or config.out_channels < 1:
         raise ValueError(f"num_res_blocks, in_channels and out_channels must be >= 1, got {config}")

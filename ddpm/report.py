@@ -43,7 +43,18 @@ def _fidelity_columns(scores: dict) -> dict:
     if "fid_test" in scores:
         row[f"FID test [{extractor}]"] = scores["fid_test"]
     row["samples"] = scores["num_samples"]
+    row["FID against"] = _fid_reference(scores.get("fid_reference"))
     return row
+
+
+def _fid_reference(reference: dict | None) -> str:
+    """What a FID was computed against: the train images, this project's statistics file of them, or a statistics file
+    from elsewhere (pytorch-fid, clean-fid: labelled foreign, with its name and the start of its sha256)."""
+    if not reference:
+        return "train split"
+    if reference["origin"] == "ddpm":
+        return "train split (statistics file)"
+    return f"foreign statistics {Path(reference['stats']).name} ({reference['npz_sha256'][:12]})"
 
 
 def _setting(folder: Path, name: str) -> dict:
@@ -108,12 +119,13 @@ def fid_over_training_table(run_dirs: dict[str, Path], snapshot_steps=(), *, sam
                             ) -> pd.DataFrame:
     """FID over training: one row per setting and scored checkpoint (the snapshots at ``snapshot_steps``, then the
     final one sampled by ``sampler``, the sweep's first point), with its step and scores. A checkpoint the training
-    never reached (it diverged) has no row."""
+    never reached (it diverged) has no row, nor has a model that was not trained here (imported: no steps)."""
     rows = []
     for name, folder in run_dirs.items():
         points = [(step, "snapshot", folder / "snapshots" / f"step-{step}" / "fid_is.json") for step in snapshot_steps]
-        points.append((_last_record(folder / "metrics.jsonl").get("step"), "final",
-                       _point_dir(folder, sampler) / "fid_is.json"))
+        final_step = _last_record(folder / "metrics.jsonl").get("step")
+        if final_step is not None:
+            points.append((final_step, "final", _point_dir(folder, sampler) / "fid_is.json"))
         for step, kind, path in points:
             scores = _read_json(path, name)
             if DIVERGED not in scores:
@@ -156,7 +168,7 @@ PAPER_METRICS = (("IS", "is"), ("FID", "fid"), ("FID test", "fid_test"), ("bits/
 OPTIONAL_PAPER_METRICS = ("fid_test", "bpd_train")
 
 
-def paper_table(table: pd.DataFrame, published: pd.DataFrame, sweep: str, *, comparable: bool = True,
+def paper_table(table: pd.DataFrame, published: pd.DataFrame, sweep: str, *, scaled_down: bool = False,
                 curve: pd.DataFrame | None = None) -> pd.DataFrame:
     """The sweep in the paper's layout: one row per setting (seeds pooled), each metric measured, published and
     their difference (Δ = measured − paper), with the number of samples and the feature extractor.
@@ -165,9 +177,10 @@ def paper_table(table: pd.DataFrame, published: pd.DataFrame, sweep: str, *, com
     as DDPM reports them, and ``min-FID step`` says which; bits/dim is the final checkpoint's.
 
     With one seed, IS ± is torch-fidelity's spread over splits (as the paper's); with two or more seeds every ± is
-    the standard deviation over seeds. A setting the paper could not train says so in ``paper note``. A scaled-down
-    run (``comparable=False``: other data, another network) gets no Δ columns."""
-    from .paper import SETTING_AXES, published_for
+    the standard deviation over seeds. A setting the paper could not train says so in ``paper note``. A number
+    measured under other conditions than the paper's (:func:`ddpm.paper.not_comparable`: a scaled-down run, fewer
+    samples, another extractor, fewer images) gets no Δ, and ``not comparable`` says why, per column."""
+    from .paper import SETTING_AXES, comparability_note, not_comparable, published_for
 
     settings = table[table["status"].notna()]  # the settings' rows, not the baselines'
     if curve is not None and not curve.empty:
@@ -187,6 +200,8 @@ def paper_table(table: pd.DataFrame, published: pd.DataFrame, sweep: str, *, com
         setting = {axis: int(value) if axis in integer_axes else value for axis, value in zip(SETTING_AXES, axes)}
         paper = published_for(published, sweep, setting)
         row = {**setting, "seeds": len(group)}
+        conditions = {"samples": _column(group, "samples").max(), "extractor": extractor, "scaled_down": scaled_down}
+        marks: dict[tuple[str, ...], list[str]] = {}
         for label, metric in metrics:
             values = _column(group, measured_column(label))
             row[label] = values.mean()
@@ -198,13 +213,19 @@ def paper_table(table: pd.DataFrame, published: pd.DataFrame, sweep: str, *, com
             row[f"{label} (paper)"] = published_value
             if label == "IS":
                 row["IS ± (paper)"] = paper.get(metric, {}).get("std")
-            if comparable:
-                row[f"{label} Δ"] = None if published_value is None else row[label] - published_value
+            images = _column(group, "NLL train images" if metric == "bpd_train" else "NLL images").min()
+            reasons = tuple(not_comparable(metric, nll_images=images, **conditions))
+            if published_value is not None:
+                marks.setdefault(reasons, []).append(label)
+            row[f"{label} Δ"] = None if published_value is None or reasons else row[label] - published_value
         if "min-FID step" in group:
             row["min-FID step"] = ", ".join(str(int(s)) for s in group["min-FID step"].dropna())
         row["samples"] = _column(group, "samples").max()
         row["extractor"] = extractor
+        if "FID against" in group:
+            row["FID against"] = ", ".join(sorted(set(group["FID against"].dropna())))
         row["status"] = "; ".join(sorted(set(group["status"])))
+        row["not comparable"] = comparability_note(marks)
         row["paper note"] = "; ".join(v["note"] for k, v in paper.items() if k == "unstable")
         row["source"] = ", ".join(sorted({f"{v['paper']}, {v['table']}" for k, v in paper.items()
                                           if k in (*dict(metrics).values(), "unstable")}))
@@ -274,12 +295,13 @@ def _sampler_row_label(point) -> str:
 
 
 def samplers_table(run_dirs: dict[str, Path], samplers, published: pd.DataFrame | None, sweep: str, *,
-                   comparable: bool = True) -> pd.DataFrame:
+                   scaled_down: bool = False) -> pd.DataFrame:
     """The sampling axis in DDIM Table 1's layout: one row per (setting, sampler row: η or σ̂, skip, clipping), seeds
-    pooled; for each S, the measured FID (mean over seeds), the published one, Δ = measured − paper (not for a
-    scaled-down run, ``comparable=False``) and the seconds per image of sampling, then the FIDs' feature extractor and
-    number of samples. A point on every step is S = T."""
-    from .paper import SETTING_AXES, published_for_sampler
+    pooled; for each S, the measured FID (mean over seeds), the published one, Δ = measured − paper (only where the
+    FIDs were measured as the paper's: :func:`ddpm.paper.not_comparable`; ``not comparable`` says why not) and the
+    seconds per image of sampling, then the FIDs' feature extractor and number of samples. A point on every step is
+    S = T."""
+    from .paper import SETTING_AXES, not_comparable, published_for_sampler
 
     cells: dict[tuple, dict] = {}
     measured_with = set()  # (feature extractor, samples) of the FIDs
@@ -305,6 +327,8 @@ def samplers_table(run_dirs: dict[str, Path], samplers, published: pd.DataFrame 
             if published is not None:
                 cell["paper"] = published_for_sampler(published, sweep, setting, point).get("fid", {}).get("value")
     all_steps = sorted({S for by_steps in cells.values() for S in by_steps})
+    reasons = sorted({reason for extractor, count in measured_with
+                      for reason in not_comparable("fid", samples=count, extractor=extractor, scaled_down=scaled_down)})
     rows = []
     for key, by_steps in cells.items():
         row = dict(zip((*SETTING_AXES, "sampler", "skip", "clip"), key))
@@ -314,11 +338,12 @@ def samplers_table(run_dirs: dict[str, Path], samplers, published: pd.DataFrame 
             paper = cell["paper"] if cell else None
             row[f"S={S} FID"] = measured
             row[f"S={S} paper"] = paper
-            if comparable:
-                row[f"S={S} Δ"] = None if paper is None else measured - paper
+            row[f"S={S} Δ"] = None if paper is None or reasons else measured - paper
             row[f"S={S} s/image"] = float(np.mean(cell["seconds"])) if cell else float("nan")
         row["extractor"] = ", ".join(sorted({extractor for extractor, _ in measured_with}))
         row["samples"] = max((count for _, count in measured_with), default=None)
+        has_paper = any(cell["paper"] is not None for cell in by_steps.values())
+        row["not comparable"] = ", ".join(reasons) if has_paper else ""
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -484,12 +509,12 @@ def write_report(runs, *, out_stem: str, gaussian, test_split, loss_figure, publ
     outputs = write_tables(table, out_stem)
     curve = fid_over_training_table(run_dirs, snapshot_steps, sampler=samplers[0])
     outputs += write_tables(curve, f"{out_stem}-fid-over-training")
-    by_sampler = samplers_table(run_dirs, samplers, published, paper_sweep, comparable=not scaled_down)
+    by_sampler = samplers_table(run_dirs, samplers, published, paper_sweep, scaled_down=scaled_down)
     outputs += write_tables(by_sampler, f"{out_stem}-samplers")
     print(by_sampler.to_string(index=False))
     if published is not None:
         own = table[table["sampler"].isna() | (table["sampler"] == samplers[0])]  # the settings' own and baselines
-        beside = paper_table(own, published, paper_sweep, comparable=not scaled_down, curve=curve)
+        beside = paper_table(own, published, paper_sweep, scaled_down=scaled_down, curve=curve)
         outputs += write_tables(beside, f"{out_stem}-paper")
         print(beside.to_string(index=False))
     outputs += write_tables(rate_distortion_table(run_dirs, published, paper_sweep), f"{out_stem}-rate-distortion")

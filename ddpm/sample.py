@@ -140,7 +140,8 @@ def write_sample_shard(checkpoint, out, *, start: int = 0, count: int = 64, grid
     images, evaluations = _draw(checkpoint, start=start, count=count, point=point, **sampling)
     seconds = time.perf_counter() - began
     save_npz(out, images=images, indices=np.arange(start, start + count), sampling_seconds=np.array(seconds),
-             network_evaluations=np.array(evaluations),
+             network_evaluations=np.array(evaluations), sample_seed=np.array(int(sampling.get("seed", 0))),
+             model_weights=np.array("ema" if sampling.get("use_ema", True) else "raw"),
              **provenance_arrays({**provenance, "sampler": point.name}))
     if grid:
         save_grid(images, grid)

@@ -365,8 +365,9 @@ def _tiny_sampling_row(row: dict) -> dict:
 def apply_scale(config: dict) -> dict:
     """The config to run: as given for ``scale: full``; for ``scale: tiny``, :data:`TINY_SCALE` laid over it and
     ``-tiny`` added to its name (its results, tables and MLflow experiment stay apart from the full run's).
-    ``paper_sweep`` keeps the original name: the published numbers are looked up under it."""
-    scaled = {**config, "paper_sweep": config["name"]}
+    ``paper_sweep`` (unless the config names another) keeps the original name: the published numbers are looked up
+    under it."""
+    scaled = {**config, "paper_sweep": config.get("paper_sweep") or config["name"]}
     if config.get("scale", "full") == "full":
         return scaled
     if config["scale"] not in SCALES:

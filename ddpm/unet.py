@@ -18,10 +18,11 @@ from torch.nn import functional as F
 from .presets import GROUPS, PRESETS, UNetConfig, check_config, preset  # noqa: F401 (the network's names)
 
 
-def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
-    """Sinusoidal embedding of integer timesteps (Vaswani et al. 2017, Section 3.5), as the paper uses."""
+def timestep_embedding(t: torch.Tensor, dim: int, freq_shift: int = 1) -> torch.Tensor:
+    """Sinusoidal embedding of integer timesteps (Vaswani et al. 2017, Section 3.5), as the paper uses:
+    [sin(t·f_i), cos(t·f_i)] with f_i = 10000^(-i / (half - freq_shift)), i < half."""
     half = dim // 2
-    freqs = torch.exp(-math.log(10000.0) / (half - 1) * torch.arange(half, device=t.device, dtype=torch.float32))
+    freqs = torch.exp(-math.log(10000.0) / (half - freq_shift) * torch.arange(half, device=t.device, dtype=torch.float32))
     args = t.float()[:, None] * freqs[None, :]
     emb = torch.cat([torch.sin(args), torch.cos(args)], dim=1)
     return F.pad(emb, (0, 1)) if dim % 2 else emb
@@ -45,18 +46,18 @@ def conv1x1(cin: int, cout: int, scale: float = 1.0) -> nn.Conv2d:
     return _init(nn.Conv2d(cin, cout, 1), scale)
 
 
-def norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(GROUPS, channels)
+def norm(channels: int, eps: float = 1e-5) -> nn.GroupNorm:
+    return nn.GroupNorm(GROUPS, channels, eps=eps)
 
 
 class ResBlock(nn.Module):
     """GroupNorm → swish → conv, + projected timestep embedding, GroupNorm → swish → dropout → conv, + skip."""
 
-    def __init__(self, cin: int, cout: int, temb_dim: int, dropout: float):
+    def __init__(self, cin: int, cout: int, temb_dim: int, dropout: float, eps: float = 1e-5):
         super().__init__()
-        self.norm1, self.conv1 = norm(cin), conv3x3(cin, cout)
+        self.norm1, self.conv1 = norm(cin, eps), conv3x3(cin, cout)
         self.temb_proj = _init(nn.Linear(temb_dim, cout))
-        self.norm2, self.dropout, self.conv2 = norm(cout), nn.Dropout(dropout), conv3x3(cout, cout, scale=0.0)
+        self.norm2, self.dropout, self.conv2 = norm(cout, eps), nn.Dropout(dropout), conv3x3(cout, cout, scale=0.0)
         self.skip = conv1x1(cin, cout) if cin != cout else nn.Identity()
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
@@ -69,12 +70,12 @@ class ResBlock(nn.Module):
 class AttnBlock(nn.Module):
     """Multi-head self-attention over all spatial positions, with a residual connection (DDPM: one head)."""
 
-    def __init__(self, channels: int, num_heads: int = 1):
+    def __init__(self, channels: int, num_heads: int = 1, eps: float = 1e-5):
         super().__init__()
         if channels % num_heads:
             raise ValueError(f"num_heads={num_heads} must divide the {channels} channels of an attention block")
         self.num_heads = num_heads
-        self.norm = norm(channels)
+        self.norm = norm(channels, eps)
         self.q, self.k, self.v = conv1x1(channels, channels), conv1x1(channels, channels), conv1x1(channels, channels)
         self.proj_out = conv1x1(channels, channels, scale=0.0)
 
@@ -88,12 +89,20 @@ class AttnBlock(nn.Module):
 
 
 class Downsample(nn.Module):
-    def __init__(self, channels: int, with_conv: bool):
+    """Halves the resolution: a stride-2 conv (padded by one on every side, or TF's "SAME": one row and column
+    after the image only) or average pooling."""
+
+    def __init__(self, channels: int, with_conv: bool, padding: str = "symmetric"):
         super().__init__()
+        self.same = padding == "same"
         self.conv = conv3x3(channels, channels, stride=2) if with_conv else None
+        if self.conv is not None and self.same:
+            self.conv.padding = (0, 0)
 
     def forward(self, x):
-        return self.conv(x) if self.conv is not None else F.avg_pool2d(x, 2)
+        if self.conv is None:
+            return F.avg_pool2d(x, 2)
+        return self.conv(F.pad(x, (0, 1, 0, 1)) if self.same else x)
 
 
 class Upsample(nn.Module):
@@ -125,14 +134,15 @@ class UNet(nn.Module):
                 channels = ch * mult
                 skip_channels.append(channels)
             if level != len(config.ch_mult) - 1:
-                self.down.append(Downsample(channels, config.resamp_with_conv))
+                self.down.append(Downsample(channels, config.resamp_with_conv, config.downsample_padding))
                 skip_channels.append(channels)
                 resolution //= 2
 
+        eps = config.norm_eps
         self.mid = nn.ModuleList([
-            ResBlock(channels, channels, temb_dim, config.dropout),
-            AttnBlock(channels, config.num_heads),
-            ResBlock(channels, channels, temb_dim, config.dropout),
+            ResBlock(channels, channels, temb_dim, config.dropout, eps),
+            AttnBlock(channels, config.num_heads, eps),
+            ResBlock(channels, channels, temb_dim, config.dropout, eps),
         ])
 
         self.up = nn.ModuleList()
@@ -144,13 +154,14 @@ class UNet(nn.Module):
                 self.up.append(Upsample(channels, config.resamp_with_conv))
                 resolution *= 2
 
-        self.norm_out = norm(channels)
+        self.norm_out = norm(channels, eps)
         self.conv_out = conv3x3(channels, config.out_channels, scale=0.0)
 
     def _block(self, cin, cout, temb_dim, resolution) -> nn.Module:
-        block = ResBlock(cin, cout, temb_dim, self.config.dropout)
-        if resolution in self.config.attn_resolutions:
-            return _ResAttn(block, AttnBlock(cout, self.config.num_heads))
+        c = self.config
+        block = ResBlock(cin, cout, temb_dim, c.dropout, c.norm_eps)
+        if resolution in c.attn_resolutions:
+            return _ResAttn(block, AttnBlock(cout, c.num_heads, c.norm_eps))
         return block
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -159,7 +170,7 @@ class UNet(nn.Module):
             raise ValueError(
                 f"UNet expects images of shape (B, {c.in_channels}, {c.image_size}, {c.image_size}), got {tuple(x.shape)}"
             )
-        temb = self.temb(timestep_embedding(t, c.ch))
+        temb = self.temb(timestep_embedding(t, c.ch, c.temb_freq_shift).to(x.dtype))
         hs = [self.conv_in(x)]
         for layer in self.down:
             hs.append(layer(hs[-1], temb) if not isinstance(layer, Downsample) else layer(hs[-1]))

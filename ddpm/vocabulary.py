@@ -40,3 +40,9 @@ SAMPLE_VARIANCES = ("model", "fixedlarge", "fixedsmall")
 #: What a set of samples cost, as the sample files, their scores and MLflow name it: network evaluations per image and
 #: images per second of sampling.
 SAMPLING_COST = ("network_evaluations", "sampling_images_per_s")
+#: What a set of samples was drawn with, as the sample files and their scores name it: the model's weights (``ema``, or
+#: ``raw``: the training weights without averaging) and the seed of the per-sample generators.
+SAMPLE_RECORD = ("model_weights", "sample_seed")
+#: Where published weights come from (``ddpm import``, config ``pretrained.format``): a diffusers model folder (the
+#: conversions of DDPM's releases, ``google/ddpm-*``) or pytorch-ddpm's ``ckpt.pt`` (its ``net_model`` / ``ema_model``).
+IMPORT_FORMATS = ("diffusers", "pytorch-ddpm")

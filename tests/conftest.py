@@ -132,3 +132,22 @@ def write_point_scores(folder: Path, scores: dict, point=None) -> Path:
     write_sampler(point_dir, point)
     (point_dir / "fid_is.json").write_text(json.dumps(scores))
     return point_dir
+
+
+def save_diffusers_folder(folder: Path, unet_config: dict, scheduler_config: dict, seed: int = 0):
+    """A diffusers model folder as ``save_pretrained`` writes one (config.json, diffusion_pytorch_model.safetensors,
+    scheduler_config.json): a ``UNet2DModel`` built from ``unet_config`` with random weights, every parameter
+    perturbed (GroupNorm scales and the zero-initialised layers too) so that a misplaced layer cannot go unseen.
+    Returns the network (eval mode)."""
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        net = UNet2DModel.from_config({k: v for k, v in unet_config.items() if not k.startswith("_")})
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+    net.eval().requires_grad_(False)
+    net.save_pretrained(folder)
+    DDPMScheduler.from_config(scheduler_config).save_config(folder)
+    return net

@@ -58,7 +58,7 @@ def test_a_diverged_run_keeps_the_snapshots_before_and_marks_those_after(tmp_pat
     assert int(load_npz(out, ("diverged_at_step",))["diverged_at_step"]) == diverged_at
 
 
-def _scores(fid: float, is_mean: float, n: int = 500, **extra) -> dict:
+def _scores(fid: float, is_mean: float, n: int = 50000, **extra) -> dict:
     return {"fid": fid, "is_mean": is_mean, "is_std": 0.1, "kid_mean": 0.01, "precision": 0.5, "recall": 0.5,
             "num_samples": n, "extractor": "inception-v3-compat", **extra}
 

@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
-from conftest import ROOT, job_counts, record_settings, snakemake, write_point_scores
+from conftest import ROOT, job_counts, record_settings, save_diffusers_folder, snakemake, write_point_scores
 from PIL import Image
 
 from ddpm.paper import load_published, published_for, published_for_sampler
@@ -23,6 +24,18 @@ SAMPLER_CONFIGS = ["ddim_table1"]  # one training, its sampling axis in the pape
 #: What a scaled-down run of a config leaves out, and why: ddpm_lsun's 8 DDIM Table 3 points are the code path of
 #: ddim_table1's 25 points, which run in full; here the LSUN config keeps its own sampler (CI stays under 30 min).
 TINY_OVERRIDES = {"ddpm_lsun": ["sampling=[{sampler: ancestral}]"]}
+#: Evaluations of published weights (no training); their published numbers are another sweep's (``paper_sweep``).
+PRETRAINED_CONFIGS = ["ddpm_cifar10_pretrained", "ddpm_lsun_pretrained"]
+#: A stand-in for the published CIFAR-10 weights at the digits' shape, in diffusers' layout (what the scaled-down run
+#: imports): DDPM's U-Net configuration (ε 1e-6, TF padding, attention at the second level), 1×8×8, T = 1000.
+TINY_SOURCE = (
+    {"block_out_channels": [32, 64], "down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
+     "up_block_types": ["AttnUpBlock2D", "UpBlock2D"], "layers_per_block": 1, "sample_size": 8, "in_channels": 1,
+     "out_channels": 1, "norm_eps": 1e-6, "norm_num_groups": 32, "downsample_padding": 0, "flip_sin_to_cos": False,
+     "freq_shift": 1, "attention_head_dim": None},
+    {"num_train_timesteps": 1000, "beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02,
+     "variance_type": "fixed_large", "clip_sample": True},
+)
 #: Published rows of a sweep that has no config yet, and why.
 NO_CONFIG_YET = {"ddim-celeba": "DDIM's own CelebA 64² model: CelebA is not a dataset of this project yet"}
 
@@ -186,12 +199,12 @@ def test_tiny_scale_keeps_the_sweep_and_the_objectives_but_not_the_cost():
         apply_scale({**_config("ddpm_table1"), "scale": "huge"})
 
 
-def _lsun_config(tmp_path: Path) -> Path:
+def _lsun_config(tmp_path: Path, name: str = "ddpm_lsun") -> Path:
     """The LSUN config pointed at a small folder of images (LSUN itself is not downloadable)."""
     for i in range(4):
         (tmp_path / "lsun").mkdir(exist_ok=True)
         Image.new("RGB", (300, 256), (i * 40, 80, 120)).save(tmp_path / "lsun" / f"{i}.png")
-    config = yaml.safe_load((CONFIGS / "ddpm_lsun.yaml").read_text())
+    config = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())
     config["dataset"]["path"] = str(tmp_path / "lsun")
     path = tmp_path / "lsun.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -227,6 +240,37 @@ def test_dry_run_of_each_paper_config_full_and_tiny(tmp_path, name, settings, po
     assert tiny["train_classifier"] == 1  # digits are scored with the classifier
 
 
+@pytest.mark.parametrize("name, points, sample_shards, nll_shards, nll_train_shards", [
+    ("ddpm_cifar10_pretrained", 1, 10, 10, 50),  # DDPM Table 1's L_simple row: IS, FID (train, test), NLL test, train
+    ("ddpm_lsun_pretrained", 9, 50, 4, 0),  # DDPM Table 3 and DDIM Table 3's 8 points
+])
+def test_dry_run_of_published_weights_plans_no_training(tmp_path, name, points, sample_shards, nll_shards,
+                                                        nll_train_shards):
+    config = _lsun_config(tmp_path, name) if "lsun" in name else CONFIGS / f"{name}.yaml"
+    full = job_counts(tmp_path / "full", config)
+    assert "train" not in full and full["import_pretrained"] == 1
+    assert (full["sample"], full["nll"], full.get("nll_train", 0)) == (points * sample_shards, nll_shards,
+                                                                       nll_train_shards)
+    assert full["fid_is"] == full["gather_samples"] == points and "fid_snapshot" not in full
+    # Scaled down, a Hub id is refused before any job: the tiny run needs a local source of the digits' shape.
+    result = snakemake(tmp_path / "tiny", "-n", "--config", "scale=tiny", config=config, check=False)
+    said = result.stdout + result.stderr
+    assert result.returncode != 0 and "pretrained.source" in said and "local source" in said, said[-2000:]
+    # One model is one setting: a sweep of two is refused naming the key.
+    result = snakemake(tmp_path / "two", "-n", "--config", "sweep={seed: [0, 1]}", config=config, check=False)
+    said = result.stdout + result.stderr
+    assert result.returncode != 0 and "'sweep'" in said and "2 settings" in said, said[-2000:]
+
+
+def test_each_published_config_names_a_paper_sweep_with_published_numbers():
+    table = load_published(PUBLISHED)
+    for name in PRETRAINED_CONFIGS:
+        config = _config(name)
+        assert config["pretrained"]["source"].startswith("google/ddpm-")
+        setting = expand_sweep(config)[0].axes()
+        assert published_for(table, config["paper_sweep"], setting), (name, config["paper_sweep"], setting)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # The report beside the paper
 
@@ -234,9 +278,9 @@ def test_dry_run_of_each_paper_config_full_and_tiny(tmp_path, name, settings, po
 def _scored_run(folder: Path, fid: float, is_mean: float, is_std: float, bpd: float, **extra) -> Path:
     folder.mkdir(parents=True)
     scores = {"fid": fid, "is_mean": is_mean, "is_std": is_std, "kid_mean": 0.01, "precision": 0.5, "recall": 0.5,
-              "num_samples": 500, "extractor": "inception-v3-compat", **extra}
+              "num_samples": 50000, "extractor": "inception-v3-compat", **extra}
     write_point_scores(folder, scores)
-    (folder / "nll.json").write_text(json.dumps({"bpd": bpd, "bpd_stderr": 0.01, "num_images": 100}))
+    (folder / "nll.json").write_text(json.dumps({"bpd": bpd, "bpd_stderr": 0.01, "num_images": 10000}))
     (folder / "metrics.jsonl").write_text(json.dumps({"step": 10, "loss": 0.1}) + "\n")
     return folder
 
@@ -258,7 +302,8 @@ def test_paper_table_puts_the_published_numbers_beside_the_measured_ones(tmp_pat
     assert lsimple["FID Δ"] == pytest.approx(4.5 - 3.17) and lsimple["IS Δ"] == pytest.approx(9.1 - 9.46)
     assert pd.isna(lsimple["bits/dim (paper)"]) and pd.isna(lsimple["bits/dim Δ"])  # Table 2 has no NLL column
     assert lsimple["bits/dim"] == pytest.approx(3.85) and lsimple["source"] == "Ho et al. 2020, Table 2"
-    assert (lsimple["samples"], lsimple["extractor"]) == (500, "inception-v3-compat")
+    assert (lsimple["samples"], lsimple["extractor"]) == (50000, "inception-v3-compat")
+    assert lsimple["not comparable"] == ""  # as the paper measured: 50,000 samples, Inception
     assert xprev["IS ±"] == 0.05  # one seed: torch-fidelity's spread over splits, as the paper's
     assert "unstable" in xprev["paper note"] and pd.isna(xprev["FID (paper)"])
     assert "gaussian baseline" not in set(table.get("setting", []))
@@ -269,6 +314,25 @@ def test_paper_table_puts_the_published_numbers_beside_the_measured_ones(tmp_pat
     assert (table1["FID test"].iloc[0], table1["FID test (paper)"].iloc[0]) == (6.0, 5.24)
     assert table1["FID test Δ"].iloc[0] == pytest.approx(6.0 - 5.24)
     assert table1["bits/dim (paper)"].iloc[0] == 3.75 and table1["source"].iloc[0] == "Ho et al. 2020, Table 1"
+    assert table1["bits/dim Δ"].iloc[0] == pytest.approx(3.80 - 3.75)
+
+    # Measured under other conditions: no Δ, and the row says which columns and why.
+    fewer = _scored_run(tmp_path / "e", 4.0, 9.0, 0.2, 3.80, fid_test=6.0, num_samples=1000)
+    (fewer / "nll.json").write_text(json.dumps({"bpd": 3.8, "bpd_stderr": 0.01, "num_images": 500}))
+    table1 = paper_table(build_table(record_settings({"linear-T1000-eps-fixedlarge-mse-s0": fewer}), {}),
+                         load_published(PUBLISHED), "ddpm-table1")
+    row = table1.iloc[0]
+    assert all(pd.isna(row[f"{label} Δ"]) for label in ("IS", "FID", "FID test", "bits/dim"))
+    assert row["FID (paper)"] == 3.17 and row["bits/dim (paper)"] == 3.75  # still beside, marked
+    assert row["not comparable"] == ("IS, FID, FID test: 1,000 samples (paper: 50,000); "
+                                     "bits/dim: 500 images (paper: 10,000)")
+    assert row["FID against"] == "train split"
+    foreign = {"stats": "/stats/fid_stats_cifar10_train.npz", "npz_sha256": "ab" * 32, "origin": "foreign",
+               "split": None, "num_images": None}
+    runs = record_settings({"linear-T1000-eps-fixedlarge-mse-s0": _scored_run(tmp_path / "f", 4.0, 9.0, 0.2, 3.8,
+                                                                              fid_reference=foreign)})
+    table1 = paper_table(build_table(runs, {}), load_published(PUBLISHED), "ddpm-table1")
+    assert table1["FID against"].iloc[0] == f"foreign statistics fid_stats_cifar10_train.npz ({'ab' * 6})"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -283,6 +347,10 @@ def tiny_papers(tmp_path_factory):
     for name in PAPER_CONFIGS + SAMPLER_CONFIGS:
         snakemake(workdir, "--cores", "2", "--config", "scale=tiny", *TINY_OVERRIDES.get(name, []),
                   config=CONFIGS / f"{name}.yaml")
+    source = workdir / "published" / "ddpm-tiny-digits"
+    save_diffusers_folder(source, *TINY_SOURCE)
+    snakemake(workdir, "--cores", "2", "--config", "scale=tiny", f"pretrained={{source: {source}}}",
+              config=CONFIGS / "ddpm_cifar10_pretrained.yaml")
     return workdir
 
 
@@ -296,7 +364,8 @@ def test_each_paper_config_runs_scaled_down_with_the_papers_numbers_beside_the_m
     measured = ("IS", "FID", "FID test", "bits/dim", *(("bits/dim train",) if config["evaluate"].get("nll_train_images") else ()))
     for label in measured:
         assert table[label].map(math.isfinite).all(), (label, table[label])
-        assert f"{label} (paper)" in table.columns and f"{label} Δ" not in table.columns  # not comparable
+        assert f"{label} (paper)" in table.columns and table[f"{label} Δ"].isna().all()  # not comparable
+    assert table["not comparable"].str.contains("scaled down").all()
     curve = pd.read_csv(tiny_papers / "results" / "tables" / f"{config['name']}-tiny-fid-over-training.csv")
     snapshot_steps = [20] if config.get("fid_over_training", {}).get("steps") else []
     for setting in expand_sweep(config):  # the snapshots (tiny: one, halfway) and the final checkpoint, all scored
@@ -331,6 +400,36 @@ def test_each_paper_config_runs_scaled_down_with_the_papers_numbers_beside_the_m
     assert "FID (paper)" in markdown and all(f"| {v:.4g} |" in markdown for v in table["FID (paper)"].dropna())
 
 
+def test_published_weights_scaled_down_fill_table1_without_training(tiny_papers):
+    """config/ddpm_cifar10_pretrained.yaml on a tiny imported checkpoint: imported, not trained; sampled and scored
+    as a trained setting; DDPM Table 1's L_simple numbers beside the measured ones, each marked not comparable."""
+    results = tiny_papers / "results"
+    run = results / "runs" / "ddpm-cifar10-pretrained-tiny" / "linear-T1000-eps-fixedlarge-mse-s0"
+    assert (results / "logs" / "import" / f"{run.name}.log").is_file() and not (results / "logs" / "train" / f"{run.name}.log").exists()
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert state["source"]["format"] == "diffusers" and state["unet"]["downsample_padding"] == "same"
+    table = pd.read_csv(results / "tables" / "ddpm-cifar10-pretrained-tiny-paper.csv")
+    assert len(table) == 1 and table["source"].iloc[0] == "Ho et al. 2020, Table 1"
+    paper = {"IS": 9.46, "FID": 3.17, "FID test": 5.24, "bits/dim": 3.75, "bits/dim train": 3.72}
+    for label, value in paper.items():
+        assert math.isfinite(table[label].iloc[0]) and table[f"{label} (paper)"].iloc[0] == value, label
+        assert pd.isna(table[f"{label} Δ"].iloc[0]), label
+    marks = table["not comparable"].iloc[0]
+    assert marks.startswith("IS, FID, FID test: scaled down") and "100 samples (paper: 50,000)" in marks
+    assert "; bits/dim: scaled down" in marks and "10 images (paper: 10,000)" in marks
+    assert "; bits/dim train: scaled down" in marks and "10 images (paper: 50,000)" in marks
+    for figure in ("progressive", "interpolation"):
+        assert (run / f"{figure}.png").is_file()
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("ddpm-cifar10-pretrained-tiny")
+    (setting_run,) = client.search_runs([experiment.experiment_id], "tags.`ddpm.kind` = 'setting'")
+    assert setting_run.data.tags["ddpm.imported"] == "diffusers" and setting_run.info.status == "FINISHED"
+    assert "fid" in setting_run.data.metrics and "bpd" in setting_run.data.metrics
+    assert setting_run.data.params["source_format"] == "diffusers"
+
+
 def test_ddim_table1_scaled_down_fills_the_samplers_table_beside_the_published(tiny_papers):
     """DDIM Table 1's 25 points from the one training: measured FID and time per image in every cell, the paper's
     number beside each (no Δ: a scaled-down run is not comparable), and the figure of FID against S."""
@@ -339,9 +438,11 @@ def test_ddim_table1_scaled_down_fills_the_samplers_table_beside_the_published(t
     assert set(table["skip"]) == {"quadratic"} and list(table["clip"]) == [True, False, False, False, False]
     for S in (10, 20, 50, 100, 1000):
         assert table[f"S={S} FID"].map(math.isfinite).all(), S
-        assert table[f"S={S} paper"].notna().all() and f"S={S} Δ" not in table, S
+        assert table[f"S={S} paper"].notna().all() and table[f"S={S} Δ"].isna().all(), S
         assert (table[f"S={S} s/image"] > 0).all(), S
     assert (table["S=10 s/image"] < table["S=1000 s/image"]).all()  # 10 network calls per image against 1000
+    assert set(table["not comparable"]) == {"classifier features (paper: Inception), 100 samples (paper: 50,000), "
+                                            "scaled down (digits, a CPU-sized network, a few steps)"}
     cells = table.set_index("sampler")  # the paper's numbers (DDIM, Table 1, CIFAR-10)
     assert [cells.loc["σ̂", f"S={S} paper"] for S in (10, 20, 50, 100, 1000)] == [367.43, 133.37, 32.72, 9.99, 3.17]
     assert [cells.loc["η = 0.0", f"S={S} paper"] for S in (10, 20, 50, 100, 1000)] == [13.36, 6.84, 4.67, 4.16, 4.04]
@@ -373,7 +474,15 @@ def test_samplers_table_lays_the_points_out_as_ddim_table1_with_the_papers_numbe
     assert (sigma_hat["S=10 paper"], sigma_hat["S=10 Δ"]) == (367.43, pytest.approx(300.0 - 367.43))
     assert pd.isna(sigma_hat["S=20 FID"]) and pd.isna(sigma_hat["S=20 paper"])  # a point not sampled
     assert (eta0["extractor"], eta0["samples"]) == ("inception-v3-compat", 50000)
-    assert "S=10 Δ" not in samplers_table(folder, names, load_published(PUBLISHED), "ddim-table1", comparable=False)
+    assert eta0["not comparable"] == ""  # 50,000 samples, Inception: as the paper measured
+    scaled = samplers_table(folder, names, load_published(PUBLISHED), "ddim-table1", scaled_down=True)
+    assert scaled["S=10 Δ"].isna().all() and scaled["S=10 paper"].iloc[0] == 13.36
+    assert set(scaled["not comparable"]) == {"scaled down (digits, a CPU-sized network, a few steps)"}
+    for point, fid in zip(points, (15.0, 7.0, 300.0)):  # fewer samples: marked, no Δ
+        write_point_scores(run, {"fid": fid, "num_samples": 5000, "extractor": "inception-v3-compat",
+                                 "sampling_images_per_s": 1.0}, point)
+    fewer = samplers_table(folder, names, load_published(PUBLISHED), "ddim-table1")
+    assert fewer["S=10 Δ"].isna().all() and set(fewer["not comparable"]) == {"5,000 samples (paper: 50,000)"}
     # a point's folder holding another point's sampler.json is refused, naming the file
     (run / "samplers" / names[0] / "sampler.json").write_text(
         (run / "samplers" / names[1] / "sampler.json").read_text())

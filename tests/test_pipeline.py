@@ -86,6 +86,25 @@ def test_workflow_writes_every_expected_file(tiny_run):
     assert not missing, missing
 
 
+def test_fid_reference_statistics_are_computed_once_and_every_fid_records_its_conditions(tiny_run):
+    """One ref_stats job for the sweep; every FID of every setting and sampler point was taken against that file and
+    records how it was computed: samples, extractor weights, resize, reference split, EMA weights, seed."""
+    from ddpm.datasets import sha256_file
+
+    data = tiny_run / "results" / "data" / "digits"
+    stats = data / "ref-stats" / "classifier-train.npz"
+    record = json.loads(stats.with_suffix(".json").read_text())
+    assert record["npz_sha256"] == sha256_file(stats) and record["split"] == "train" and record["origin"] == "ddpm"
+    assert len(list((tiny_run / "results" / "benchmarks" / "ref_stats").glob("*.tsv"))) == 1
+    for setting in SETTINGS:
+        for point in SAMPLER_POINTS:
+            scores = json.loads((tiny_run / "results" / "runs" / "tiny" / setting / "samplers" / point /
+                                 "fid_is.json").read_text())
+            assert scores["fid_reference"]["npz_sha256"] == record["npz_sha256"], (setting, point)
+            assert (scores["model_weights"], scores["sample_seed"], scores["reference_split"]) == ("ema", 0, "train")
+            assert scores["extractor_weights"] == sha256_file(data / "classifier.pt") and scores["resize"] is None
+
+
 def test_rules_write_nothing_outside_results(tiny_run):
     """Outputs, logs and benchmarks all go under results/; Snakemake keeps its own state in .snakemake/."""
     assert sorted(p.name for p in tiny_run.iterdir()) == [".snakemake", "results"]

@@ -17,6 +17,7 @@ from ddpm.datasets import prepare_dataset, split_sha256
 from ddpm.io import load_npz, save_npz
 from ddpm.report import build_table
 from ddpm.settings import SamplerPoint
+from ddpm.vocabulary import SAMPLE_RECORD
 
 LINEAR = "linear-T10-eps-fixedlarge-mse-s0"
 COSINE = "cosine-T10-eps-fixedlarge-mse-s0"
@@ -224,7 +225,9 @@ def test_sample_shards_keep_their_arrays(runs, tmp_path):
     """Provenance is added beside the images, not in place of anything."""
     assert _sample(runs, runs["linear"], tmp_path / "s.npz") == 0
     arrays = np.load(tmp_path / "s.npz")
-    assert {"images", "indices", "network_evaluations", "sampling_seconds", *PROVENANCE_KEYS} == set(arrays.files)
+    assert {"images", "indices", "network_evaluations", "sampling_seconds", *PROVENANCE_KEYS,
+            *SAMPLE_RECORD} == set(arrays.files)
+    assert (str(arrays["model_weights"]), int(arrays["sample_seed"])) == ("ema", 0)
     assert str(arrays["sampler"]) == "ancestral" and int(arrays["network_evaluations"]) == 10  # every step of T = 10
     assert arrays["images"].shape == (2, 1, 8, 8) and list(arrays["indices"]) == [0, 1]
 

@@ -13,8 +13,8 @@ from ddpm.datasets import DATASETS, NATIVE_IMAGE_SIZES
 from ddpm.presets import PRESETS
 from ddpm.schedules import SCHEDULES
 from ddpm.settings import DEFAULT_SAMPLING, SWEEP_AXES, TINY_SCALE, Setting, TrainConfig
-from ddpm.vocabulary import (DECODERS, EXTRACTORS, LOSS_TYPES, MEAN_TYPES, ON_DIVERGENCE, SAMPLE_VARIANCES, SAMPLERS,
-                             SCALES, SKIPS, TIMESTEP_SAMPLERS, VAR_TYPES)
+from ddpm.vocabulary import (DECODERS, EXTRACTORS, IMPORT_FORMATS, LOSS_TYPES, MEAN_TYPES, ON_DIVERGENCE,
+                             SAMPLE_VARIANCES, SAMPLERS, SCALES, SKIPS, TIMESTEP_SAMPLERS, VAR_TYPES)
 
 SCHEMA = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
 
@@ -34,12 +34,14 @@ ENUMS = {
     "$defs.sampler": SAMPLERS,
     "$defs.skip": SKIPS,
     "$defs.sample_variance": SAMPLE_VARIANCES,
+    "$defs.import_format": IMPORT_FORMATS,
 }
 
 #: Defaults that only the workflow has: how it shards, retries and places jobs, and where it keeps its files.
 WORKFLOW_ONLY = {
     "published", "sweep.rows", "train.retries", "train.threads", "train.gpus", "train.nodes", "sample.shard_size",
     "evaluate.fid_test", "evaluate.nll_train_images", "evaluate.nll_shard_size", "fid_over_training.num_samples",
+    "paper_sweep", "pretrained.source", "pretrained.format", "pretrained.revision", "evaluate.ref_stats",
 }
 
 

@@ -1,6 +1,7 @@
 import json
 import math
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -50,6 +51,11 @@ except ValueError as err:
 SAMPLER_POINTS = list(SAMPLING)  # the first is each setting's own (main and paper tables, figures, FID over training)
 PRIMARY = SAMPLER_POINTS[0]
 PUBLISHED = config["published"] or str(Path(workflow.basedir) / "config" / "published.csv")
+# Each setting's model: trained (rule train), or imported from published weights (rule import_pretrained).
+PRETRAINED = config["pretrained"]
+IMPORTED = PRETRAINED["source"] is not None
+CHECKPOINT = f"{RUNS}/{{setting}}/checkpoint.pt"
+RUN_ID = f"{RUNS}/{{setting}}/mlflow_run_id.txt"
 SPEED = config["speed"]  # resolved on the node that runs the job: "auto" means what pays off on its device
 
 
@@ -83,6 +89,9 @@ def check_config_values():
     weights = config["evaluate"]["inception_weights"]
     if weights is not None and not Path(weights).is_file():
         config_error("evaluate.inception_weights", f"{weights} is not a file")
+    stats = config["evaluate"]["ref_stats"]
+    if stats is not None and not Path(stats).is_file():
+        config_error("evaluate.ref_stats", f"{stats} is not a file")
     if config["sample"]["num_samples"] < 2:
         config_error("sample.num_samples", "need at least 2 samples")
     # Shards that are multiples of the batch size are cut into the same batches as one big shard: every sample and
@@ -105,10 +114,27 @@ def check_config_values():
         config_error("speed", str(err))
     check_sizes()
     check_writable()
+    if IMPORTED:
+        check_pretrained()
     late = [s for s in config["fid_over_training"]["steps"] if s >= config["train"]["steps"]]
     if late:
         config_error("fid_over_training.steps", f"{late} not before the last training step ({config['train']['steps']}); "
                      "the final checkpoint is always the curve's last point")
+
+
+def check_pretrained():
+    """An evaluation of published weights: one model, so one setting, and no training to follow."""
+    source = PRETRAINED["source"]
+    if len(SETTINGS) != 1:
+        config_error("sweep", f"pretrained.source is one model, but the sweep has {len(SETTINGS)} settings: give the "
+                     f"one setting the source is (its schedule, T, mean_type, var_type, loss_type, seed)")
+    if config["fid_over_training"]["steps"]:
+        config_error("fid_over_training.steps", "published weights have no training to follow: leave it empty")
+    local = Path(source).exists()
+    if not local and (config["scale"] == "tiny" or not re.fullmatch(r"[\w.-]+/[\w.-]+", source)):
+        config_error("pretrained.source", f"{source} does not exist" + (
+            " (scale: tiny needs a local source that generates the digits' 8×8 grey images; a Hub id is fetched only "
+            "at full scale)" if config["scale"] == "tiny" else " and is not a Hugging Face model id (owner/name)"))
 
 
 def check_sizes():
@@ -144,6 +170,7 @@ wildcard_constraints:
     sampler="|".join(SAMPLER_POINTS),
     shard=r"\d+",
     step=r"\d+",
+    extractor=re.escape(config["evaluate"]["feature_extractor"]),
 
 
 def train_resources(train):
@@ -200,11 +227,32 @@ def sampler_args(name):
     return flags + ("" if point.clip else " --no-clip")
 
 
+def import_arguments(wildcards):
+    """The ``ddpm import`` flags of a setting: its axes (the source must be that setting), format and revision."""
+    axes = SWEEP[wildcards.setting].axes()
+    flags = " ".join(f"--{axis.replace('_', '-')} {value}" for axis, value in axes.items())
+    for key in ("format", "revision"):
+        if PRETRAINED[key] is not None:
+            flags += f" --{key} {shlex.quote(str(PRETRAINED[key]))}"
+    return flags
+
+
 def extractor_weights():
     """The feature extractor's weights file: the trained classifier, or the local Inception weights (or none)."""
     if config["evaluate"]["feature_extractor"] == "classifier":
         return f"{DATA}/classifier.pt"
     return config["evaluate"]["inception_weights"] or []
+
+
+#: FID's reference statistics: computed once (rule ref_stats) or a file from elsewhere (evaluate.ref_stats).
+FOREIGN_REF_STATS = config["evaluate"]["ref_stats"]
+REF_STATS = FOREIGN_REF_STATS or f"{DATA}/ref-stats/{config['evaluate']['feature_extractor']}-train.npz"
+
+
+def ref_stats_args():
+    """The FID jobs' flags: the statistics file, said to be foreign when it has no record of ours beside it."""
+    foreign = FOREIGN_REF_STATS is not None and not Path(FOREIGN_REF_STATS).with_suffix(".json").is_file()
+    return f"--ref-stats {shlex.quote(REF_STATS)}" + (" --foreign-ref-stats" if foreign else "")
 
 
 def extractor_args():

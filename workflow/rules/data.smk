@@ -37,3 +37,27 @@ rule train_classifier:
         ENV
     shell:
         "ddpm classifier --data {params.data:q} --out {output:q} --steps {params.steps} --threads {threads} > {log:q} 2>&1"
+
+
+rule ref_stats:
+    input:
+        manifest=rules.prepare_data.output.manifest,
+        weights=extractor_weights(),
+    output:
+        stats=f"{DATA}/ref-stats/{{extractor}}-train.npz",
+        record=f"{DATA}/ref-stats/{{extractor}}-train.json",
+    params:
+        data=lambda wildcards, input: Path(input.manifest).parent,
+        extractor=extractor_args(),
+    threads: 1
+    resources:
+        gpu=1,
+    log:
+        f"{RESULTS}/logs/ref_stats/{{extractor}}-train.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/ref_stats/{{extractor}}-train.tsv"
+    conda:
+        ENV
+    shell:
+        "ddpm claim-gpus {resources.gpu} -- ddpm evaluate ref-stats --data {params.data:q} --split train"
+        " {params.extractor} --out {output.stats:q} --device auto --threads {threads} > {log:q} 2>&1"

@@ -5,15 +5,17 @@ rule fid_is:
         grid=rules.gather_samples.output.grid,
         manifest=rules.prepare_data.output.manifest,
         weights=extractor_weights(),
-        run_id=rules.train.output.run_id,
+        ref_stats=REF_STATS,
+        run_id=RUN_ID,
         tracking=ancient(TRACKING),
     output:
         f"{POINT}/fid_is.json",
     params:
         data=lambda wildcards, input: Path(input.manifest).parent,
         extractor=extractor_args(),
+        ref_stats=ref_stats_args(),
         test="--test-reference" if config["evaluate"]["fid_test"] else "",
-        step=f"--training-step {config['train']['steps']}",
+        step="" if IMPORTED else f"--training-step {config['train']['steps']}",  # imported: no training
         # the point's own MLflow run (its scores and grid), and the setting's for the first point
         runs=lambda wildcards, input: f"--sampler-file {shlex.quote(input.sampler)} --grid {shlex.quote(input.grid)}"
         + (" --primary" if wildcards.sampler == PRIMARY else ""),
@@ -29,7 +31,7 @@ rule fid_is:
     shell:
         "ddpm claim-gpus {resources.gpu} --"
         " ddpm evaluate fid --samples {input.samples:q} --data {params.data:q} --setting {wildcards.setting:q}"
-        " {params.extractor} {params.test} {params.step} --out {output:q} --tracking {input.tracking:q}"
+        " {params.extractor} {params.ref_stats} {params.test} {params.step} --out {output:q} --tracking {input.tracking:q}"
         " --run-id-file {input.run_id:q} {params.runs} --device auto --threads {threads} > {log:q} 2>&1"
 
 
@@ -38,7 +40,8 @@ use rule fid_is as fid_snapshot with:
         samples=rules.gather_snapshot_samples.output,
         manifest=rules.prepare_data.output.manifest,
         weights=extractor_weights(),
-        run_id=rules.train.output.run_id,
+        ref_stats=REF_STATS,
+        run_id=RUN_ID,
         tracking=ancient(TRACKING),
     output:
         f"{RUNS}/{{setting}}/snapshots/step-{{step}}/fid_is.json",
@@ -53,7 +56,7 @@ use rule fid_is as fid_snapshot with:
 
 rule nll:
     input:
-        checkpoint=rules.train.output.checkpoint,
+        checkpoint=CHECKPOINT,
         manifest=rules.prepare_data.output.manifest,
     output:
         f"{RUNS}/{{setting}}/nll/shard-{{shard}}.npz",
@@ -86,7 +89,7 @@ rule nll:
 rule gather_nll:
     input:
         shards=expand(f"{RUNS}/{{{{setting}}}}/nll/shard-{{shard}}.npz", shard=NLL_SHARDS),
-        run_id=rules.train.output.run_id,
+        run_id=RUN_ID,
         tracking=ancient(TRACKING),
     output:
         f"{RUNS}/{{setting}}/nll.json",
@@ -121,7 +124,7 @@ use rule nll as nll_train with:
 use rule gather_nll as gather_nll_train with:
     input:
         shards=expand(f"{RUNS}/{{{{setting}}}}/nll-train/shard-{{shard}}.npz", shard=NLL_TRAIN_SHARDS),
-        run_id=rules.train.output.run_id,
+        run_id=RUN_ID,
         tracking=ancient(TRACKING),
     output:
         f"{RUNS}/{{setting}}/nll-train.json",

@@ -4,7 +4,7 @@ POINT = f"{RUNS}/{{setting}}/samplers/{{sampler}}"
 
 rule sample:
     input:
-        checkpoint=rules.train.output.checkpoint,
+        checkpoint=CHECKPOINT,
         manifest=rules.prepare_data.output.manifest,
     output:
         f"{POINT}/samples/shard-{{shard}}.npz",
@@ -92,7 +92,7 @@ rule gather_snapshot_samples:
 # DDPM Figure 6: what the model predicts for x_0 along the reverse process, for the first samples of the set.
 rule progressive:
     input:
-        checkpoint=rules.train.output.checkpoint,
+        checkpoint=CHECKPOINT,
         manifest=rules.prepare_data.output.manifest,
     output:
         report(f"{RUNS}/{{setting}}/progressive.png", category="Paper figures", subcategory="Progressive generation",
@@ -119,7 +119,7 @@ rule progressive:
 # DDPM Figure 8: two test images encoded to x_t (t = T/2), interpolated, and decoded by the reverse process.
 rule interpolate:
     input:
-        checkpoint=rules.train.output.checkpoint,
+        checkpoint=CHECKPOINT,
         manifest=rules.prepare_data.output.manifest,
     output:
         report(f"{RUNS}/{{setting}}/interpolation.png", category="Paper figures", subcategory="Interpolation",
