@@ -327,8 +327,9 @@ def samplers_table(run_dirs: dict[str, Path], samplers, published: pd.DataFrame 
             if published is not None:
                 cell["paper"] = published_for_sampler(published, sweep, setting, point).get("fid", {}).get("value")
     all_steps = sorted({S for by_steps in cells.values() for S in by_steps})
-    reasons = sorted({reason for extractor, count in measured_with
-                      for reason in not_comparable("fid", samples=count, extractor=extractor, scaled_down=scaled_down)})
+    reasons = list(dict.fromkeys(reason for extractor, count in sorted(measured_with)
+                                 for reason in not_comparable("fid", samples=count, extractor=extractor,
+                                                              scaled_down=scaled_down)))
     rows = []
     for key, by_steps in cells.items():
         row = dict(zip((*SETTING_AXES, "sampler", "skip", "clip"), key))

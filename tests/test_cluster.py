@@ -34,7 +34,7 @@ def test_profile_sets_site_values_and_the_rules_ask_only_for_what_they_need():
     for site_value in ("slurm_partition", "slurm_account", "runtime", "mem_mb", "qos"):
         assert f"{site_value}=" not in rules, f"{site_value} belongs in the profile, not in a rule"
     profiled = set(profile["set-resources"])
-    defined = {a or b for a, b in re.findall(r"(?m)^(?:rule (\w+):|use rule \w+ as (\w+) with:)", rules)}
+    defined = {a or b for a, b in re.findall(r"(?m)^\s*(?:rule (\w+):|use rule \w+ as (\w+) with:)", rules)}
     assert {"train", "sample", "fid_snapshot"} <= defined
     assert profiled <= defined, f"the profile sizes rules that do not exist: {profiled - defined}"
 
