@@ -177,7 +177,7 @@ def passes_divergence_on(*outputs: str, inputs: str | None = None):
 def add_prepare(p):
     from .datasets import DATASETS, TEST_FRACTION
 
-    p.add_argument("--dataset", required=True, choices=DATASETS)
+    p.add_argument("--dataset", required=True, choices=DATASETS, help="which data set to prepare")
     p.add_argument("--out", required=True, help="the prepared folder: train/test arrays and manifest.json")
     p.add_argument("--path", help="local data: a cifar-10-batches-py folder, or a folder of images")
     p.add_argument("--image-size", type=int, help="resize (and center-crop) to this side (default: the native size)")
@@ -199,7 +199,7 @@ def add_classifier(p):
     p.add_argument("--data", required=True, help="a prepared dataset folder")
     p.add_argument("--out", required=True, help="the classifier's weights file")
     p.add_argument("--steps", type=int, default=1500, help="training steps (default: 1500)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the initialisation and the batches (default: 0)")
     _add_runtime(p)
 
 
@@ -208,7 +208,9 @@ def cmd_classifier(args):
     from .features import train_classifier
 
     images, labels = load_split(args.data, "train")
-    summary = train_classifier(images, labels, args.out, steps=args.steps, seed=args.seed, device=_device(args.device))
+    print(f"training the feature extractor on {len(images)} train images, {args.steps} steps", flush=True)
+    summary = train_classifier(images, labels, args.out, steps=args.steps, seed=args.seed, device=_device(args.device),
+                               progress=True)
     print(json.dumps(summary, default=str))
 
 
@@ -305,9 +307,10 @@ def cmd_train(args):
 def add_import(p):
     from .settings import SWEEP_AXES
 
-    p.add_argument("source", help="a diffusers model folder (config.json + diffusion_pytorch_model.safetensors or .bin, "
-                                  "and its scheduler config), pytorch-ddpm's ckpt.pt, or a Hugging Face model id such "
-                                  "as google/ddpm-cifar10-32 (fetched with huggingface_hub where there is a network)")
+    p.add_argument("source", help="a diffusers model folder (config.json + diffusion_pytorch_model.safetensors or "
+                                  ".bin, and its scheduler config), pytorch-ddpm's ckpt.pt, or a Hugging Face model id "
+                                  "such as google/ddpm-cifar10-32 (fetched with huggingface_hub where there is a "
+                                  "network)")
     p.add_argument("--out", required=True, help="the checkpoint to write (e.g. results/runs/<sweep>/<setting>/"
                                                 "checkpoint.pt); setting.json, metrics.jsonl beside it")
     p.add_argument("--format", choices=IMPORT_FORMATS, help="the source's layout (default: detected)")
@@ -353,11 +356,11 @@ def cmd_import(args):
 
 
 def add_progressive(p):
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", required=True, help="a checkpoint.pt (trained or imported)")
     p.add_argument("--out", required=True, help="the PNG: one row per sample, one column per reverse-step stage")
     p.add_argument("--count", type=int, default=8, help="samples, one per row (default: 8)")
     p.add_argument("--columns", type=int, default=10, help="stages of the reverse process (default: 10)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="the sample set's seed: row i is sample i of it (default: 0)")
     _add_sampler(p)
     _add_job_expectations(p, data=True)
     _add_runtime(p)
@@ -374,12 +377,12 @@ def cmd_progressive(args):
 
 
 def add_interpolate(p):
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", required=True, help="a checkpoint.pt (trained or imported)")
     p.add_argument("--data", required=True, help="a prepared dataset folder (its test split)")
     p.add_argument("--out", required=True, help="the PNG: first image, λ = 0, 0.1, …, 1, second image")
     p.add_argument("--images", type=int, nargs=2, default=[0, 1], help="the two test images (indices)")
     p.add_argument("--t-fraction", type=float, default=0.5, help="encode to x_t with t = this fraction of T")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the encoding noise and the decoding (default: 0)")
     _add_sampler(p)
     _add_job_expectations(p)
     _add_runtime(p)
@@ -396,7 +399,7 @@ def cmd_interpolate(args):
 
 
 def add_sample(p):
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", required=True, help="a checkpoint.pt (trained or imported)")
     p.add_argument("--out", required=True, help=".npz file for the uint8 samples")
     p.add_argument("--grid", help="also write a PNG grid here")
     p.add_argument("--start", type=int, default=0, help="index of the first sample")
@@ -419,8 +422,9 @@ def cmd_sample(args):
 
 
 def add_gather_samples(p):
-    p.add_argument("--shards", nargs="+", required=True)
-    p.add_argument("--out", required=True)
+    p.add_argument("--shards", nargs="+", required=True,
+                   help="the sample shards (.npz) of one setting and sampler point")
+    p.add_argument("--out", required=True, help="the merged samples.npz")
     p.add_argument("--grid", help="also draw a grid of the first --grid-size samples here (a PNG)")
     p.add_argument("--grid-size", type=int, default=100, help="(default: 100)")
     p.add_argument("--sampler-out", help="write the sampler point and what sampling cost (sampler.json) here; the "
@@ -447,8 +451,8 @@ def cmd_gather_samples(args):
 
 
 def add_fid(p):
-    p.add_argument("--samples", required=True)
-    p.add_argument("--data", required=True)
+    p.add_argument("--samples", required=True, help="the gathered samples.npz")
+    p.add_argument("--data", required=True, help="the prepared data folder: its train split is the reference")
     p.add_argument("--extractor", default="classifier", choices=EXTRACTORS, help="(default: classifier)")
     p.add_argument("--weights", help="extractor weights (the classifier file, or local Inception weights)")
     p.add_argument("--test-reference", action="store_true", help="also FID against the test split (fid_test)")
@@ -465,7 +469,7 @@ def add_fid(p):
     p.add_argument("--foreign-ref-stats", action="store_true",
                    help="--ref-stats is a file from elsewhere (pytorch-fid / clean-fid layout: mu and sigma, no .json "
                         "record beside it): use it, checking only its feature dimension")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="the scores, fid_is.json")
     _add_job_expectations(p)
     _add_tracking(p, sampler_run=True)
     _add_runtime(p)
@@ -521,9 +525,9 @@ def cmd_ref_stats(args):
 
 
 def add_nll(p):
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--data", required=True)
-    p.add_argument("--split", choices=["test", "train"], default="test")
+    p.add_argument("--checkpoint", required=True, help="a checkpoint.pt (trained or imported)")
+    p.add_argument("--data", required=True, help="the prepared data folder")
+    p.add_argument("--split", choices=["test", "train"], default="test", help="whose images (default: test)")
     p.add_argument("--start", type=int, default=0, help="index of the first image")
     p.add_argument("--count", type=int, default=None, help="how many images (default: the rest of the split)")
     p.add_argument("--batch-size", type=int, default=200, help="images per batch (default: 200)")
@@ -531,7 +535,7 @@ def add_nll(p):
     p.add_argument("--decoder", choices=DECODERS, default="exact",
                    help="L_0's decoder likelihood: exact (normal CDF), or official (the papers' code: tanh "
                         "approximation, every bin floored at 1e-12) for parity with published NLLs (default: exact)")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="the shard's per-image terms (.npz)")
     _add_job_expectations(p)
     _add_runtime(p, speed=True)
 
@@ -547,10 +551,10 @@ def cmd_nll(args):
 
 
 def add_nll_gather(p):
-    p.add_argument("--shards", nargs="+", required=True)
+    p.add_argument("--shards", nargs="+", required=True, help="the bits/dim shards (.npz) of one setting")
     p.add_argument("--split", choices=["test", "train"], default="test",
                    help="the shards' split: MLflow gets bpd (test) or bpd_train (train)")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="nll.json: bits/dim and its standard error")
     _add_job_expectations(p)
     _add_tracking(p)
 
@@ -565,13 +569,14 @@ def cmd_nll_gather(args):
 
 
 def add_baseline(p):
-    p.add_argument("--kind", choices=["gaussian", "test_split"], required=True)
-    p.add_argument("--data", required=True)
+    p.add_argument("--kind", choices=["gaussian", "test_split"], required=True,
+                   help="a Gaussian fitted to the train pixels, or the test split itself")
+    p.add_argument("--data", required=True, help="the prepared data folder")
     p.add_argument("--extractor", default="classifier", choices=EXTRACTORS, help="(default: classifier)")
     p.add_argument("--weights", help="extractor weights (the classifier file, or local Inception weights)")
     p.add_argument("--num-samples", type=int, default=1000, help="images to score (default: 1000)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0, help="seed of the Gaussian's draws (default: 0)")
+    p.add_argument("--out", required=True, help="the scores (.json)")
     _add_runtime(p)
 
 
@@ -589,7 +594,7 @@ def add_report(p):
     p.add_argument("--test-split", required=True, help="the test split's scores")
     p.add_argument("--out-stem", required=True, help="tables go to <stem>.csv, .md, .tex (and <stem>-paper.*, "
                    "<stem>-rate-distortion.*, <stem>-fid-over-training.*, <stem>-samplers.*)")
-    p.add_argument("--loss-figure", required=True)
+    p.add_argument("--loss-figure", required=True, help="the training loss figure (.png)")
     p.add_argument("--rate-distortion-figure", help="DDPM Figure 5: rate and distortion along the reverse process")
     p.add_argument("--schedules-figure", help="ᾱ_t and L_T of the sweep's noise schedules, side by side")
     p.add_argument("--schedule-rescale", type=_bool, default=False, help="the sweep's train.schedule_rescale")
@@ -603,7 +608,8 @@ def add_report(p):
     p.add_argument("--samplers-figure", help="FID against S, one line per sampler (η, σ̂)")
     p.add_argument("--published", help="the papers' numbers (CSV): also write <stem>-paper.* with them beside yours")
     p.add_argument("--paper-sweep", help="the sweep name the published numbers are filed under (default: the stem's)")
-    p.add_argument("--scaled-down", action="store_true", help="a scale=tiny run: no Δ, every published number is marked not comparable")
+    p.add_argument("--scaled-down", action="store_true",
+                   help="a scale=tiny run: no Δ, every published number is marked not comparable")
     p.add_argument("--tracking", help="also attach the tables to the sweep's parent run and finish it")
     p.add_argument("--config-json", help="with --tracking: the sweep's resolved config, stored with the parent run")
 
@@ -634,7 +640,7 @@ def add_bench(p):
     p.add_argument("--warmup", type=int, default=3, help="untimed steps per phase first (compilation, autotuning)")
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds of the plain path's training against "
                    "the same U-Net written the straightforward way (the median ratio is reported)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the weights and inputs (default: 0)")
     p.add_argument("--out", default="benchmarks", help="folder of the JSON records (and the default MLflow store)")
     p.add_argument("--mlflow", type=_bool, default=True, help="also log the run to MLflow (default: true)")
     p.add_argument("--tracking-uri", help="used when $MLFLOW_TRACKING_URI is unset; default sqlite:///<out>/mlflow.db")
@@ -702,9 +708,20 @@ COMMANDS = [
 GROUPS = {"track": "MLflow bookkeeping", "evaluate": "FID / IS / KID / PR and bits/dim"}
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ddpm-repro")
+    except PackageNotFoundError:  # run from a checkout that was not installed
+        return "(not installed)"
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ddpm", description="Denoising diffusion probabilistic models: "
                                      "prepare data, train, sample, evaluate, report.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}",
+                        help="the installed version of ddpm-repro, and exit")
     sub = parser.add_subparsers(dest="command", required=True)
     groups = {}
     for group, name, help_text, add_arguments, command in COMMANDS:

@@ -221,6 +221,8 @@ def write_scores(samples, data_dir, out, *, extractor: str, weights=None, device
     found = load_npz(samples, ("images",), optional=SAMPLING_COST + SAMPLE_RECORD)
     images = found["images"]
     check_images(images, f"samples in {samples}", shape=reference.shape[1:])  # the data set's shape, exactly
+    print(f"scoring {len(images)} samples with the {extractor} features against the {len(reference)} train images"
+          + (f" (FID: against {ref_stats})" if ref_stats else ""), flush=True)
     if ref_stats is None:
         scores = fidelity_metrics(images, reference, extractor=extractor, weights_path=weights, device=device)
     else:
@@ -232,8 +234,10 @@ def write_scores(samples, data_dir, out, *, extractor: str, weights=None, device
         scores.update(fid=fid, fid_reference=fid_reference)
     scores.update({key: found[key].item() for key in SAMPLING_COST + SAMPLE_RECORD if key in found})
     scores.update(fid_conditions(extractor, weights, reference.shape[2:]))
+    print(f"FID {scores['fid']:.4g}, IS {scores['is_mean']:.4g}", flush=True)
     if test_reference:
         test = load_split(data_dir, "test")[0]
+        print(f"FID against the {len(test)} test images", flush=True)
         scores["fid_test"] = fidelity_metrics(images, test, extractor=extractor, weights_path=weights, device=device,
                                               metrics=("fid",))["fid"]
         scores["num_test_reference"] = len(test)

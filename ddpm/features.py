@@ -80,10 +80,12 @@ def train_classifier(
     seed: int = 0,
     device: str = "cpu",
     num_threads: int | None = 1,
+    progress: bool = False,
 ) -> dict:
     """Train :class:`SmallClassifier` with Adam on ``images`` (uint8 (N, C, H, W)) and integer ``labels``, and save it
     atomically to ``out_path``. Deterministic for a given ``seed`` on CPU (the global RNG state is left untouched).
 
+    ``progress``: print the loss ten times along the way.
     ``num_threads``: CPU threads while training (torch's setting is restored afterwards). The default 1 is the
     fastest for a network this small — with several threads OpenMP synchronisation dominates each step, badly so on a
     busy machine — and makes the result independent of the machine's core count; ``None`` keeps torch's setting.
@@ -111,7 +113,8 @@ def train_classifier(
     x_all = to_model_range(images).to(device)
     y_all = torch.from_numpy(labels.astype(np.int64)).to(device)
     with _torch_threads(num_threads):
-        model, loss = _fit(x_all, y_all, num_classes, arch, steps=steps, batch_size=batch_size, lr=lr, seed=seed)
+        model, loss = _fit(x_all, y_all, num_classes, arch, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
+                           progress=progress)
         accuracy = _accuracy(model, x_all, y_all)
 
     state = {
@@ -137,7 +140,8 @@ def train_classifier(
     }
 
 
-def _fit(x, y, num_classes: int, arch: dict, *, steps: int, batch_size: int, lr: float, seed: int):
+def _fit(x, y, num_classes: int, arch: dict, *, steps: int, batch_size: int, lr: float, seed: int,
+         progress: bool = False):
     """Adam with a cosine learning-rate decay on random minibatches; returns the model (eval mode) and the last loss."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -146,13 +150,16 @@ def _fit(x, y, num_classes: int, arch: dict, *, steps: int, batch_size: int, lr:
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     model.train()
-    for _ in range(steps):
+    every = max(1, steps // 10)
+    for step in range(1, steps + 1):
         idx = torch.randint(len(x), (min(batch_size, len(x)),), generator=gen).to(x.device)
         loss = F.cross_entropy(model(x[idx]), y[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
+        if progress and (step % every == 0 or step == steps):
+            print(f"classifier step {step}/{steps}: loss {loss.item():.4f}", flush=True)
     return model.eval(), loss.detach()
 
 

@@ -251,6 +251,8 @@ def write_baseline_scores(kind: str, data_dir, out, *, num_samples: int, seed: i
     samples are: ``gaussian`` (:func:`gaussian_baseline_samples`) or ``test_split`` (its first ``num_samples``
     images), as JSON."""
     train_images = load_split(data_dir, "train")[0]
+    print(f"scoring the {kind.replace('_', ' ')} baseline: {num_samples} images with the {extractor} features against "
+          f"the {len(train_images)} train images", flush=True)
     if kind == "gaussian":
         candidates = gaussian_baseline_samples(train_images, num_samples, seed)
     else:

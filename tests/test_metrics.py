@@ -273,3 +273,30 @@ def test_bad_options_name_the_argument(classifier):
         gaussian_baseline_samples(digits.astype(np.int64), 5, seed=0)
     with pytest.raises(ValueError, match="labels"):
         train_classifier(digits, np.zeros(3, dtype=np.int64), "unused.pt")
+
+
+def test_the_classifier_fid_and_baseline_jobs_say_what_they_do_as_they_go(tmp_path, capsys):
+    """Their logs are not empty until the end: the classifier prints its loss ten times, the FID and baseline jobs what
+    they score against what before they score it."""
+    from ddpm.cli import main
+    from ddpm.datasets import prepare_dataset
+
+    data = tmp_path / "data"
+    prepare_dataset("digits", data)
+    assert main(["classifier", "--data", str(data), "--out", str(tmp_path / "c.pt"), "--steps", "30"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "training the feature extractor on 1497 train images, 30 steps"
+    assert [line.split(":")[0] for line in lines[1:11]] == [f"classifier step {s}/30" for s in range(3, 31, 3)]
+    assert main(["evaluate", "baseline", "--kind", "test_split", "--data", str(data), "--weights",
+                 str(tmp_path / "c.pt"), "--num-samples", "50", "--out", str(tmp_path / "b.json")]) == 0
+    assert capsys.readouterr().out.startswith("scoring the test split baseline: 50 images with the classifier features "
+                                              "against the 1497 train images\n")
+    from ddpm.datasets import load_split
+    from ddpm.io import save_npz
+
+    save_npz(tmp_path / "s.npz", images=load_split(data, "test")[0][:50], indices=np.arange(50))
+    assert main(["evaluate", "fid", "--samples", str(tmp_path / "s.npz"), "--data", str(data), "--weights",
+                 str(tmp_path / "c.pt"), "--test-reference", "--out", str(tmp_path / "f.json")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "scoring 50 samples with the classifier features against the 1497 train images"
+    assert lines[1].startswith("FID ") and lines[2] == "FID against the 300 test images"

@@ -2,6 +2,9 @@
 defaults that the package and its command line use (a name or a default changed on one side only fails here)."""
 
 import argparse
+import importlib.metadata
+import subprocess
+import sys
 from dataclasses import fields
 
 import pytest
@@ -157,6 +160,21 @@ def test_command_line_choices_are_the_registries():
                                   "--extractor", "inception"])
     args = make_parser().parse_args(["train", "--out", "x", "--schedule", "sigmoid", "--var-type", "learned_range"])
     assert (args.schedule, args.var_type) == ("sigmoid", "learned_range")
+
+
+def _options_without_help(parser: argparse.ArgumentParser, command: tuple[str, ...] = ()):
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _options_without_help(sub, (*command, name))
+        elif not isinstance(action, argparse._HelpAction) and not (action.help or "").strip():
+            yield f"ddpm {' '.join(command)} {'/'.join(action.option_strings) or action.dest}"
+
+
+def test_every_option_of_every_command_has_a_help_line_and_ddpm_has_a_version():
+    assert list(_options_without_help(make_parser())) == []
+    result = subprocess.run([sys.executable, "-m", "ddpm.cli", "--version"], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == f"ddpm {importlib.metadata.version('ddpm-repro')}"
 
 
 def test_one_table_of_native_image_sizes_and_presets_that_take_them():
