@@ -71,7 +71,8 @@ class Source:
 
 def resolve_source(source: str | Path, *, revision: str | None = None) -> Path:
     """A local file or folder as it is; otherwise a Hugging Face model id (``owner/name``), fetched with
-    huggingface_hub into its cache (configs and weights only)."""
+    huggingface_hub into its cache: the configs and the safetensors weights, or the ``.bin`` ones where the model has
+    no safetensors."""
     path = Path(source)
     if path.exists():
         return path
@@ -80,8 +81,12 @@ def resolve_source(source: str | Path, *, revision: str | None = None) -> Path:
     try:
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(str(source), revision=revision,
-                                      allow_patterns=["*.json", "*.safetensors", "unet/*", "scheduler/*"]))
+        for weights in DIFFUSERS_WEIGHTS:
+            folder = Path(snapshot_download(str(source), revision=revision,
+                                            allow_patterns=["*.json", weights, f"unet/{weights}"]))
+            if (folder / weights).is_file() or (folder / "unet" / weights).is_file():
+                break
+        return folder
     except Exception as err:  # no network, an unknown id, a private model
         raise FileNotFoundError(
             f"cannot fetch {source} from the Hugging Face Hub ({type(err).__name__}: {str(err).splitlines()[0]}). "

@@ -404,5 +404,27 @@ def test_a_hub_id_is_fetched_with_huggingface_hub_and_a_failure_says_what_to_do(
     with pytest.raises(FileNotFoundError, match="huggingface-cli download google/ddpm-cifar10-32"):
         resolve_source("google/ddpm-cifar10-32", revision="main")
     assert asked[0][0] == "google/ddpm-cifar10-32" and asked[0][1]["revision"] == "main"
+    assert asked[0][1]["allow_patterns"] == ["*.json", "diffusion_pytorch_model.safetensors",
+                                             "unet/diffusion_pytorch_model.safetensors"]
     with pytest.raises(FileNotFoundError, match="neither a file, a folder nor a Hugging Face model id"):
         resolve_source("/no/such/ckpt.pt")
+
+
+def test_a_hub_model_without_safetensors_is_fetched_with_its_bin_weights(monkeypatch, tmp_path):
+    """Only one weights file is fetched: the safetensors, or the .bin where the model has none (as the Hub would
+    answer: a snapshot with the files that match, here a folder that has only the .bin)."""
+    import huggingface_hub
+
+    hub = tmp_path / "hub"
+    hub.mkdir()
+    (hub / "config.json").write_text("{}")
+    (hub / "diffusion_pytorch_model.bin").write_bytes(b"weights")
+    asked = []
+
+    def snapshot(repo_id, *, revision=None, allow_patterns=()):
+        asked.append(allow_patterns[1])
+        return str(hub)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot)
+    assert resolve_source("google/ddpm-church-256") == hub
+    assert asked == ["diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"]
