@@ -20,7 +20,7 @@ import time
 from dataclasses import MISSING, fields
 from pathlib import Path
 
-from .vocabulary import DECODERS, EXTRACTORS, IMPORT_FORMATS, ON_DIVERGENCE, SAMPLE_VARIANCES, SAMPLERS, SKIPS
+from .vocabulary import BOOTSTRAP_ROUNDS, DECODERS, EXTRACTORS, IMPORT_FORMATS, ON_DIVERGENCE, SAMPLE_VARIANCES, SAMPLERS, SKIPS
 
 
 def _bool(text: str) -> bool:
@@ -450,6 +450,12 @@ def cmd_gather_samples(args):
         print(f"grid of {min(args.grid_size, len(images))} samples in {args.grid}")
 
 
+def _add_bootstrap(p):
+    p.add_argument("--bootstrap-rounds", type=int, default=BOOTSTRAP_ROUNDS,
+                   help="rounds of the bootstrap over the samples behind the standard errors of FID, IS and KID "
+                        f"(fid_se, is_se, kid_se; 0: none; default: {BOOTSTRAP_ROUNDS})")
+
+
 def add_fid(p):
     p.add_argument("--samples", required=True, help="the gathered samples.npz")
     p.add_argument("--data", required=True, help="the prepared data folder: its train split is the reference")
@@ -469,6 +475,7 @@ def add_fid(p):
     p.add_argument("--foreign-ref-stats", action="store_true",
                    help="--ref-stats is a file from elsewhere (pytorch-fid / clean-fid layout: mu and sigma, no .json "
                         "record beside it): use it, checking only its feature dimension")
+    _add_bootstrap(p)
     p.add_argument("--out", required=True, help="the scores, fid_is.json")
     _add_job_expectations(p)
     _add_tracking(p, sampler_run=True)
@@ -485,7 +492,7 @@ def cmd_fid(args):
     scores = write_scores(args.samples, args.data, args.out, extractor=args.extractor, weights=args.weights,
                           device=_device(args.device), test_reference=args.test_reference,
                           training_step=args.training_step, setting=args.setting, ref_stats=args.ref_stats,
-                          ref_stats_foreign=args.foreign_ref_stats)
+                          ref_stats_foreign=args.foreign_ref_stats, bootstrap_rounds=args.bootstrap_rounds)
     point = read_sampler_file(args.sampler_file) if args.sampler_file else None
     point_runs, setting_runs = _runs(args, point)
     for metrics, step in tracked_scores(scores, snapshot=args.snapshot):
@@ -576,6 +583,7 @@ def add_baseline(p):
     p.add_argument("--weights", help="extractor weights (the classifier file, or local Inception weights)")
     p.add_argument("--num-samples", type=int, default=1000, help="images to score (default: 1000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the Gaussian's draws (default: 0)")
+    _add_bootstrap(p)
     p.add_argument("--out", required=True, help="the scores (.json)")
     _add_runtime(p)
 
@@ -584,7 +592,8 @@ def cmd_baseline(args):
     from .metrics import write_baseline_scores
 
     scores = write_baseline_scores(args.kind, args.data, args.out, num_samples=args.num_samples, seed=args.seed,
-                                   extractor=args.extractor, weights=args.weights, device=_device(args.device))
+                                   extractor=args.extractor, weights=args.weights, device=_device(args.device),
+                                   bootstrap_rounds=args.bootstrap_rounds)
     print(json.dumps(scores))
 
 
@@ -606,6 +615,9 @@ def add_report(p):
                    help="the sweep's sampler points in order (read samplers/<point>/ of every run); the first is each "
                         "setting's own (default: ancestral)")
     p.add_argument("--samplers-figure", help="FID against S, one line per sampler (η, σ̂)")
+    p.add_argument("--html-tables", nargs=5, metavar="HTML",
+                   help="also write the tables as HTML pages, to these five paths: the main table, then the paper, "
+                        "samplers, FID-over-training and rate-distortion tables (the Snakemake report shows them)")
     p.add_argument("--published", help="the papers' numbers (CSV): also write <stem>-paper.* with them beside yours")
     p.add_argument("--paper-sweep", help="the sweep name the published numbers are filed under (default: the stem's)")
     p.add_argument("--scaled-down", action="store_true",
@@ -624,7 +636,8 @@ def cmd_report(args):
                          schedule_rescale=args.schedule_rescale,
                          fid_over_training_figure=args.fid_over_training_figure, samplers=args.samplers,
                          samplers_figure=args.samplers_figure, tracking=args.tracking,
-                         config=json.loads(args.config_json) if args.config_json else None)
+                         config=json.loads(args.config_json) if args.config_json else None,
+                         html_tables=args.html_tables)
     print(table.to_string(index=False))
 
 

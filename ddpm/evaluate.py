@@ -197,17 +197,19 @@ def fid_conditions(extractor: str, weights, resolution) -> dict:
 
 def write_scores(samples, data_dir, out, *, extractor: str, weights=None, device: str = "cpu",
                  test_reference: bool = False, training_step: int | None = None, setting: str | None = None,
-                 ref_stats: str | None = None, ref_stats_foreign: bool = False) -> dict:
+                 ref_stats: str | None = None, ref_stats_foreign: bool = False, bootstrap_rounds: int = 0) -> dict:
     """``ddpm evaluate fid``: FID / IS / KID / precision-recall of the samples in ``samples`` against the train split
     of ``data_dir`` (and FID against its test split: DDPM Table 1's second FID), as JSON with the samples'
-    provenance. With ``setting``: samples of another setting, or of a model trained on other data, are refused.
+    provenance, and with ``bootstrap_rounds`` the bootstrap standard errors of FID, IS and KID
+    (:func:`ddpm.metrics.bootstrap_errors`). With ``setting``: samples of another setting, or of a model trained on
+    other data, are refused.
 
     With ``ref_stats``: FID against that statistics file of the train split (``ddpm evaluate ref-stats``; checked by
     :func:`ddpm.refstats.read_ref_stats` before anything is computed, also against the split's checksum) instead of
     the train images' features, recorded as ``fid_reference``; a file from elsewhere (pytorch-fid, clean-fid) only
-    with ``ref_stats_foreign``. IS, KID and precision/recall are computed from the images as without it."""
-    from .metrics import METRICS, fidelity_metrics
-    from .refstats import fid_against_file
+    with ``ref_stats_foreign``. KID and precision/recall take the train images' features either way."""
+    from .metrics import fidelity_metrics
+    from .refstats import fid_reference
 
     if ref_stats_foreign and ref_stats is None:
         raise ValueError("ref_stats_foreign (--foreign-ref-stats) says what the ref_stats file (--ref-stats) is, "
@@ -221,17 +223,19 @@ def write_scores(samples, data_dir, out, *, extractor: str, weights=None, device
     found = load_npz(samples, ("images",), optional=SAMPLING_COST + SAMPLE_RECORD)
     images = found["images"]
     check_images(images, f"samples in {samples}", shape=reference.shape[1:])  # the data set's shape, exactly
+    stats, reference_record = None, None
+    if ref_stats is not None:
+        *stats, reference_record = fid_reference(ref_stats, extractor=extractor, weights=weights,
+                                                 resolution=reference.shape[2:], split="train",
+                                                 foreign=ref_stats_foreign, split_sha256=split_sha256(data_dir, "train"))
     print(f"scoring {len(images)} samples with the {extractor} features against the {len(reference)} train images"
-          + (f" (FID: against {ref_stats})" if ref_stats else ""), flush=True)
-    if ref_stats is None:
-        scores = fidelity_metrics(images, reference, extractor=extractor, weights_path=weights, device=device)
-    else:
-        fid, fid_reference = fid_against_file(images, ref_stats, extractor=extractor, weights=weights, device=device,
-                                              resolution=reference.shape[2:], split="train",
-                                              foreign=ref_stats_foreign, split_sha256=split_sha256(data_dir, "train"))
-        scores = fidelity_metrics(images, reference, extractor=extractor, weights_path=weights, device=device,
-                                  metrics=tuple(m for m in METRICS if m != "fid"))
-        scores.update(fid=fid, fid_reference=fid_reference)
+          + (f" (FID: against {ref_stats})" if ref_stats else "")
+          + (f", {bootstrap_rounds} bootstrap rounds" if bootstrap_rounds else ""), flush=True)
+    scores = fidelity_metrics(images, reference, extractor=extractor, weights_path=weights, device=device,
+                              reference_stats=None if stats is None else tuple(stats),
+                              bootstrap_rounds=bootstrap_rounds)
+    if reference_record is not None:
+        scores["fid_reference"] = reference_record
     scores.update({key: found[key].item() for key in SAMPLING_COST + SAMPLE_RECORD if key in found})
     scores.update(fid_conditions(extractor, weights, reference.shape[2:]))
     print(f"FID {scores['fid']:.4g}, IS {scores['is_mean']:.4g}", flush=True)

@@ -1,4 +1,5 @@
-"""Sample-quality metrics, all computed by torch-fidelity's ``calculate_metrics`` (no hand-written FID here).
+"""Sample-quality metrics, all computed by torch-fidelity's own feature extraction and metric functions (no
+hand-written FID here), with bootstrap standard errors over the samples.
 
 - FID: Fréchet distance between Gaussians fitted to the features of samples and reference
   (Heusel et al. 2017, "GANs trained by a two time-scale update rule converge to a local Nash equilibrium").
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from pathlib import Path
 from urllib.error import URLError
 
@@ -31,7 +31,7 @@ from torch.utils.data import Dataset
 from ddpm.datasets import check_images, load_split
 from ddpm.features import register_classifier_extractor
 from ddpm.io import write_json
-from ddpm.vocabulary import EXTRACTORS, SAMPLING_COST
+from ddpm.vocabulary import BOOTSTRAP_ROUNDS, EXTRACTORS, SAMPLING_COST
 
 #: torch-fidelity's metric groups: Inception score, FID, KID, precision/recall.
 METRICS = ("isc", "fid", "kid", "prc")
@@ -39,7 +39,8 @@ METRICS = ("isc", "fid", "kid", "prc")
 INCEPTION_CONFIG_KEY = "evaluate.inception_weights"
 KID_DEFAULT_SUBSET_SIZE = 1000  # torch-fidelity's and Bińkowski et al.'s default
 #: The scores a FID job logs to its setting's MLflow run (its fid_is.json keeps them all).
-TRACKED_SCORES = ("fid", "fid_test", "is_mean", "is_std", "kid_mean", "kid_std", "precision", "recall")
+TRACKED_SCORES = ("fid", "fid_se", "fid_test", "is_mean", "is_std", "is_se", "kid_mean", "kid_std", "kid_se",
+                  "precision", "recall")
 MIN_IMAGES = 10  # IS uses 10 splits; precision/recall need > 3 neighbours; FID needs a covariance
 
 
@@ -143,44 +144,156 @@ def fidelity_metrics(
     device: str = "cpu",
     seed: int = 0,
     metrics: tuple[str, ...] = METRICS,
+    reference_stats: tuple[np.ndarray, np.ndarray] | None = None,
+    bootstrap_rounds: int = 0,
 ) -> dict:
-    """FID, IS, KID and precision/recall of ``samples`` against ``reference`` via ``torch_fidelity.calculate_metrics``.
+    """FID, IS, KID and precision/recall of ``samples`` against ``reference``, by torch-fidelity's own functions: its
+    feature extractor and ``get_featuresdict_from_dataset`` (one pass over each image set for every metric), then
+    ``isc_/kid_/prc_featuresdict_to_metric`` and ``fid_statistics_to_metric`` with the options
+    ``calculate_metrics`` would pass them (the same numbers; tests/test_metrics.py compares them).
 
     ``samples``, ``reference``: uint8 (N, C, H, W), C ∈ {1, 3}, same H×W (grey images are replicated to RGB).
     ``extractor``: ``"inception-v3-compat"`` (``weights_path`` optional: torch-fidelity's weights file, downloaded
     by torch-fidelity when None) or ``"classifier"`` (``weights_path``: a :func:`ddpm.features.train_classifier`
     file). torch-fidelity's conventions apply: IS is of the samples alone, precision is the fraction of samples
     on the reference manifold and recall the converse, KID uses 100 subsets of ``kid_subset_size`` (default
-    min(1000, smaller set)). Nothing is cached on disk.
+    min(1000, smaller set)). ``reference_stats``: FID's reference (μ, Σ) (a statistics file, :mod:`ddpm.refstats`)
+    in place of the reference images' features; ``reference`` is then read only for KID and precision/recall.
+
+    ``bootstrap_rounds`` > 0: also the bootstrap standard error of FID, IS and KID over the sample set
+    (:func:`bootstrap_errors`), as ``fid_se``, ``is_se``, ``kid_se``. Nothing is cached on disk.
 
     Returns ``fid, is_mean, is_std, kid_mean, kid_std, precision, recall`` (floats), ``extractor``,
     ``num_samples``, ``num_reference`` and ``kid_subset_size``; with ``metrics`` a subset of :data:`METRICS`
     (e.g. ``("fid",)``), only those are computed and returned."""
-    import torch_fidelity
-
     _check_inputs(samples, reference)
     unknown = set(metrics) - set(METRICS)
     if unknown or not metrics:
         raise ValueError(f"metrics must be some of {', '.join(METRICS)}; got {metrics!r}")
+    if isinstance(bootstrap_rounds, bool) or not isinstance(bootstrap_rounds, (int, np.integer)) or bootstrap_rounds < 0:
+        raise ValueError(f"bootstrap_rounds must be an int ≥ 0, got {bootstrap_rounds!r}")
     subset = _kid_subset_size(kid_subset_size, len(samples), len(reference))
+    options = {"isc_splits": min(10, len(samples)), "kid_subset_size": subset, "rng_seed": int(seed),
+               "save_cpu_ram": True, "verbose": False}
+    sample_features = extract_features(samples, extractor=extractor, weights_path=weights_path, metrics=metrics,
+                                       batch_size=batch_size, device=device)
+    needs_reference = [m for m in metrics if m in ("kid", "prc") or (m == "fid" and reference_stats is None)]
+    reference_features = extract_features(reference, extractor=extractor, weights_path=weights_path,
+                                          metrics=tuple(needs_reference), batch_size=batch_size, device=device
+                                          ) if needs_reference else {}
+    layers = _layers(_extractor_kwargs(extractor, weights_path))
+    if "fid" in metrics and reference_stats is None:
+        reference_stats = fid_statistics(reference_features[layers["fid"]])
+    raw = _scores(sample_features, reference_features, reference_stats, metrics, layers, options)
+    out = _summarise(raw, extractor, len(samples), len(reference), subset)
+    if bootstrap_rounds:
+        out.update(bootstrap_errors(sample_features, reference_features, reference_stats, metrics, layers, options,
+                                    rounds=int(bootstrap_rounds), seed=int(seed)))
+    return out
+
+
+def _layers(fe_kwargs: dict) -> dict[str, str]:
+    """The feature layer torch-fidelity takes for each metric from the extractor of ``fe_kwargs``."""
+    from torch_fidelity.utils import resolve_feature_layer_for_metric
+
+    return {metric: resolve_feature_layer_for_metric(metric, **fe_kwargs) for metric in METRICS}
+
+
+def extract_features(images: np.ndarray, *, extractor: str, weights_path=None, metrics: tuple[str, ...] = METRICS,
+                     batch_size: int = 200, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """torch-fidelity's features of ``images`` (uint8 (N, C, H, W)) for ``metrics``, in one pass of its extractor:
+    feature layer → (N, d) CPU tensor (``get_featuresdict_from_dataset``, as ``calculate_metrics`` runs it)."""
+    from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
+
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     fe_kwargs = _extractor_kwargs(extractor, weights_path)
-    with _on_device(device) as cuda, tempfile.TemporaryDirectory(prefix="ddpm-fidelity-") as scratch:
-        kwargs = dict(
-            input1=UInt8ImageDataset(samples), input2=UInt8ImageDataset(reference),
-            isc="isc" in metrics, fid="fid" in metrics, kid="kid" in metrics, prc="prc" in metrics, **fe_kwargs,
-            isc_splits=min(10, len(samples)), kid_subset_size=subset,
-            batch_size=int(batch_size), cuda=cuda, rng_seed=int(seed),
-            cache=False, cache_root=scratch, datasets_root=scratch, datasets_download=False,
-            save_cpu_ram=True,  # num_workers=0: the arrays are in memory already
-            verbose=False,
-        )
+    layers = _layers(fe_kwargs)
+    wanted = sorted({layers[m] for m in metrics})
+    with _on_device(device) as cuda:
         try:
-            raw = torch_fidelity.calculate_metrics(**kwargs)
+            module = create_feature_extractor(fe_kwargs["feature_extractor"], wanted, cuda=cuda, verbose=False,
+                                              **{k: v for k, v in fe_kwargs.items() if k != "feature_extractor"})
         except URLError as err:  # only reachable for inception without weights_path, when the download fails
             raise RuntimeError(f"could not download the Inception weights ({err}). {inception_weights_help()}") from err
-    return _summarise(raw, extractor, len(samples), len(reference), subset)
+        return get_featuresdict_from_dataset(UInt8ImageDataset(images), module, int(batch_size), cuda,
+                                             save_cpu_ram=True, verbose=False)
+
+
+def fid_statistics(features: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """μ, Σ of FID features (torch-fidelity's ``fid_features_to_statistics``), both float64 (μ is float32 there:
+    the conversion is exact)."""
+    from torch_fidelity.metric_fid import fid_features_to_statistics
+
+    stats = fid_features_to_statistics(features)
+    return np.asarray(stats["mu"], dtype=np.float64), np.asarray(stats["sigma"], dtype=np.float64)
+
+
+def fid_between(sample_stats, reference_stats) -> float:
+    """FID between two (μ, Σ) pairs, by torch-fidelity's ``fid_statistics_to_metric``."""
+    from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_statistics_to_metric
+
+    (mu1, sigma1), (mu2, sigma2) = sample_stats, reference_stats
+    if len(mu1) != len(mu2):
+        raise ValueError(f"the reference statistics have {len(mu2)} features but the samples' extractor gives "
+                         f"{len(mu1)}: they are statistics of another feature extractor")
+    return float(fid_statistics_to_metric({"mu": mu1, "sigma": sigma1}, {"mu": mu2, "sigma": sigma2},
+                                          verbose=False)[KEY_METRIC_FID])
+
+
+def _scores(sample_features: dict, reference_features: dict, reference_stats, metrics, layers: dict, options: dict
+            ) -> dict:
+    """torch-fidelity's metric functions on extracted features (its result keys)."""
+    from torch_fidelity.metric_fid import KEY_METRIC_FID
+    from torch_fidelity.metric_isc import isc_featuresdict_to_metric
+    from torch_fidelity.metric_kid import kid_featuresdict_to_metric
+    from torch_fidelity.metric_prc import prc_featuresdict_to_metric
+
+    raw = {}
+    if "isc" in metrics:
+        raw.update(isc_featuresdict_to_metric(sample_features, layers["isc"], **options))
+    if "fid" in metrics:
+        raw[KEY_METRIC_FID] = fid_between(fid_statistics(sample_features[layers["fid"]]), reference_stats)
+    if "kid" in metrics:
+        raw.update(kid_featuresdict_to_metric(sample_features, reference_features, layers["kid"], **options))
+    if "prc" in metrics:
+        raw.update(prc_featuresdict_to_metric(sample_features, reference_features, layers["prc"], **options))
+    return raw
+
+
+#: Each bootstrap round computes KID on this many subsets (torch-fidelity's default is 100, for the value itself: here
+#: the spread over rounds is wanted, and KID's kernels are most of a round's time).
+BOOTSTRAP_KID_SUBSETS = 4
+
+
+def bootstrap_errors(sample_features: dict, reference_features: dict, reference_stats, metrics, layers: dict,
+                     options: dict, *, rounds: int = BOOTSTRAP_ROUNDS, seed: int = 0) -> dict:
+    """The bootstrap standard errors of FID, IS and KID over the sample set (Efron & Tibshirani 1993): ``rounds``
+    times, draw as many samples as there are with replacement (``numpy.random.default_rng(seed)``), compute each
+    metric by torch-fidelity's functions on the drawn samples' features against the same reference, and take the
+    standard deviation (ddof = 1) over rounds. It measures how much the score moves with the draw of the samples,
+    the reference held fixed; a difference of two settings' scores below ~2√(se₁² + se₂²) is not distinguishable at
+    this sample count (:func:`ddpm.report.distinguishable`). Duplicates in a draw lower the features' spread, so
+    FID's draws sit above the value itself: only their spread is used, never their mean."""
+    from torch_fidelity.metric_fid import KEY_METRIC_FID
+    from torch_fidelity.metric_isc import KEY_METRIC_ISC_MEAN
+    from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN
+
+    wanted = [m for m in ("fid", "isc", "kid") if m in metrics]
+    keys = {"fid": (KEY_METRIC_FID, "fid_se"), "isc": (KEY_METRIC_ISC_MEAN, "is_se"),
+            "kid": (KEY_METRIC_KID_MEAN, "kid_se")}
+    rng = np.random.default_rng(seed)
+    n = len(next(iter(sample_features.values())))
+    draws = {m: [] for m in wanted}
+    for _ in range(rounds):
+        index = torch.from_numpy(rng.integers(0, n, size=n))
+        drawn = {layer: features[index] for layer, features in sample_features.items()}
+        raw = _scores(drawn, reference_features, reference_stats, wanted, layers,
+                      {**options, "kid_subsets": BOOTSTRAP_KID_SUBSETS})
+        for m in wanted:
+            draws[m].append(raw[keys[m][0]])
+    out = {keys[m][1]: float(np.std(draws[m], ddof=1)) if rounds > 1 else float("nan") for m in wanted}
+    return {**out, "bootstrap_rounds": int(rounds)}
 
 
 def _summarise(raw: dict, extractor: str, n_samples: int, n_reference: int, kid_subset_size: int) -> dict:
@@ -246,7 +359,7 @@ def fid_tags(scores: dict) -> dict[str, str]:
 
 
 def write_baseline_scores(kind: str, data_dir, out, *, num_samples: int, seed: int = 0, extractor: str = "classifier",
-                          weights=None, device: str = "cpu") -> dict:
+                          weights=None, device: str = "cpu", bootstrap_rounds: int = 0) -> dict:
     """``ddpm evaluate baseline``: the reference rows of the main table, scored against the train split exactly as
     samples are: ``gaussian`` (:func:`gaussian_baseline_samples`) or ``test_split`` (its first ``num_samples``
     images), as JSON."""
@@ -257,6 +370,7 @@ def write_baseline_scores(kind: str, data_dir, out, *, num_samples: int, seed: i
         candidates = gaussian_baseline_samples(train_images, num_samples, seed)
     else:
         candidates = load_split(data_dir, "test")[0][:num_samples]
-    scores = fidelity_metrics(candidates, train_images, extractor=extractor, weights_path=weights, device=device)
+    scores = fidelity_metrics(candidates, train_images, extractor=extractor, weights_path=weights, device=device,
+                              bootstrap_rounds=bootstrap_rounds)
     write_json(out, {**scores, "baseline": kind})
     return scores

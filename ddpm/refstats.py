@@ -22,9 +22,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
-from urllib.error import URLError
 
 import numpy as np
 
@@ -116,29 +114,13 @@ def resize_record(extractor: str, resolution, weights=None) -> dict | None:
 
 def _fid_statistics(images: np.ndarray, *, extractor: str, weights, device: str, batch_size: int
                     ) -> tuple[np.ndarray, np.ndarray]:
-    """μ, Σ of ``images``' FID features, by torch-fidelity's own code path (its extractor on a
-    :class:`~ddpm.metrics.UInt8ImageDataset`, ``fid_input_id_to_statistics``), with the options
-    :func:`ddpm.metrics.fidelity_metrics` gives ``calculate_metrics``; both float64 (μ is float32 in torch-fidelity:
-    the conversion is exact)."""
-    from torch_fidelity.metric_fid import fid_input_id_to_statistics
-    from torch_fidelity.utils import create_feature_extractor, resolve_feature_layer_for_metric
+    """μ, Σ of ``images``' FID features, float64, by the code :func:`ddpm.metrics.fidelity_metrics` uses
+    (torch-fidelity's extractor and ``fid_features_to_statistics``)."""
+    from .metrics import extract_features, fid_statistics
 
-    from .metrics import UInt8ImageDataset, _extractor_kwargs, _on_device, inception_weights_help
-
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    fe_kwargs = _extractor_kwargs(extractor, weights)
-    with _on_device(device) as cuda, tempfile.TemporaryDirectory(prefix="ddpm-refstats-") as scratch:
-        kwargs = dict(input1=UInt8ImageDataset(images), fid=True, **fe_kwargs, batch_size=int(batch_size), cuda=cuda,
-                      cache=False, cache_root=scratch, datasets_root=scratch, datasets_download=False,
-                      save_cpu_ram=True, verbose=False)
-        layer = resolve_feature_layer_for_metric("fid", **kwargs)
-        try:
-            extractor_module = create_feature_extractor(kwargs["feature_extractor"], [layer], **kwargs)
-        except URLError as err:  # only reachable for inception without weights, when the download fails
-            raise RuntimeError(f"could not download the Inception weights ({err}). {inception_weights_help()}") from err
-        stats = fid_input_id_to_statistics(1, extractor_module, layer, **kwargs)
-    return np.asarray(stats["mu"], dtype=np.float64), np.asarray(stats["sigma"], dtype=np.float64)
+    (features,) = extract_features(images, extractor=extractor, weights_path=weights, metrics=("fid",),
+                                   batch_size=batch_size, device=device).values()
+    return fid_statistics(features)
 
 
 def compute_ref_stats(images: np.ndarray, *, extractor: str, weights=None, device: str = "cpu",
@@ -154,18 +136,12 @@ def fid_from_stats(samples: np.ndarray, mu: np.ndarray, sigma: np.ndarray, *, ex
     """FID of ``samples`` (uint8 (N, C, H, W)) against reference statistics ``mu``, ``sigma`` of the same
     ``extractor`` and weights: the samples' statistics as :func:`compute_ref_stats` computes them, then
     torch-fidelity's ``fid_statistics_to_metric`` (in float64)."""
-    from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_statistics_to_metric
+    from .metrics import fid_between
 
     check_images(samples, "samples", min_count=MIN_IMAGES)
     mu, sigma = _checked_arrays(mu, sigma, "the reference statistics")
-    sample_mu, sample_sigma = _fid_statistics(samples, extractor=extractor, weights=weights, device=device,
-                                              batch_size=batch_size)
-    if len(sample_mu) != len(mu):
-        raise ValueError(f"the reference statistics have {len(mu)} features but extractor={extractor!r} gives "
-                         f"{len(sample_mu)}: they are statistics of another feature extractor")
-    metric = fid_statistics_to_metric({"mu": sample_mu, "sigma": sample_sigma}, {"mu": mu, "sigma": sigma},
-                                      verbose=False)
-    return float(metric[KEY_METRIC_FID])
+    return fid_between(_fid_statistics(samples, extractor=extractor, weights=weights, device=device,
+                                       batch_size=batch_size), (mu, sigma))
 
 
 def _checked_arrays(mu, sigma, what) -> tuple[np.ndarray, np.ndarray]:
@@ -302,14 +278,12 @@ def _check_record(path: Path, meta: dict, mu: np.ndarray, *, extractor, weights,
                          + "; ".join(problems) + ". Write the statistics for it (`ddpm evaluate ref-stats`)")
 
 
-def fid_against_file(samples: np.ndarray, path, *, extractor: str, weights=None, device: str = "cpu",
-                     resolution, split: str = "train", foreign: bool = False, split_sha256: str | None = None
-                     ) -> tuple[float, dict]:
-    """FID of ``samples`` against the statistics file ``path`` (checked by :func:`read_ref_stats` before any feature
-    is computed), and what to record of the reference: ``{"stats", "npz_sha256", "origin", "split",
-    "num_images"}`` (split and num_images None for a foreign file)."""
+def fid_reference(path, *, extractor: str, weights=None, resolution, split: str = "train", foreign: bool = False,
+                  split_sha256: str | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+    """The statistics file ``path`` checked by :func:`read_ref_stats` (μ, Σ), and what to record of it as a FID's
+    reference: ``{"stats", "npz_sha256", "origin", "split", "num_images"}`` (split and num_images None for a foreign
+    file)."""
     mu, sigma, meta = read_ref_stats(path, extractor=extractor, resolution=resolution, split=split, weights=weights,
                                      foreign=foreign, split_sha256=split_sha256)
-    fid = fid_from_stats(samples, mu, sigma, extractor=extractor, weights=weights, device=device)
-    return fid, {"stats": str(path), "npz_sha256": meta["npz_sha256"], "origin": meta["origin"],
-                 "split": meta.get("split"), "num_images": meta.get("num_images")}
+    return mu, sigma, {"stats": str(path), "npz_sha256": meta["npz_sha256"], "origin": meta["origin"],
+                       "split": meta.get("split"), "num_images": meta.get("num_images")}

@@ -21,8 +21,26 @@ from .checkpoint import DIVERGED
 #: The sampling of a sweep without a sampling axis: its one point, DDPM's ancestral sampler on every step.
 DEFAULT_SAMPLERS = ("ancestral",)
 
-FIDELITY_KEYS = (("fid", "FID"), ("is_mean", "IS"), ("is_std", "IS std"), ("kid_mean", "KID"),
-                 ("precision", "precision"), ("recall", "recall"))
+#: A score's key in fid_is.json → its column (with the extractor's name appended), and the scale the column shows it on:
+#: KID on the conventional ×10³ (Bińkowski et al. 2018 and after). ``±``: the bootstrap standard error over the
+#: samples (:func:`ddpm.metrics.bootstrap_errors`).
+FIDELITY_KEYS = (("fid", "FID", 1), ("fid_se", "FID ±", 1), ("is_mean", "IS", 1), ("is_se", "IS ±", 1),
+                 ("is_std", "IS std", 1), ("kid_mean", "KID ×10³", 1e3), ("kid_se", "KID ×10³ ±", 1e3),
+                 ("precision", "precision", 1), ("recall", "recall", 1))
+
+#: Which way a metric column is better, shown beside its name in the Markdown, LaTeX and HTML tables (the CSV keeps
+#: the bare names, for programs): a column's label up to its extractor (``FID [classifier]`` → ``FID``), or its
+#: label in the paper and samplers tables (``S=10 FID``: by its last word).
+LOWER_IS_BETTER = ("FID", "FID test", "KID ×10³", "bits/dim", "bits/dim train", "final loss", "s/image",
+                   "network evaluations")
+HIGHER_IS_BETTER = ("IS", "precision", "recall", "sampling images/s")
+
+#: The reference rows of the main table: samples of a Gaussian fitted to the train pixels (the bar every setting must
+#: beat), and held-out real images, the test split (what a model that draws new images from the data distribution
+#: scores at this sample count; a model can score below it only within noise or by reproducing train images, since
+#: FID is taken against the train split).
+GAUSSIAN_ROW = "gaussian baseline"
+REAL_ROW = "test split (real, held out)"
 
 
 def _read_json(path: Path, setting: str | None = None) -> dict:
@@ -39,7 +57,7 @@ def _read_json(path: Path, setting: str | None = None) -> dict:
 
 def _fidelity_columns(scores: dict) -> dict:
     extractor = scores["extractor"]
-    row = {f"{label} [{extractor}]": scores[key] for key, label in FIDELITY_KEYS}
+    row = {f"{label} [{extractor}]": scores.get(key, float("nan")) * scale for key, label, scale in FIDELITY_KEYS}
     if "fid_test" in scores:
         row[f"FID test [{extractor}]"] = scores["fid_test"]
     row["samples"] = scores["num_samples"]
@@ -104,7 +122,42 @@ def build_table(run_dirs: dict[str, Path], baselines: dict[str, Path], *, sample
             rows.append(row)
     for label, path in baselines.items():
         rows.append({"setting": label, **_fidelity_columns(_read_json(path))})
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    fid = next((c for c in table.columns if c.startswith("FID [")), None)
+    if fid is not None:
+        table["FID vs best"] = compare_to_best(table, fid, fid.replace("FID [", "FID ± ["), table["status"].notna())
+    return table
+
+
+def distinguishable(a: float, se_a: float, b: float, se_b: float) -> bool:
+    """Whether two scores, each with its bootstrap standard error, differ by more than twice their combined error
+    (|a − b| > 2 √(se_a² + se_b²): about a 95 % two-sided test for independent, roughly normal estimates)."""
+    return abs(a - b) > 2 * float(np.hypot(se_a, se_b))
+
+
+def compare_to_best(table: pd.DataFrame, column: str, se_column: str, candidates: pd.Series) -> pd.Series:
+    """Each row against the best (lowest) ``column`` among the ``candidates`` rows (the settings, not the reference
+    rows): ``best``, ``not distinguishable`` (within noise of it at this sample count, :func:`distinguishable`),
+    ``worse`` or ``better`` (a reference row below it); empty where a row has no score or no standard error."""
+    scored = table[column].astype(float).notna() & (table[se_column].astype(float).notna()
+                                                    if se_column in table else False)
+    pool = table[candidates & scored]
+    if pool.empty:
+        return pd.Series([""] * len(table), index=table.index)
+    best = pool[column].astype(float).idxmin()
+    best_value, best_se = float(table.loc[best, column]), float(table.loc[best, se_column])
+
+    def verdict(i) -> str:
+        if not scored[i]:
+            return ""
+        if i == best:
+            return "best"
+        value, se = float(table.loc[i, column]), float(table.loc[i, se_column])
+        if not distinguishable(value, se, best_value, best_se):
+            return "not distinguishable"
+        return "worse" if value > best_value else "better"
+
+    return pd.Series([verdict(i) for i in table.index], index=table.index)
 
 
 def _check_sampler(scores: dict, folder: Path, sampler: str) -> None:
@@ -209,6 +262,8 @@ def paper_table(table: pd.DataFrame, published: pd.DataFrame, sweep: str, *, sca
                 row[f"{label} ±"] = values.std(ddof=1)
             elif label == "IS":
                 row[f"{label} ±"] = _column(group, f"IS std [{extractor}]").iloc[0]
+            elif label == "FID":  # one run: the bootstrap standard error over its samples
+                row[f"{label} ±"] = _column(group, f"FID ± [{extractor}]").iloc[0]
             published_value = paper.get(metric, {}).get("value")
             row[f"{label} (paper)"] = published_value
             if label == "IS":
@@ -257,14 +312,49 @@ def _cell(v, *, missing: str, text=str) -> str:
     return missing if v is None or v is pd.NA else text(v)
 
 
-def _markdown(table: pd.DataFrame) -> str:
+def display_header(column: str) -> str:
+    """A column's name as the rendered tables show it: with ↓ (lower is better) or ↑ (higher is better) after its
+    metric's label (:data:`LOWER_IS_BETTER`, :data:`HIGHER_IS_BETTER`), before the extractor: ``FID ↓ [classifier]``,
+    ``S=10 FID ↓``, ``bits/dim ↓``. Errors (``±``), published values and differences (Δ) get no arrow."""
+    label, bracket, rest = column.partition(" [")
+    if label.endswith(("±", "Δ", "(paper)", "stderr")) or " ± " in label:
+        return column
+    words = label.split(" ")
+    for cut in range(len(words)):  # the longest tail of the label that is a metric: "S=10 FID" → "FID"
+        tail = " ".join(words[cut:])
+        arrow = "↓" if tail in LOWER_IS_BETTER else "↑" if tail in HIGHER_IS_BETTER else None
+        if arrow:
+            return f"{label} {arrow}{bracket}{rest}"
+    return column
+
+
+#: What every rendered table says under its caption.
+LEGEND = ("↓ lower is better, ↑ higher is better; ± after a score: its bootstrap standard error over the samples, or "
+          "in the paper table the standard deviation over seeds (≥ 2 seeds) and, for IS of one seed, the spread over "
+          "IS's splits as the papers give it; IS std: that spread; KID is shown ×10³; FID vs best: a row's FID against "
+          "the best setting's, distinguishable when they differ by more than twice their combined standard error; "
+          "– : not measured or not published")
+
+
+def _shown(table: pd.DataFrame, *, drop_empty: bool) -> pd.DataFrame:
+    """The table as rendered: headers with their direction; with ``drop_empty``, without the columns no row fills."""
+    if drop_empty:
+        filled = [c for c in table.columns
+                  if not all(v is None or v is pd.NA or v == "" or (isinstance(v, float) and np.isnan(v))
+                             for v in table[c])]
+        table = table[filled]
+    return table.rename(columns=display_header)
+
+
+def _markdown(table: pd.DataFrame, caption: str = "") -> str:
     header = "| " + " | ".join(table.columns) + " |"
     rule = "| " + " | ".join("---" for _ in table.columns) + " |"
     body = ["| " + " | ".join(_cell(v, missing="–") for v in row) + " |" for row in table.itertuples(index=False)]
-    return "\n".join([header, rule, *body]) + "\n"
+    lead = [caption, "", LEGEND, ""] if caption else []
+    return "\n".join([*lead, header, rule, *body]) + "\n"
 
 
-def _latex(table: pd.DataFrame) -> str:
+def _latex(table: pd.DataFrame, caption: str = "") -> str:
     def esc(text) -> str:
         return str(text).replace("\\", "\\textbackslash{}").replace("_", "\\_").replace("&", "\\&").replace("%", "\\%").replace("#", "\\#")
 
@@ -272,19 +362,43 @@ def _latex(table: pd.DataFrame) -> str:
              " & ".join(esc(c) for c in table.columns) + " \\\\", "\\hline"]
     lines += [" & ".join(_cell(v, missing="--", text=esc) for v in row) + " \\\\" for row in table.itertuples(index=False)]
     lines += ["\\hline", "\\end{tabular}"]
+    if caption:
+        lines = ["\\begin{table}", "\\caption{" + esc(caption) + "}", *lines, "\\end{table}"]
     return "\n".join(lines) + "\n"
 
 
-def write_tables(table: pd.DataFrame, stem: str | Path) -> list[Path]:
-    """``<stem>.csv``, ``<stem>.md`` and ``<stem>.tex``."""
+def _html(table: pd.DataFrame, caption: str = "") -> str:
+    """A page with the table (its caption, the legend under it), for the Snakemake report and a browser."""
+    from html import escape
+
+    head = "".join(f"<th>{escape(str(c))}</th>" for c in table.columns)
+    body = "".join("<tr>" + "".join(f"<td>{escape(_cell(v, missing='–'))}</td>" for v in row) + "</tr>\n"
+                   for row in table.itertuples(index=False))
+    style = ("body{font-family:sans-serif;margin:1em}table{border-collapse:collapse;font-size:13px}"
+             "caption{text-align:left;font-weight:bold;margin-bottom:.5em}th,td{border:1px solid #ccc;padding:3px 6px;"
+             "text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}"
+             "p.legend{font-size:12px;color:#555;max-width:70em}")
+    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{escape(caption)}</title>"
+            f"<style>{style}</style></head><body>\n<table>\n<caption>{escape(caption)}</caption>\n"
+            f"<thead><tr>{head}</tr></thead>\n<tbody>\n{body}</tbody>\n</table>\n"
+            f"<p class=\"legend\">{escape(LEGEND)}</p>\n</body></html>\n")
+
+
+def write_tables(table: pd.DataFrame, stem: str | Path, *, caption: str = "", html: str | Path | None = None,
+                 drop_empty: bool = False) -> list[Path]:
+    """``<stem>.csv`` (the table as it is, bare column names), ``<stem>.md`` and ``<stem>.tex`` (with ``caption``, the
+    legend, and each metric's direction in its header; with ``drop_empty``, without the columns no row fills) and,
+    with ``html``, the same as an HTML page there."""
     stem = Path(stem)
-    outputs = []
-    for suffix, render in ((".csv", lambda t: t.to_csv(index=False)), (".md", _markdown), (".tex", _latex)):
-        path = stem.with_suffix(suffix)
+    shown = _shown(table, drop_empty=drop_empty)
+    renders = [(stem.with_suffix(".csv"), table.to_csv(index=False)), (stem.with_suffix(".md"), _markdown(shown, caption)),
+               (stem.with_suffix(".tex"), _latex(shown, caption))]
+    if html is not None:
+        renders.append((Path(html), _html(shown, caption)))
+    for path, text in renders:
         with atomic_open(path, "w") as f:
-            f.write(render(table))
-        outputs.append(path)
-    return outputs
+            f.write(text)
+    return [path for path, _ in renders]
 
 
 def _sampler_row_label(point) -> str:
@@ -489,36 +603,58 @@ def plot_loss_curves(run_dirs: dict[str, Path], path: str | Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- the report job
+#: The tables of a sweep, the main one first: kind → the suffix of its files' stem.
+TABLE_KINDS = {"main": "", "paper": "-paper", "samplers": "-samplers", "fid-over-training": "-fid-over-training",
+               "rate-distortion": "-rate-distortion"}
+TABLE_CAPTIONS = {
+    "main": "{name}: every setting × sampler point, and two reference rows scored the same way",
+    "paper": "{name} in the paper's layout: measured, published and Δ per setting (seeds pooled)",
+    "samplers": "{name}: FID against the number of sampling steps S, per sampler (DDIM Table 1's layout)",
+    "fid-over-training": "{name}: FID and IS of each scored checkpoint",
+    "rate-distortion": "{name}: rate and distortion along the reverse process (DDPM Table 4)",
+}
+
 def write_report(runs, *, out_stem: str, gaussian, test_split, loss_figure, published=None, paper_sweep=None,
                  scaled_down: bool = False, nll_train: bool = False, snapshot_steps=(), rate_distortion_figure=None,
                  schedules_figure=None, schedule_rescale: bool = False, fid_over_training_figure=None,
-                 samplers=DEFAULT_SAMPLERS, samplers_figure=None, tracking=None, config: dict | None = None
-                 ) -> pd.DataFrame:
+                 samplers=DEFAULT_SAMPLERS, samplers_figure=None, tracking=None, config: dict | None = None,
+                 html_tables=None) -> pd.DataFrame:
     """``ddpm report``: a sweep's tables (``<out_stem>.{csv,md,tex}``; ``-fid-over-training``, ``-rate-distortion``
     and, with the papers' numbers ``published``, ``-paper`` beside them) and figures; with ``tracking`` (the
     sweep's tracking file), every table and figure also goes to the sweep's parent MLflow run (with ``config``, the
     sweep's resolved config), which is then finished. ``samplers``: the sweep's sampler points, in order; the first
-    is each setting's own (the paper table and FID over training); ``-samplers`` lays out every point. Returns the
-    main table."""
+    is each setting's own (the paper table and FID over training); ``-samplers`` lays out every point.
+    ``html_tables``: five paths, where the tables go as HTML pages too (for the Snakemake report), in the order of
+    :data:`TABLE_KINDS`. Returns the main table."""
     from .paper import load_published
 
     published = load_published(published) if published else None  # read first: a bad file stops here
     paper_sweep = paper_sweep or Path(out_stem).name
     run_dirs = {Path(r).name: Path(r) for r in runs}
-    table = build_table(run_dirs, {"gaussian baseline": Path(gaussian), "test split (floor)": Path(test_split)},
+    table = build_table(run_dirs, {GAUSSIAN_ROW: Path(gaussian), REAL_ROW: Path(test_split)},
                         samplers=samplers, nll_train=nll_train)
-    outputs = write_tables(table, out_stem)
+    html = dict(zip(TABLE_KINDS, html_tables)) if html_tables else {}
+    if html_tables and len(html_tables) != len(TABLE_KINDS):
+        raise ValueError(f"html_tables needs {len(TABLE_KINDS)} paths ({', '.join(TABLE_KINDS)}), got {len(html_tables)}")
+    name = Path(out_stem).name
+
+    def write(kind: str, part: pd.DataFrame, **options) -> list[Path]:
+        return write_tables(part, f"{out_stem}{TABLE_KINDS[kind]}", caption=TABLE_CAPTIONS[kind].format(name=name),
+                            html=html.get(kind), **options)
+
+    outputs = write("main", table)
     curve = fid_over_training_table(run_dirs, snapshot_steps, sampler=samplers[0])
-    outputs += write_tables(curve, f"{out_stem}-fid-over-training")
+    outputs += write("fid-over-training", curve)
     by_sampler = samplers_table(run_dirs, samplers, published, paper_sweep, scaled_down=scaled_down)
-    outputs += write_tables(by_sampler, f"{out_stem}-samplers")
+    outputs += write("samplers", by_sampler)
     print(by_sampler.to_string(index=False))
+    beside = pd.DataFrame()
     if published is not None:
         own = table[table["sampler"].isna() | (table["sampler"] == samplers[0])]  # the settings' own and baselines
         beside = paper_table(own, published, paper_sweep, scaled_down=scaled_down, curve=curve)
-        outputs += write_tables(beside, f"{out_stem}-paper")
         print(beside.to_string(index=False))
-    outputs += write_tables(rate_distortion_table(run_dirs, published, paper_sweep), f"{out_stem}-rate-distortion")
+    outputs += write("paper", beside, drop_empty=True)  # a scaled-down run: no Δ, a column of – each
+    outputs += write("rate-distortion", rate_distortion_table(run_dirs, published, paper_sweep))
     plot_loss_curves(run_dirs, loss_figure)
     figures = [Path(loss_figure)]
     if rate_distortion_figure:
@@ -542,4 +678,6 @@ def write_report(runs, *, out_stem: str, gaussian, test_split, loss_figure, publ
         for path in [*outputs, *figures]:
             mlflow_tracking.log_artifact(info["tracking_uri"], info["parent_run_id"], path, "report")
         mlflow_tracking.finish_run(info["tracking_uri"], info["parent_run_id"], "FINISHED")
+        print(f"MLflow ({info['tracking_uri']}): the runs sorted by FID with its columns at <the UI's address>/"
+              f"{mlflow_tracking.view_url(info['experiment_id'])}")
     return table

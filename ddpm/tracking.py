@@ -290,6 +290,7 @@ def init_sweep(tracking_uri: str, experiment: str, sweep_name: str, artifact_roo
                                    what="experiment creation", uri=tracking_uri)
     else:
         experiment_id = found.experiment_id
+    set_experiment_view(tracking_uri, experiment_id)
     parent = _existing_parent(client, tracking_uri, experiment_id, sweep_name, kind) if kind == "sweep" else None
     if parent is None:
         parent = with_retry(lambda: client.create_run(experiment_id, run_name=sweep_name, tags={"ddpm.kind": kind}),
@@ -297,6 +298,76 @@ def init_sweep(tracking_uri: str, experiment: str, sweep_name: str, artifact_roo
     if config:
         log_config(tracking_uri, parent.info.run_id, config)
     return {"tracking_uri": tracking_uri, "experiment_id": experiment_id, "parent_run_id": parent.info.run_id}
+
+
+#: The experiment's kind for MLflow 3's UI: "custom_model_development" opens it on its runs (training) view, not on
+#: the GenAI overview of traces.
+EXPERIMENT_KIND_TAG = ("mlflow.experimentKind", "custom_model_development")
+#: The key of the experiment's shared view (MLflow's "Share" of the runs view, kept as the experiment tag
+#: ``mlflow.sharedViewState.<key>`` and opened by ``#/experiments/<id>?viewStateShareKey=<key>``).
+VIEW_KEY = "ddpm-metrics"
+VIEW_NAME = "FID, IS, bits/dim by setting"
+#: The metrics the view shows as columns, in order, and the one it sorts by (ascending: lower is better).
+VIEW_METRICS = ("fid", "fid_se", "is_mean", "kid_mean", "bpd", "fid_test", "bpd_train", "network_evaluations",
+                "sampling_images_per_s")
+
+
+def view_url(experiment_id: str) -> str:
+    """The address of the experiment's metrics view, after the UI's own (``http://127.0.0.1:5000/``): MLflow 3's
+    "Model training" side of the UI (its ``workflowType``; the UI opens on its GenAI side otherwise, a choice each
+    browser keeps), the experiment's runs, the shared view :data:`VIEW_KEY`."""
+    return f"#/experiments/{experiment_id}/runs?workflowType=machine_learning&viewStateShareKey={VIEW_KEY}"
+
+
+def experiment_view(axes=None) -> dict:
+    """The runs view an experiment of this project opens on (MLflow's shared view state, the JSON its UI writes when
+    a view is shared): the columns FID (± its bootstrap error), IS, KID, bits/dim and what sampling cost, then the
+    sweep's axes (the settings' parameters); sorted by FID; and the charts of its compare view: FID against every
+    axis (parallel coordinates), FID against T and against bits/dim, and FID per run."""
+    from .settings import SWEEP_AXES
+
+    axes = list(axes or SWEEP_AXES)
+    section = "ddpm-fid-against-axes"
+
+    def chart(uuid: str, kind: str, **config) -> dict:
+        return {"uuid": uuid, "type": kind, "runsCountToCompare": 100, "metricSectionId": section, "deleted": False,
+                "isGenerated": False, **config}
+
+    return {
+        "orderByKey": "metrics.`fid`", "orderByAsc": True,
+        "selectedColumns": [f"metrics.`{m}`" for m in VIEW_METRICS] + [f"params.`{a}`" for a in axes],
+        "compareRunCharts": [
+            chart("ddpm-parallel", "PARALLEL", selectedParams=axes, selectedMetrics=["fid"], showAllRuns=True),
+            chart("ddpm-fid-T", "SCATTER", xaxis={"key": "T", "type": "PARAM"}, yaxis={"key": "fid", "type": "METRIC"}),
+            chart("ddpm-fid-bpd", "SCATTER", xaxis={"key": "bpd", "type": "METRIC"},
+                  yaxis={"key": "fid", "type": "METRIC"}),
+            chart("ddpm-fid", "BAR", metricKey="fid"),
+        ],
+        "compareRunSections": [{"uuid": section, "name": "FID against the sweep's axes", "display": True,
+                                "isReordered": False, "deleted": False, "isGenerated": False}],
+        "isAccordionReordered": True,
+        "runsHiddenMode": "SHOW_ALL",  # MLflow hides all but the first 10 runs from the charts otherwise
+    }
+
+
+def set_experiment_view(tracking_uri: str, experiment_id: str) -> None:
+    """Tag the experiment so that MLflow's UI opens it on the runs view (:data:`EXPERIMENT_KIND_TAG`), with the shared
+    view :func:`experiment_view` under :data:`VIEW_KEY` and a description that links to it."""
+    client = _client(tracking_uri)
+    now = int(time.time() * 1000)
+    # MLflow 3's saved-view envelope: the view's name, its times and the state as a JSON string; its "Views" tab lists
+    # it by name, and the share link opens it.
+    view = {"name": VIEW_NAME, "createdAt": now, "updatedAt": now,
+            "state": json.dumps(experiment_view(), separators=(",", ":"))}
+    tags = {EXPERIMENT_KIND_TAG[0]: EXPERIMENT_KIND_TAG[1],
+            f"mlflow.sharedViewState.{VIEW_KEY}": json.dumps(view, separators=(",", ":")),
+            "mlflow.note.content": (
+                "Runs of this project's sweeps: one parent run per sweep, one child run per setting, one run per "
+                "sampler point under it. FID, IS, KID, bits/dim and the sweep's axes as columns, sorted by FID, with "
+                f"FID against the axes in the charts: [the metrics view]({view_url(experiment_id)}).")}
+    for key, value in tags.items():
+        with_retry(lambda: client.set_experiment_tag(experiment_id, key, value), what="experiment tag",
+                   uri=tracking_uri)
 
 
 def _existing_parent(client, tracking_uri: str, experiment_id: str, sweep_name: str, kind: str):

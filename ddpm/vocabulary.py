@@ -46,3 +46,6 @@ SAMPLE_RECORD = ("model_weights", "sample_seed")
 #: Where published weights come from (``ddpm import``, config ``pretrained.format``): a diffusers model folder (the
 #: conversions of DDPM's releases, ``google/ddpm-*``) or pytorch-ddpm's ``ckpt.pt`` (its ``net_model`` / ``ema_model``).
 IMPORT_FORMATS = ("diffusers", "pytorch-ddpm")
+#: Rounds of the bootstrap behind FID's, IS's and KID's standard errors (``ddpm.metrics.bootstrap_errors``): the
+#: command line's default; the schema's ``evaluate.bootstrap_rounds`` repeats it (tests/test_vocabulary.py).
+BOOTSTRAP_ROUNDS = 50

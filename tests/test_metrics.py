@@ -298,5 +298,66 @@ def test_the_classifier_fid_and_baseline_jobs_say_what_they_do_as_they_go(tmp_pa
     assert main(["evaluate", "fid", "--samples", str(tmp_path / "s.npz"), "--data", str(data), "--weights",
                  str(tmp_path / "c.pt"), "--test-reference", "--out", str(tmp_path / "f.json")]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == "scoring 50 samples with the classifier features against the 1497 train images"
+    assert lines[0] == "scoring 50 samples with the classifier features against the 1497 train images, 50 bootstrap rounds"
     assert lines[1].startswith("FID ") and lines[2] == "FID against the 300 test images"
+
+
+def test_one_pass_of_torch_fidelitys_functions_gives_calculate_metrics_numbers(split, classifier):
+    """fidelity_metrics extracts each image set's features once and calls torch-fidelity's metric functions itself;
+    its numbers must be those of torch-fidelity's own calculate_metrics with the same options."""
+    import tempfile
+
+    import torch_fidelity
+
+    from ddpm.metrics import _extractor_kwargs
+
+    train_x, _, test_x, _ = split
+    ours = fidelity_metrics(test_x, train_x, extractor="classifier", weights_path=classifier[0], seed=3)
+    with tempfile.TemporaryDirectory() as scratch:
+        theirs = torch_fidelity.calculate_metrics(
+            input1=UInt8ImageDataset(test_x), input2=UInt8ImageDataset(train_x), isc=True, fid=True, kid=True,
+            prc=True, **_extractor_kwargs("classifier", classifier[0]), isc_splits=10, kid_subset_size=len(test_x),
+            batch_size=200, cuda=False, rng_seed=3, cache=False, cache_root=scratch, datasets_root=scratch,
+            datasets_download=False, save_cpu_ram=True, verbose=False)
+    assert ours["fid"] == pytest.approx(theirs["frechet_inception_distance"], rel=1e-7)  # float64 statistics here
+    for key, their_key in (("is_mean", "inception_score_mean"), ("is_std", "inception_score_std"),
+                           ("kid_mean", "kernel_inception_distance_mean"), ("kid_std", "kernel_inception_distance_std"),
+                           ("precision", "precision"), ("recall", "recall")):
+        assert ours[key] == theirs[their_key], key
+
+
+def test_bootstrap_errors_shrink_with_more_samples_and_repeat_with_the_seed(split, classifier):
+    """The standard errors of FID, IS and KID over the samples: reproducible from the seed, other for another seed,
+    and smaller for 4× the samples (≈ 1/√n); the scores themselves are those without the bootstrap."""
+    train_x, _, test_x, _ = split
+    options = dict(extractor="classifier", weights_path=classifier[0], kid_subset_size=50)
+    few = fidelity_metrics(test_x[:60], train_x, bootstrap_rounds=40, **options)
+    assert few == fidelity_metrics(test_x[:60], train_x, bootstrap_rounds=40, **options)
+    other_seed = fidelity_metrics(test_x[:60], train_x, bootstrap_rounds=40, seed=1, **options)
+    assert other_seed["fid_se"] != few["fid_se"]
+    plain = fidelity_metrics(test_x[:60], train_x, **options)
+    assert "fid_se" not in plain and {k: few[k] for k in plain} == plain
+    many = fidelity_metrics(train_x[:240], train_x[240:], bootstrap_rounds=40, **options)
+    assert few["bootstrap_rounds"] == many["bootstrap_rounds"] == 40
+    for key in ("fid_se", "is_se", "kid_se"):
+        assert math.isfinite(few[key]) and few[key] > 0, key
+    assert many["fid_se"] < few["fid_se"] and many["is_se"] < few["is_se"]
+    with pytest.raises(ValueError, match="bootstrap_rounds"):
+        fidelity_metrics(test_x[:60], train_x, bootstrap_rounds=-1, **options)
+
+
+def test_two_scores_are_distinguishable_only_beyond_twice_their_combined_error():
+    import pandas as pd
+
+    from ddpm.report import compare_to_best, distinguishable
+
+    assert not distinguishable(10.0, 3.0, 17.0, 4.0)  # 7 < 2 × 5
+    assert distinguishable(10.0, 3.0, 21.0, 4.0)  # 11 > 10
+    table = pd.DataFrame({"FID": [30.0, 20.0, 25.0, 80.0, 18.0, float("nan"), 9.0],
+                          "FID ±": [2.0, 2.0, 2.0, 5.0, 1.0, 1.0, 1.0],
+                          "status": ["finished"] * 3 + [None, None, "diverged", None]})
+    verdicts = compare_to_best(table, "FID", "FID ±", table["status"].notna())
+    # the best is the settings' lowest, 20 ± 2 (not the reference row's 18); 25 ± 2 lies within 2√8 ≈ 5.7 of it,
+    # 30 ± 2 does not; the reference row 18 ± 1 is below it within 2√5 ≈ 4.5, 9 ± 1 beyond; a row without a score
+    # gets nothing
+    assert list(verdicts) == ["worse", "best", "not distinguishable", "worse", "not distinguishable", "", "better"]

@@ -559,3 +559,29 @@ def test_fid_over_training_and_train_bits_per_dim_reach_mlflow(tiny_papers):
         final = next(m.value for m in history if m.step == 40)
         assert run.data.metrics["fid"] == pytest.approx(final)  # the plain name stays the final checkpoint's
         assert math.isfinite(run.data.metrics["bpd_train"]) and math.isfinite(run.data.metrics["bpd"])
+
+
+def test_rendered_tables_say_which_way_is_better_and_drop_empty_columns_where_asked(tmp_path):
+    """The Markdown, LaTeX and HTML tables carry ↓ / ↑ beside each metric and the legend; the CSV keeps the bare
+    names; a table written with drop_empty leaves out the columns no row fills (the CSV keeps them)."""
+    from ddpm.report import display_header, write_tables
+
+    assert display_header("FID [classifier]") == "FID ↓ [classifier]"
+    assert display_header("IS [inception-v3-compat]") == "IS ↑ [inception-v3-compat]"
+    assert display_header("KID ×10³ [classifier]") == "KID ×10³ ↓ [classifier]"
+    assert display_header("S=10 FID") == "S=10 FID ↓" and display_header("S=10 s/image") == "S=10 s/image ↓"
+    assert display_header("bits/dim train") == "bits/dim train ↓" and display_header("recall [x]") == "recall ↑ [x]"
+    for column in ("FID ± [classifier]", "FID Δ", "FID (paper)", "bits/dim stderr", "setting", "samples"):
+        assert display_header(column) == column
+    table = pd.DataFrame({"setting": ["a", "b"], "FID [classifier]": [3.0, 4.5], "FID Δ": [None, None],
+                          "note": ["", ""]})
+    csv, md, tex, html = write_tables(table, tmp_path / "t", caption="t: two settings", html=tmp_path / "t.html",
+                                      drop_empty=True)
+    assert list(pd.read_csv(csv).columns) == ["setting", "FID [classifier]", "FID Δ", "note"]
+    assert md.read_text().splitlines()[:5] == ["t: two settings", "", md.read_text().splitlines()[2], "",
+                                              "| setting | FID ↓ [classifier] |"]
+    assert "lower is better" in md.read_text().splitlines()[2]
+    assert "\\caption{t: two settings}" in tex.read_text() and "FID ↓ [classifier]" in tex.read_text()
+    page = html.read_text()
+    assert "<caption>t: two settings</caption>" in page and "<th>FID ↓ [classifier]</th>" in page
+    assert "<td>4.5</td>" in page and "FID Δ" not in page

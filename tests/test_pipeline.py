@@ -1,6 +1,8 @@
 """The whole Snakemake workflow on a tiny config, its MLflow store, a real MLflow server and the UI in Chromium."""
 
+import base64
 import json
+import re
 import math
 import os
 import shutil
@@ -161,9 +163,10 @@ def test_a_diverging_setting_is_a_row_of_the_report_not_a_failed_sweep(tmp_path)
 def test_table_has_one_row_per_setting_and_sampler_point_with_finite_metrics(tiny_run):
     table = pd.read_csv(tiny_run / "results" / "tables" / "tiny.csv")
     assert list(table["setting"]) == [s for s in SETTINGS for _ in SAMPLER_POINTS] + ["gaussian baseline",
-                                                                                      "test split (floor)"]
+                                                                                      "test split (real, held out)"]
     assert list(table["sampler"].iloc[:4]) == SAMPLER_POINTS * 2
-    for column in ("FID [classifier]", "IS [classifier]", "KID [classifier]", "samples"):
+    for column in ("FID [classifier]", "FID ± [classifier]", "IS [classifier]", "IS ± [classifier]",
+                   "KID ×10³ [classifier]", "KID ×10³ ± [classifier]", "samples"):
         assert column in table.columns
         assert table[column].map(math.isfinite).all(), table[column]
     settings = table[table["setting"].isin(SETTINGS)]
@@ -174,11 +177,18 @@ def test_table_has_one_row_per_setting_and_sampler_point_with_finite_metrics(tin
     assert (settings["sampling images/s"] > 0).all()
     # the two points sample the same x_T differently: their scores differ
     assert settings["FID [classifier]"].iloc[0] != settings["FID [classifier]"].iloc[1]
-    floor = table.set_index("setting").loc["test split (floor)", "FID [classifier]"]
+    real = table.set_index("setting").loc["test split (real, held out)", "FID [classifier]"]
     gaussian = table.set_index("setting").loc["gaussian baseline", "FID [classifier]"]
-    assert floor < gaussian  # the extractor tells real digits from the fitted Gaussian
+    assert real < gaussian  # the extractor tells real digits from the fitted Gaussian
+    scores = {json.loads((tiny_run / "results" / "runs" / "tiny" / s / "samplers" / p / "fid_is.json").read_text())[
+        "kid_mean"] for s in SETTINGS for p in SAMPLER_POINTS}
+    assert sorted(settings["KID ×10³ [classifier]"]) == pytest.approx(sorted(1e3 * k for k in scores))
+    assert set(table["FID vs best"].dropna()) <= {"best", "not distinguishable", "worse", "better"}
+    assert (table["FID vs best"] == "best").sum() == 1
     markdown = (tiny_run / "results" / "tables" / "tiny.md").read_text()
-    assert all(s in markdown for s in SETTINGS) and "FID [classifier]" in markdown
+    assert all(s in markdown for s in SETTINGS) and "| FID ↓ [classifier] | FID ± [classifier] |" in markdown
+    assert "| IS ↑ [classifier] |" in markdown and "| KID ×10³ ↓ [classifier] |" in markdown
+    assert "↓ lower is better, ↑ higher is better" in markdown
     assert "\\begin{tabular}" in (tiny_run / "results" / "tables" / "tiny.tex").read_text()
     progressive = pd.read_csv(tiny_run / "results" / "tables" / "tiny-rate-distortion.csv")
     for setting in SETTINGS:  # Table 4 from the measured bound: after all T steps, rate + L_0 is the bound
@@ -277,19 +287,32 @@ def test_real_mlflow_server_serves_the_runs_and_metrics(mlflow_server, tiny_run)
         assert {"fid", "is_mean", "bpd"} <= set(metrics)
 
 
-def _render(chromium: str, url: str, profile: Path) -> str:
-    return subprocess.run(
-        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={profile}", "--virtual-time-budget=30000", "--dump-dom", url],
-        capture_output=True, text=True, timeout=180,
-    ).stdout
+def _render(chromium: str, url: str, profile: Path, screenshot: Path | None = None) -> str:
+    """The page at ``url`` as headless Chromium has built it (its DOM after the scripts ran); with ``screenshot``, a
+    second run saves a 1600×1000 PNG of it there."""
+    options = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+               "--disable-background-networking", "--disable-component-update", "--disable-sync",
+               f"--user-data-dir={profile}", "--virtual-time-budget=30000", "--window-size=1600,1000"]
+    if screenshot is not None:
+        subprocess.run([*options, f"--screenshot={screenshot}", url], capture_output=True, timeout=180)
+    return subprocess.run([*options, "--dump-dom", url], capture_output=True, text=True, timeout=180).stdout
 
 
-def test_experiment_and_run_pages_render_the_run_names_in_chromium(mlflow_server, tiny_run, tmp_path):
+def _chromium() -> str:
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
+    return chromium
+
+
+def _text(page: str) -> str:
+    """The visible words of a dumped page, cells separated by " | "."""
+    page = re.sub(r"<(script|style)\b.*?</\1>", " ", page, flags=re.S)
+    return re.sub(r"(\s*\|\s*)+", " | ", re.sub(r"<[^>]+>", " | ", page))
+
+
+def test_experiment_and_run_pages_render_the_run_names_in_chromium(mlflow_server, tiny_run, tmp_path):
+    chromium = _chromium()
     _, experiment, runs = _store(tiny_run)
     page = _render(chromium, f"{mlflow_server}/#/experiments/{experiment.experiment_id}", tmp_path / "p0")
     assert ">tiny<" in page or "tiny</" in page, page[-2000:]  # the sweep's parent run (children fold under it)
@@ -299,14 +322,45 @@ def test_experiment_and_run_pages_render_the_run_names_in_chromium(mlflow_server
         assert run.info.run_name in page, page[-2000:]
 
 
-def test_snakemake_report_opens_in_chromium_with_its_tables_and_figures(tiny_run, tmp_path):
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
+def test_the_experiments_metrics_view_shows_fid_is_and_bits_per_dim_columns_in_chromium(mlflow_server, tiny_run,
+                                                                                        tmp_path):
+    """The link the experiment's description and README give opens MLflow 3's runs view (not its GenAI overview) on
+    the shared view the workflow stored: FID, IS, KID and bits/dim as columns, sorted by FID, the settings' runs in
+    it. Checked in the page Chromium built (a screenshot is kept beside it for a person to look at)."""
+    from ddpm.tracking import EXPERIMENT_KIND_TAG, VIEW_KEY, view_url
+
+    chromium = _chromium()
+    _, experiment, runs = _store(tiny_run)
+    assert experiment.tags[EXPERIMENT_KIND_TAG[0]] == EXPERIMENT_KIND_TAG[1]
+    assert view_url(experiment.experiment_id) in experiment.tags["mlflow.note.content"]
+    assert f"mlflow.sharedViewState.{VIEW_KEY}" in experiment.tags
+    screenshot = tmp_path / "runs-view.png"
+    text = _text(_render(chromium, f"{mlflow_server}/{view_url(experiment.experiment_id)}", tmp_path / "view",
+                         screenshot=screenshot))
+    assert "You're viewing a shared view" in text and "Sort: fid" in text, text[:3000]
+    header = text[text.index("Run Name"):text.index("Hide run")]  # the column headers, before the first row
+    for column in ("fid", "fid_se", "is_mean", "kid_mean", "bpd"):
+        assert f"| {column} |" in header, (column, header)
+    settings = [r for r in runs if r.data.tags.get("ddpm.kind") == "setting"]
+    assert all(r.info.run_name in text for r in settings)
+    fid = {r.info.run_name: r.data.metrics["fid"] for r in settings}
+    assert any(f"| {value!r} |" in text or f"| {value:.6g}" in text for value in fid.values()), text[-3000:]
+    assert screenshot.stat().st_size > 10_000
+    charts = _text(_render(chromium, f"{mlflow_server}/{view_url(experiment.experiment_id)}&compareRunsMode=CHART",
+                           tmp_path / "charts"))
+    assert "FID against the sweep's axes | (4)" in charts and "Parallel Coordinates" in charts, charts[:3000]
+    # Without the link, the UI of this version opens experiments on the GenAI overview (traces): what the link avoids.
+    plain = _text(_render(chromium, f"{mlflow_server}/#/experiments/{experiment.experiment_id}", tmp_path / "plain"))
+    assert "Sort: fid" not in plain
+
+
+def test_snakemake_report_shows_every_table_as_html_the_main_one_first(tiny_run, tmp_path):
+    chromium = _chromium()
     html = tiny_run / "results" / "report.html"
     snakemake(tiny_run, "--report", str(html), snakefile=_snakefile(tiny_run))
     page = _render(chromium, html.as_uri(), tmp_path / "profile")
-    for name in ("Paper figures", "Tables", "Samples", "Training", "tiny-paper.csv", "tiny-rate-distortion.csv",
+    for name in ("Paper figures", "Tables", "Samples", "Training", "1-tiny.html", "2-tiny-paper.html",
+                 "3-tiny-samplers.html", "4-tiny-fid-over-training.html", "5-tiny-rate-distortion.html",
                  "tiny-schedules.png", "tiny-rate-distortion.png", "progressive.png", "samples.png"):
         assert name in page, name
     screenshot = tmp_path / "report.png"
@@ -319,6 +373,26 @@ def test_snakemake_report_opens_in_chromium_with_its_tables_and_figures(tiny_run
     assert image.size == (1280, 900)
     low, high = image.getextrema()
     assert high - low > 100  # something is drawn: the navigation and the workflow graph, not a blank page
+
+    # The report embeds each result as a data URI and shows an HTML one in a frame: open the main table's as the
+    # frame does, and find every row of the main table (each setting × sampler point, both reference rows).
+    source = html.read_text()
+    entries = re.findall(r'"(data:text/html;[^"]*)"', source)
+    pages = {}
+    for uri in entries:
+        body = base64.b64decode(uri.split(",", 1)[1]).decode()
+        pages[re.search(r"<title>(.*?)</title>", body).group(1)] = uri
+    main = next(uri for title, uri in pages.items() if title.startswith("tiny: every setting"))
+    shown = tmp_path / "main-table.html"
+    shown.write_text(base64.b64decode(main.split(",", 1)[1]).decode())
+    table = _text(_render(chromium, shown.as_uri(), tmp_path / "frame"))
+    rows = [line for line in table.split(" | ") if line.strip()]
+    for setting in SETTINGS:
+        assert sum(cell == setting for cell in rows) == len(SAMPLER_POINTS), setting
+    assert "gaussian baseline" in rows and "test split (real, held out)" in rows
+    assert "FID ↓ [classifier]" in rows and "IS ↑ [classifier]" in rows and "bits/dim ↓" in rows
+    assert "↓ lower is better" in table
+    assert len(pages) >= 5  # every table
 
 
 def test_dry_run_lists_the_expected_jobs_for_the_default_and_a_cifar10_config(tmp_path):

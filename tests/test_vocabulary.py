@@ -79,6 +79,7 @@ def python_defaults() -> dict:
         "evaluate.feature_extractor": cli_default("evaluate", "fid", option="extractor"),
         "evaluate.inception_weights": cli_default("evaluate", "fid", option="weights"),
         "evaluate.classifier_steps": cli_default("classifier", option="steps"),
+        "evaluate.bootstrap_rounds": cli_default("evaluate", "fid", option="bootstrap_rounds"),
         "evaluate.nll_num_images": cli_default("evaluate", "nll", option="count"),
         "evaluate.nll_batch_size": cli_default("evaluate", "nll", option="batch_size"),
         "evaluate.seed": cli_default("evaluate", "nll", option="seed"),

@@ -255,6 +255,10 @@ def ref_stats_args():
     return f"--ref-stats {shlex.quote(REF_STATS)}" + (" --foreign-ref-stats" if foreign else "")
 
 
+#: the bootstrap standard errors of FID, IS and KID beside every score (ddpm.metrics.bootstrap_errors)
+BOOTSTRAP_ARGS = f"--bootstrap-rounds {config['evaluate']['bootstrap_rounds']}"
+
+
 def extractor_args():
     weights = extractor_weights()
     args = f"--extractor {config['evaluate']['feature_extractor']}"

@@ -15,6 +15,7 @@ rule fid_is:
         extractor=extractor_args(),
         ref_stats=ref_stats_args(),
         test="--test-reference" if config["evaluate"]["fid_test"] else "",
+        bootstrap=BOOTSTRAP_ARGS,
         step="" if IMPORTED else f"--training-step {config['train']['steps']}",  # imported: no training
         # the point's own MLflow run (its scores and grid), and the setting's for the first point
         runs=lambda wildcards, input: f"--sampler-file {shlex.quote(input.sampler)} --grid {shlex.quote(input.grid)}"
@@ -31,7 +32,7 @@ rule fid_is:
     shell:
         "ddpm claim-gpus {resources.gpu} --"
         " ddpm evaluate fid --samples {input.samples:q} --data {params.data:q} --setting {wildcards.setting:q}"
-        " {params.extractor} {params.ref_stats} {params.test} {params.step} --out {output:q} --tracking {input.tracking:q}"
+        " {params.extractor} {params.ref_stats} {params.test} {params.bootstrap} {params.step} --out {output:q} --tracking {input.tracking:q}"
         " --run-id-file {input.run_id:q} {params.runs} --device auto --threads {threads} > {log:q} 2>&1"
 
 
@@ -136,8 +137,8 @@ use rule gather_nll as gather_nll_train with:
         f"{RESULTS}/benchmarks/gather_nll_train/{{setting}}.tsv"
 
 
-# The floor and the bar every setting is measured against, scored by the same code and extractor:
-# the test split itself, and samples from a Gaussian fitted to the training pixels (mean, full covariance).
+# The reference rows every setting is measured against, scored by the same code and extractor: held-out real
+# images (the test split), and samples from a Gaussian fitted to the training pixels (mean, full covariance).
 rule baseline:
     input:
         manifest=rules.prepare_data.output.manifest,
@@ -149,6 +150,7 @@ rule baseline:
     params:
         data=lambda wildcards, input: Path(input.manifest).parent,
         extractor=extractor_args(),
+        bootstrap=BOOTSTRAP_ARGS,
         n=NUM_SAMPLES,
         seed=config["sample"]["seed"],
     threads: 1
@@ -160,4 +162,4 @@ rule baseline:
         ENV
     shell:
         "ddpm evaluate baseline --kind {wildcards.kind} --data {params.data:q} {params.extractor}"
-        " --num-samples {params.n} --seed {params.seed} --out {output:q} --threads {threads} > {log:q} 2>&1"
+        " --num-samples {params.n} --seed {params.seed} {params.bootstrap} --out {output:q} --threads {threads} > {log:q} 2>&1"

@@ -12,23 +12,28 @@ rule report:
         published=PUBLISHED,
     output:
         tables=multiext(f"{RESULTS}/tables/{NAME}", ".csv", ".md", ".tex"),
-        paper=report(f"{RESULTS}/tables/{NAME}-paper.csv", category="Tables", caption="../report/paper_table.rst"),
-        paper_text=multiext(f"{RESULTS}/tables/{NAME}-paper", ".md", ".tex"),
-        rate_distortion=report(f"{RESULTS}/tables/{NAME}-rate-distortion.csv", category="Tables",
-                               caption="../report/rate_distortion.rst"),
-        rate_distortion_text=multiext(f"{RESULTS}/tables/{NAME}-rate-distortion", ".md", ".tex"),
+        paper=multiext(f"{RESULTS}/tables/{NAME}-paper", ".csv", ".md", ".tex"),
+        rate_distortion=multiext(f"{RESULTS}/tables/{NAME}-rate-distortion", ".csv", ".md", ".tex"),
+        # Every table as an HTML page for the report, numbered so that the report lists the main table first (it
+        # sorts a category's files by name); the order is ddpm.report.TABLE_KINDS'.
+        main_html=report(f"{RESULTS}/tables/html/1-{NAME}.html", category="Tables", caption="../report/main_table.rst"),
+        paper_html=report(f"{RESULTS}/tables/html/2-{NAME}-paper.html", category="Tables",
+                          caption="../report/paper_table.rst"),
+        samplers_html=report(f"{RESULTS}/tables/html/3-{NAME}-samplers.html", category="Tables",
+                             caption="../report/samplers.rst"),
+        fid_curve_html=report(f"{RESULTS}/tables/html/4-{NAME}-fid-over-training.html", category="Tables",
+                              caption="../report/fid_over_training.rst"),
+        rate_distortion_html=report(f"{RESULTS}/tables/html/5-{NAME}-rate-distortion.html", category="Tables",
+                                    caption="../report/rate_distortion.rst"),
         loss=report(f"{RESULTS}/figures/{NAME}-loss.png", category="Training", caption="../report/loss.rst"),
         rate_distortion_figure=report(f"{RESULTS}/figures/{NAME}-rate-distortion.png", category="Paper figures",
                                       caption="../report/rate_distortion.rst"),
         schedules_figure=report(f"{RESULTS}/figures/{NAME}-schedules.png", category="Paper figures",
                                 caption="../report/schedules.rst"),
-        fid_curve=report(f"{RESULTS}/tables/{NAME}-fid-over-training.csv", category="Tables",
-                         caption="../report/fid_over_training.rst"),
-        fid_curve_text=multiext(f"{RESULTS}/tables/{NAME}-fid-over-training", ".md", ".tex"),
+        fid_curve=multiext(f"{RESULTS}/tables/{NAME}-fid-over-training", ".csv", ".md", ".tex"),
         fid_curve_figure=report(f"{RESULTS}/figures/{NAME}-fid-over-training.png", category="Paper figures",
                                 caption="../report/fid_over_training.rst"),
-        samplers=report(f"{RESULTS}/tables/{NAME}-samplers.csv", category="Tables", caption="../report/samplers.rst"),
-        samplers_text=multiext(f"{RESULTS}/tables/{NAME}-samplers", ".md", ".tex"),
+        samplers=multiext(f"{RESULTS}/tables/{NAME}-samplers", ".csv", ".md", ".tex"),
         samplers_figure=report(f"{RESULTS}/figures/{NAME}-samplers.png", category="Paper figures",
                                caption="../report/samplers.rst"),
     params:
@@ -56,4 +61,6 @@ rule report:
         " --schedule-rescale {params.rescale} --fid-over-training-figure {output.fid_curve_figure:q}"
         " --snapshot-steps {params.snapshot_steps} {params.nll_train} --paper-sweep {params.paper_sweep}"
         " --samplers {params.samplers} --samplers-figure {output.samplers_figure:q}"
+        " --html-tables {output.main_html:q} {output.paper_html:q} {output.samplers_html:q} {output.fid_curve_html:q}"
+        " {output.rate_distortion_html:q}"
         " {params.scaled} --tracking {input.tracking:q} --config-json {params.config:q} > {log:q} 2>&1"
