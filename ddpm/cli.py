@@ -471,7 +471,7 @@ def add_fid(p):
     p.add_argument("--grid", help="the samples' grid (a PNG), attached to the runs the scores go to")
     p.add_argument("--ref-stats", help="FID against this statistics file of the train split (`ddpm evaluate "
                    "ref-stats`, checked against --extractor, --weights and --data) instead of the train images' "
-                   "features; IS, KID and precision/recall still use the images")
+                   "features; KID and precision/recall still use the train images")
     p.add_argument("--foreign-ref-stats", action="store_true",
                    help="--ref-stats is a file from elsewhere (pytorch-fid / clean-fid layout: mu and sigma, no .json "
                         "record beside it): use it, checking only its feature dimension")

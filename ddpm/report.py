@@ -372,11 +372,15 @@ def _html(table: pd.DataFrame, caption: str = "") -> str:
     from html import escape
 
     head = "".join(f"<th>{escape(str(c))}</th>" for c in table.columns)
-    body = "".join("<tr>" + "".join(f"<td>{escape(_cell(v, missing='–'))}</td>" for v in row) + "</tr>\n"
-                   for row in table.itertuples(index=False))
+    def cell(v) -> str:  # numbers right-aligned, words left
+        number = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+        opening = '<td class="n">' if number else "<td>"
+        return f"{opening}{escape(_cell(v, missing='–'))}</td>"
+
+    body = "".join("<tr>" + "".join(cell(v) for v in row) + "</tr>\n" for row in table.itertuples(index=False))
     style = ("body{font-family:sans-serif;margin:1em}table{border-collapse:collapse;font-size:13px}"
              "caption{text-align:left;font-weight:bold;margin-bottom:.5em}th,td{border:1px solid #ccc;padding:3px 6px;"
-             "text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}"
+             "text-align:left}td.n{text-align:right}th{background:#f3f3f3}td:first-child{white-space:nowrap}"
              "p.legend{font-size:12px;color:#555;max-width:70em}")
     return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{escape(caption)}</title>"
             f"<style>{style}</style></head><body>\n<table>\n<caption>{escape(caption)}</caption>\n"
@@ -646,7 +650,7 @@ def write_report(runs, *, out_stem: str, gaussian, test_split, loss_figure, publ
     curve = fid_over_training_table(run_dirs, snapshot_steps, sampler=samplers[0])
     outputs += write("fid-over-training", curve)
     by_sampler = samplers_table(run_dirs, samplers, published, paper_sweep, scaled_down=scaled_down)
-    outputs += write("samplers", by_sampler)
+    outputs += write("samplers", by_sampler, drop_empty=True)  # no published numbers: no paper, Δ columns
     print(by_sampler.to_string(index=False))
     beside = pd.DataFrame()
     if published is not None:

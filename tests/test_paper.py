@@ -584,4 +584,4 @@ def test_rendered_tables_say_which_way_is_better_and_drop_empty_columns_where_as
     assert "\\caption{t: two settings}" in tex.read_text() and "FID ↓ [classifier]" in tex.read_text()
     page = html.read_text()
     assert "<caption>t: two settings</caption>" in page and "<th>FID ↓ [classifier]</th>" in page
-    assert "<td>4.5</td>" in page and "FID Δ" not in page
+    assert "<td class=\"n\">4.5</td>" in page and "<td>a</td>" in page and "FID Δ" not in page
