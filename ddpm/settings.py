@@ -345,7 +345,7 @@ TINY_SCALE = {
               "preview_every": 20, "checkpoint_every": 20, "threads": 1},
     "sample": {"num_samples": 100, "shard_size": 100, "batch_size": 100, "grid_size": 36},
     "evaluate": {"feature_extractor": "classifier", "inception_weights": None, "classifier_steps": 300,
-                 "nll_num_images": 10, "nll_shard_size": 10, "nll_batch_size": 10},
+                 "nll_num_images": 10, "nll_shard_size": 10, "nll_batch_size": 10, "bootstrap_rounds": 10},
     "fid_over_training": {"num_samples": None},
 }
 
