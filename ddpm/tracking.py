@@ -300,11 +300,12 @@ def init_sweep(tracking_uri: str, experiment: str, sweep_name: str, artifact_roo
     return {"tracking_uri": tracking_uri, "experiment_id": experiment_id, "parent_run_id": parent.info.run_id}
 
 
-#: The experiment's kind for MLflow 3's UI: "custom_model_development" opens it on its runs (training) view, not on
-#: the GenAI overview of traces.
+#: The experiment's kind for MLflow 3's UI: model training, not a GenAI app. MLflow 3.17.2's UI reads it only when its
+#: GenAI / "Model training" switch is off; with the switch (the default) the browser's choice decides (:func:`view_url`).
 EXPERIMENT_KIND_TAG = ("mlflow.experimentKind", "custom_model_development")
-#: The key of the experiment's shared view (MLflow's "Share" of the runs view, kept as the experiment tag
-#: ``mlflow.sharedViewState.<key>`` and opened by ``#/experiments/<id>?viewStateShareKey=<key>``).
+#: The key of the experiment's saved view (MLflow's saved / shared views of the runs page, kept as the experiment tag
+#: ``mlflow.sharedViewState.<key>``, listed under the experiment's "Views" by :data:`VIEW_NAME` and opened by
+#: ``#/experiments/<id>/runs?viewStateShareKey=<key>``).
 VIEW_KEY = "ddpm-metrics"
 VIEW_NAME = "FID, IS, bits/dim by setting"
 #: The metrics the view shows as columns, in order, and the one it sorts by (ascending: lower is better).
@@ -319,14 +320,14 @@ def view_url(experiment_id: str) -> str:
     return f"#/experiments/{experiment_id}/runs?workflowType=machine_learning&viewStateShareKey={VIEW_KEY}"
 
 
-def experiment_view(axes=None) -> dict:
+def experiment_view() -> dict:
     """The runs view an experiment of this project opens on (MLflow's shared view state, the JSON its UI writes when
     a view is shared): the columns FID (± its bootstrap error), IS, KID, bits/dim and what sampling cost, then the
     sweep's axes (the settings' parameters); sorted by FID; and the charts of its compare view: FID against every
     axis (parallel coordinates), FID against T and against bits/dim, and FID per run."""
     from .settings import SWEEP_AXES
 
-    axes = list(axes or SWEEP_AXES)
+    axes = list(SWEEP_AXES)
     section = "ddpm-fid-against-axes"
 
     def chart(uuid: str, kind: str, **config) -> dict:
@@ -351,9 +352,12 @@ def experiment_view(axes=None) -> dict:
 
 
 def set_experiment_view(tracking_uri: str, experiment_id: str) -> None:
-    """Tag the experiment so that MLflow's UI opens it on the runs view (:data:`EXPERIMENT_KIND_TAG`), with the shared
-    view :func:`experiment_view` under :data:`VIEW_KEY` and a description that links to it."""
+    """Store the view :func:`experiment_view` in the experiment under :data:`VIEW_KEY` (replacing this project's
+    earlier one), and, where the experiment has none yet, its kind (:data:`EXPERIMENT_KIND_TAG`) and a description
+    that links the view (a description or kind a user set is kept)."""
     client = _client(tracking_uri)
+    existing = with_retry(lambda: client.get_experiment(experiment_id), what="experiment lookup",
+                          uri=tracking_uri).tags
     now = int(time.time() * 1000)
     # MLflow 3's saved-view envelope: the view's name, its times and the state as a JSON string; its "Views" tab lists
     # it by name, and the share link opens it.
@@ -366,8 +370,9 @@ def set_experiment_view(tracking_uri: str, experiment_id: str) -> None:
                 "sampler point under it. FID, IS, KID, bits/dim and the sweep's axes as columns, sorted by FID, with "
                 f"FID against the axes in the charts: [the metrics view]({view_url(experiment_id)}).")}
     for key, value in tags.items():
-        with_retry(lambda: client.set_experiment_tag(experiment_id, key, value), what="experiment tag",
-                   uri=tracking_uri)
+        if key.startswith("mlflow.sharedViewState.") or key not in existing:
+            with_retry(lambda: client.set_experiment_tag(experiment_id, key, value), what="experiment tag",
+                       uri=tracking_uri)
 
 
 def _existing_parent(client, tracking_uri: str, experiment_id: str, sweep_name: str, kind: str):

@@ -560,3 +560,33 @@ def test_tracking_init_run_again_reuses_the_sweeps_parent_run(tmp_path):
     assert len(runs) == 1 and runs[0].info.run_id == json.loads(first.read_text())["parent_run_id"]
     local = client.download_artifacts(runs[0].info.run_id, "config.json", str(tmp_path))
     assert json.loads(Path(local).read_text()) == {"a": 2}  # the newest config
+
+
+def test_tracking_init_stores_the_metrics_view_and_keeps_a_description_the_user_wrote(tmp_path):
+    """The experiment gets the saved view (MLflow 3's envelope: name, times, the state as a JSON string), its kind and
+    a description linking the view; run again, the view is renewed but a description the user wrote stays."""
+    from mlflow.tracking import MlflowClient
+
+    from ddpm.cli import main
+    from ddpm.tracking import EXPERIMENT_KIND_TAG, VIEW_KEY, VIEW_NAME, view_url
+
+    def init() -> None:
+        assert main(["track", "init", "--experiment", "x", "--results", str(tmp_path / "results"), "--out",
+                     str(tmp_path / "t.json")]) == 0
+
+    init()
+    client = MlflowClient(f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("x")
+    view = json.loads(experiment.tags[f"mlflow.sharedViewState.{VIEW_KEY}"])
+    assert view["name"] == VIEW_NAME and isinstance(view["createdAt"], int)
+    state = json.loads(view["state"])
+    assert state["orderByKey"] == "metrics.`fid`" and state["orderByAsc"] is True
+    assert state["selectedColumns"][:5] == ["metrics.`fid`", "metrics.`fid_se`", "metrics.`is_mean`",
+                                            "metrics.`kid_mean`", "metrics.`bpd`"]
+    assert "params.`schedule`" in state["selectedColumns"] and "params.`T`" in state["selectedColumns"]
+    assert experiment.tags[EXPERIMENT_KIND_TAG[0]] == EXPERIMENT_KIND_TAG[1]
+    assert view_url(experiment.experiment_id) in experiment.tags["mlflow.note.content"]
+    client.set_experiment_tag(experiment.experiment_id, "mlflow.note.content", "my notes")
+    init()
+    tags = client.get_experiment(experiment.experiment_id).tags
+    assert tags["mlflow.note.content"] == "my notes" and f"mlflow.sharedViewState.{VIEW_KEY}" in tags
