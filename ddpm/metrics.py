@@ -175,13 +175,13 @@ def fidelity_metrics(
     subset = _kid_subset_size(kid_subset_size, len(samples), len(reference))
     options = {"isc_splits": min(10, len(samples)), "kid_subset_size": subset, "rng_seed": int(seed),
                "save_cpu_ram": True, "verbose": False}
-    sample_features = extract_features(samples, extractor=extractor, weights_path=weights_path, metrics=metrics,
-                                       batch_size=batch_size, device=device)
-    needs_reference = [m for m in metrics if m in ("kid", "prc") or (m == "fid" and reference_stats is None)]
-    reference_features = extract_features(reference, extractor=extractor, weights_path=weights_path,
-                                          metrics=tuple(needs_reference), batch_size=batch_size, device=device
-                                          ) if needs_reference else {}
-    layers = _layers(_extractor_kwargs(extractor, weights_path))
+    fe_kwargs = _extractor_kwargs(extractor, weights_path)
+    layers = _layers(fe_kwargs)
+    needs_reference = any(m in ("kid", "prc") or (m == "fid" and reference_stats is None) for m in metrics)
+    with _on_device(device) as cuda:  # one extractor (its weights loaded once) for both image sets
+        module = _feature_extractor(fe_kwargs, sorted({layers[m] for m in metrics}), cuda)
+        sample_features = _features(samples, module, batch_size, cuda)
+        reference_features = _features(reference, module, batch_size, cuda) if needs_reference else {}
     if "fid" in metrics and reference_stats is None:
         reference_stats = fid_statistics(reference_features[layers["fid"]])
     raw = _scores(sample_features, reference_features, reference_stats, metrics, layers, options)
@@ -203,21 +203,31 @@ def extract_features(images: np.ndarray, *, extractor: str, weights_path=None, m
                      batch_size: int = 200, device: str = "cpu") -> dict[str, torch.Tensor]:
     """torch-fidelity's features of ``images`` (uint8 (N, C, H, W)) for ``metrics``, in one pass of its extractor:
     feature layer → (N, d) CPU tensor (``get_featuresdict_from_dataset``, as ``calculate_metrics`` runs it)."""
-    from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
+    fe_kwargs = _extractor_kwargs(extractor, weights_path)
+    layers = _layers(fe_kwargs)
+    with _on_device(device) as cuda:
+        module = _feature_extractor(fe_kwargs, sorted({layers[m] for m in metrics}), cuda)
+        return _features(images, module, batch_size, cuda)
+
+
+def _feature_extractor(fe_kwargs: dict, layers: list[str], cuda: bool):
+    """torch-fidelity's extractor of ``fe_kwargs`` (:func:`_extractor_kwargs`) giving ``layers``."""
+    from torch_fidelity.utils import create_feature_extractor
+
+    try:
+        return create_feature_extractor(fe_kwargs["feature_extractor"], layers, cuda=cuda, verbose=False,
+                                        **{k: v for k, v in fe_kwargs.items() if k != "feature_extractor"})
+    except URLError as err:  # only reachable for inception without weights_path, when the download fails
+        raise RuntimeError(f"could not download the Inception weights ({err}). {inception_weights_help()}") from err
+
+
+def _features(images: np.ndarray, module, batch_size: int, cuda: bool) -> dict[str, torch.Tensor]:
+    from torch_fidelity.utils import get_featuresdict_from_dataset
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    fe_kwargs = _extractor_kwargs(extractor, weights_path)
-    layers = _layers(fe_kwargs)
-    wanted = sorted({layers[m] for m in metrics})
-    with _on_device(device) as cuda:
-        try:
-            module = create_feature_extractor(fe_kwargs["feature_extractor"], wanted, cuda=cuda, verbose=False,
-                                              **{k: v for k, v in fe_kwargs.items() if k != "feature_extractor"})
-        except URLError as err:  # only reachable for inception without weights_path, when the download fails
-            raise RuntimeError(f"could not download the Inception weights ({err}). {inception_weights_help()}") from err
-        return get_featuresdict_from_dataset(UInt8ImageDataset(images), module, int(batch_size), cuda,
-                                             save_cpu_ram=True, verbose=False)
+    return get_featuresdict_from_dataset(UInt8ImageDataset(images), module, int(batch_size), cuda, save_cpu_ram=True,
+                                         verbose=False)
 
 
 def fid_statistics(features: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:

@@ -637,9 +637,9 @@ def write_report(runs, *, out_stem: str, gaussian, test_split, loss_figure, publ
     run_dirs = {Path(r).name: Path(r) for r in runs}
     table = build_table(run_dirs, {GAUSSIAN_ROW: Path(gaussian), REAL_ROW: Path(test_split)},
                         samplers=samplers, nll_train=nll_train)
-    html = dict(zip(TABLE_KINDS, html_tables)) if html_tables else {}
     if html_tables and len(html_tables) != len(TABLE_KINDS):
         raise ValueError(f"html_tables needs {len(TABLE_KINDS)} paths ({', '.join(TABLE_KINDS)}), got {len(html_tables)}")
+    html = dict(zip(TABLE_KINDS, html_tables)) if html_tables else {}
     name = Path(out_stem).name
 
     def write(kind: str, part: pd.DataFrame, **options) -> list[Path]:
