@@ -5,7 +5,11 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# The demo runs when no config is given. A config given with --configfile is the whole config (plus the schema's
+# defaults): Snakemake would otherwise merge it over this file key by key, and the demo's values would reach it.
+if not workflow.overwrite_configfiles:
+
+    configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
 include: "workflow/rules/common.smk"
@@ -14,6 +18,7 @@ include: "workflow/rules/tracking.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/sample.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/reconstruction.smk"
 include: "workflow/rules/report.smk"
 
 

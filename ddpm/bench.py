@@ -15,13 +15,13 @@ import datetime
 import platform
 import resource
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
 import torch
 
 from .diffusion import GaussianDiffusion
+from .io import source_commit
 from .presets import PRESETS
 from .schedules import make_betas
 from .settings import SamplerPoint
@@ -214,14 +214,6 @@ def bits_per_dim_difference(preset: str, speed: Speed, device: torch.device, *, 
             "bpd_max_image_difference": float((totals[1] - totals[0]).abs().max())}
 
 
-def _commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, check=True).stdout.strip() or None
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -254,7 +246,7 @@ def run_bench(preset: str = "cifar10", *, device: str | torch.device = "cpu", sp
     optimised = _phases(preset, speed, device, **options)
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "commit": _commit(),
+        "commit": source_commit(),
         "torch": torch.__version__,
         "device": str(device),
         "device_name": _device_name(device),

@@ -2,8 +2,8 @@
 
     ddpm prepare | classifier | track init | track serve | train | import | sample | progressive | interpolate
     ddpm gather-samples
-    ddpm evaluate fid | ref-stats | nll | nll-gather | baseline
-    ddpm report | bench | claim-gpus
+    ddpm evaluate fid | ref-stats | nll | nll-gather | reconstruction | baseline
+    ddpm report | bench | plan | claim-gpus
 
 Each command parses its arguments, calls one function of the package and prints what it did. A setting whose
 training diverged is handled here, once, for every command (:func:`passes_divergence_on`); which metrics go to
@@ -175,7 +175,7 @@ def passes_divergence_on(*outputs: str, inputs: str | None = None):
 
 # ---------------------------------------------------------------------------------------------- commands
 def add_prepare(p):
-    from .datasets import DATASETS, TEST_FRACTION
+    from .datasets import DATASETS, PREPROCESSES, TEST_FRACTION
 
     p.add_argument("--dataset", required=True, choices=DATASETS, help="which data set to prepare")
     p.add_argument("--out", required=True, help="the prepared folder: train/test arrays and manifest.json")
@@ -185,13 +185,21 @@ def add_prepare(p):
     p.add_argument("--test-fraction", type=float, default=TEST_FRACTION,
                    help=f"digits and imagefolder: the share held out as the test split (default: {TEST_FRACTION})")
     p.add_argument("--seed", type=int, default=0, help="the seed of the split (default: 0)")
+    p.add_argument("--preprocess", choices=PREPROCESSES, default=PREPROCESSES[0],
+                   help="imagefolder: resize-crop (shorter side resized bicubically, center cropped) or stylegan "
+                        f"(center square cropped, Lanczos resize: StyleGAN's create_lsun) (default: {PREPROCESSES[0]})")
+    p.add_argument("--workers", type=int, default=1,
+                   help="imagefolder: processes that decode the images (default: 1, this one)")
 
 
 def cmd_prepare(args):
     from .datasets import prepare_dataset
 
+    if args.workers < 1:
+        raise SystemExit(f"ddpm prepare: --workers must be at least 1, got {args.workers}")
     manifest = prepare_dataset(args.dataset, args.out, path=args.path, image_size=args.image_size,
-                               download=args.download, test_fraction=args.test_fraction, seed=args.seed)
+                               download=args.download, test_fraction=args.test_fraction, seed=args.seed,
+                               preprocess=args.preprocess, workers=args.workers)
     print(json.dumps({k: v for k, v in manifest.items() if k != "files"}, indent=2, default=str))
 
 
@@ -204,10 +212,10 @@ def add_classifier(p):
 
 
 def cmd_classifier(args):
-    from .datasets import load_split
+    from .datasets import open_split, split_labels
     from .features import train_classifier
 
-    images, labels = load_split(args.data, "train")
+    images, labels = open_split(args.data, "train"), split_labels(args.data, "train")
     print(f"training the feature extractor on {len(images)} train images, {args.steps} steps", flush=True)
     summary = train_classifier(images, labels, args.out, steps=args.steps, seed=args.seed, device=_device(args.device),
                                progress=True)
@@ -276,6 +284,9 @@ def add_train(p):
                    help="NaN / Inf loss: fail (exit 2), or record it in checkpoint.pt and exit 0 so a sweep goes on")
     p.add_argument("--snapshot-steps", type=int, nargs="*", default=[],
                    help="keep the EMA weights at these steps as snapshots/step-<N>.pt (FID over training)")
+    p.add_argument("--data-workers", type=int, default=None,
+                   help="loader processes reading the next batches from disk (default: 4 on a GPU, 0 on a CPU); the "
+                        "batches are the same for any number")
     _add_tracking(p)
     _add_runtime(p, speed=True)
     choices = _train_choices()
@@ -299,7 +310,7 @@ def cmd_train(args):
     tracking = read_tracking(args.tracking) if args.tracking else None
     final = train(config, args.out, data_dir=args.data, device=_device(args.device), tracking=tracking,
                   run_name=args.run_name, on_divergence=args.on_divergence, snapshot_steps=args.snapshot_steps,
-                  speed=_speed(args))
+                  speed=_speed(args), data_workers=args.data_workers)
     if launched_world().is_main:
         print(json.dumps(final))
 
@@ -450,6 +461,11 @@ def cmd_gather_samples(args):
         print(f"grid of {min(args.grid_size, len(images))} samples in {args.grid}")
 
 
+def _add_reference_images(p):
+    p.add_argument("--ref-images", type=int, default=None,
+                   help="the reference: the first N train images (default: all; DDPM's LSUN FIDs took 50,000)")
+
+
 def _add_bootstrap(p):
     p.add_argument("--bootstrap-rounds", type=int, default=BOOTSTRAP_ROUNDS,
                    help="rounds of the bootstrap over the samples behind the standard errors of FID, IS and KID "
@@ -475,6 +491,7 @@ def add_fid(p):
     p.add_argument("--foreign-ref-stats", action="store_true",
                    help="--ref-stats is a file from elsewhere (pytorch-fid / clean-fid layout: mu and sigma, no .json "
                         "record beside it): use it, checking only its feature dimension")
+    _add_reference_images(p)
     _add_bootstrap(p)
     p.add_argument("--out", required=True, help="the scores, fid_is.json")
     _add_job_expectations(p)
@@ -492,7 +509,8 @@ def cmd_fid(args):
     scores = write_scores(args.samples, args.data, args.out, extractor=args.extractor, weights=args.weights,
                           device=_device(args.device), test_reference=args.test_reference,
                           training_step=args.training_step, setting=args.setting, ref_stats=args.ref_stats,
-                          ref_stats_foreign=args.foreign_ref_stats, bootstrap_rounds=args.bootstrap_rounds)
+                          ref_stats_foreign=args.foreign_ref_stats, bootstrap_rounds=args.bootstrap_rounds,
+                          reference_images=args.ref_images)
     point = read_sampler_file(args.sampler_file) if args.sampler_file else None
     point_runs, setting_runs = _runs(args, point)
     for metrics, step in tracked_scores(scores, snapshot=args.snapshot):
@@ -575,6 +593,34 @@ def cmd_nll_gather(args):
     print(f"bits/dim {result['bpd']:.4f} ± {result['bpd_stderr']:.4f} over {result['num_images']} {args.split} images")
 
 
+def add_reconstruction(p):
+    p.add_argument("--checkpoint", required=True, help="a checkpoint.pt (trained or imported)")
+    p.add_argument("--data", required=True, help="the prepared data folder: its test split is encoded and decoded")
+    p.add_argument("--steps", type=int, required=True, help="S, the steps of the encoding and of the decoding")
+    p.add_argument("--skip", choices=SKIPS, default="uniform",
+                   help="which S of the T steps: uniform or quadratic (DDIM Appendix D.2) (default: uniform)")
+    p.add_argument("--count", type=int, default=None, help="test images 0..N-1 (default: the whole test split)")
+    p.add_argument("--batch-size", type=int, default=250, help="images per batch (default: 250)")
+    p.add_argument("--out", required=True, help="the result (.json): the error, its standard error, S, the network "
+                   "evaluations, the checkpoint's provenance")
+    _add_job_expectations(p)
+    _add_tracking(p)
+    _add_runtime(p, speed=True)
+
+
+@passes_divergence_on("out")
+def cmd_reconstruction(args):
+    from .reconstruction import METRIC, tracked_reconstruction, write_reconstruction
+
+    result = write_reconstruction(args.checkpoint, args.data, args.out, setting=args.setting, steps=args.steps,
+                                  skip=args.skip, count=args.count, batch_size=args.batch_size,
+                                  device=_device(args.device), speed=_speed(args))
+    metrics, step = tracked_reconstruction(result)
+    _log_to_run(args, metrics, step=step)
+    print(f"reconstruction error (per-dimension MSE on [0, 1]) on S = {args.steps} steps each way, "
+          f"{result['num_images']} test images: {result[METRIC]:.4g} ± {result[METRIC + '_stderr']:.2g}")
+
+
 def add_baseline(p):
     p.add_argument("--kind", choices=["gaussian", "test_split"], required=True,
                    help="a Gaussian fitted to the train pixels, or the test split itself")
@@ -583,6 +629,7 @@ def add_baseline(p):
     p.add_argument("--weights", help="extractor weights (the classifier file, or local Inception weights)")
     p.add_argument("--num-samples", type=int, default=1000, help="images to score (default: 1000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the Gaussian's draws (default: 0)")
+    _add_reference_images(p)
     _add_bootstrap(p)
     p.add_argument("--out", required=True, help="the scores (.json)")
     _add_runtime(p)
@@ -593,7 +640,7 @@ def cmd_baseline(args):
 
     scores = write_baseline_scores(args.kind, args.data, args.out, num_samples=args.num_samples, seed=args.seed,
                                    extractor=args.extractor, weights=args.weights, device=_device(args.device),
-                                   bootstrap_rounds=args.bootstrap_rounds)
+                                   bootstrap_rounds=args.bootstrap_rounds, reference_images=args.ref_images)
     print(json.dumps(scores))
 
 
@@ -602,7 +649,8 @@ def add_report(p):
     p.add_argument("--gaussian", required=True, help="the Gaussian baseline's scores")
     p.add_argument("--test-split", required=True, help="the test split's scores")
     p.add_argument("--out-stem", required=True, help="tables go to <stem>.csv, .md, .tex (and <stem>-paper.*, "
-                   "<stem>-rate-distortion.*, <stem>-fid-over-training.*, <stem>-samplers.*)")
+                   "<stem>-rate-distortion.*, <stem>-fid-over-training.*, <stem>-samplers.*, "
+                   "<stem>-reconstruction.*)")
     p.add_argument("--loss-figure", required=True, help="the training loss figure (.png)")
     p.add_argument("--rate-distortion-figure", help="DDPM Figure 5: rate and distortion along the reverse process")
     p.add_argument("--schedules-figure", help="ᾱ_t and L_T of the sweep's noise schedules, side by side")
@@ -615,9 +663,12 @@ def add_report(p):
                    help="the sweep's sampler points in order (read samplers/<point>/ of every run); the first is each "
                         "setting's own (default: ancestral)")
     p.add_argument("--samplers-figure", help="FID against S, one line per sampler (η, σ̂)")
-    p.add_argument("--html-tables", nargs=5, metavar="HTML",
-                   help="also write the tables as HTML pages, to these five paths: the main table, then the paper, "
-                        "samplers, FID-over-training and rate-distortion tables (the Snakemake report shows them)")
+    p.add_argument("--reconstruction-steps", type=int, nargs="*", default=[],
+                   help="the sweep's reconstruction.steps: read reconstruction/S<S>.json of every run (DDIM Table 2)")
+    p.add_argument("--html-tables", nargs=6, metavar="HTML",
+                   help="also write the tables as HTML pages, to these six paths: the main table, then the paper, "
+                        "samplers, FID-over-training, rate-distortion and reconstruction tables (the Snakemake report "
+                        "shows them)")
     p.add_argument("--published", help="the papers' numbers (CSV): also write <stem>-paper.* with them beside yours")
     p.add_argument("--paper-sweep", help="the sweep name the published numbers are filed under (default: the stem's)")
     p.add_argument("--scaled-down", action="store_true",
@@ -637,7 +688,7 @@ def cmd_report(args):
                          fid_over_training_figure=args.fid_over_training_figure, samplers=args.samplers,
                          samplers_figure=args.samplers_figure, tracking=args.tracking,
                          config=json.loads(args.config_json) if args.config_json else None,
-                         html_tables=args.html_tables)
+                         html_tables=args.html_tables, reconstruction_steps=args.reconstruction_steps)
     print(table.to_string(index=False))
 
 
@@ -671,6 +722,47 @@ def cmd_bench(args):
     if args.mlflow:
         uri = default_tracking_uri(args.out, args.tracking_uri)
         result["mlflow_run_id"] = log_to_mlflow(result, uri, Path(args.out) / "mlartifacts")
+    print(json.dumps({**result, "record": str(path)}, indent=2))
+
+
+def add_plan(p):
+    p.add_argument("--configfile", nargs="+", default=[], metavar="FILE",
+                   help="the config files, merged in order as Snakemake merges them (default: the demo, config/config.yaml)")
+    p.add_argument("--config", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="overrides as Snakemake's --config takes them, e.g. scale=tiny or 'train={steps: 60}'")
+    p.add_argument("--bench", metavar="RECORD", help="the `ddpm bench` record (JSON) whose rates give the hours "
+                   "(default: the newest GPU record in benchmarks/, else the newest CPU one, said so)")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON, for programs")
+
+
+def cmd_plan(args):
+    from .plan import run
+
+    print(run(args.configfile, args.config, bench=args.bench, as_json=args.json))
+
+
+def add_bench_data(p):
+    p.add_argument("--images", type=int, required=True, help="images in the folder (made under --work unless "
+                   "--folder is given)")
+    p.add_argument("--side", type=int, default=256, help="the prepared images' side (default: 256, LSUN's)")
+    p.add_argument("--folder", help="a folder of images to prepare instead of a made one")
+    p.add_argument("--work", required=True, help="where the folder, the prepared data and the run go")
+    p.add_argument("--workers", type=int, default=2, help="prepare's decoding processes (default: 2)")
+    p.add_argument("--steps", type=int, default=5, help="training steps of the tiny network (default: 5)")
+    p.add_argument("--batch-size", type=int, default=1, help="its batch (default: 1)")
+    p.add_argument("--speed", default="bf16", help="its speed-ups (default: bf16: the network's activations at 256² "
+                   "are most of a training's memory on a CPU)")
+    p.add_argument("--data-workers", type=int, default=0, help="its loader processes (default: 0)")
+    p.add_argument("--out", default="benchmarks", help="folder of the JSON record (default: benchmarks)")
+
+
+def cmd_bench_data(args):
+    from .databench import data_memory, write_data_record
+
+    result = data_memory(Path(args.work), images=args.images, side=args.side, workers=args.workers, steps=args.steps,
+                         batch_size=args.batch_size, speed=args.speed, data_workers=args.data_workers,
+                         folder=Path(args.folder) if args.folder else None)
+    path = write_data_record(result, args.out)
     print(json.dumps({**result, "record": str(path)}, indent=2))
 
 
@@ -710,15 +802,21 @@ COMMANDS = [
      "computed once for every `evaluate fid --ref-stats`", add_ref_stats, cmd_ref_stats),
     ("evaluate", "nll", "bits/dim (calc_bpd_loop) on a shard of the test (or train) split", add_nll, cmd_nll),
     ("evaluate", "nll-gather", "merge bits/dim shards", add_nll_gather, cmd_nll_gather),
+    ("evaluate", "reconstruction", "test images encoded to x_T by DDIM (η = 0) and decoded back on S steps: the "
+     "per-dimension MSE on [0, 1] (DDIM Table 2)", add_reconstruction, cmd_reconstruction),
     ("evaluate", "baseline", "score the test split or a fitted Gaussian the same way as samples", add_baseline,
      cmd_baseline),
     (None, "claim-gpus", "run a command on N GPUs no other job holds (sets CUDA_VISIBLE_DEVICES; as it is where it "
      "is already set, or where there is no GPU)", add_claim_gpus, cmd_claim_gpus),
     (None, "bench", "training images/s, sampling and bits/dim image-steps/s and peak memory, with the speed-ups and "
      "on the plain fp32 eager path, and their ratio (JSON)", add_bench, cmd_bench),
+    (None, "bench-data", "the peak memory of prepare and train on a folder of images (made here, or given): that "
+     "neither holds the data set (JSON record)", add_bench_data, cmd_bench_data),
     (None, "report", "tables (csv, md, tex) and figures of a sweep", add_report, cmd_report),
+    (None, "plan", "what a config will cost before it runs: its jobs by kind and their work, hours from a bench "
+     "record, the disk its results take", add_plan, cmd_plan),
 ]
-GROUPS = {"track": "MLflow bookkeeping", "evaluate": "FID / IS / KID / PR and bits/dim"}
+GROUPS = {"track": "MLflow bookkeeping", "evaluate": "FID / IS / KID / PR, bits/dim and the reconstruction error"}
 
 
 def _version() -> str:
@@ -750,14 +848,17 @@ def make_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     _set_threads(args)
-    from .train import PREEMPTED_EXIT_CODE, Preempted
-
     try:
         args.func(args)
-    except Preempted as err:
-        print(f"ddpm {args.command}: preempted: {err}", file=sys.stderr)
-        return PREEMPTED_EXIT_CODE
-    except (ValueError, OSError, FloatingPointError, RuntimeError) as err:  # OSError: e.g. a full disk
+    except Exception as err:
+        # Only a training is preempted, and only a command that trains has imported ddpm.train (and torch with it):
+        # looked up, not imported, so that a command that needs no torch (prepare, gather, report) loads none.
+        train = sys.modules.get(f"{__package__}.train")
+        if train is not None and isinstance(err, train.Preempted):
+            print(f"ddpm {args.command}: preempted: {err}", file=sys.stderr)
+            return train.PREEMPTED_EXIT_CODE
+        if not isinstance(err, (ValueError, OSError, FloatingPointError, RuntimeError)):  # OSError: a full disk
+            raise
         print(f"ddpm {args.command}: error: {err}", file=sys.stderr)
         return 2
     return 0

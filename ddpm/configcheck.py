@@ -14,11 +14,22 @@ would pass the check and fail in the training job: integers must be written as i
 
 from __future__ import annotations
 
+import copy
 import re
+from pathlib import Path
 
 _INTEGER = re.compile(r"[+-]?\d+")
 _YAML11_FLOAT = re.compile(r"[-+]?([0-9][0-9_]*)?\.[0-9_]*([eE][-+][0-9]+)?")  # what PyYAML reads as a float
 _NULLS = ("null", "~", "")
+
+
+#: The checkout's root: the workflow's Snakefile, its schema and the default config live there (``pip install -e``).
+ROOT = Path(__file__).resolve().parents[1]
+#: The JSON schema of a workflow config (its defaults fill in what a config leaves out).
+SCHEMA_PATH = ROOT / "workflow" / "schemas" / "config.schema.yaml"
+#: The config the workflow runs when no ``--configfile`` is given (the Snakefile loads the one beside it): the offline
+#: demo. It is only that: a config given with ``--configfile`` is the whole config, plus the schema's defaults.
+DEFAULT_CONFIG = ROOT / "config" / "config.yaml"
 
 
 class ConfigError(ValueError):
@@ -115,3 +126,36 @@ def _with_dot(text: str) -> str:
     mantissa, _, exponent = text.lower().partition("e")
     mantissa = mantissa if "." in mantissa else f"{mantissa}.0"
     return f"{mantissa}e{exponent if exponent[:1] in ('+', '-') else '+' + exponent}"
+
+
+def resolve_config(config: dict, schema_path: str | Path = SCHEMA_PATH) -> tuple[dict, list[str]]:
+    """The config a workflow runs, as the Snakefile resolves it: ``config`` (what the config files and ``--config``
+    gave, merged; not changed) with its values coerced to the schema's types (:func:`coerce_types`), validated
+    against the schema with its defaults filled in, and ``scale: tiny`` applied (:func:`ddpm.settings.apply_scale`).
+    Returns it and the hints to show. A value the schema refuses raises ``jsonschema.ValidationError``."""
+    import yaml
+    from snakemake.utils import validate
+
+    from .settings import apply_scale
+
+    resolved = copy.deepcopy(config)
+    hints = coerce_types(resolved, yaml.safe_load(Path(schema_path).read_text()))
+    validate(resolved, str(schema_path))
+    resolved.update(apply_scale(resolved))
+    return resolved, hints
+
+
+def load_config(configfiles=(), overrides: dict | None = None) -> tuple[dict, list[str]]:
+    """The resolved config (:func:`resolve_config`) of ``configfiles`` merged in order, then ``overrides`` (what
+    ``--config`` gives), as ``snakemake --configfile … --config …`` from the checkout's root runs it; no config file
+    means :data:`DEFAULT_CONFIG`."""
+    from snakemake.common.configfile import load_configfile
+    from snakemake.utils import update_config
+
+    merged: dict = {}
+    for path in configfiles or (DEFAULT_CONFIG,):
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"config file {path} does not exist")
+        update_config(merged, load_configfile(str(path)))
+    update_config(merged, copy.deepcopy(overrides or {}))
+    return resolve_config(merged)

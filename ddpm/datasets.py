@@ -3,12 +3,15 @@
 Two layers:
 
 * ``load_digits`` / ``load_dataset``: scikit-learn's bundled digits, in memory, no files.
-* ``prepare_dataset`` / ``load_split``: a dataset (``digits``, ``cifar10`` or an ``imagefolder``) is
+* ``prepare_dataset`` / ``open_split``: a dataset (``digits``, ``cifar10`` or an ``imagefolder``) is
   prepared once into a folder of ``.npy`` files plus ``manifest.json`` (shapes, counts, how the
-  split was made, sha256 of every file); ``load_split`` reads one split back and verifies it.
+  split was made, sha256 of every file and of every 64 MiB chunk of it); ``open_split`` gives one split's images
+  as a :class:`SplitImages` that reads them from disk by index, each chunk checked before it is first used, so no
+  job holds a data set in memory (``load_split`` reads a small split into memory).
 
-Every prepared file is written atomically (temporary file in the same folder, then ``os.replace``)
-and the manifest is written last, so an interrupted preparation never looks complete.
+An image folder of any size is prepared as it is read: each image goes to its split's file as soon as it is decoded
+(in worker processes), and a killed preparation resumes where it stopped (``prepare-partial/``). Every finished file
+gets its final name atomically and the manifest is written last, so an interrupted preparation never looks complete.
 
 torch is imported inside the few functions that use it: the workflow reads this module's tables (datasets, their
 native sizes and split counts) when it parses its config, without importing torch.
@@ -16,18 +19,22 @@ native sizes and split counts) when it parses its config, without importing torc
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import json
 import numbers
 import os
 import pickle
+import shutil
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .io import atomic_open
+from .io import atomic_open, write_json
+from .progress import progress as progress_lines
 
 if TYPE_CHECKING:
     import torch
@@ -58,6 +65,18 @@ CIFAR10_CLASSES = 10
 TEST_FRACTION = 0.1667
 #: The side of each dataset's images as published (imagefolder's is the config's ``dataset.image_size``).
 NATIVE_IMAGE_SIZES = {"digits": 8, "cifar10": CIFAR10_SIDE}
+#: How an image of a folder becomes image_size × image_size (config ``dataset.preprocess``): ``resize-crop``, the
+#: shorter side resized bicubically, then the center cropped (torchvision's Resize + CenterCrop); ``stylegan``, the
+#: center square cropped, then resized with Lanczos (PIL's ANTIALIAS), as StyleGAN's dataset_tool ``create_lsun``
+#: prepared LSUN for DDPM (and for StyleGAN2's FID).
+PREPROCESSES = ("resize-crop", "stylegan")
+#: Bytes per checksum chunk of a prepared file: a job that reads part of a split verifies only the chunks it reads.
+CHECKSUM_CHUNK = 1 << 26
+#: Beside a prepared folder's outputs but not one of them (Snakemake does not delete it after a failed job): the
+#: split files of an image folder being prepared and how far it got, from which a killed preparation resumes.
+PARTIAL_DIR = "prepare-partial"
+#: How often a preparation saves how far it got (after syncing the files): a kill loses at most this much work.
+SAVE_PROGRESS_SECONDS = 5.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -89,7 +108,7 @@ def load_dataset(name: str) -> np.ndarray:
 def check_images(images, name: str, *, shape=None, min_count: int = 1) -> None:
     """Refuse anything but a uint8 array (N, C, H, W) with C in {1, 3}, at least ``min_count`` images and, if given,
     the per-image ``shape`` (C, H, W); the error names ``name`` (an argument or a file) and what was found."""
-    if not isinstance(images, np.ndarray):
+    if not isinstance(images, (np.ndarray, SplitImages)):
         raise ValueError(f"{name} must be a numpy array, got {type(images).__name__}")
     if images.dtype != np.uint8:
         raise ValueError(f"{name} must have dtype uint8 (0..255), got {images.dtype}")
@@ -133,19 +152,26 @@ def prepare_dataset(
     download: bool = False,
     test_fraction: float = TEST_FRACTION,
     seed: int = 0,
+    preprocess: str = PREPROCESSES[0],
+    workers: int = 1,
+    progress: bool = True,
 ) -> dict:
     """Write ``{train,test}_{images,labels}.npy`` and ``manifest.json`` for dataset ``name`` into ``out_dir``.
 
     * ``digits``: scikit-learn's digits, a seeded split (``test_fraction``, ``seed``); 8×8 unless ``image_size``.
     * ``cifar10``: the official train/test split, read from ``path`` (a ``cifar-10-batches-py`` folder or
       its parent) or, with ``download=True``, fetched by torchvision into ``out_dir/download``.
-    * ``imagefolder``: every image under ``path`` (recursively); labels from the top-level subfolder;
-      shorter side resized to ``image_size`` (required) and center-cropped; a seeded split.
+    * ``imagefolder``: every image under ``path`` (recursively); labels from the top-level subfolder; brought to
+      ``image_size`` (required) as ``preprocess`` says (:data:`PREPROCESSES`); a seeded split. Written as it is read,
+      decoded by ``workers`` processes, with a progress line (``progress``); a killed run resumes
+      (:func:`_prepare_imagefolder`).
 
     Images are uint8 (N, C, H, W); labels int64, -1 where there are none. Returns the manifest."""
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; valid datasets: {', '.join(DATASETS)}")
     _check_options(image_size, test_fraction)
+    if preprocess not in PREPROCESSES:
+        raise ValueError(f"unknown preprocess {preprocess!r}; valid: {', '.join(PREPROCESSES)}")
     image_size = None if image_size is None else int(image_size)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -155,7 +181,8 @@ def prepare_dataset(
     elif name == "cifar10":
         prepared = _prepare_cifar10(out_dir, path, image_size, download)
     else:
-        prepared = _prepare_imagefolder(path, image_size, test_fraction, seed)
+        return _prepare_imagefolder(out_dir, path, image_size, test_fraction, seed, preprocess=preprocess,
+                                    workers=workers, progress=progress)
     return _write_prepared(out_dir, name, prepared)
 
 
@@ -216,8 +243,14 @@ def _prepare_cifar10(out_dir: Path, path, image_size: int | None, download: bool
     }
 
 
-def _prepare_imagefolder(path, image_size: int | None, test_fraction: float, seed: int) -> dict:
-    """Every image under ``path``, resized and center-cropped, with folder labels and a seeded split."""
+def _prepare_imagefolder(out_dir: Path, path, image_size: int | None, test_fraction: float, seed: int, *,
+                         preprocess: str, workers: int, progress: bool) -> dict:
+    """Every image under ``path``, brought to ``image_size`` (:func:`load_image_file`), with folder labels and a
+    seeded split, written to the split files as it is decoded: memory stays that of a few images whatever the folder
+    holds. The split files grow in ``out_dir/prepare-partial/`` with a record of how many images are written
+    (every few seconds, after the files are synced); run again after a kill, it goes on from there if the folder
+    and the options are the same, else starts over. At the end the files get their checksums and final names, and
+    the manifest is written last."""
     if path is None:
         raise ValueError("imagefolder needs path= a folder of images")
     if image_size is None:
@@ -225,20 +258,132 @@ def _prepare_imagefolder(path, image_size: int | None, test_fraction: float, see
     root = Path(path)
     files = list_image_files(root)
     labels, class_names = folder_labels(root, files)
-    images = np.stack([load_image_file(f, image_size) for f in files])
     train_idx, test_idx = seeded_split(len(files), test_fraction, seed)
-    relative = "\n".join(f.relative_to(root).as_posix() for f in files)
-    return {
-        "source": str(root.resolve()),
-        "train": (images[train_idx], labels[train_idx]),
-        "test": (images[test_idx], labels[test_idx]),
+    split_of = np.zeros(len(files), dtype=np.int8)  # 0: train, 1: test (index into SPLITS)
+    split_of[test_idx] = 1
+    listing = hashlib.sha256("\n".join(files).encode("utf-8")).hexdigest()
+    recipe = {"source": str(root.resolve()), "source_files": len(files), "source_files_sha256": listing,
+              "image_size": image_size, "preprocess": preprocess, "test_fraction": float(test_fraction),
+              "seed": int(seed), "manifest_version": MANIFEST_VERSION}
+    partial = out_dir / PARTIAL_DIR
+    done = _resume_point(partial, recipe)
+    shape = (3, image_size, image_size)
+    writers = [_RowWriter(partial / f"{split}_images.npy", (int((split_of == i).sum()), *shape),
+                          first_row=int((split_of[:done] == i).sum())) for i, split in enumerate(SPLITS)]
+    decoded = _decoded_images(root, files, done, image_size, preprocess, workers)
+    saved = time.monotonic()
+    try:
+        for i, image in progress_lines(decoded, total=len(files) - done, desc="prepare: images", enabled=progress,
+                                       every_s=10.0):
+            writers[split_of[i]].write(image)
+            if time.monotonic() - saved >= SAVE_PROGRESS_SECONDS or i + 1 == len(files):
+                for writer in writers:  # the images before i + 1 are on disk: a kill from here resumes at i + 1
+                    writer.sync()
+                write_json(partial / "progress.json", {**recipe, "done": i + 1})
+                saved = time.monotonic()
+    finally:
+        for writer in writers:
+            writer.close()
+    prepared = {
+        "source": recipe["source"],
+        "train": (None, labels[train_idx]),
+        "test": (None, labels[test_idx]),
         "num_classes": len(class_names),
         "class_names": class_names,
         "split": _seeded_split_record(test_fraction, seed, test_idx, basis="sorted relative image paths"),
         "source_files": len(files),
-        "source_files_sha256": hashlib.sha256(relative.encode("utf-8")).hexdigest(),
+        "source_files_sha256": listing,
         "image_size": image_size,
+        "preprocess": preprocess,
     }
+    manifest = _write_prepared(out_dir, "imagefolder", prepared, image_files={
+        split: partial / f"{split}_images.npy" for split in SPLITS})
+    shutil.rmtree(partial)
+    return manifest
+
+
+def _resume_point(partial: Path, recipe: dict) -> int:
+    """How many images an earlier, killed preparation of the same ``recipe`` wrote to ``partial`` (0: none, or one
+    of another folder or options, whose files are dropped)."""
+    state_path = partial / "progress.json"
+    if state_path.is_file():
+        try:
+            state = json.loads(state_path.read_text())
+        except (OSError, ValueError):
+            state = {}
+        if {k: state.get(k) for k in recipe} == recipe and all((partial / f"{s}_images.npy").is_file() for s in SPLITS):
+            print(f"resuming the preparation of {recipe['source']} at image {state['done']:,} of "
+                  f"{recipe['source_files']:,} ({state_path})", flush=True)
+            return int(state["done"])
+        print(f"{state_path} is of another folder or other options: starting over", flush=True)
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    return 0
+
+
+def _decoded_images(root: Path, files: list[str], start: int, image_size: int, preprocess: str, workers: int):
+    """(index, image) for ``files[start:]`` in order, decoded by :func:`load_image_file` in ``workers`` processes
+    (one: in this one). Windows of a few hundred images keep what waits to be written small."""
+    decode = _ImageDecoder(root, image_size, preprocess)
+    if workers <= 1:
+        for i in range(start, len(files)):
+            yield i, decode(files[i])
+        return
+    import multiprocessing
+
+    window = 64 * workers
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        for first in range(start, len(files), window):
+            block = files[first:first + window]
+            for offset, image in enumerate(pool.imap(decode, block, chunksize=8)):
+                yield first + offset, image
+
+
+class _ImageDecoder:
+    """One image file of the folder → uint8 (3, S, S), as :func:`load_image_file` (picklable, for the workers)."""
+
+    def __init__(self, root: Path, image_size: int, preprocess: str):
+        self.root, self.image_size, self.preprocess = root, image_size, preprocess
+
+    def __call__(self, relative: str) -> np.ndarray:
+        return load_image_file(self.root / relative, self.image_size, self.preprocess)
+
+
+class _RowWriter:
+    """A ``.npy`` file of a known shape filled row by row with plain writes (no mapping: the process's memory does not
+    grow with the file). Opened again at ``first_row``, it goes on from there."""
+
+    def __init__(self, path: Path, shape: tuple[int, ...], first_row: int = 0):
+        self.path, self.shape = path, shape
+        self.row_bytes = int(np.prod(shape[1:]))
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(header, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)),
+                                                      "fortran_order": False, "shape": shape})
+        self.offset = len(header.getvalue())
+        fresh = first_row == 0 or not path.exists()
+        self.file = open(path, "wb" if fresh else "r+b")
+        if fresh:
+            self.file.write(header.getvalue())
+            first_row = 0
+        self.file.seek(self.offset + first_row * self.row_bytes)
+        self.row = first_row
+
+    def write(self, image: np.ndarray) -> None:
+        if image.dtype != np.uint8 or image.shape != self.shape[1:]:
+            raise ValueError(f"{self.path}: an image of {image.dtype} {image.shape}, expected uint8 {self.shape[1:]}")
+        if self.row >= self.shape[0]:
+            raise ValueError(f"{self.path}: more images than the {self.shape[0]} of its split")
+        self.file.write(np.ascontiguousarray(image).tobytes())
+        self.row += 1
+
+    def sync(self) -> None:
+        self.file.flush()
+        os.fsync(self.file.fileno())
+
+    def close(self) -> None:
+        if not self.file.closed:
+            self.sync()
+            self.file.close()
 
 
 # --------------------------------------------------------------------------------------------
@@ -445,30 +590,31 @@ def read_cifar10_folder(folder: str | os.PathLike) -> dict:
 # Image folders.
 
 
-def list_image_files(root: Path) -> list[Path]:
-    """Sorted image files under ``root`` (recursively), skipping hidden files and folders (e.g. macOS ``._x.jpg``)."""
+def list_image_files(root: Path) -> list[str]:
+    """The image files under ``root`` (recursively) as paths relative to it (``/``-separated), sorted, skipping hidden
+    files and folders (e.g. macOS ``._x.jpg``). Strings, not Path objects: a folder of millions stays small."""
+    root = Path(root)
     if not root.exists():
         raise FileNotFoundError(f"image folder {root} does not exist")
     if not root.is_dir():
         raise ValueError(f"image folder {root} is not a folder")
-    files = sorted(
-        (
-            p
-            for p in root.rglob("*")
-            if p.suffix.lower() in IMAGE_EXTENSIONS
-            and p.is_file()
-            and not any(part.startswith(".") for part in p.relative_to(root).parts)
-        ),
-        key=lambda p: p.relative_to(root).as_posix(),
-    )
+    files = []
+    for folder, subfolders, names in os.walk(root):
+        subfolders[:] = [d for d in subfolders if not d.startswith(".")]
+        prefix = Path(folder).relative_to(root).as_posix()
+        prefix = "" if prefix == "." else prefix + "/"
+        files += [prefix + name for name in names if not name.startswith(".")
+                  and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS and os.path.isfile(os.path.join(folder, name))]
+    files.sort()
     if not files:
         raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {root}")
     return files
 
 
-def folder_labels(root: Path, files: list[Path]) -> tuple[np.ndarray, list[str]]:
-    """Label = index of an image's top-level subfolder among the sorted subfolder names; -1 for images directly in ``root``."""
-    tops = [f.relative_to(root).parts[0] if len(f.relative_to(root).parts) > 1 else None for f in files]
+def folder_labels(root: Path, files: list[str]) -> tuple[np.ndarray, list[str]]:
+    """Label = index of an image's top-level subfolder among the sorted subfolder names; -1 for images directly in
+    ``root``. ``files``: relative paths as :func:`list_image_files` gives them."""
+    tops = [f.split("/", 1)[0] if "/" in f else None for f in files]
     class_names = sorted({t for t in tops if t is not None})
     index = {name: i for i, name in enumerate(class_names)}
     labels = np.array([index[t] if t is not None else -1 for t in tops], dtype=np.int64)
@@ -544,8 +690,10 @@ def _image_to_rgb(image, path):
         _PLAIN_MODES + _ALPHA_MODES + _PREMULTIPLIED_MODES + _INTEGER_GREY_MODES))
 
 
-def load_image_file(path: Path, image_size: int) -> np.ndarray:
-    """One image → RGB uint8 (3, S, S): shorter side resized to S (bicubic), then center-cropped.
+def load_image_file(path: Path, image_size: int, preprocess: str = PREPROCESSES[0]) -> np.ndarray:
+    """One image → RGB uint8 (3, S, S), as ``preprocess`` says (:data:`PREPROCESSES`): ``resize-crop``, the shorter
+    side resized to S (bicubic), then center-cropped; ``stylegan``, the center square (offsets ⌊(W − side) / 2⌋,
+    ⌊(H − side) / 2⌋) cropped, then resized to S with Lanczos, as StyleGAN's ``create_lsun``.
 
     The EXIF orientation is applied first. Pixels are converted exactly or the image is refused (``ValueError``
     naming the file and the mode), never silently altered: 1-bit, 8-bit grey, palette, RGB, CMYK (PIL's conversion)
@@ -565,6 +713,13 @@ def load_image_file(path: Path, image_size: int) -> np.ndarray:
         raise ValueError(f"cannot read image {path}: {error}") from error
     image = _image_to_rgb(image, path)
     width, height = image.size
+    if preprocess == "stylegan":
+        side = min(width, height)
+        left, top = (width - side) // 2, (height - side) // 2
+        image = image.crop((left, top, left + side, top + side)).resize((image_size, image_size), Image.LANCZOS)
+        return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).copy()
+    if preprocess != "resize-crop":
+        raise ValueError(f"unknown preprocess {preprocess!r}; valid: {', '.join(PREPROCESSES)}")
     scale = image_size / min(width, height)
     new_width, new_height = max(image_size, round(width * scale)), max(image_size, round(height * scale))
     image = image.resize((new_width, new_height), Image.BICUBIC)
@@ -577,31 +732,37 @@ def load_image_file(path: Path, image_size: int) -> np.ndarray:
 # Writing and reading prepared folders.
 
 
-def _write_prepared(out_dir: Path, name: str, prepared: dict) -> dict:
-    """Write the four arrays atomically, then the manifest (last, so partial output never looks complete)."""
+def _write_prepared(out_dir: Path, name: str, prepared: dict, image_files: dict[str, Path] | None = None) -> dict:
+    """Write the four arrays atomically, then the manifest (last, so partial output never looks complete). Images
+    already written to files (``image_files``: split → its ``.npy``, :func:`_prepare_imagefolder`) are checksummed
+    and moved into place instead."""
     manifest_path = out_dir / MANIFEST
     manifest_path.unlink(missing_ok=True)  # an old manifest must not vouch for half-rewritten files
     files = {}
     for split in SPLITS:
         images, labels = prepared[split]
-        images = np.ascontiguousarray(images, dtype=np.uint8)
+        name_images = f"{split}_images.npy"
+        if image_files:
+            files[name_images] = _file_entry(image_files[split])
+            os.replace(image_files[split], out_dir / name_images)
+        else:
+            files[name_images] = _save_npy(out_dir / name_images, np.ascontiguousarray(images, dtype=np.uint8))
         labels = np.ascontiguousarray(labels, dtype=np.int64)
-        files[f"{split}_images.npy"] = _save_npy(out_dir / f"{split}_images.npy", images)
         files[f"{split}_labels.npy"] = _save_npy(out_dir / f"{split}_labels.npy", labels)
-    train_images = prepared["train"][0]
+    counts = {split: files[f"{split}_images.npy"]["shape"][0] for split in SPLITS}
     manifest = {
         "format": MANIFEST_FORMAT,
         "version": MANIFEST_VERSION,
         "dataset": name,
         "source": prepared["source"],
-        "image_shape": [int(s) for s in train_images.shape[1:]],
-        "counts": {split: int(len(prepared[split][0])) for split in SPLITS},
+        "image_shape": files["train_images.npy"]["shape"][1:],
+        "counts": counts,
         "num_classes": int(prepared["num_classes"]),
         "class_names": prepared["class_names"],
         "split": prepared["split"],
         "files": files,
     }
-    for key in ("downloaded", "native_size", "image_size", "source_files", "source_files_sha256"):
+    for key in ("downloaded", "native_size", "image_size", "source_files", "source_files_sha256", "preprocess"):
         if key in prepared:
             manifest[key] = prepared[key]
     _atomic_write(manifest_path, (json.dumps(manifest, indent=2) + "\n").encode("utf-8"))
@@ -609,12 +770,55 @@ def _write_prepared(out_dir: Path, name: str, prepared: dict) -> dict:
 
 
 def _save_npy(path: Path, array: np.ndarray) -> dict:
-    """Save ``array`` atomically as .npy; returns its manifest entry (sha256, shape, dtype)."""
+    """Save ``array`` atomically as .npy; returns its manifest entry (sha256 of the file and of each chunk, shape,
+    dtype)."""
     buffer = io.BytesIO()
     np.save(buffer, array, allow_pickle=False)
     data = buffer.getvalue()
     _atomic_write(path, data)
-    return {"sha256": hashlib.sha256(data).hexdigest(), "shape": list(array.shape), "dtype": str(array.dtype)}
+    chunks = [hashlib.sha256(data[i:i + CHECKSUM_CHUNK]).hexdigest() for i in range(0, len(data), CHECKSUM_CHUNK)]
+    return {"sha256": hashlib.sha256(data).hexdigest(), "chunk_bytes": CHECKSUM_CHUNK, "chunk_sha256": chunks,
+            "shape": list(array.shape), "dtype": str(array.dtype)}
+
+
+def _file_entry(path: Path) -> dict:
+    """The manifest entry of a ``.npy`` file on disk, from one buffered pass over it (:func:`file_checksums`)."""
+    shape, dtype, _ = _npy_header(path)
+    whole, chunks = file_checksums(path)
+    return {"sha256": whole, "chunk_bytes": CHECKSUM_CHUNK, "chunk_sha256": chunks, "shape": list(shape),
+            "dtype": str(dtype)}
+
+
+def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
+    """The shape, dtype and data offset of a C-ordered ``.npy`` file, from its header alone."""
+    with open(path, "rb") as f:
+        try:
+            version = np.lib.format.read_magic(f)
+            read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}[version]
+            shape, fortran_order, dtype = read(f)
+        except (ValueError, KeyError) as err:
+            raise ValueError(f"{path} is not a .npy array file ({err!r}); re-run prepare") from err
+        if fortran_order:
+            raise ValueError(f"{path} is in Fortran order; re-run prepare")
+        return shape, dtype, f.tell()
+
+
+def file_checksums(path: str | os.PathLike, chunk_bytes: int = CHECKSUM_CHUNK) -> tuple[str, list[str]]:
+    """The sha256 of a whole file and of each of its ``chunk_bytes`` chunks, in one pass of 1 MiB reads."""
+    whole, chunks = hashlib.sha256(), []
+    with open(path, "rb") as f:
+        while True:
+            chunk, left = hashlib.sha256(), chunk_bytes
+            while left and (block := f.read(min(1 << 20, left))):
+                whole.update(block)
+                chunk.update(block)
+                left -= len(block)
+            if left == chunk_bytes:
+                break
+            chunks.append(chunk.hexdigest())
+            if left:
+                break
+    return whole.hexdigest(), chunks
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -636,18 +840,173 @@ def read_manifest(prepared_dir: str | os.PathLike) -> dict:
     return manifest
 
 
-def load_split(prepared_dir: str | os.PathLike, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Images uint8 (N, C, H, W) and labels int64 (N,) of ``split`` ("train" or "test"), checked against the manifest."""
+class SplitImages:
+    """The images of a prepared split, uint8 (N, C, H, W), read from their ``.npy`` file by index with positional
+    reads: nothing is mapped, and only what is asked for is in memory. Indexing as a numpy array's first axis (an
+    int, a slice of step 1, or an array of indices) returns a numpy array; ``len``, ``shape``, ``dtype``, ``ndim``
+    are the array's. Each chunk of the file (:data:`CHECKSUM_CHUNK`) is checked against the manifest's sha256 before
+    its first use (:meth:`verify` checks a range, or everything, ahead), so a file changed since preparation is
+    refused, naming it. Safe to use in DataLoader worker processes (each opens the file itself)."""
+
+    dtype = np.dtype(np.uint8)
+    ndim = 4
+
+    def __init__(self, path: str | os.PathLike, entry: dict):
+        self._fd, self._pid = None, None
+        self.path = Path(path)
+        self._entry = entry
+        shape, dtype, self.offset = _npy_header(self.path)
+        if dtype != np.uint8 or len(shape) != 4:
+            raise ValueError(f"{self.path} must hold uint8 images (N, C, H, W), got {dtype} {shape}")
+        self.shape = tuple(int(n) for n in shape)
+        self.row_bytes = int(np.prod(self.shape[1:]))
+        self._verified: set = set()
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getstate__(self):
+        return {**self.__dict__, "_fd": None, "_pid": None}
+
+    def head(self, count: int) -> "SplitImages":
+        """The first ``count`` images (all if there are fewer), as another :class:`SplitImages` of the same file."""
+        first = copy.copy(self)
+        first.shape = (min(int(count), len(self)), *self.shape[1:])
+        first._fd, first._pid, first._verified = None, None, self._verified
+        return first
+
+    def _descriptor(self) -> int:
+        if self._pid != os.getpid():  # a forked worker opens the file itself
+            self._fd, self._pid = os.open(self.path, os.O_RDONLY), os.getpid()
+        return self._fd
+
+    def verify(self, start: int = 0, stop: int | None = None) -> None:
+        """Check the chunks that hold images ``start`` … ``stop - 1`` (default: all) against the manifest."""
+        stop = len(self) if stop is None else stop
+        chunks = self._entry.get("chunk_sha256")
+        if chunks is None:  # a manifest written before chunk checksums: the whole file, once
+            if "whole" not in self._verified:
+                _check_sha256(self.path, self._entry["sha256"])
+                self._verified.add("whole")
+            return
+        size = int(self._entry["chunk_bytes"])
+        first_byte = 0 if start == 0 else self.offset + start * self.row_bytes
+        last_byte = self.offset + max(stop, start + 1) * self.row_bytes - 1
+        for k in range(first_byte // size, min(last_byte // size, len(chunks) - 1) + 1):
+            if k not in self._verified:
+                self._check_chunk(k, size, chunks[k])
+                self._verified.add(k)
+
+    def _check_chunk(self, k: int, size: int, expected: str) -> None:
+        digest, position, end = hashlib.sha256(), k * size, (k + 1) * size
+        while position < end:
+            block = os.pread(self._descriptor(), min(1 << 20, end - position), position)
+            if not block:
+                break
+            digest.update(block)
+            position += len(block)
+        if digest.hexdigest() != expected:
+            raise ValueError(f"checksum mismatch for {self.path} (bytes {k * size:,}..{end - 1:,}): the file changed "
+                             f"after preparation, re-run prepare")
+
+    def _read(self, start: int, count: int) -> bytes:
+        position, want, parts = self.offset + start * self.row_bytes, count * self.row_bytes, []
+        while want:
+            block = os.pread(self._descriptor(), want, position)
+            if not block:
+                raise ValueError(f"{self.path} is truncated: image {start + count - 1} is past its end; re-run prepare")
+            parts.append(block)
+            position += len(block)
+            want -= len(block)
+        return b"".join(parts)
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        """Images ``start`` … ``stop - 1``, read in one piece."""
+        start, stop = max(0, start), min(len(self), stop)
+        if stop <= start:
+            return np.zeros((0, *self.shape[1:]), dtype=np.uint8)
+        self.verify(start, stop)
+        return np.frombuffer(self._read(start, stop - start), dtype=np.uint8).reshape(stop - start, *self.shape[1:])
+
+    def take(self, indices) -> np.ndarray:
+        """The images at ``indices`` (in that order, repeats allowed)."""
+        indices = np.asarray(indices, dtype=np.int64)
+        if indices.size and (indices.min() < -len(self) or indices.max() >= len(self)):
+            raise IndexError(f"image index out of range for the {len(self)} images of {self.path}")
+        indices = np.where(indices < 0, indices + len(self), indices)
+        out = np.empty((len(indices), *self.shape[1:]), dtype=np.uint8)
+        for i in np.argsort(indices, kind="stable"):
+            row = int(indices[i])
+            self.verify(row, row + 1)
+            out[i] = np.frombuffer(self._read(row, 1), dtype=np.uint8).reshape(self.shape[1:])
+        return out
+
+    def __getitem__(self, key):
+        if isinstance(key, slice):
+            start, stop, step = key.indices(len(self))
+            return self.rows(start, stop) if step == 1 else self.take(np.arange(start, stop, step))
+        if isinstance(key, numbers.Integral):
+            return self.take([int(key)])[0]
+        return self.take(key)
+
+    def __array__(self, dtype=None, copy=None):
+        images = self.rows(0, len(self))
+        return images if dtype is None else images.astype(dtype)
+
+    def __del__(self):
+        if self._fd is not None and self._pid == os.getpid():
+            os.close(self._fd)
+
+
+def open_split(prepared_dir: str | os.PathLike, split: str) -> SplitImages:
+    """The images of ``split`` ("train" or "test") of a prepared folder, on disk (:class:`SplitImages`)."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
     prepared_dir = Path(prepared_dir)
     manifest = read_manifest(prepared_dir)
-    images = _load_verified(prepared_dir, manifest, f"{split}_images.npy")
+    filename = f"{split}_images.npy"
+    entry = _checksum_entry(prepared_dir, manifest, filename)
+    path = prepared_dir / filename
+    if not path.is_file():
+        raise FileNotFoundError(f"missing {path} (listed in {MANIFEST}); re-run prepare")
+    images = SplitImages(path, entry)
+    if "shape" in entry and list(images.shape) != list(entry["shape"]):
+        raise ValueError(f"{path} holds images of shape {images.shape}, but {MANIFEST} says {tuple(entry['shape'])}; "
+                         "re-run prepare")
+    return images
+
+
+def split_labels(prepared_dir: str | os.PathLike, split: str) -> np.ndarray:
+    """The int64 labels (N,) of ``split``, checked against the manifest."""
+    prepared_dir = Path(prepared_dir)
+    manifest = read_manifest(prepared_dir)
     labels = _load_verified(prepared_dir, manifest, f"{split}_labels.npy")
-    check_images(images, str(prepared_dir / f"{split}_images.npy"), min_count=0)  # a test split may be empty
-    if labels.dtype != np.int64 or labels.shape != (len(images),):
-        raise ValueError(f"{prepared_dir / f'{split}_labels.npy'}: expected int64 ({len(images)},), got {labels.dtype} {labels.shape}")
+    count = manifest.get("counts", {}).get(split)
+    if labels.dtype != np.int64 or labels.ndim != 1 or (count is not None and len(labels) != count):
+        raise ValueError(f"{prepared_dir / f'{split}_labels.npy'}: expected int64 ({count},), got {labels.dtype} "
+                         f"{labels.shape}")
+    return labels
+
+
+def load_split(prepared_dir: str | os.PathLike, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Images uint8 (N, C, H, W) and labels int64 (N,) of ``split`` ("train" or "test") in memory, checked against
+    the manifest: for small data (digits, a test's folder); the jobs read from disk with :func:`open_split`."""
+    images = np.asarray(open_split(prepared_dir, split))
+    labels = split_labels(prepared_dir, split)
+    check_images(images, str(Path(prepared_dir) / f"{split}_images.npy"), min_count=0)  # a test split may be empty
+    if labels.shape != (len(images),):
+        raise ValueError(f"{Path(prepared_dir) / f'{split}_labels.npy'}: expected int64 ({len(images)},), got "
+                         f"{labels.dtype} {labels.shape}")
     return images, labels
+
+
+def _check_sha256(path: Path, expected: str) -> None:
+    actual = sha256_file(path)
+    if actual != expected:
+        raise ValueError(
+            f"checksum mismatch for {path}: manifest has sha256 {expected}, file has {actual}; "
+            "the file changed after preparation, re-run prepare"
+        )
 
 
 def _load_verified(prepared_dir: Path, manifest: dict, filename: str) -> np.ndarray:
@@ -656,12 +1015,7 @@ def _load_verified(prepared_dir: Path, manifest: dict, filename: str) -> np.ndar
     entry = _checksum_entry(prepared_dir, manifest, filename)
     if not path.is_file():
         raise FileNotFoundError(f"missing {path} (listed in {MANIFEST}); re-run prepare")
-    actual = sha256_file(path)
-    if actual != entry["sha256"]:
-        raise ValueError(
-            f"checksum mismatch for {path}: manifest has sha256 {entry['sha256']}, file has {actual}; "
-            "the file changed after preparation, re-run prepare"
-        )
+    _check_sha256(path, entry["sha256"])
     return np.load(path, allow_pickle=False)
 
 

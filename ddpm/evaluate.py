@@ -11,7 +11,7 @@ import torch
 
 from .checkpoint import (agreed_provenance, check_provenance, checkpoint_provenance, load_for_sampling,
                          provenance_arrays, read_provenance)
-from .datasets import check_images, load_split, split_sha256, to_model_range
+from .datasets import check_images, open_split, read_manifest, split_sha256, to_model_range
 from .io import load_npz, save_npz, write_json
 from .progress import progress as progress_iter
 from .sample import sample_generator
@@ -33,7 +33,7 @@ def nll_shard(checkpoint, data_dir, *, start: int, count: int | None, batch_size
     (bits/dim) and ``xstart_mse`` (on [-1, 1]), so shards can be merged exactly, and the ``decoder``."""
     model, diffusion, state = load_for_sampling(checkpoint, device=device)
     model = FastForward(model, speed, device, inference=True)  # the bound's terms stay fp32 whatever the network's
-    images = load_split(data_dir, split)[0]
+    images = open_split(data_dir, split)  # on disk: each batch is read when it is scored
     if tuple(images.shape[1:]) != tuple(state["data_shape"]):
         raise ValueError(f"the {split} images of {data_dir} have shape (C, H, W) = {tuple(images.shape[1:])}, but "
                          f"{checkpoint} was trained on {tuple(state['data_shape'])}")
@@ -186,20 +186,37 @@ def write_gathered_samples(shards, out, *, setting: str | None = None, sampler: 
     return images, cost
 
 
-def fid_conditions(extractor: str, weights, resolution) -> dict:
-    """How a FID was computed, beside its value: the reference split, the extractor's weights (sha256, or the name of
-    torch-fidelity's Inception download) and the resize before the extractor (None: none)."""
+def fid_conditions(extractor: str, weights, resolution, *, reference_images: int, preprocess: str | None = None
+                   ) -> dict:
+    """How a FID was computed, beside its value: the reference (the train split's first ``reference_images``), how
+    the data set's images were brought to their size (``preprocess``, an image folder's; None: as published), the
+    extractor's weights (sha256, or the name of torch-fidelity's Inception download) and the resize before the
+    extractor (None: none)."""
     from .refstats import resize_record, weights_id
 
-    return {"reference_split": "train", "extractor_weights": weights_id(extractor, weights),
-            "resize": resize_record(extractor, resolution, weights)}
+    return {"reference_split": "train", "reference_images": int(reference_images), "reference_preprocess": preprocess,
+            "extractor_weights": weights_id(extractor, weights), "resize": resize_record(extractor, resolution, weights)}
+
+
+def reference_split(data_dir, count: int | None = None):
+    """FID's reference images: the first ``count`` of the train split of ``data_dir`` (all with None), on disk; fewer
+    than ``count`` is refused, naming the config key."""
+    images = open_split(data_dir, "train")
+    if count is None:
+        return images
+    if count > len(images):
+        raise ValueError(f"evaluate.ref_images: {count:,} reference images asked for, but the train split of "
+                         f"{data_dir} has {len(images):,}")
+    return images.head(count)
 
 
 def write_scores(samples, data_dir, out, *, extractor: str, weights=None, device: str = "cpu",
                  test_reference: bool = False, training_step: int | None = None, setting: str | None = None,
-                 ref_stats: str | None = None, ref_stats_foreign: bool = False, bootstrap_rounds: int = 0) -> dict:
+                 ref_stats: str | None = None, ref_stats_foreign: bool = False, bootstrap_rounds: int = 0,
+                 reference_images: int | None = None) -> dict:
     """``ddpm evaluate fid``: FID / IS / KID / precision-recall of the samples in ``samples`` against the train split
-    of ``data_dir`` (and FID against its test split: DDPM Table 1's second FID), as JSON with the samples'
+    of ``data_dir`` (its first ``reference_images``, default all: DDPM's LSUN FIDs took 50,000; read from disk as the
+    extractor takes them) and FID against its test split (DDPM Table 1's second FID), as JSON with the samples'
     provenance, and with ``bootstrap_rounds`` the bootstrap standard errors of FID, IS and KID
     (:func:`ddpm.metrics.bootstrap_errors`). With ``setting``: samples of another setting, or of a model trained on
     other data, are refused.
@@ -219,7 +236,7 @@ def write_scores(samples, data_dir, out, *, extractor: str, weights=None, device
         check_provenance(provenance, samples, setting=setting)
         if provenance.get("data_sha256"):
             check_provenance(provenance, samples, data_sha256=split_sha256(data_dir, "train"))
-    reference = load_split(data_dir, "train")[0]
+    reference = reference_split(data_dir, reference_images)
     found = load_npz(samples, ("images",), optional=SAMPLING_COST + SAMPLE_RECORD)
     images = found["images"]
     check_images(images, f"samples in {samples}", shape=reference.shape[1:])  # the data set's shape, exactly
@@ -227,7 +244,8 @@ def write_scores(samples, data_dir, out, *, extractor: str, weights=None, device
     if ref_stats is not None:
         *stats, reference_record = fid_reference(ref_stats, extractor=extractor, weights=weights,
                                                  resolution=reference.shape[2:], split="train",
-                                                 foreign=ref_stats_foreign, split_sha256=split_sha256(data_dir, "train"))
+                                                 foreign=ref_stats_foreign, split_sha256=split_sha256(data_dir, "train"),
+                                                 num_images=len(reference))
     print(f"scoring {len(images)} samples with the {extractor} features against the {len(reference)} train images"
           + (f" (FID: against {ref_stats})" if ref_stats else "")
           + (f", {bootstrap_rounds} bootstrap rounds" if bootstrap_rounds else ""), flush=True)
@@ -237,10 +255,11 @@ def write_scores(samples, data_dir, out, *, extractor: str, weights=None, device
     if reference_record is not None:
         scores["fid_reference"] = reference_record
     scores.update({key: found[key].item() for key in SAMPLING_COST + SAMPLE_RECORD if key in found})
-    scores.update(fid_conditions(extractor, weights, reference.shape[2:]))
+    scores.update(fid_conditions(extractor, weights, reference.shape[2:], reference_images=len(reference),
+                                 preprocess=read_manifest(data_dir).get("preprocess")))
     print(f"FID {scores['fid']:.4g}, IS {scores['is_mean']:.4g}", flush=True)
     if test_reference:
-        test = load_split(data_dir, "test")[0]
+        test = open_split(data_dir, "test")
         print(f"FID against the {len(test)} test images", flush=True)
         scores["fid_test"] = fidelity_metrics(images, test, extractor=extractor, weights_path=weights, device=device,
                                               metrics=("fid",))["fid"]

@@ -110,12 +110,11 @@ def train_classifier(
     in_channels = int(images.shape[1])
     arch = {"in_channels": in_channels, "width": int(width), "feature_dim": int(feature_dim)}
 
-    x_all = to_model_range(images).to(device)
-    y_all = torch.from_numpy(labels.astype(np.int64)).to(device)
-    with _torch_threads(num_threads):
-        model, loss = _fit(x_all, y_all, num_classes, arch, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
-                           progress=progress)
-        accuracy = _accuracy(model, x_all, y_all)
+    y_all = torch.from_numpy(labels.astype(np.int64))
+    with _torch_threads(num_threads):  # the images stay uint8 (on disk for a prepared split): a batch at a time
+        model, loss = _fit(images, y_all, num_classes, arch, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
+                           progress=progress, device=device)
+        accuracy = _accuracy(model, images, y_all, device=device)
 
     state = {
         "format": CLASSIFIER_FORMAT,
@@ -140,20 +139,26 @@ def train_classifier(
     }
 
 
-def _fit(x, y, num_classes: int, arch: dict, *, steps: int, batch_size: int, lr: float, seed: int,
-         progress: bool = False):
+def _batch(images, index, device) -> torch.Tensor:
+    """The uint8 images at ``index`` (an array in memory, or a :class:`~ddpm.datasets.SplitImages` on disk) in
+    [-1, 1] on ``device``."""
+    return to_model_range(np.ascontiguousarray(images[np.asarray(index)])).to(device)
+
+
+def _fit(images, y, num_classes: int, arch: dict, *, steps: int, batch_size: int, lr: float, seed: int,
+         progress: bool = False, device="cpu"):
     """Adam with a cosine learning-rate decay on random minibatches; returns the model (eval mode) and the last loss."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = SmallClassifier(num_classes=num_classes, **arch).to(x.device)
+        model = SmallClassifier(num_classes=num_classes, **arch).to(device)
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     model.train()
     every = max(1, steps // 10)
     for step in range(1, steps + 1):
-        idx = torch.randint(len(x), (min(batch_size, len(x)),), generator=gen).to(x.device)
-        loss = F.cross_entropy(model(x[idx]), y[idx])
+        idx = torch.randint(len(images), (min(batch_size, len(images)),), generator=gen)
+        loss = F.cross_entropy(model(_batch(images, idx.numpy(), device)), y[idx].to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -175,9 +180,10 @@ def _torch_threads(n: int | None):
 
 
 @torch.no_grad()
-def _accuracy(model: SmallClassifier, x: torch.Tensor, y: torch.Tensor, batch: int = 1024) -> float:
-    correct = sum(int((model(x[i:i + batch]).argmax(1) == y[i:i + batch]).sum()) for i in range(0, len(x), batch))
-    return correct / len(x)
+def _accuracy(model: SmallClassifier, images, y: torch.Tensor, batch: int = 1024, device="cpu") -> float:
+    correct = sum(int((model(_batch(images, np.arange(i, min(i + batch, len(images))), device)).argmax(1).cpu()
+                       == y[i:i + batch]).sum()) for i in range(0, len(images), batch))
+    return correct / len(images)
 
 
 def load_classifier(path: str | Path, device: str = "cpu") -> tuple[SmallClassifier, dict]:

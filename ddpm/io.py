@@ -74,3 +74,19 @@ def load_npz(path: str | Path, keys: tuple[str, ...], optional: tuple[str, ...] 
             return {k: f[k] for k in (*keys, *(k for k in optional if k in f.files))}
     except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as err:
         raise ValueError(f"cannot read {path}: {err}") from err
+
+
+def source_commit() -> str | None:
+    """The short commit of the checkout this package runs from (what a benchmark record is of), with
+    ``+uncommitted`` where tracked files differ from it; None outside git."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=Path(__file__).parent,
+                              check=True).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "--short", "HEAD")
+        return f"{commit}+uncommitted" if git("status", "--porcelain", "--untracked-files=no") else commit or None
+    except (OSError, subprocess.CalledProcessError):
+        return None

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ddpm.datasets import check_images, load_split
+from ddpm.datasets import check_images, open_split
 from ddpm.features import register_classifier_extractor
 from ddpm.io import write_json
 from ddpm.vocabulary import BOOTSTRAP_ROUNDS, EXTRACTORS, SAMPLING_COST
@@ -62,17 +62,18 @@ def inception_weights_help() -> str:
 
 
 class UInt8ImageDataset(Dataset):
-    """A torch Dataset over a uint8 (N, C, H, W) array yielding uint8 (3, H, W) tensors, as torch-fidelity expects;
-    one-channel images are replicated to three channels."""
+    """A torch Dataset over uint8 (N, C, H, W) images yielding uint8 (3, H, W) tensors, as torch-fidelity expects;
+    one-channel images are replicated to three channels. ``images``: an array, or a prepared split on disk
+    (:class:`~ddpm.datasets.SplitImages`), read one image at a time as torch-fidelity's loader asks for it."""
 
-    def __init__(self, images: np.ndarray):
-        self.images = torch.from_numpy(np.ascontiguousarray(images))
+    def __init__(self, images):
+        self.images = images
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        img = self.images[i]
+        img = torch.from_numpy(np.ascontiguousarray(self.images[i]))
         return img.expand(3, -1, -1).contiguous() if img.shape[0] == 1 else img
 
 
@@ -323,20 +324,67 @@ def _summarise(raw: dict, extractor: str, n_samples: int, n_reference: int, kid_
 # Baseline
 
 
-def gaussian_baseline_samples(train_images: np.ndarray, n: int, seed: int) -> np.ndarray:
-    """``n`` samples of a Gaussian fitted to ``train_images`` (uint8 (N, C, H, W)): mean and full covariance over all
-    C·H·W pixels in float64, drawn with ``numpy.random.default_rng(seed)``, rounded, clipped to 0..255.
+#: The Gaussian baseline's full covariance is over at most this many pixel values (C·H·W): 3×32×32, CIFAR-10's, is
+#: 75 MB in float64. Larger images are fitted at the largest side that fits, by averaging s×s blocks, and the draws
+#: are enlarged back (each value repeated over its block); the baseline's JSON says so.
+GAUSSIAN_MAX_DIM = 3 * 32 * 32
+#: Images whose moments are summed at once (float64): the train split is read a block at a time, never whole.
+GAUSSIAN_BLOCK = 2048
+
+
+def gaussian_factor(shape) -> int:
+    """The block side s by which the Gaussian baseline averages images of ``shape`` (C, H, W): 1 when C·H·W is at
+    most :data:`GAUSSIAN_MAX_DIM`, else the smallest divisor s of H and W with C·(H/s)·(W/s) within it."""
+    channels, height, width = (int(v) for v in shape)
+    for s in range(1, max(height, width) + 1):
+        if height % s == 0 and width % s == 0 and channels * (height // s) * (width // s) <= GAUSSIAN_MAX_DIM:
+            return s
+    return max(height, width)
+
+
+def _pooled(images: np.ndarray, s: int) -> np.ndarray:
+    """uint8 (n, C, H, W) → float64 (n, C·(H/s)·(W/s)): the means of s×s blocks."""
+    n, c, h, w = images.shape
+    x = images.astype(np.float64)
+    if s > 1:
+        x = x.reshape(n, c, h // s, s, w // s, s).mean(axis=(3, 5))
+    return x.reshape(n, -1)
+
+
+def gaussian_baseline_samples(train_images, n: int, seed: int) -> np.ndarray:
+    """``n`` samples of a Gaussian fitted to ``train_images`` (uint8 (N, C, H, W), in memory or on disk): mean and
+    full covariance over all C·H·W pixels in float64, drawn with ``numpy.random.default_rng(seed)``, rounded, clipped
+    to 0..255. The moments are summed over blocks of images, so the split is never in memory as floats. Images of
+    more than :data:`GAUSSIAN_MAX_DIM` values are fitted on s×s block means (:func:`gaussian_factor`) and each draw
+    enlarged back by repeating its values.
 
     It reproduces every pixel's mean and every pairwise pixel correlation, and nothing more: a model that does not
     beat it on FID has learnt no more than second-order pixel statistics."""
     check_images(train_images, "train_images", min_count=2)
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"n must be a positive int, got {n!r}")
-    x = train_images.reshape(len(train_images), -1).astype(np.float64)
-    mean, cov = x.mean(axis=0), np.cov(x, rowvar=False)
+    shape = tuple(train_images.shape[1:])
+    s = gaussian_factor(shape)
+    total, count, first = None, 0, None
+    for start in range(0, len(train_images), GAUSSIAN_BLOCK):
+        x = _pooled(np.asarray(train_images[start:start + GAUSSIAN_BLOCK]), s)
+        if first is None:  # centred on the first block's mean: the sums of squares keep their precision
+            first = x.mean(axis=0)
+            total, outer = np.zeros_like(first), np.zeros((len(first), len(first)))
+        x = x - first
+        total += x.sum(axis=0)
+        outer += x.T @ x
+        count += len(x)
+    mean = total / count
+    cov = (outer - count * np.outer(mean, mean)) / (count - 1)
     # Singular covariance (e.g. the digits' always-blank border pixels) is fine for the SVD method; cov is PSD.
-    draws = np.random.default_rng(seed).multivariate_normal(mean, cov, size=int(n), method="svd", check_valid="ignore")
-    return np.clip(np.round(draws), 0, 255).astype(np.uint8).reshape((int(n),) + train_images.shape[1:])
+    draws = np.random.default_rng(seed).multivariate_normal(mean + first, cov, size=int(n), method="svd",
+                                                            check_valid="ignore")
+    c, h, w = shape
+    draws = draws.reshape(int(n), c, h // s, w // s)
+    if s > 1:
+        draws = draws.repeat(s, axis=2).repeat(s, axis=3)
+    return np.clip(np.round(draws), 0, 255).astype(np.uint8)
 
 
 def tracked_scores(scores: dict, *, snapshot: bool = False) -> list[tuple[dict, int]]:
@@ -369,18 +417,23 @@ def fid_tags(scores: dict) -> dict[str, str]:
 
 
 def write_baseline_scores(kind: str, data_dir, out, *, num_samples: int, seed: int = 0, extractor: str = "classifier",
-                          weights=None, device: str = "cpu", bootstrap_rounds: int = 0) -> dict:
-    """``ddpm evaluate baseline``: the reference rows of the main table, scored against the train split exactly as
-    samples are: ``gaussian`` (:func:`gaussian_baseline_samples`) or ``test_split`` (its first ``num_samples``
-    images), as JSON."""
-    train_images = load_split(data_dir, "train")[0]
+                          weights=None, device: str = "cpu", bootstrap_rounds: int = 0,
+                          reference_images: int | None = None) -> dict:
+    """``ddpm evaluate baseline``: the reference rows of the main table, scored against the train split (its first
+    ``reference_images``, as the samples' FIDs) exactly as samples are: ``gaussian``
+    (:func:`gaussian_baseline_samples`, fitted to the whole train split) or ``test_split`` (its first
+    ``num_samples`` images), as JSON."""
+    train_images = open_split(data_dir, "train")
+    reference = train_images if reference_images is None else train_images.head(reference_images)
     print(f"scoring the {kind.replace('_', ' ')} baseline: {num_samples} images with the {extractor} features against "
-          f"the {len(train_images)} train images", flush=True)
+          f"the {len(reference)} train images", flush=True)
+    extra = {}
     if kind == "gaussian":
         candidates = gaussian_baseline_samples(train_images, num_samples, seed)
+        extra["gaussian_block"] = gaussian_factor(train_images.shape[1:])  # 1: fitted on the pixels themselves
     else:
-        candidates = load_split(data_dir, "test")[0][:num_samples]
-    scores = fidelity_metrics(candidates, train_images, extractor=extractor, weights_path=weights, device=device,
+        candidates = open_split(data_dir, "test")[:num_samples]
+    scores = fidelity_metrics(candidates, reference, extractor=extractor, weights_path=weights, device=device,
                               bootstrap_rounds=bootstrap_rounds)
-    write_json(out, {**scores, "baseline": kind})
+    write_json(out, {**scores, **extra, "baseline": kind})
     return scores

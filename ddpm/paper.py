@@ -18,10 +18,13 @@ from .vocabulary import LOSS_TYPES, MEAN_TYPES, VAR_TYPES
 
 #: Metric names: FID against the train set (``fid``) or the test set (``fid_test``), Inception score, bits/dim on
 #: the test set (``bpd``) and the train set (``bpd_train``), DDPM Table 4's rate and distortion after k reverse steps
-#: (``rate_bpd_step<k>``, ``distortion_rmse_step<k>``), and ``unstable`` for a setting the paper reports as "–".
+#: (``rate_bpd_step<k>``, ``distortion_rmse_step<k>``), DDIM Table 2's per-dimension MSE on [0, 1] of a test image
+#: encoded and decoded on S steps (``reconstruction_mse``, a ``ddim`` row with η = 0 and S), and ``unstable`` for a
+#: setting the paper reports as "–".
 TABLE4_STEPS = tuple(range(1000, 0, -100))
 METRICS = ("fid", "fid_test", "is", "bpd", "bpd_train",
-           *(f"{kind}_step{k}" for k in TABLE4_STEPS for kind in ("rate_bpd", "distortion_rmse")), "unstable")
+           *(f"{kind}_step{k}" for k in TABLE4_STEPS for kind in ("rate_bpd", "distortion_rmse")),
+           "reconstruction_mse", "unstable")
 #: The axes that name a setting of a paper's table: a sweep's axes but the seed.
 SETTING_AXES = tuple(axis for axis in SWEEP_AXES if axis != "seed")
 #: The sampler a number was measured with (DDIM's tables): sampler, S, η (ddim) or variance (ancestral). Empty: the
@@ -34,22 +37,62 @@ COLUMNS = ("sweep", "paper", "table", *SETTING_AXES, *SAMPLER_COLUMNS, "metric",
 PAPER_SAMPLES = 50_000
 PAPER_EXTRACTOR = "inception-v3-compat"
 PAPER_NLL_IMAGES = {"bpd": 10_000, "bpd_train": 50_000}
+#: DDIM Table 2: the reconstruction error over the whole CIFAR-10 test split.
+PAPER_RECONSTRUCTION_IMAGES = 10_000
 SCALED_DOWN = "scaled down (digits, a CPU-sized network, a few steps)"
 
 
+#: FID's reference in every paper: 50,000 real images (the CIFAR-10 train split; for LSUN, StyleGAN2's fid50k took
+#: the first 50,000 of the prepared category). Where the images were prepared otherwise than as published, the paper
+#: says how (:data:`PAPER_PREPROCESS`, keyed by paper and table).
+PAPER_REFERENCE_IMAGES = 50_000
+#: DDPM's LSUN data were prepared by StyleGAN's dataset_tool (center square, Lanczos resize) and scored by StyleGAN2's
+#: code (Appendix B); DDIM's Table 3 sampled the same checkpoints (its protocol taken to be the same).
+PAPER_PREPROCESS = {("Ho et al. 2020", "Table 3"): "stylegan", ("Song et al. 2020 (DDIM)", "Table 3"): "stylegan"}
+#: The decoder likelihood of the papers' bits/dim (their code's: ``ddpm.vocabulary.DECODERS``).
+PAPER_DECODER = "official"
+
+
+def reference_reasons(reference_images=None, preprocess=None, paper_preprocess=None) -> list[str]:
+    """Why a FID's reference is not the paper's: another number of real images than
+    :data:`PAPER_REFERENCE_IMAGES`, or images prepared otherwise than ``paper_preprocess`` (None: as published)."""
+    reasons = []
+    if reference_images is not None and not _missing(reference_images) and int(reference_images) != PAPER_REFERENCE_IMAGES:
+        reasons.append(f"reference of {int(reference_images):,} real images (paper: {PAPER_REFERENCE_IMAGES:,})")
+    if paper_preprocess is not None and preprocess != paper_preprocess:
+        reasons.append(f"images prepared {preprocess or 'otherwise'} (paper: {paper_preprocess})")
+    return reasons
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
 def not_comparable(metric: str, *, samples=None, extractor: str | None = None, nll_images=None,
-                   scaled_down: bool = False) -> list[str]:
+                   reconstruction_images=None, scaled_down: bool = False, reference_images=None, preprocess=None,
+                   paper_preprocess=None, decoder=None) -> list[str]:
     """Why a measured ``metric`` cannot stand beside the paper's number (empty: it can): the run was scaled down, or
-    fewer samples / another feature extractor (IS, FID), or fewer images (bits/dim) than the paper's."""
+    fewer samples / another feature extractor (IS, FID), another reference than the paper's (FID:
+    :func:`reference_reasons`), fewer images (bits/dim, the reconstruction error) or another ``decoder`` (bits/dim)
+    than the paper's."""
     reasons = [SCALED_DOWN] if scaled_down else []
+    if metric == "reconstruction_mse":
+        images = reconstruction_images
+        if images is not None and not math.isnan(images) and images < PAPER_RECONSTRUCTION_IMAGES:
+            reasons.append(f"{int(images):,} images (paper: {PAPER_RECONSTRUCTION_IMAGES:,})")
+        return reasons
     if metric in PAPER_NLL_IMAGES:
         if nll_images is not None and not math.isnan(nll_images) and nll_images < PAPER_NLL_IMAGES[metric]:
             reasons.append(f"{int(nll_images):,} images (paper: {PAPER_NLL_IMAGES[metric]:,})")
+        if not _missing(decoder) and decoder != PAPER_DECODER:
+            reasons.append(f"{decoder} decoder (paper: its code's tanh approximation, evaluate.decoder: official)")
         return reasons
     if samples is not None and not math.isnan(samples) and samples < PAPER_SAMPLES:
         reasons.append(f"{int(samples):,} samples (paper: {PAPER_SAMPLES:,})")
     if extractor is not None and extractor != PAPER_EXTRACTOR:
         reasons.append(f"{extractor} features (paper: Inception)")
+    if metric == "fid":
+        reasons += reference_reasons(reference_images, preprocess, paper_preprocess)
     return reasons
 
 

@@ -204,11 +204,12 @@ def write_ref_stats(data_dir, out_npz, *, split: str = "train", extractor: str, 
 
 
 def read_ref_stats(path, *, extractor: str, resolution, split: str, weights=None, foreign: bool = False,
-                   split_sha256: str | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+                   split_sha256: str | None = None, num_images: int | None = None
+                   ) -> tuple[np.ndarray, np.ndarray, dict]:
     """``mu``, ``sigma`` (float64) and the record of a statistics file, refused (ValueError naming what) unless it is
     what this evaluation needs: the file's sha256 is the record's ``npz_sha256`` (unchanged since written), and it was
     made with ``extractor`` and ``weights``, from images of ``resolution`` ((H, W) or one int), of ``split`` (and,
-    where given, of the split whose images have ``split_sha256``).
+    where given, of the split whose images have ``split_sha256``, and of its first ``num_images``).
 
     A file without a record (pytorch-fid's or clean-fid's layout) is refused unless ``foreign``; then only its
     feature dimension is checked against ``extractor``'s, and the record returned is
@@ -239,7 +240,7 @@ def read_ref_stats(path, *, extractor: str, resolution, split: str, weights=None
     mu, sigma = _checked_arrays(arrays["mu"], arrays["sigma"], str(path))
     if meta["origin"] == "ddpm":
         _check_record(path, meta, mu, extractor=extractor, weights=weights, resolution=resolution, split=split,
-                      split_sha256=split_sha256)
+                      split_sha256=split_sha256, num_images=num_images)
     expected = feature_dim(extractor, weights)
     if len(mu) != expected:
         raise ValueError(f"{path} has statistics of {len(mu)} features but extractor={extractor!r} gives {expected}: "
@@ -258,12 +259,14 @@ def _read_record(meta_path: Path) -> dict:
 
 
 def _check_record(path: Path, meta: dict, mu: np.ndarray, *, extractor, weights, resolution, split,
-                  split_sha256) -> None:
+                  split_sha256, num_images=None) -> None:
     """Every way the record says the file is of something else than this evaluation needs, in one ValueError."""
     height, width = (resolution, resolution) if isinstance(resolution, (int, np.integer)) else resolution
     wanted = {"extractor": extractor, "input_resolution": [int(height), int(width)], "split": split}
     if split_sha256 is not None:
         wanted["split_sha256"] = split_sha256
+    if num_images is not None:
+        wanted["num_images"] = int(num_images)
     problems = [f"{key} is {meta.get(key)!r} there, {value!r} here" for key, value in wanted.items()
                 if meta.get(key) != value]
     if extractor == meta.get("extractor"):  # weights of another extractor differ anyway: named once, as extractor
@@ -279,11 +282,12 @@ def _check_record(path: Path, meta: dict, mu: np.ndarray, *, extractor, weights,
 
 
 def fid_reference(path, *, extractor: str, weights=None, resolution, split: str = "train", foreign: bool = False,
-                  split_sha256: str | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
-    """The statistics file ``path`` checked by :func:`read_ref_stats` (μ, Σ), and what to record of it as a FID's
-    reference: ``{"stats", "npz_sha256", "origin", "split", "num_images"}`` (split and num_images None for a foreign
-    file)."""
+                  split_sha256: str | None = None, num_images: int | None = None
+                  ) -> tuple[np.ndarray, np.ndarray, dict]:
+    """The statistics file ``path`` checked by :func:`read_ref_stats` (μ, Σ; of the split's first ``num_images``
+    where given), and what to record of it as a FID's reference: ``{"stats", "npz_sha256", "origin", "split",
+    "num_images"}`` (split and num_images None for a foreign file)."""
     mu, sigma, meta = read_ref_stats(path, extractor=extractor, resolution=resolution, split=split, weights=weights,
-                                     foreign=foreign, split_sha256=split_sha256)
+                                     foreign=foreign, split_sha256=split_sha256, num_images=num_images)
     return mu, sigma, {"stats": str(path), "npz_sha256": meta["npz_sha256"], "origin": meta["origin"],
                        "split": meta.get("split"), "num_images": meta.get("num_images")}

@@ -32,7 +32,7 @@ FIDELITY_KEYS = (("fid", "FID", 1), ("fid_se", "FID ±", 1), ("is_mean", "IS", 1
 #: the bare names, for programs): a column's label up to its extractor (``FID [classifier]`` → ``FID``), or its
 #: label in the paper and samplers tables (``S=10 FID``: by its last word).
 LOWER_IS_BETTER = ("FID", "FID test", "KID ×10³", "bits/dim", "bits/dim train", "final loss", "s/image",
-                   "network evaluations")
+                   "network evaluations", "reconstruction MSE")
 HIGHER_IS_BETTER = ("IS", "precision", "recall", "sampling images/s")
 
 #: The reference rows of the main table: samples of a Gaussian fitted to the train pixels (the bar every setting must
@@ -62,6 +62,8 @@ def _fidelity_columns(scores: dict) -> dict:
         row[f"FID test [{extractor}]"] = scores["fid_test"]
     row["samples"] = scores["num_samples"]
     row["FID against"] = _fid_reference(scores.get("fid_reference"))
+    row["reference images"] = scores.get("reference_images", float("nan"))  # FID's real images (files of old: –)
+    row["preprocess"] = scores.get("reference_preprocess")
     return row
 
 
@@ -114,7 +116,8 @@ def build_table(run_dirs: dict[str, Path], baselines: dict[str, Path], *, sample
                 row.update({"network evaluations": scores.get("network_evaluations", float("nan")),
                             "sampling images/s": scores.get("sampling_images_per_s", float("nan"))})
                 row.update(_fidelity_columns(scores), **{"bits/dim": nll["bpd"], "bits/dim stderr": nll["bpd_stderr"],
-                                                         "NLL images": nll["num_images"]})
+                                                         "NLL images": nll["num_images"],
+                                                         "decoder": nll.get("decoder", "exact")})
                 if nll_train:
                     train = _read_json(folder / "nll-train.json", name)
                     row.update({"bits/dim train": train["bpd"], "bits/dim train stderr": train["bpd_stderr"],
@@ -233,7 +236,7 @@ def paper_table(table: pd.DataFrame, published: pd.DataFrame, sweep: str, *, sca
     the standard deviation over seeds. A setting the paper could not train says so in ``paper note``. A number
     measured under other conditions than the paper's (:func:`ddpm.paper.not_comparable`: a scaled-down run, fewer
     samples, another extractor, fewer images) gets no Δ, and ``not comparable`` says why, per column."""
-    from .paper import SETTING_AXES, comparability_note, not_comparable, published_for
+    from .paper import PAPER_PREPROCESS, SETTING_AXES, comparability_note, not_comparable, published_for
 
     settings = table[table["status"].notna()]  # the settings' rows, not the baselines'
     if curve is not None and not curve.empty:
@@ -253,7 +256,9 @@ def paper_table(table: pd.DataFrame, published: pd.DataFrame, sweep: str, *, sca
         setting = {axis: int(value) if axis in integer_axes else value for axis, value in zip(SETTING_AXES, axes)}
         paper = published_for(published, sweep, setting)
         row = {**setting, "seeds": len(group)}
-        conditions = {"samples": _column(group, "samples").max(), "extractor": extractor, "scaled_down": scaled_down}
+        conditions = {"samples": _column(group, "samples").max(), "extractor": extractor, "scaled_down": scaled_down,
+                      "reference_images": _column(group, "reference images").min(),
+                      "preprocess": _only(group, "preprocess"), "decoder": _only(group, "decoder")}
         marks: dict[tuple[str, ...], list[str]] = {}
         for label, metric in metrics:
             values = _column(group, measured_column(label))
@@ -269,7 +274,9 @@ def paper_table(table: pd.DataFrame, published: pd.DataFrame, sweep: str, *, sca
             if label == "IS":
                 row["IS ± (paper)"] = paper.get(metric, {}).get("std")
             images = _column(group, "NLL train images" if metric == "bpd_train" else "NLL images").min()
-            reasons = tuple(not_comparable(metric, nll_images=images, **conditions))
+            source = paper.get(metric, {})
+            reasons = tuple(not_comparable(metric, nll_images=images, **conditions,
+                                           paper_preprocess=PAPER_PREPROCESS.get((source.get("paper"), source.get("table")))))
             if published_value is not None:
                 marks.setdefault(reasons, []).append(label)
             row[f"{label} Δ"] = None if published_value is None or reasons else row[label] - published_value
@@ -279,6 +286,8 @@ def paper_table(table: pd.DataFrame, published: pd.DataFrame, sweep: str, *, sca
         row["extractor"] = extractor
         if "FID against" in group:
             row["FID against"] = ", ".join(sorted(set(group["FID against"].dropna())))
+        row["reference images"] = conditions["reference_images"]
+        row["bits/dim decoder"] = conditions["decoder"]
         row["status"] = "; ".join(sorted(set(group["status"])))
         row["not comparable"] = comparability_note(marks)
         row["paper note"] = "; ".join(v["note"] for k, v in paper.items() if k == "unstable")
@@ -299,6 +308,13 @@ def _at_best_checkpoint(settings: pd.DataFrame, best: pd.DataFrame) -> pd.DataFr
                 settings.loc[i, column] = best.loc[name, column]
             settings.loc[i, "min-FID step"] = best.loc[name, "step"]
     return settings
+
+
+def _only(group: pd.DataFrame, column: str):
+    """The one value a column has in ``group`` (None where it has none); several are joined, so no reference or
+    decoder is silently taken for another's."""
+    values = sorted({str(v) for v in group[column].dropna()}) if column in group else []
+    return values[0] if len(values) == 1 else (", ".join(values) or None)
 
 
 def _column(group: pd.DataFrame, column: str) -> pd.Series:
@@ -419,10 +435,11 @@ def samplers_table(run_dirs: dict[str, Path], samplers, published: pd.DataFrame 
     FIDs were measured as the paper's: :func:`ddpm.paper.not_comparable`; ``not comparable`` says why not) and the
     seconds per image of sampling, then the FIDs' feature extractor and number of samples. A point on every step is
     S = T."""
-    from .paper import SETTING_AXES, not_comparable, published_for_sampler
+    from .paper import PAPER_PREPROCESS, SETTING_AXES, not_comparable, published_for_sampler
 
     cells: dict[tuple, dict] = {}
-    measured_with = set()  # (feature extractor, samples) of the FIDs
+    measured_with = set()  # (feature extractor, samples, reference images, preprocess) of the FIDs
+    paper_preprocess = None  # how the published numbers' data were prepared, where a paper says (LSUN)
     for name, folder in run_dirs.items():
         setting = _setting(folder, name)
         for sampler in samplers:
@@ -441,13 +458,17 @@ def samplers_table(run_dirs: dict[str, Path], samplers, published: pd.DataFrame 
             cell["fid"].append(scores["fid"])
             images_per_s = scores.get("sampling_images_per_s")
             cell["seconds"].append(1 / images_per_s if images_per_s else float("nan"))
-            measured_with.add((scores["extractor"], scores["num_samples"]))
+            measured_with.add((scores["extractor"], scores["num_samples"], scores.get("reference_images"),
+                               scores.get("reference_preprocess")))
             if published is not None:
-                cell["paper"] = published_for_sampler(published, sweep, setting, point).get("fid", {}).get("value")
+                source = published_for_sampler(published, sweep, setting, point).get("fid", {})
+                cell["paper"] = source.get("value")
+                paper_preprocess = paper_preprocess or PAPER_PREPROCESS.get((source.get("paper"), source.get("table")))
     all_steps = sorted({S for by_steps in cells.values() for S in by_steps})
-    reasons = list(dict.fromkeys(reason for extractor, count in sorted(measured_with)
+    reasons = list(dict.fromkeys(reason for extractor, count, images, preprocess in sorted(measured_with, key=str)
                                  for reason in not_comparable("fid", samples=count, extractor=extractor,
-                                                              scaled_down=scaled_down)))
+                                                              scaled_down=scaled_down, reference_images=images,
+                                                              preprocess=preprocess, paper_preprocess=paper_preprocess)))
     rows = []
     for key, by_steps in cells.items():
         row = dict(zip((*SETTING_AXES, "sampler", "skip", "clip"), key))
@@ -459,8 +480,8 @@ def samplers_table(run_dirs: dict[str, Path], samplers, published: pd.DataFrame 
             row[f"S={S} paper"] = paper
             row[f"S={S} Δ"] = None if paper is None or reasons else measured - paper
             row[f"S={S} s/image"] = float(np.mean(cell["seconds"])) if cell else float("nan")
-        row["extractor"] = ", ".join(sorted({extractor for extractor, _ in measured_with}))
-        row["samples"] = max((count for _, count in measured_with), default=None)
+        row["extractor"] = ", ".join(sorted({measured[0] for measured in measured_with}))
+        row["samples"] = max((measured[1] for measured in measured_with), default=None)
         has_paper = any(cell["paper"] is not None for cell in by_steps.values())
         row["not comparable"] = ", ".join(reasons) if has_paper else ""
         rows.append(row)
@@ -606,29 +627,93 @@ def plot_loss_curves(run_dirs: dict[str, Path], path: str | Path) -> None:
     _save(fig, path)
 
 
+#: DDIM Table 2's columns: the setting's axes, S, then the error measured (mean over seeds), its ±, published, Δ.
+RECONSTRUCTION_COLUMNS = ("schedule", "T", "mean_type", "var_type", "loss_type", "S", "seeds", "reconstruction MSE",
+                          "reconstruction MSE ±", "reconstruction MSE (paper)", "reconstruction MSE Δ",
+                          "network evaluations", "skip", "images", "status", "not comparable", "source")
+
+
+def reconstruction_table(run_dirs: dict[str, Path], steps, published: pd.DataFrame | None, sweep: str, *,
+                         scaled_down: bool = False) -> pd.DataFrame:
+    """DDIM Table 2: one row per setting (seeds pooled) and S of ``steps`` (each run's ``reconstruction/S<S>.json``,
+    ``ddpm evaluate reconstruction``): the per-dimension MSE on [0, 1] of test images encoded and decoded on S steps
+    (the mean over seeds), its ± (one seed: the standard error over the images; two or more: the standard deviation
+    over seeds), the published error, Δ = measured − paper only where the error was measured as the paper's
+    (:func:`ddpm.paper.not_comparable`: not scaled down, the whole CIFAR-10 test split; ``not comparable`` says why
+    not), the network evaluations per image (both ways), the skip and the number of test images. A setting whose
+    training diverged has its row, with no error. No ``steps``: a table without rows."""
+    from .paper import SETTING_AXES, not_comparable, published_for_sampler
+    from .reconstruction import METRIC, reconstruction_point
+
+    cells: dict[tuple, list[dict]] = {}
+    for name, folder in run_dirs.items():
+        setting = _setting(folder, name)
+        for S in sorted(steps):
+            path = folder / "reconstruction" / f"S{S}.json"
+            found = _read_json(path, name)
+            if DIVERGED not in found and found.get("steps") != S:
+                raise ValueError(f"{path} records the reconstruction on S = {found.get('steps')} steps, but it is the "
+                                 f"file of S = {S}: delete it and run the workflow again")
+            cells.setdefault((*(setting[a] for a in SETTING_AXES), S), []).append(found)
+    rows = []
+    for key, results in cells.items():
+        setting, S = dict(zip(SETTING_AXES, key[:-1])), key[-1]
+        measured = [r for r in results if DIVERGED not in r]
+        values = [r[METRIC] for r in measured]
+        row = {**setting, "S": S, "seeds": len(results),
+               "reconstruction MSE": float(np.mean(values)) if values else float("nan"),
+               "reconstruction MSE ±": (float(np.std(values, ddof=1)) if len(values) > 1
+                                        else measured[0][f"{METRIC}_stderr"] if measured else float("nan"))}
+        skips = sorted({r["skip"] for r in measured})
+        paper = None
+        if published is not None:
+            point = reconstruction_point(S, skips[0] if skips else "uniform")  # the skip is no key of the paper's
+            paper = published_for_sampler(published, sweep, setting, point).get(METRIC)
+        images = min((r["num_images"] for r in measured), default=float("nan"))
+        reasons = not_comparable(METRIC, reconstruction_images=images, scaled_down=scaled_down)
+        row["reconstruction MSE (paper)"] = paper["value"] if paper else None
+        row["reconstruction MSE Δ"] = (row["reconstruction MSE"] - paper["value"]
+                                       if paper and measured and not reasons else None)
+        evaluations = sorted({r["network_evaluations"] for r in measured})
+        row["network evaluations"] = evaluations[0] if len(evaluations) == 1 else float("nan")
+        row["skip"] = ", ".join(skips)
+        row["images"] = images
+        row["status"] = "; ".join(sorted({"finished" if DIVERGED not in r else f"diverged at step {r[DIVERGED]}"
+                                          for r in results}))
+        row["not comparable"] = ", ".join(reasons) if paper else ""
+        row["source"] = f"{paper['paper']}, {paper['table']}" if paper else ""
+        rows.append(row)
+    return pd.DataFrame(rows, columns=list(RECONSTRUCTION_COLUMNS))
+
+
 # ---------------------------------------------------------------------------------------------- the report job
 #: The tables of a sweep, the main one first: kind → the suffix of its files' stem.
 TABLE_KINDS = {"main": "", "paper": "-paper", "samplers": "-samplers", "fid-over-training": "-fid-over-training",
-               "rate-distortion": "-rate-distortion"}
+               "rate-distortion": "-rate-distortion", "reconstruction": "-reconstruction"}
 TABLE_CAPTIONS = {
     "main": "{name}: every setting × sampler point, and two reference rows scored the same way",
     "paper": "{name} in the paper's layout: measured, published and Δ per setting (seeds pooled)",
     "samplers": "{name}: FID against the number of sampling steps S, per sampler (DDIM Table 1's layout)",
     "fid-over-training": "{name}: FID and IS of each scored checkpoint",
     "rate-distortion": "{name}: rate and distortion along the reverse process (DDPM Table 4)",
+    "reconstruction": "{name}: test images encoded by DDIM (η = 0) and decoded on S steps each way, the per-dimension "
+                      "MSE on [0, 1] (DDIM Table 2); ± is its standard error over the images (one seed) or the "
+                      "standard deviation over seeds",
 }
 
 def write_report(runs, *, out_stem: str, gaussian, test_split, loss_figure, published=None, paper_sweep=None,
                  scaled_down: bool = False, nll_train: bool = False, snapshot_steps=(), rate_distortion_figure=None,
                  schedules_figure=None, schedule_rescale: bool = False, fid_over_training_figure=None,
                  samplers=DEFAULT_SAMPLERS, samplers_figure=None, tracking=None, config: dict | None = None,
-                 html_tables=None) -> pd.DataFrame:
+                 html_tables=None, reconstruction_steps=()) -> pd.DataFrame:
     """``ddpm report``: a sweep's tables (``<out_stem>.{csv,md,tex}``; ``-fid-over-training``, ``-rate-distortion``
     and, with the papers' numbers ``published``, ``-paper`` beside them) and figures; with ``tracking`` (the
     sweep's tracking file), every table and figure also goes to the sweep's parent MLflow run (with ``config``, the
     sweep's resolved config), which is then finished. ``samplers``: the sweep's sampler points, in order; the first
     is each setting's own (the paper table and FID over training); ``-samplers`` lays out every point.
-    ``html_tables``: five paths, where the tables go as HTML pages too (for the Snakemake report), in the order of
+    ``reconstruction_steps``: the S of every run's ``reconstruction/S<S>.json``, laid out in ``-reconstruction``
+    (:func:`reconstruction_table`; no S: a table without rows).
+    ``html_tables``: six paths, where the tables go as HTML pages too (for the Snakemake report), in the order of
     :data:`TABLE_KINDS`. Returns the main table."""
     from .paper import load_published
 
@@ -659,6 +744,11 @@ def write_report(runs, *, out_stem: str, gaussian, test_split, loss_figure, publ
         print(beside.to_string(index=False))
     outputs += write("paper", beside, drop_empty=True)  # a scaled-down run: no Δ, a column of – each
     outputs += write("rate-distortion", rate_distortion_table(run_dirs, published, paper_sweep))
+    reconstruction = reconstruction_table(run_dirs, reconstruction_steps, published, paper_sweep,
+                                          scaled_down=scaled_down)
+    outputs += write("reconstruction", reconstruction, drop_empty=not reconstruction.empty)  # scaled down: no Δ
+    if not reconstruction.empty:
+        print(reconstruction.to_string(index=False))
     plot_loss_curves(run_dirs, loss_figure)
     figures = [Path(loss_figure)]
     if rate_distortion_figure:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from .checkpoint import checkpoint_provenance, load_for_sampling, provenance_arrays
-from .datasets import load_split, to_model_range, to_uint8
+from .datasets import open_split, to_model_range, to_uint8
 from .diffusion import randn
 from .io import save_npz
 from .progress import progress as progress_iter
@@ -158,7 +158,7 @@ def write_progressive(checkpoint, out, *, columns: int = 10, setting: str | None
 def write_interpolation(checkpoint, data_dir, out, *, images=(0, 1), setting: str | None = None, **sampling) -> None:
     """``ddpm interpolate``: the row of :func:`interpolate` between test images ``images`` of ``data_dir``."""
     checkpoint_provenance(checkpoint, setting=setting, data_dir=data_dir)
-    test = load_split(data_dir, "test")[0]
+    test = open_split(data_dir, "test")
     if max(images) >= len(test):
         raise ValueError(f"--images {list(images)}: the test split of {data_dir} has {len(test)} images")
     row = interpolate(checkpoint, test[images[0]], test[images[1]], **sampling)

@@ -340,7 +340,8 @@ def train_arguments(config: dict, setting: Setting) -> str:
 #: ``scale: tiny`` — the same sweep (the same settings and objectives) on digits with the CPU-sized network and
 #: few steps, so that every code path of a paper config runs without a GPU. Keys not listed keep the paper's values.
 TINY_SCALE = {
-    "dataset": {"name": "digits", "path": None, "download": False, "image_size": None, "test_fraction": 0.1667},
+    "dataset": {"name": "digits", "path": None, "download": False, "image_size": None, "test_fraction": 0.1667,
+                "preprocess": "resize-crop"},
     "train": {"preset": "tiny", "steps": 40, "batch_size": 32, "warmup": 5, "ema_decay": 0.9, "log_every": 10,
               "preview_every": 20, "checkpoint_every": 20, "threads": 1},
     "sample": {"num_samples": 100, "shard_size": 100, "batch_size": 100, "grid_size": 36},
@@ -349,6 +350,9 @@ TINY_SCALE = {
     "fid_over_training": {"num_samples": None},
 }
 
+
+#: ``scale: tiny``: FID's reference where the full config takes the first N train images (LSUN's 50,000).
+TINY_REF_IMAGES = 500
 
 #: ``scale: tiny``: a sampler point on every step (``steps`` null) takes this many instead (T is 1000 or more in the
 #: papers' configs); points with a given S keep it.
@@ -379,6 +383,10 @@ def apply_scale(config: dict) -> dict:
         scaled["fid_over_training"]["steps"] = [TINY_SCALE["train"]["steps"] // 2]
     if scaled["evaluate"].get("nll_train_images"):
         scaled["evaluate"]["nll_train_images"] = TINY_SCALE["evaluate"]["nll_num_images"]
+    if scaled["evaluate"].get("ref_images"):
+        scaled["evaluate"]["ref_images"] = TINY_REF_IMAGES
+    if config.get("reconstruction", {}).get("steps"):  # every S (S ≤ T), on as many test images as bits/dim
+        scaled["reconstruction"] = {**config["reconstruction"], "num_images": TINY_SCALE["evaluate"]["nll_num_images"]}
     scaled["sampling"] = [_tiny_sampling_row(row) for row in config.get("sampling") or DEFAULT_SAMPLING]
     scaled["name"] = f"{config['name']}-tiny"
     return scaled

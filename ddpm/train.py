@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import shutil
 import signal
 import threading
@@ -16,11 +17,12 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from . import tracking as mlf
 from .checkpoint import DIVERGED, EMA_ONLY, build, load_checkpoint, save_checkpoint, snapshot_path
-from .datasets import load_dataset, load_split, read_manifest, split_sha256, to_model_range
+from .datasets import load_dataset, open_split, read_manifest, split_sha256, to_model_range
 from .diffusion import GaussianDiffusion, randn
 from .distributed import World, data_parallel, joined
 from .io import atomic_open
@@ -165,6 +167,7 @@ def train(
     on_divergence: str = "fail",
     snapshot_steps=(),
     speed: Speed = Speed(),
+    data_workers: int | None = None,
 ) -> dict:
     """Train one setting and write ``checkpoint.pt`` and ``metrics.jsonl`` to ``out_dir``; returns the final metrics.
 
@@ -183,7 +186,9 @@ def train(
     At each of ``snapshot_steps`` (before the last) the EMA weights are kept as ``snapshots/step-<N>.pt``, to be
     sampled and scored: FID over training, whose minimum the DDPM paper reports (its Appendix B).
 
-    ``speed`` picks the speed-ups of :mod:`ddpm.speed` (default: the plain fp32 eager path).
+    ``speed`` picks the speed-ups of :mod:`ddpm.speed` (default: the plain fp32 eager path). The train split stays
+    on disk: ``data_workers`` loader processes read each step's batch ahead (:func:`data_workers`: by default 4 on a
+    GPU, none on a CPU); the batches do not depend on it (:func:`batch_indices`).
 
     Started by torchrun (``torchrun --nproc_per_node N -m ddpm.cli train …``), the N processes train the one
     setting with DistributedDataParallel, on one GPU each (see :mod:`ddpm.distributed`): ``batch_size`` stays the
@@ -194,11 +199,12 @@ def train(
     with joined(device) as (world, device):
         return _train_process(config, Path(out_dir), world, device, data_dir=data_dir, progress=progress,
                               tracking=tracking if world.is_main else None, run_name=run_name,
-                              on_divergence=on_divergence, snapshot_steps=snapshot_steps, speed=speed)
+                              on_divergence=on_divergence, snapshot_steps=snapshot_steps, speed=speed,
+                              workers=data_workers)
 
 
 def _train_process(config: TrainConfig, out_dir: Path, world: World, device: torch.device, *, data_dir, progress,
-                   tracking, run_name, on_divergence, snapshot_steps, speed) -> dict:
+                   tracking, run_name, on_divergence, snapshot_steps, speed, workers) -> dict:
     """:func:`train` in one process of ``world``: rank 0 writes the files and the MLflow run, the others compute."""
     world.local_batch(config.batch_size)  # a batch that does not split over the processes fails here, first
     if world.is_main:
@@ -222,7 +228,7 @@ def _train_process(config: TrainConfig, out_dir: Path, world: World, device: tor
         (out_dir / "mlflow_run_id.txt").write_text(run_id + "\n")
     try:
         final = _train_loop(config, out_dir, data_dir, world, device, progress, tracking, run_id, resume,
-                            snapshot_steps, speed)
+                            snapshot_steps, speed, workers)
     except Preempted:
         if run_id is not None:
             mlf.best_effort(f"mark MLflow run {run_id} KILLED",
@@ -297,17 +303,56 @@ def apply_gradients(loss: torch.Tensor, model: UNet, ema: UNet, optimizer: torch
     return grad_norm
 
 
+def batch_indices(num_images: int, batch_size: int, seed: int, step: int) -> np.ndarray:
+    """The train images of step ``step``'s global batch (Algorithm 1's x_0 ~ q(x_0)): drawn uniformly with
+    replacement by ``numpy.random.default_rng((seed, step))``, a function of the seed and the step alone, so that the
+    batches are the same for any number of loader workers and processes and whichever step a run resumes from."""
+    return np.random.default_rng((seed, step)).integers(0, num_images, size=batch_size)
+
+
+class StepBatches(torch.utils.data.Dataset):
+    """Item ``i``: this process's share (``share``) of the global batch of step ``first_step + i`` (:func:`batch_indices`),
+    uint8 (b, C, H, W), read from ``images`` (a :class:`~ddpm.datasets.SplitImages` on disk, or an array). A
+    DataLoader's workers read the next steps' batches while the network trains on this one; they become floats on the
+    device, one batch at a time."""
+
+    def __init__(self, images, batch_size: int, seed: int, share: slice, first_step: int, last_step: int):
+        self.images, self.batch_size, self.seed, self.share = images, batch_size, seed, share
+        self.first_step, self.last_step = first_step, last_step
+
+    def __len__(self) -> int:
+        return max(0, self.last_step - self.first_step + 1)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        rows = batch_indices(len(self.images), self.batch_size, self.seed, self.first_step + i)[self.share]
+        return torch.from_numpy(np.ascontiguousarray(self.images[rows]))
+
+
+def data_workers(device: torch.device, requested: int | None) -> int:
+    """Loader processes: ``requested``, or by default 4 on a GPU (at most the CPUs but one) and none on a CPU, where
+    the reads are a small part of a step and the cores are the network's."""
+    if requested is not None:
+        return requested
+    return min(4, max(0, (os.cpu_count() or 1) - 1)) if device.type == "cuda" else 0
+
+
+def _batches(images, config: TrainConfig, share: slice, first_step: int, device: torch.device, workers: int):
+    loader = torch.utils.data.DataLoader(
+        StepBatches(images, config.batch_size, config.seed, share, first_step, config.steps), batch_size=None,
+        shuffle=False, num_workers=workers, pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None)
+    return iter(loader)
+
+
 def _train_loop(config: TrainConfig, out_dir: Path, data_dir, world: World, device: torch.device, progress: bool,
                 tracking: dict | None, run_id: str | None, resume: dict | None, snapshot_steps: tuple[int, ...],
-                speed: Speed) -> dict:
+                speed: Speed, workers: int | None) -> dict:
     torch.manual_seed(config.seed + world.rank)  # dropout masks differ between processes; DDP copies rank 0's init
-    generator = torch.Generator().manual_seed(config.seed)  # the same on every process: they draw the same batch
+    generator = torch.Generator().manual_seed(config.seed)  # the same on every process: flips, t and noise
     mine = world.local_batch(config.batch_size)
 
-    # Data: the whole train split as one float tensor in [-1, 1] (CIFAR-sized sets fit in memory).
+    # Data: the train split stays on disk (uint8); each step's batch is read by the loader and scaled on the device.
     images, data_sha256 = _training_images(config, data_dir)
-    data = to_model_range(images).to(device)
-    _, channels, height, width = data.shape
+    _, channels, height, width = images.shape
 
     model, diffusion = build(config, in_channels=channels, image_size=height)
     model.to(device).train()
@@ -370,13 +415,13 @@ def _train_loop(config: TrainConfig, out_dir: Path, data_dir, world: World, devi
     if world.is_main:
         metrics_file = (out_dir / "metrics.jsonl").open("a" if resume is not None else "w")
     last: dict = json.loads(metrics_lines[-1]) if metrics_lines else {}  # resumed at the last step: its metrics
+    batches = _batches(images, config, mine, first_step, device, data_workers(device, workers))
     start = time.monotonic()
     with _PreemptionFlag() as preemption:
         for step in range(first_step, config.steps + 1):
             # Algorithm 1: x_0 ~ q(x_0), t ~ p(t), ε ~ N(0, I), gradient step on the loss. Every process draws the
-            # global batch and keeps its slice ``mine``.
-            index = torch.randint(len(data), (config.batch_size,), generator=generator).to(device)
-            x0 = data[index[mine]]
+            # global batch's flips, t and ε and keeps its slice ``mine``; its share of x_0 comes from the loader.
+            x0 = to_model_range(next(batches).to(device, non_blocking=True))
             if config.flip:
                 flip = (torch.rand(config.batch_size, generator=generator) < 0.5).to(device)[mine]
                 x0 = torch.where(flip[:, None, None, None], x0.flip(3), x0)
@@ -436,15 +481,17 @@ def _train_loop(config: TrainConfig, out_dir: Path, data_dir, world: World, devi
 
 
 def _training_images(config: TrainConfig, data_dir) -> tuple:
-    """The train split (uint8 (N, C, H, W)) and the sha256 its checkpoint records ("" for data loaded by name).
-    A prepared folder of another dataset, or fewer images than one batch, is refused naming the key."""
+    """The train split (uint8 (N, C, H, W): on disk, :func:`~ddpm.datasets.open_split`, checked against its manifest
+    here, once) and the sha256 its checkpoint records ("" for data loaded by name). A prepared folder of another
+    dataset, or fewer images than one batch, is refused naming the key."""
     if data_dir is None:
         images, data_sha256 = load_dataset(config.dataset), ""
     else:
         dataset = read_manifest(data_dir)["dataset"]
         if dataset != config.dataset:
             raise ValueError(f"--data {data_dir} holds {dataset}, but the setting's dataset is {config.dataset}")
-        images, data_sha256 = load_split(data_dir, "train")[0], split_sha256(data_dir, "train")
+        images, data_sha256 = open_split(data_dir, "train"), split_sha256(data_dir, "train")
+        images.verify()  # every chunk, before the loader's workers start: each then reads checked bytes
     if config.batch_size > len(images):
         raise ValueError(f"train.batch_size {config.batch_size} is larger than the train split "
                          f"({len(images)} images)")

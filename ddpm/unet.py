@@ -83,7 +83,11 @@ class AttnBlock(nn.Module):
         b, c, hgt, wid = x.shape
         h = self.norm(x)
         heads = self.num_heads
-        q, k, v = (layer(h).reshape(b, heads, c // heads, hgt * wid).transpose(2, 3) for layer in (self.q, self.k, self.v))
+        # (b, heads, positions, channels per head), contiguous: transposed views would leave the fused kernels
+        # (flash, memory-efficient) off and the math kernel would hold the whole positions² matrix (1 GB per image
+        # for the 128² of a 256² image's middle block).
+        q, k, v = (layer(h).reshape(b, heads, c // heads, hgt * wid).transpose(2, 3).contiguous()
+                   for layer in (self.q, self.k, self.v))
         h = F.scaled_dot_product_attention(q, k, v)  # per head: softmax(q kᵀ / √(C / heads)) v
         return x + self.proj_out(h.transpose(2, 3).reshape(b, c, hgt, wid))
 

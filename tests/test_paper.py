@@ -73,13 +73,29 @@ def test_table2_has_the_papers_six_rows():
                     ("eps", "learned", "kl"), ("eps", "fixedlarge", "kl"), ("eps", "fixedlarge", "mse")}
 
 
-def test_improved_ddpm_sweep_is_schedule_by_T_by_objective():
+def test_improved_ddpm_trains_its_six_published_rows_and_the_full_grid_on_request():
+    """By default exactly the settings Improved DDPM publishes numbers for; the full grid by the command line its
+    header documents (its settings keep the same names, so the six are not trained again)."""
+    import shlex
+
+    from snakemake.cli import parse_config
+
+    from ddpm.configcheck import load_config
+
+    published = load_published(PUBLISHED)
+    rows = published[published["sweep"] == "improved-ddpm-schedules"]
+    expected = {(r.schedule, int(r.T), r.mean_type, r.var_type, r.loss_type) for r in rows.itertuples()}
     settings = expand_sweep(_config("improved_ddpm_schedules"))
-    assert len(settings) == 12
-    objectives = {(s.var_type, s.loss_type) for s in settings}
-    assert objectives == {("fixedlarge", "mse"), ("learned_range", "hybrid"), ("learned_range", "kl")}
-    assert {(s.schedule, s.T) for s in settings} == {
-        ("linear", 1000), ("linear", 4000), ("cosine", 1000), ("cosine", 4000)}
+    assert len(settings) == 6 and {(s.schedule, s.T, s.mean_type, s.var_type, s.loss_type) for s in settings} == expected
+    lines = (CONFIGS / "improved_ddpm_schedules.yaml").read_text().splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("#") and line.rstrip().endswith("--config \\"))
+    overrides = shlex.split(lines[first + 1].lstrip("# "))  # the documented override, as a shell splits it
+    grid, _ = load_config([CONFIGS / "improved_ddpm_schedules.yaml"], parse_config(overrides))
+    full = expand_sweep(grid)
+    assert len(full) == 12 and {s.name for s in settings} < {s.name for s in full}
+    assert {(s.schedule, s.T) for s in full} == {("linear", 1000), ("linear", 4000), ("cosine", 1000), ("cosine", 4000)}
+    assert {(s.var_type, s.loss_type) for s in full} == {("fixedlarge", "mse"), ("learned_range", "hybrid"),
+                                                         ("learned_range", "kl")}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -122,7 +138,7 @@ def test_every_published_number_belongs_to_a_setting_of_its_sweep_and_a_sampler_
     table = load_published(PUBLISHED)
     configs = {_config(n)["name"]: _config(n) for n in PAPER_CONFIGS + SAMPLER_CONFIGS}
     lsun = {"ddpm-lsun-church", "ddpm-lsun-bedroom", "ddpm-lsun-bedroom-large", "ddpm-lsun-cat"}
-    matched = 0
+    matched = reconstructed = 0
     for row in table.itertuples():
         if row.sweep in NO_CONFIG_YET:
             continue
@@ -133,12 +149,19 @@ def test_every_published_number_belongs_to_a_setting_of_its_sweep_and_a_sampler_
         assert name in settings, f"{row.sweep}: {name} is not in the sweep"
         if pd.isna(row.sampler):
             continue
+        if row.metric == "reconstruction_mse":  # DDIM Table 2: a job of the config's reconstruction.steps (η = 0)
+            steps = config.get("reconstruction", {}).get("steps", [])
+            assert row.sampler == "ddim" and row.eta == 0 and row.steps in steps, \
+                f"{row.sweep}: S = {row.steps} is not in the config's reconstruction.steps {steps}"
+            reconstructed += 1
+            continue
         setting = settings[name].axes()  # a sampler row: one point of the config's sampling axis has it
         points = [p for p in expand_sampling(config) if published_for_sampler(table, row.sweep, setting, p)]
         assert points, f"{row.sweep}: no sampler point of the config is {row.sampler} S={row.steps} " \
                        f"eta={row.eta} variance={row.variance}"
         matched += 1
     assert matched == 25 + 16  # DDIM Table 1 (CIFAR-10) and Table 3 (bedroom, church)
+    assert reconstructed == 7  # DDIM Table 2: S = 10, 20, 50, 100, 200, 500, 1000
     assert set(table["sweep"]) >= set(NO_CONFIG_YET)
 
 
@@ -211,15 +234,16 @@ def _lsun_config(tmp_path: Path, name: str = "ddpm_lsun") -> Path:
     return path
 
 
-@pytest.mark.parametrize("name, settings, points, sample_shards, nll_shards, snapshots, nll_train_shards", [
-    ("ddpm_table1", 2, 1, 10, 10, 7, 50),  # FID every 100k of 800k steps; bits/dim on the 50,000 train images too
-    ("ddpm_table2", 6, 1, 10, 10, 7, 0),
-    ("improved_ddpm_schedules", 12, 1, 10, 10, 0, 0),
-    ("ddpm_lsun", 1, 9, 50, 4, 5, 0),  # its own sampler, and DDIM Table 3's 8 points
-    ("ddim_table1", 1, 25, 10, 10, 0, 0),  # 1 training, 25 sampler points
+@pytest.mark.parametrize("name, settings, points, sample_shards, nll_shards, snapshots, nll_train_shards, "
+                         "reconstructions", [
+    ("ddpm_table1", 2, 1, 10, 10, 7, 50, 0),  # FID every 100k of 800k steps; bits/dim on the 50,000 train images too
+    ("ddpm_table2", 6, 1, 10, 10, 7, 0, 0),
+    ("improved_ddpm_schedules", 6, 1, 10, 10, 0, 0, 0),  # its six published rows
+    ("ddpm_lsun", 1, 9, 50, 4, 5, 0, 0),  # its own sampler, and DDIM Table 3's 8 points
+    ("ddim_table1", 1, 25, 10, 10, 0, 0, 7),  # 1 training, 25 sampler points, DDIM Table 2's 7 S
 ])
 def test_dry_run_of_each_paper_config_full_and_tiny(tmp_path, name, settings, points, sample_shards, nll_shards,
-                                                     snapshots, nll_train_shards):
+                                                     snapshots, nll_train_shards, reconstructions):
     config = _lsun_config(tmp_path) if name == "ddpm_lsun" else CONFIGS / f"{name}.yaml"
     full = job_counts(tmp_path / "full", config)
     assert (full["train"], full["sample"], full["nll"]) == (settings, settings * points * sample_shards,
@@ -232,12 +256,14 @@ def test_dry_run_of_each_paper_config_full_and_tiny(tmp_path, name, settings, po
     assert full.get("gather_snapshot_samples", 0) == full.get("fid_snapshot", 0) == settings * snapshots
     assert full.get("nll_train", 0) == settings * nll_train_shards
     assert full.get("gather_nll_train", 0) == (settings if nll_train_shards else 0)
+    assert full.get("reconstruction", 0) == settings * reconstructions  # one job per setting and S, all test images
 
     tiny = job_counts(tmp_path / "tiny", config, "--config", "scale=tiny")
     assert (tiny["train"], tiny["sample"], tiny["nll"]) == (settings, settings * points, settings)  # one shard each
     assert tiny.get("fid_snapshot", 0) == (settings if snapshots else 0)  # one snapshot: the code path
     assert tiny.get("nll_train", 0) == (settings if nll_train_shards else 0)
     assert tiny["train_classifier"] == 1  # digits are scored with the classifier
+    assert tiny.get("reconstruction", 0) == settings * reconstructions  # every S, on 10 test images
 
 
 @pytest.mark.parametrize("name, points, sample_shards, nll_shards, nll_train_shards", [
@@ -280,7 +306,8 @@ def _scored_run(folder: Path, fid: float, is_mean: float, is_std: float, bpd: fl
     scores = {"fid": fid, "is_mean": is_mean, "is_std": is_std, "kid_mean": 0.01, "precision": 0.5, "recall": 0.5,
               "num_samples": 50000, "extractor": "inception-v3-compat", **extra}
     write_point_scores(folder, scores)
-    (folder / "nll.json").write_text(json.dumps({"bpd": bpd, "bpd_stderr": 0.01, "num_images": 10000}))
+    (folder / "nll.json").write_text(json.dumps({"bpd": bpd, "bpd_stderr": 0.01, "num_images": 10000,
+                                                 "decoder": "official"}))
     (folder / "metrics.jsonl").write_text(json.dumps({"step": 10, "loss": 0.1}) + "\n")
     return folder
 
@@ -318,7 +345,8 @@ def test_paper_table_puts_the_published_numbers_beside_the_measured_ones(tmp_pat
 
     # Measured under other conditions: no Δ, and the row says which columns and why.
     fewer = _scored_run(tmp_path / "e", 4.0, 9.0, 0.2, 3.80, fid_test=6.0, num_samples=1000)
-    (fewer / "nll.json").write_text(json.dumps({"bpd": 3.8, "bpd_stderr": 0.01, "num_images": 500}))
+    (fewer / "nll.json").write_text(json.dumps({"bpd": 3.8, "bpd_stderr": 0.01, "num_images": 500,
+                                                "decoder": "official"}))
     table1 = paper_table(build_table(record_settings({"linear-T1000-eps-fixedlarge-mse-s0": fewer}), {}),
                          load_published(PUBLISHED), "ddpm-table1")
     row = table1.iloc[0]
@@ -333,6 +361,41 @@ def test_paper_table_puts_the_published_numbers_beside_the_measured_ones(tmp_pat
                                                                               fid_reference=foreign)})
     table1 = paper_table(build_table(runs, {}), load_published(PUBLISHED), "ddpm-table1")
     assert table1["FID against"].iloc[0] == f"foreign statistics fid_stats_cifar10_train.npz ({'ab' * 6})"
+
+
+def test_a_number_measured_off_the_papers_protocol_is_marked_with_its_reason(tmp_path):
+    """LSUN (DDPM Table 3, DDIM Table 3): FID against StyleGAN2's fid50k of StyleGAN-prepared images; bits/dim with
+    the papers' decoder. Measured otherwise: no Δ, and the reason in `not comparable`."""
+    from ddpm.report import samplers_table
+
+    lsun = "linear-T1000-eps-fixedsmall-mse-s0"
+    as_paper = {"reference_images": 50000, "reference_preprocess": "stylegan"}
+    runs = record_settings({lsun: _scored_run(tmp_path / "a", 8.0, 1.0, 0.1, 3.0, **as_paper)})
+    row = paper_table(build_table(runs, {}), load_published(PUBLISHED), "ddpm-lsun-church").iloc[0]
+    assert row["FID Δ"] == pytest.approx(8.0 - 7.89) and row["not comparable"] == ""
+    assert (row["reference images"], row["bits/dim decoder"]) == (50000, "official")
+    for changed, reason in (({"reference_images": 126227}, "reference of 126,227 real images (paper: 50,000)"),
+                            ({"reference_preprocess": "resize-crop"}, "images prepared resize-crop (paper: stylegan)"),
+                            ({"reference_preprocess": None}, "images prepared otherwise (paper: stylegan)")):
+        folder = tmp_path / str(len(list(tmp_path.iterdir())))
+        runs = record_settings({lsun: _scored_run(folder, 8.0, 1.0, 0.1, 3.0, **{**as_paper, **changed})})
+        row = paper_table(build_table(runs, {}), load_published(PUBLISHED), "ddpm-lsun-church").iloc[0]
+        assert pd.isna(row["FID Δ"]) and row["not comparable"] == f"FID: {reason}", row["not comparable"]
+        point = SamplerPoint("ddim", 10, "uniform", eta=0.0, clip=False)
+        write_point_scores(folder, {"fid": 20.0, "num_samples": 50000, "extractor": "inception-v3-compat",
+                                    **as_paper, **changed}, point)
+        by_sampler = samplers_table(runs, [point.name], load_published(PUBLISHED), "ddpm-lsun-church")
+        assert by_sampler["S=10 paper"].iloc[0] == 19.45 and by_sampler["not comparable"].iloc[0] == reason
+    # CIFAR-10 (Table 1): the whole train split is the paper's 50,000; no preprocessing asked for
+    runs = record_settings({"linear-T1000-eps-fixedlarge-mse-s0": _scored_run(tmp_path / "c", 4.0, 9.0, 0.2, 3.8,
+                                                                              reference_images=50000)})
+    row = paper_table(build_table(runs, {}), load_published(PUBLISHED), "ddpm-table1").iloc[0]
+    assert row["not comparable"] == "" and row["bits/dim Δ"] == pytest.approx(3.8 - 3.75)
+    nll = json.loads((tmp_path / "c" / "nll.json").read_text())
+    (tmp_path / "c" / "nll.json").write_text(json.dumps({**nll, "decoder": "exact"}))
+    row = paper_table(build_table(runs, {}), load_published(PUBLISHED), "ddpm-table1").iloc[0]
+    assert pd.isna(row["bits/dim Δ"]) and row["bits/dim decoder"] == "exact"
+    assert row["not comparable"].startswith("bits/dim, bits/dim train: exact decoder (paper: its code's tanh")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -361,7 +424,8 @@ def test_each_paper_config_runs_scaled_down_with_the_papers_numbers_beside_the_m
     settings = [s.axes() for s in expand_sweep(config)]
     assert [tuple(row) for row in table[["schedule", "T", "mean_type", "var_type", "loss_type"]].itertuples(index=False)] \
         == [(s["schedule"], s["T"], s["mean_type"], s["var_type"], s["loss_type"]) for s in settings]
-    measured = ("IS", "FID", "FID test", "bits/dim", *(("bits/dim train",) if config["evaluate"].get("nll_train_images") else ()))
+    measured = ("IS", "FID", *(("FID test",) if config["evaluate"].get("fid_test", True) else ()), "bits/dim",
+                *(("bits/dim train",) if config["evaluate"].get("nll_train_images") else ()))
     for label in measured:
         assert table[label].map(math.isfinite).all(), (label, table[label])
         assert f"{label} (paper)" in table.columns and table[f"{label} Δ"].isna().all()  # not comparable
@@ -423,9 +487,11 @@ def test_published_weights_scaled_down_fill_table1_without_training(tiny_papers)
         assert math.isfinite(table[label].iloc[0]) and table[f"{label} (paper)"].iloc[0] == value, label
         assert pd.isna(table[f"{label} Δ"].iloc[0]), label
     marks = table["not comparable"].iloc[0]
-    assert marks.startswith("IS, FID, FID test: scaled down") and "100 samples (paper: 50,000)" in marks
+    assert marks.startswith("IS, FID test: scaled down") and "100 samples (paper: 50,000)" in marks
+    assert "; FID: scaled down" in marks and "reference of 1,497 real images (paper: 50,000)" in marks
     assert "; bits/dim: scaled down" in marks and "10 images (paper: 10,000)" in marks
     assert "; bits/dim train: scaled down" in marks and "10 images (paper: 50,000)" in marks
+    assert table["bits/dim decoder"].iloc[0] == "official" and table["reference images"].iloc[0] == 1497
     for figure in ("progressive", "interpolation"):
         assert (run / f"{figure}.png").is_file()
     from mlflow import MlflowClient
@@ -450,7 +516,8 @@ def test_ddim_table1_scaled_down_fills_the_samplers_table_beside_the_published(t
         assert (table[f"S={S} s/image"] > 0).all(), S
     assert (table["S=10 s/image"] < table["S=1000 s/image"]).all()  # 10 network calls per image against 1000
     assert set(table["not comparable"]) == {"scaled down (digits, a CPU-sized network, a few steps), "
-                                            "100 samples (paper: 50,000), classifier features (paper: Inception)"}
+                                            "100 samples (paper: 50,000), classifier features (paper: Inception), "
+                                            "reference of 1,497 real images (paper: 50,000)"}
     cells = table.set_index("sampler")  # the paper's numbers (DDIM, Table 1, CIFAR-10)
     assert [cells.loc["σ̂", f"S={S} paper"] for S in (10, 20, 50, 100, 1000)] == [367.43, 133.37, 32.72, 9.99, 3.17]
     assert [cells.loc["η = 0.0", f"S={S} paper"] for S in (10, 20, 50, 100, 1000)] == [13.36, 6.84, 4.67, 4.16, 4.04]
@@ -460,6 +527,39 @@ def test_ddim_table1_scaled_down_fills_the_samplers_table_beside_the_published(t
     main = pd.read_csv(tiny_papers / "results" / "tables" / "ddim-table1-tiny.csv")
     rows = main[main["setting"] == "linear-T1000-eps-fixedlarge-mse-s0"]
     assert len(rows) == 25 and sorted(set(rows["network evaluations"])) == [10, 20, 49, 96, 1000]
+
+
+def test_ddim_table2_scaled_down_fills_the_reconstruction_table_beside_the_published(tiny_papers):
+    """DDIM Table 2 from the same training: the reconstruction error of 10 test images at each of the 7 S, the paper's
+    number beside each (no Δ: scaled down, and 10 images of 10,000), in the table and in MLflow against S."""
+    from mlflow.tracking import MlflowClient
+
+    from ddpm.paper import SCALED_DOWN
+    from ddpm.samplers import timestep_subsequence
+
+    results = tiny_papers / "results"
+    table = pd.read_csv(results / "tables" / "ddim-table1-tiny-reconstruction.csv")
+    steps = [10, 20, 50, 100, 200, 500, 1000]
+    assert list(table["S"]) == steps and set(table["T"]) == {1000} and (table["seeds"] == 1).all()
+    assert table["reconstruction MSE"].map(math.isfinite).all() and (table["reconstruction MSE"] > 0).all()
+    assert table["reconstruction MSE ±"].map(math.isfinite).all()
+    assert list(table["reconstruction MSE (paper)"]) == [0.014, 0.0065, 0.0023, 0.0009, 0.0004, 0.0001, 0.0001]
+    assert table["reconstruction MSE Δ"].isna().all()
+    assert set(table["not comparable"]) == {f"{SCALED_DOWN}, 10 images (paper: 10,000)"}
+    assert set(table["source"]) == {"Song et al. 2020 (DDIM), Table 2"} and set(table["status"]) == {"finished"}
+    assert set(table["skip"]) == {"quadratic"} and (table["images"] == 10).all()
+    assert list(table["network evaluations"]) == [2 * len(timestep_subsequence(1000, S, "quadratic")) for S in steps]
+    assert "reconstruction MSE ↓" in (results / "tables" / "ddim-table1-tiny-reconstruction.md").read_text()
+    assert (results / "tables" / "html" / "6-ddim-table1-tiny-reconstruction.html").is_file()
+    client = MlflowClient(tracking_uri=f"sqlite:///{results / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("ddim-table1-tiny")
+    (run,) = client.search_runs([experiment.experiment_id], "tags.`ddpm.kind` = 'setting'")
+    history = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "reconstruction_mse")}
+    assert sorted(history) == steps  # the error against S, on the setting's run
+    assert [history[S] for S in steps] == pytest.approx(list(table["reconstruction MSE"]), rel=1e-9)
+    (parent,) = client.search_runs([experiment.experiment_id], "tags.`ddpm.kind` = 'sweep'")
+    assert "report/ddim-table1-tiny-reconstruction.csv" in [a.path for a in client.list_artifacts(
+        parent.info.run_id, "report")]
 
 
 def test_samplers_table_lays_the_points_out_as_ddim_table1_with_the_papers_numbers(tmp_path):

@@ -12,7 +12,7 @@ import yaml
 from conftest import ROOT
 
 from ddpm.cli import make_parser
-from ddpm.datasets import DATASETS, NATIVE_IMAGE_SIZES
+from ddpm.datasets import DATASETS, NATIVE_IMAGE_SIZES, PREPROCESSES
 from ddpm.presets import PRESETS
 from ddpm.schedules import SCHEDULES
 from ddpm.settings import DEFAULT_SAMPLING, SWEEP_AXES, TINY_SCALE, Setting, TrainConfig
@@ -38,6 +38,7 @@ ENUMS = {
     "$defs.skip": SKIPS,
     "$defs.sample_variance": SAMPLE_VARIANCES,
     "$defs.import_format": IMPORT_FORMATS,
+    "$defs.preprocess": PREPROCESSES,
 }
 
 #: Defaults that only the workflow has: how it shards, retries and places jobs, and where it keeps its files.
@@ -45,6 +46,7 @@ WORKFLOW_ONLY = {
     "published", "sweep.rows", "train.retries", "train.threads", "train.gpus", "train.nodes", "sample.shard_size",
     "evaluate.fid_test", "evaluate.nll_train_images", "evaluate.nll_shard_size", "fid_over_training.num_samples",
     "paper_sweep", "pretrained.source", "pretrained.format", "pretrained.revision", "evaluate.ref_stats",
+    "reconstruction.steps",
 }
 
 
@@ -70,6 +72,7 @@ def python_defaults() -> dict:
         "dataset.download": cli_default("prepare", option="download"),
         "dataset.image_size": cli_default("prepare", option="image_size"),
         "dataset.test_fraction": cli_default("prepare", option="test_fraction"),
+        "dataset.preprocess": cli_default("prepare", option="preprocess"),
         "train.on_divergence": cli_default("train", option="on_divergence"),
         "sample.num_samples": cli_default("evaluate", "baseline", option="num_samples"),
         "sample.batch_size": cli_default("sample", option="batch_size"),
@@ -84,6 +87,10 @@ def python_defaults() -> dict:
         "evaluate.nll_batch_size": cli_default("evaluate", "nll", option="batch_size"),
         "evaluate.seed": cli_default("evaluate", "nll", option="seed"),
         "evaluate.decoder": cli_default("evaluate", "nll", option="decoder"),
+        "evaluate.ref_images": cli_default("evaluate", "fid", option="ref_images"),
+        "reconstruction.skip": cli_default("evaluate", "reconstruction", option="skip"),
+        "reconstruction.num_images": cli_default("evaluate", "reconstruction", option="count"),
+        "reconstruction.batch_size": cli_default("evaluate", "reconstruction", option="batch_size"),
         "fid_over_training.steps": cli_default("train", option="snapshot_steps"),
         "mlflow.tracking_uri": cli_default("track", "init", option="tracking_uri"),
     })

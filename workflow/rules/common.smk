@@ -7,22 +7,21 @@ import shutil
 import sys
 from pathlib import Path
 
-import yaml
-from snakemake.utils import validate
-
-from ddpm.configcheck import ConfigError, coerce_types
+from ddpm.configcheck import ConfigError, resolve_config
 from ddpm.datasets import NATIVE_IMAGE_SIZES, imagefolder_has_classes, known_test_size, known_train_size
 from ddpm.presets import check_config, preset
-from ddpm.settings import Speed, apply_scale, expand_sampling, expand_sweep, train_arguments
+from ddpm.settings import Speed, expand_sampling, expand_sweep, train_arguments
 
 
 SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
 # YAML's `1e-3` (a string to YAML 1.1) and --config's nested values (strings) become the numbers the schema asks
-# for; a float where an integer belongs (T: [50.0]) is refused, naming the key.
-for hint in coerce_types(config, yaml.safe_load(SCHEMA.read_text())):
+# for (a float where an integer belongs, T: [50.0], is refused, naming the key); the schema's defaults fill in what
+# the config leaves out; scale: tiny lays the CPU-sized overrides over it. `ddpm plan` resolves a config the same way.
+_resolved, _hints = resolve_config(config, SCHEMA)
+for hint in _hints:
     print(hint, file=sys.stderr)
-validate(config, str(SCHEMA))
-config.update(apply_scale(config))  # scale: tiny lays the CPU-sized overrides over the validated config
+config.clear()
+config.update(_resolved)
 
 # Rules call `ddpm` (and `torchrun`) from the PATH. Put the environment that runs this workflow first, so that
 # `.venv/bin/snakemake` works without activating .venv; with --use-conda the rule's own environment, activated
@@ -75,6 +74,8 @@ def check_config_values():
             config_error("dataset.image_size", "imagefolder needs an image size (images are resized and center-cropped)")
         if config["evaluate"]["nll_num_images"] is None:
             config_error("evaluate.nll_num_images", "imagefolder needs the number of test images to score")
+        if config["reconstruction"]["steps"] and config["reconstruction"]["num_images"] is None:
+            config_error("reconstruction.num_images", "imagefolder needs the number of test images to encode and decode")
         if config["evaluate"]["feature_extractor"] == "classifier" and not imagefolder_has_classes(Path(dataset["path"])):
             config_error("evaluate.feature_extractor", f"the classifier extractor learns the classes of the images, "
                          f"but {dataset['path']} has images outside class subfolders: put each class's images in a "
@@ -142,8 +143,10 @@ def check_sizes():
     fraction = config["dataset"]["test_fraction"]
     train_size, test_size = known_train_size(DATASET, fraction), known_test_size(DATASET, fraction)
     limits = [("train.batch_size", config["train"]["batch_size"], train_size, "train split"),
+              ("evaluate.ref_images", config["evaluate"]["ref_images"], train_size, "train split"),
               ("evaluate.nll_num_images", config["evaluate"]["nll_num_images"], test_size, "test split"),
-              ("evaluate.nll_train_images", config["evaluate"]["nll_train_images"], train_size, "train split")]
+              ("evaluate.nll_train_images", config["evaluate"]["nll_train_images"], train_size, "train split"),
+              ("reconstruction.num_images", config["reconstruction"]["num_images"], test_size, "test split")]
     for key, value, limit, split in limits:
         if value is not None and limit is not None and value > limit:
             config_error(key, f"{value} is more than the {split} of {DATASET} has ({limit} images)")
@@ -244,15 +247,21 @@ def extractor_weights():
     return config["evaluate"]["inception_weights"] or []
 
 
-#: FID's reference statistics: computed once (rule ref_stats) or a file from elsewhere (evaluate.ref_stats).
+#: FID's reference: the train split's first evaluate.ref_images images (None: all of them); its statistics are
+#: computed once (rule ref_stats) or a file from elsewhere (evaluate.ref_stats).
+REF_IMAGES = config["evaluate"]["ref_images"]
+REF_IMAGES_ARGS = "" if REF_IMAGES is None else f"--ref-images {REF_IMAGES}"
+REF_STATS_SUFFIX = "" if REF_IMAGES is None else f"-first{REF_IMAGES}"
 FOREIGN_REF_STATS = config["evaluate"]["ref_stats"]
-REF_STATS = FOREIGN_REF_STATS or f"{DATA}/ref-stats/{config['evaluate']['feature_extractor']}-train.npz"
+REF_STATS = FOREIGN_REF_STATS or f"{DATA}/ref-stats/{config['evaluate']['feature_extractor']}-train{REF_STATS_SUFFIX}.npz"
 
 
 def ref_stats_args():
-    """The FID jobs' flags: the statistics file, said to be foreign when it has no record of ours beside it."""
+    """The FID jobs' flags: the reference images, and the statistics file, said to be foreign when it has no record
+    of ours beside it."""
     foreign = FOREIGN_REF_STATS is not None and not Path(FOREIGN_REF_STATS).with_suffix(".json").is_file()
-    return f"--ref-stats {shlex.quote(REF_STATS)}" + (" --foreign-ref-stats" if foreign else "")
+    return f"--ref-stats {shlex.quote(REF_STATS)}" + (" --foreign-ref-stats" if foreign else "") + \
+        (f" {REF_IMAGES_ARGS}" if REF_IMAGES_ARGS else "")
 
 
 #: the bootstrap standard errors of FID, IS and KID beside every score (ddpm.metrics.bootstrap_errors)
@@ -268,7 +277,8 @@ def extractor_args():
 def final_outputs():
     return (
         [f"{RESULTS}/tables/{NAME}{kind}.{ext}"
-         for kind in ("", "-paper", "-rate-distortion", "-fid-over-training", "-samplers") for ext in ("csv", "md", "tex")]
+         for kind in ("", "-paper", "-rate-distortion", "-fid-over-training", "-samplers", "-reconstruction")
+         for ext in ("csv", "md", "tex")]
         + [f"{RESULTS}/figures/{NAME}-{figure}.png"
            for figure in ("loss", "rate-distortion", "schedules", "fid-over-training", "samplers")]
         + expand(f"{RUNS}/{{setting}}/{{figure}}.png", setting=SETTINGS, figure=["progressive", "interpolation"])

@@ -9,7 +9,11 @@ rule prepare_data:
             + ([f"--path {shlex.quote(config['dataset']['path'])}"] if config["dataset"]["path"] else [])
             + ([f"--image-size {config['dataset']['image_size']}"] if config["dataset"]["image_size"] else [])
             + (["--download"] if config["dataset"]["download"] else [])
+            + ([f"--preprocess {config['dataset']['preprocess']}"] if DATASET == "imagefolder" else [])
         ),
+    # An image folder is decoded by this many processes (Snakemake gives at most --cores). A killed preparation
+    # resumes from prepare-partial/ beside the outputs, which Snakemake does not delete.
+    threads: 8
     log:
         f"{RESULTS}/logs/prepare_data.log",
     benchmark:
@@ -17,7 +21,7 @@ rule prepare_data:
     conda:
         ENV
     shell:
-        "ddpm prepare --out {params.data:q} {params.args} > {log:q} 2>&1"
+        "ddpm prepare --out {params.data:q} {params.args} --workers {threads} > {log:q} 2>&1"
 
 
 rule train_classifier:
@@ -44,20 +48,21 @@ rule ref_stats:
         manifest=rules.prepare_data.output.manifest,
         weights=extractor_weights(),
     output:
-        stats=f"{DATA}/ref-stats/{{extractor}}-train.npz",
-        record=f"{DATA}/ref-stats/{{extractor}}-train.json",
+        stats=f"{DATA}/ref-stats/{{extractor}}-train{REF_STATS_SUFFIX}.npz",
+        record=f"{DATA}/ref-stats/{{extractor}}-train{REF_STATS_SUFFIX}.json",
     params:
         data=lambda wildcards, input: Path(input.manifest).parent,
         extractor=extractor_args(),
+        first="" if REF_IMAGES is None else f"--num-images {REF_IMAGES}",
     threads: 1
     resources:
         gpu=1,
     log:
-        f"{RESULTS}/logs/ref_stats/{{extractor}}-train.log",
+        f"{RESULTS}/logs/ref_stats/{{extractor}}-train{REF_STATS_SUFFIX}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/ref_stats/{{extractor}}-train.tsv"
+        f"{RESULTS}/benchmarks/ref_stats/{{extractor}}-train{REF_STATS_SUFFIX}.tsv"
     conda:
         ENV
     shell:
         "ddpm claim-gpus {resources.gpu} -- ddpm evaluate ref-stats --data {params.data:q} --split train"
-        " {params.extractor} --out {output.stats:q} --device auto --threads {threads} > {log:q} 2>&1"
+        " {params.extractor} {params.first} --out {output.stats:q} --device auto --threads {threads} > {log:q} 2>&1"

@@ -151,6 +151,7 @@ rule baseline:
         data=lambda wildcards, input: Path(input.manifest).parent,
         extractor=extractor_args(),
         bootstrap=BOOTSTRAP_ARGS,
+        reference=REF_IMAGES_ARGS,
         n=NUM_SAMPLES,
         seed=config["sample"]["seed"],
     threads: 1
@@ -162,4 +163,5 @@ rule baseline:
         ENV
     shell:
         "ddpm evaluate baseline --kind {wildcards.kind} --data {params.data:q} {params.extractor}"
-        " --num-samples {params.n} --seed {params.seed} {params.bootstrap} --out {output:q} --threads {threads} > {log:q} 2>&1"
+        " --num-samples {params.n} --seed {params.seed} {params.reference} {params.bootstrap} --out {output:q}"
+        " --threads {threads} > {log:q} 2>&1"

@@ -6,6 +6,7 @@ rule report:
         settings=expand(f"{RUNS}/{{setting}}/setting.json", setting=SETTINGS),  # the axes the tables show
         nll_train=expand(f"{RUNS}/{{setting}}/nll-train.json", setting=SETTINGS if NLL_TRAIN_IMAGES else []),
         snapshots=expand(f"{RUNS}/{{setting}}/snapshots/step-{{step}}/fid_is.json", setting=SETTINGS, step=SNAPSHOT_STEPS),
+        reconstruction=expand(f"{RUNS}/{{setting}}/reconstruction/S{{S}}.json", setting=SETTINGS, S=RECONSTRUCTION_STEPS),
         gaussian=f"{RESULTS}/baselines/{NAME}/gaussian.json",
         test_split=f"{RESULTS}/baselines/{NAME}/test_split.json",
         tracking=ancient(TRACKING),
@@ -25,6 +26,9 @@ rule report:
                               caption="../report/fid_over_training.rst"),
         rate_distortion_html=report(f"{RESULTS}/tables/html/5-{NAME}-rate-distortion.html", category="Tables",
                                     caption="../report/rate_distortion.rst"),
+        reconstruction_html=report(f"{RESULTS}/tables/html/6-{NAME}-reconstruction.html", category="Tables",
+                                   caption="../report/reconstruction.rst"),
+        reconstruction=multiext(f"{RESULTS}/tables/{NAME}-reconstruction", ".csv", ".md", ".tex"),
         loss=report(f"{RESULTS}/figures/{NAME}-loss.png", category="Training", caption="../report/loss.rst"),
         rate_distortion_figure=report(f"{RESULTS}/figures/{NAME}-rate-distortion.png", category="Paper figures",
                                       caption="../report/rate_distortion.rst"),
@@ -48,6 +52,7 @@ rule report:
         snapshot_steps=" ".join(map(str, SNAPSHOT_STEPS)),
         nll_train="--nll-train" if NLL_TRAIN_IMAGES else "",
         samplers=" ".join(SAMPLER_POINTS),
+        reconstruction_steps=" ".join(map(str, RECONSTRUCTION_STEPS)),
     log:
         f"{RESULTS}/logs/report.log",
     benchmark:
@@ -62,5 +67,6 @@ rule report:
         " --snapshot-steps {params.snapshot_steps} {params.nll_train} --paper-sweep {params.paper_sweep}"
         " --samplers {params.samplers} --samplers-figure {output.samplers_figure:q}"
         " --html-tables {output.main_html:q} {output.paper_html:q} {output.samplers_html:q} {output.fid_curve_html:q}"
-        " {output.rate_distortion_html:q}"
+        " {output.rate_distortion_html:q} {output.reconstruction_html:q}"
+        " --reconstruction-steps {params.reconstruction_steps}"
         " {params.scaled} --tracking {input.tracking:q} --config-json {params.config:q} > {log:q} 2>&1"
