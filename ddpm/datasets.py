@@ -909,16 +909,16 @@ class SplitImages:
             raise ValueError(f"checksum mismatch for {self.path} (bytes {k * size:,}..{end - 1:,}): the file changed "
                              f"after preparation, re-run prepare")
 
-    def _read(self, start: int, count: int) -> bytes:
-        position, want, parts = self.offset + start * self.row_bytes, count * self.row_bytes, []
-        while want:
-            block = os.pread(self._descriptor(), want, position)
-            if not block:
-                raise ValueError(f"{self.path} is truncated: image {start + count - 1} is past its end; re-run prepare")
-            parts.append(block)
-            position += len(block)
-            want -= len(block)
-        return b"".join(parts)
+    def _read_into(self, out: np.ndarray, start: int) -> np.ndarray:
+        """Fill ``out`` (uint8, C-contiguous, whole images) with the images from ``start`` on."""
+        view, position, done = memoryview(out).cast("B"), self.offset + start * self.row_bytes, 0
+        while done < len(view):
+            read = os.preadv(self._descriptor(), [view[done:]], position + done)
+            if not read:
+                raise ValueError(f"{self.path} is truncated: image {start + len(out) - 1} is past its end; re-run "
+                                 f"prepare")
+            done += read
+        return out
 
     def rows(self, start: int, stop: int) -> np.ndarray:
         """Images ``start`` … ``stop - 1``, read in one piece."""
@@ -926,7 +926,7 @@ class SplitImages:
         if stop <= start:
             return np.zeros((0, *self.shape[1:]), dtype=np.uint8)
         self.verify(start, stop)
-        return np.frombuffer(self._read(start, stop - start), dtype=np.uint8).reshape(stop - start, *self.shape[1:])
+        return self._read_into(np.empty((stop - start, *self.shape[1:]), dtype=np.uint8), start)
 
     def take(self, indices) -> np.ndarray:
         """The images at ``indices`` (in that order, repeats allowed)."""
@@ -938,7 +938,7 @@ class SplitImages:
         for i in np.argsort(indices, kind="stable"):
             row = int(indices[i])
             self.verify(row, row + 1)
-            out[i] = np.frombuffer(self._read(row, 1), dtype=np.uint8).reshape(self.shape[1:])
+            self._read_into(out[i:i + 1], row)
         return out
 
     def __getitem__(self, key):

@@ -336,10 +336,19 @@ def data_workers(device: torch.device, requested: int | None) -> int:
     return min(4, max(0, (os.cpu_count() or 1) - 1)) if device.type == "cuda" else 0
 
 
+def _ignore_preemption(worker_id: int) -> None:
+    """In a loader process: leave SIGTERM and SIGUSR1 to the training process. A scheduler signals every process of
+    the job; a worker that died of it would fail the next batch before the training saved its state."""
+    for sig in _PreemptionFlag.SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def _batches(images, config: TrainConfig, share: slice, first_step: int, device: torch.device, workers: int):
     loader = torch.utils.data.DataLoader(
         StepBatches(images, config.batch_size, config.seed, share, first_step, config.steps), batch_size=None,
-        shuffle=False, num_workers=workers, pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None)
+        shuffle=False, num_workers=workers, pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None,
+        worker_init_fn=_ignore_preemption if workers else None,
+        generator=torch.Generator())  # its seed for the workers from its own: the global one is dropout's
     return iter(loader)
 
 

@@ -1,6 +1,7 @@
 """Killed training resumes exactly; preemption saves and resumes; parallel writers to the MLflow store lose nothing."""
 
 import json
+import os
 import random
 import signal
 import subprocess
@@ -35,14 +36,20 @@ def _train_command(out: Path, tracking: Path | None, extra: tuple[str, ...] = ()
     return command + (["--tracking", str(tracking), "--run-name", out.name] if tracking else [])
 
 
-def _run_until(out: Path, tracking: Path, step: int, sig: int, extra: tuple[str, ...] = ()) -> int:
-    """Start training and send ``sig`` once it has logged ``step``; returns the exit status."""
-    process = subprocess.Popen(_train_command(out, tracking, extra), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+def _run_until(out: Path, tracking: Path, step: int, sig: int, extra: tuple[str, ...] = (), *,
+               whole_group: bool = False) -> int:
+    """Start training and send ``sig`` once it has logged ``step`` (with ``whole_group``, to every process of its
+    process group, as a scheduler signals a job); returns the exit status."""
+    process = subprocess.Popen(_train_command(out, tracking, extra), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True, start_new_session=whole_group)
     deadline = time.monotonic() + 300
     while process.poll() is None and logged_step(out) < step and time.monotonic() < deadline:
         time.sleep(0.02)
     if process.poll() is None:
-        process.send_signal(sig)
+        if whole_group:
+            os.killpg(process.pid, sig)
+        else:
+            process.send_signal(sig)
     process.wait(timeout=120)
     return process.returncode
 
@@ -107,6 +114,18 @@ def test_preemption_signal_saves_state_exits_75_and_resumes(tmp_path, uninterrup
     client, runs = _store_runs(tmp_path)
     assert [r.info.status for r in runs] == ["FINISHED"]
     assert sorted(m.step for m in client.get_metric_history(runs[0].info.run_id, "loss")) == LOGGED_STEPS
+
+
+def test_a_job_preempted_while_loader_processes_read_its_batches_saves_and_resumes(tmp_path, uninterrupted):
+    """SIGTERM to every process of the job (as SLURM and Snakemake send it) while two loader processes read the
+    batches ahead: the loaders leave it to the training, which saves its state and exits 75; the rerun ends with the
+    weights of the uninterrupted run that read its batches in no loader process at all."""
+    out = tmp_path / "preempted"
+    workers = ("--data-workers", "2")
+    assert _run_until(out, None, 33, signal.SIGTERM, workers, whole_group=True) == 75
+    assert load_checkpoint(out / "resume.pt")["step"] >= 33
+    subprocess.run(_train_command(out, None, workers), check=True, capture_output=True)
+    _assert_same_weights(out / "checkpoint.pt", uninterrupted / "checkpoint.pt")
 
 
 def test_snapshots_and_metrics_from_before_a_preemption_survive_snakemakes_clean_up_and_the_rerun(tmp_path):

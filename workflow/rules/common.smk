@@ -209,6 +209,25 @@ def shard_range(shard, total, size):
     return start, min(size, total - start)
 
 
+# DDIM Table 2's reconstruction jobs (rules/reconstruction.smk): one per setting and S.
+RECONSTRUCTION = config["reconstruction"]
+RECONSTRUCTION_STEPS = sorted(RECONSTRUCTION["steps"])
+# null: the whole test split (imagefolder's size is unknown before preparation: check_config_values requires it).
+RECONSTRUCTION_IMAGES = RECONSTRUCTION["num_images"] or known_test_size(DATASET, config["dataset"]["test_fraction"])
+
+
+def check_reconstruction_steps():
+    """Every S is encoded and decoded by every setting: S ≤ T for each (as the sampler points are checked)."""
+    T_min = min(setting.T for setting in SWEEP.values())
+    beyond = [S for S in RECONSTRUCTION_STEPS if S > T_min]
+    if beyond:
+        config_error("reconstruction.steps", f"S = {beyond[0]} is more than the T = {T_min} steps of the process "
+                     f"of the setting {next(n for n, s in SWEEP.items() if s.T == T_min)}")
+
+
+check_reconstruction_steps()
+
+
 NUM_SAMPLES = config["sample"]["num_samples"]
 SAMPLE_SHARDS = shards(NUM_SAMPLES, config["sample"]["shard_size"])
 # imagefolder's test split is unknown before preparation: check_config_values requires evaluate.nll_num_images.

@@ -1,23 +1,5 @@
 # DDIM Table 2 (§5.4): the test images encoded to x_T by DDIM's deterministic process (η = 0) and decoded back on S
 # steps each way; one job per setting and S of reconstruction.steps (none when it is empty), read by the report.
-RECONSTRUCTION = config["reconstruction"]
-RECONSTRUCTION_STEPS = sorted(RECONSTRUCTION["steps"])
-# null: the whole test split (imagefolder's size is unknown before preparation: check_config_values requires it).
-RECONSTRUCTION_IMAGES = RECONSTRUCTION["num_images"] or known_test_size(DATASET, config["dataset"]["test_fraction"])
-
-
-def check_reconstruction_steps():
-    """Every S is encoded and decoded by every setting: S ≤ T for each (as the sampler points are checked)."""
-    T_min = min(setting.T for setting in SWEEP.values())
-    beyond = [S for S in RECONSTRUCTION_STEPS if S > T_min]
-    if beyond:
-        config_error("reconstruction.steps", f"S = {beyond[0]} is more than the T = {T_min} steps of the process "
-                     f"of the setting {next(n for n, s in SWEEP.items() if s.T == T_min)}")
-
-
-check_reconstruction_steps()
-
-
 rule reconstruction:
     input:
         checkpoint=CHECKPOINT,
