@@ -60,6 +60,21 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     return state
 
 
+def check_finite_weights(weights: dict, where) -> None:
+    """Refuse weights holding NaN or ±inf, naming the first such tensor (and how many more there are): a network with
+    them samples NaN, which the conversion to uint8 turns into black images that FID would then score."""
+    bad = [name for name, tensor in weights.items()
+           if torch.is_tensor(tensor) and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+    if not bad:
+        return
+    first = weights[bad[0]]
+    count = int((~torch.isfinite(first)).sum())
+    more = f"; {len(bad) - 1} more tensors hold some too (e.g. {bad[1]})" if len(bad) > 1 else ""
+    raise ValueError(f"{where}: the weight tensor {bad[0]} holds {count} non-finite values (NaN or ±inf) of "
+                     f"{first.numel()}{more}. Weights of a diverged training or a damaged file: nothing is sampled "
+                     f"or scored from them")
+
+
 def checkpoint_provenance(path: str | Path, *, setting: str | None = None, data_dir: str | Path | None = None) -> dict:
     """Load the checkpoint at ``path``, refuse it unless it is the job's, and return what files made from it record.
 
@@ -232,6 +247,7 @@ def load_for_sampling(path: str | Path, *, use_ema: bool = True, device="cpu") -
     if mismatch:
         raise ValueError(f"checkpoint {path} does not fit the architecture its config describes "
                          f"(preset {config.preset!r}, var_type {config.var_type!r}): {mismatch}")
+    check_finite_weights(weights, f"checkpoint {path} ({'EMA' if use_ema else 'raw'} weights)")
     model.load_state_dict(weights)
     return model.to(device).eval(), diffusion, state
 

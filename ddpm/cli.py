@@ -1,7 +1,7 @@
 """The ``ddpm`` command line: every pipeline step also runs by hand, without Snakemake.
 
     ddpm prepare | classifier | track init | track serve | train | import | sample | progressive | interpolate
-    ddpm gather-samples
+    ddpm gather-samples | grid
     ddpm evaluate fid | ref-stats | nll | nll-gather | reconstruction | baseline
     ddpm report | bench | plan | claim-gpus
 
@@ -19,8 +19,37 @@ import sys
 import time
 from dataclasses import MISSING, fields
 from pathlib import Path
+from typing import NamedTuple
 
 from .vocabulary import BOOTSTRAP_ROUNDS, DECODERS, EXTRACTORS, IMPORT_FORMATS, ON_DIVERGENCE, SAMPLE_VARIANCES, SAMPLERS, SKIPS
+
+
+class ReadPath(str):
+    """A path argument the command reads (``type=ReadPath``): no output of the command may be it (:func:`_check_writes`)."""
+
+
+class WritePath(str):
+    """A path argument the command writes (``type=WritePath``): never one it reads, nor a run's own file."""
+
+
+def _path_arguments(args: argparse.Namespace, kind: type) -> list[tuple[str, str]]:
+    """The (option, path) pairs of ``args`` marked ``kind`` (lists too)."""
+    pairs = []
+    for dest, value in vars(args).items():
+        option = "--" + dest.replace("_", "-") if dest != "source" else "SOURCE"
+        pairs += [(option, v) for v in (value if isinstance(value, list) else [value]) if isinstance(v, kind)]
+    return pairs
+
+
+def _check_writes(args: argparse.Namespace) -> None:
+    """Before any work: no output is an input, or a run's own file (:func:`ddpm.io.check_writes`; the commands that
+    write runs, with ``--force``, check their run folders themselves: :func:`_make_room_for_run`)."""
+    from .datasets import prepared_file_of
+    from .io import check_writes, run_file_of
+
+    name = " ".join(v for k, v in vars(args).items() if k.endswith("command") and isinstance(v, str))
+    owners = (("prepared data set", prepared_file_of),) + (() if hasattr(args, "force") else (("run", run_file_of),))
+    check_writes(name, _path_arguments(args, ReadPath), _path_arguments(args, WritePath), owners=owners)
 
 
 def _bool(text: str) -> bool:
@@ -72,17 +101,17 @@ def _add_job_expectations(parser: argparse.ArgumentParser, *, data: bool = False
     parser.add_argument("--setting", help="the setting this job is for (e.g. linear-T1000-eps-fixedlarge-mse-s0): "
                         "a checkpoint trained as another setting, or files made from one, are refused")
     if data:
-        parser.add_argument("--data", help="the prepared data folder of the sweep: a checkpoint trained on other "
+        parser.add_argument("--data", type=ReadPath, help="the prepared data folder of the sweep: a checkpoint trained on other "
                             "data is refused")
 
 
 def _add_tracking(parser: argparse.ArgumentParser, *, sampler_run: bool = False) -> None:
-    parser.add_argument("--tracking", help="the sweep's MLflow tracking file (written by `ddpm track init`)")
-    parser.add_argument("--run-id-file", help="the setting's mlflow_run_id.txt, to attach metrics to its run")
+    parser.add_argument("--tracking", type=ReadPath, help="the sweep's MLflow tracking file (written by `ddpm track init`)")
+    parser.add_argument("--run-id-file", type=ReadPath, help="the setting's mlflow_run_id.txt, to attach metrics to its run")
     if sampler_run:
         parser.add_argument("--primary", action="store_true",
-                            help="the sweep's first sampler point: also log to the setting's run, not only to the "
-                                 "point's run nested under it")
+                            help="the sweep's first sampler point: its scores are also the last point of the "
+                                 "setting's FID over training (fid_over_training …, on the setting's run)")
 
 
 def _add_sampler(parser: argparse.ArgumentParser) -> None:
@@ -106,21 +135,54 @@ def _sampler_point(args: argparse.Namespace):
     return SamplerPoint(args.sampler, args.steps, args.skip, args.eta, args.variance, args.clip).check("")
 
 
-def _runs(args: argparse.Namespace, point=None) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-    """The MLflow runs a job logs to, as (tracking URI, run id), where it was given them (``--tracking``,
-    ``--run-id-file``): ``(point runs, setting runs)``. Without a sampler ``point``: the setting's run. With one: the
-    point's run nested under the setting's (found or created), and the setting's too for the ``--primary`` point."""
+class _Runs(NamedTuple):
+    """The MLflow runs of a job, as (tracking URI, run id) pairs: ``scores``, the runs of the final checkpoint's scores
+    (logged at ``step``), and ``curve``, those of FID over training (the setting's run)."""
+
+    scores: list[tuple[str, str]]
+    step: int
+    curve: list[tuple[str, str]]
+
+
+def _runs(args: argparse.Namespace, point=None) -> _Runs:
+    """The MLflow runs a job logs to, where it was given them (``--tracking``, ``--run-id-file``); a score lives on one
+    run (:mod:`ddpm.tracking`). Without a sampler ``point``: the setting's run for both. With one: the scores go to the
+    point's run nested under the setting's (found or created, with the setting's axes and the point as params), at
+    step S; the curve to the setting's run for the ``--primary`` point only."""
     if not args.tracking or not args.run_id_file:
-        return [], []
+        return _Runs([], 0, [])
     from . import tracking
+    from .settings import read_setting
 
     info = tracking.read_tracking(args.tracking)
-    uri, setting_run = info["tracking_uri"], Path(args.run_id_file).read_text().strip()
+    setting_run = [(info["tracking_uri"], Path(args.run_id_file).read_text().strip())]
     if point is None:
-        return [], [(uri, setting_run)]
-    name = args.setting or Path(args.run_id_file).parent.name
-    point_run = tracking.start_sampler_run(info, setting_run, name, {"name": point.name, **point.axes()})
-    return [(uri, point_run)], [(uri, setting_run)] if args.primary else []
+        return _Runs(setting_run, 0, setting_run)
+    setting = read_setting(Path(args.run_id_file).parent)
+    params = tracking.sampler_params(point, setting.axes())
+    point_run = tracking.start_sampler_run(info, setting_run[0][1], args.setting or setting.name, point.name, params)
+    return _Runs([(info["tracking_uri"], point_run)], params["S"], setting_run if args.primary else [])
+
+
+def _check_tracking(args: argparse.Namespace) -> None:
+    """Before any work: a command given ``--tracking`` finds its store (a copied or moved project's own) and refuses a
+    deleted experiment, parent run, setting run (``--run-id-file``) or sampler point's run (``--sampler-file``),
+    naming the command that restores it (:func:`ddpm.tracking.check_active`). A training checks its own, after the
+    line that starts each try's log (:func:`cmd_train`)."""
+    if not getattr(args, "tracking", None) or args.command == "train":
+        return
+    from . import tracking
+
+    info = tracking.read_tracking(args.tracking, check=False)
+    run_id_file = getattr(args, "run_id_file", None)
+    setting_run = Path(run_id_file).read_text().strip() if run_id_file and Path(run_id_file).is_file() else None
+    tracking.check_active(info, [setting_run] if setting_run else [])
+    if setting_run and getattr(args, "sampler_file", None):
+        from .checkpoint import diverged_step
+        from .settings import read_sampler_file
+
+        if diverged_step([args.sampler_file]) is None:  # a diverged setting's record names no point: nothing to log
+            tracking.find_sampler_run(info, setting_run, read_sampler_file(args.sampler_file).name)
 
 
 def _log(runs: list[tuple[str, str]], metrics: dict, artifact: str | None = None, step: int = 0) -> None:
@@ -144,7 +206,7 @@ def _tag(runs: list[tuple[str, str]], tags: dict[str, str]) -> None:
 
 def _log_to_run(args: argparse.Namespace, metrics: dict, artifact: str | None = None, step: int = 0) -> None:
     """Log to the setting's MLflow run, where the job was given one."""
-    _log(_runs(args)[1], metrics, artifact, step)
+    _log(_runs(args).scores, metrics, artifact, step)
 
 
 def passes_divergence_on(*outputs: str, inputs: str | None = None):
@@ -178,8 +240,8 @@ def add_prepare(p):
     from .datasets import DATASETS, PREPROCESSES, TEST_FRACTION
 
     p.add_argument("--dataset", required=True, choices=DATASETS, help="which data set to prepare")
-    p.add_argument("--out", required=True, help="the prepared folder: train/test arrays and manifest.json")
-    p.add_argument("--path", help="local data: a cifar-10-batches-py folder, or a folder of images")
+    p.add_argument("--out", required=True, type=WritePath, help="the prepared folder: train/test arrays and manifest.json")
+    p.add_argument("--path", type=ReadPath, help="local data: a cifar-10-batches-py folder, or a folder of images")
     p.add_argument("--image-size", type=int, help="resize (and center-crop) to this side (default: the native size)")
     p.add_argument("--download", action="store_true", help="let torchvision download CIFAR-10")
     p.add_argument("--test-fraction", type=float, default=TEST_FRACTION,
@@ -204,8 +266,8 @@ def cmd_prepare(args):
 
 
 def add_classifier(p):
-    p.add_argument("--data", required=True, help="a prepared dataset folder")
-    p.add_argument("--out", required=True, help="the classifier's weights file")
+    p.add_argument("--data", required=True, type=ReadPath, help="a prepared dataset folder")
+    p.add_argument("--out", required=True, type=WritePath, help="the classifier's weights file")
     p.add_argument("--steps", type=int, default=1500, help="training steps (default: 1500)")
     p.add_argument("--seed", type=int, default=0, help="seed of the initialisation and the batches (default: 0)")
     _add_runtime(p)
@@ -228,17 +290,18 @@ def add_track_init(p):
     p.add_argument("--results", default="results", help="results folder (the default SQLite store lives there)")
     p.add_argument("--tracking-uri", help="used when $MLFLOW_TRACKING_URI is unset; default sqlite:///<results>/mlflow.db")
     p.add_argument("--config-json", help="the resolved config, stored with the parent run")
-    p.add_argument("--out", required=True, help="tracking file for the jobs that follow")
+    p.add_argument("--out", required=True, type=WritePath, help="tracking file for the jobs that follow")
 
 
 def cmd_track_init(args):
-    from .io import write_json
-    from .tracking import default_tracking_uri, init_sweep
+    from .tracking import ARTIFACTS_FOLDER, default_tracking_uri, given_tracking_uri, init_sweep, write_tracking
 
+    project_store = given_tracking_uri(args.tracking_uri) is None  # found from the tracking file: write_tracking
     uri = default_tracking_uri(args.results, args.tracking_uri)
     config = json.loads(args.config_json) if args.config_json else {}
-    info = init_sweep(uri, args.experiment, args.sweep_name or args.experiment, Path(args.results) / "mlartifacts", config)
-    write_json(args.out, info)
+    info = init_sweep(uri, args.experiment, args.sweep_name or args.experiment, Path(args.results) / ARTIFACTS_FOLDER,
+                      config, project_store=project_store)
+    write_tracking(args.out, info, args.results if project_store else None)
     print(json.dumps(info))
 
 
@@ -277,8 +340,8 @@ def _train_choices() -> dict[str, tuple]:
 def add_train(p):
     from .settings import TrainConfig
 
-    p.add_argument("--out", required=True, help="output folder of the run")
-    p.add_argument("--data", help="a prepared dataset folder (default: load --dataset by name)")
+    p.add_argument("--out", required=True, type=WritePath, help="output folder of the run")
+    p.add_argument("--data", type=ReadPath, help="a prepared dataset folder (default: load --dataset by name)")
     p.add_argument("--run-name", help="MLflow run name (default: the output folder's name)")
     p.add_argument("--on-divergence", choices=ON_DIVERGENCE, default="fail",
                    help="NaN / Inf loss: fail (exit 2), or record it in checkpoint.pt and exit 0 so a sweep goes on")
@@ -287,6 +350,9 @@ def add_train(p):
     p.add_argument("--data-workers", type=int, default=None,
                    help="loader processes reading the next batches from disk (default: 4 on a GPU, 0 on a CPU); the "
                         "batches are the same for any number")
+    p.add_argument("--force", action="store_true",
+                   help="--out holds a finished run (its checkpoint.pt): train it again from the start, its files "
+                        "replaced (without --force such a folder is refused)")
     _add_tracking(p)
     _add_runtime(p, speed=True)
     choices = _train_choices()
@@ -304,6 +370,7 @@ def cmd_train(args):
     from .train import train
 
     config = TrainConfig.from_dict({f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+    _make_room_for_run(Path(args.out), "train", force=args.force)
     if launched_world().is_main:  # each try of a retried job starts with this line (its tries log keeps them all)
         print(f"== ddpm train {args.run_name or Path(args.out).name}: started {time.strftime('%Y-%m-%dT%H:%M:%S%z')}",
               flush=True)
@@ -315,22 +382,49 @@ def cmd_train(args):
         print(json.dumps(final))
 
 
+def _make_room_for_run(folder: Path, command: str, *, force: bool, staged: Path | None = None) -> None:
+    """A run's files are written into ``folder`` only where it holds none (a training under way, with only its
+    resume state, goes on), or with ``force``: then its own files (:data:`ddpm.io.RUN_FILES`, its snapshots and
+    previews) are removed, the checkpoint first, so that the folder is never a mix of two runs that looks whole.
+    Without ``force`` a folder with a checkpoint is refused, naming it."""
+    from .io import RUN_FILES, RUN_SNAPSHOTS
+
+    checkpoint = folder / RUN_FILES[0]
+    if not checkpoint.is_file() and not (command == "import" and (folder / RUN_FILES[1]).is_file()):
+        return
+    if not force:
+        raise ValueError(f"{folder} holds a run already ({checkpoint.name if checkpoint.is_file() else RUN_FILES[1]}):"
+                         f" `ddpm {command}` would write over its files; give another --out, or --force to replace "
+                         f"that run")
+    if staged is None and command == "import":
+        return  # checked before any work; the files go once the import has succeeded
+    import shutil
+
+    for name in RUN_FILES:  # the checkpoint first: from here the folder is not a finished run
+        (folder / name).unlink(missing_ok=True)
+    for name in (RUN_SNAPSHOTS, "snapshots-pending", "previews"):
+        shutil.rmtree(folder / name, ignore_errors=True)
+
+
 def add_import(p):
     from .settings import SWEEP_AXES
 
-    p.add_argument("source", help="a diffusers model folder (config.json + diffusion_pytorch_model.safetensors or "
+    p.add_argument("source", type=ReadPath, help="a diffusers model folder (config.json + diffusion_pytorch_model.safetensors or "
                                   ".bin, and its scheduler config), pytorch-ddpm's ckpt.pt, or a Hugging Face model id "
                                   "such as google/ddpm-cifar10-32 (fetched with huggingface_hub where there is a "
                                   "network)")
-    p.add_argument("--out", required=True, help="the checkpoint to write (e.g. results/runs/<sweep>/<setting>/"
+    p.add_argument("--out", required=True, type=WritePath, help="the checkpoint to write (e.g. results/runs/<sweep>/<setting>/"
                                                 "checkpoint.pt); setting.json, metrics.jsonl beside it")
     p.add_argument("--format", choices=IMPORT_FORMATS, help="the source's layout (default: detected)")
     p.add_argument("--revision", help="a Hugging Face model's revision (branch, tag or commit)")
     p.add_argument("--image-size", type=int, help="pytorch-ddpm: the image size (default: its flagfile.txt's "
                                                   "img_size, or 32)")
-    p.add_argument("--data", help="a prepared dataset folder: the source must generate its image shape")
+    p.add_argument("--data", type=ReadPath, help="a prepared dataset folder: the source must generate its image shape")
     p.add_argument("--run-name", help="MLflow run name (default: the output folder's name)")
-    p.add_argument("--tracking", help="the sweep's MLflow tracking file (written by `ddpm track init`)")
+    p.add_argument("--tracking", type=ReadPath, help="the sweep's MLflow tracking file (written by `ddpm track init`)")
+    p.add_argument("--force", action="store_true",
+                   help="--out's folder holds a run: replace it (its files go only once the import has succeeded; "
+                        "without --force such a folder is refused)")
     for axis in SWEEP_AXES:
         p.add_argument(f"--{axis.replace('_', '-')}", dest=axis, type=int if axis in ("T", "seed") else str,
                        help=f"the setting's {axis}: the source must agree (all six axes, or none)")
@@ -348,27 +442,38 @@ def cmd_import(args):
                          f"{', '.join('--' + a.replace('_', '-') for a in SWEEP_AXES if a not in given)}")
     setting = Setting.from_dict(given) if given else None
     out = Path(args.out)
-    record = import_checkpoint(args.source, out, fmt=args.format, setting=setting, data_dir=args.data,
-                               revision=args.revision, image_size=args.image_size)
-    config = load_checkpoint(out)["config"]
-    write_setting(out.parent, Setting.from_dict(config))
-    (out.parent / "metrics.jsonl").write_text("")  # no training: no loss curve
-    if args.tracking:
-        tracking = mlf.read_tracking(args.tracking)
-        params = {**config, "source_format": record["format"], "source": record["path"],
-                  **{f"source_sha256.{name}": sha for name, sha in record["files"].items()}}
-        run_id = mlf.start_setting_run(tracking, args.run_name or out.parent.name, params)
-        mlf.set_tag(tracking["tracking_uri"], run_id, "ddpm.imported", record["format"])
-        mlf.finish_run(tracking["tracking_uri"], run_id)
-        (out.parent / "mlflow_run_id.txt").write_text(run_id + "\n")
+    _make_room_for_run(out.parent, "import", force=args.force)
+    # Imported beside the target under another name, and put in place last: a failed import leaves the folder as it
+    # was, and a crash on the way leaves no checkpoint beside another run's files.
+    staged = out.with_name(f".{out.name}.importing")
+    try:
+        record = import_checkpoint(args.source, staged, fmt=args.format, setting=setting, data_dir=args.data,
+                                   revision=args.revision, image_size=args.image_size)
+        config = load_checkpoint(staged)["config"]
+        run_id = None
+        if args.tracking:
+            tracking = mlf.read_tracking(args.tracking)
+            params = {**config, "source_format": record["format"], "source": record["path"],
+                      **{f"source_sha256.{name}": sha for name, sha in record["files"].items()}}
+            run_id = mlf.start_setting_run(tracking, args.run_name or out.parent.name, params)
+            mlf.set_tag(tracking["tracking_uri"], run_id, "ddpm.imported", record["format"])
+            mlf.finish_run(tracking["tracking_uri"], run_id)
+        _make_room_for_run(out.parent, "import", force=args.force, staged=staged)  # all that can fail has run
+        write_setting(out.parent, Setting.from_dict(config))
+        (out.parent / "metrics.jsonl").write_text("")  # no training: no loss curve
+        if run_id is not None:
+            (out.parent / "mlflow_run_id.txt").write_text(run_id + "\n")
+        staged.replace(out)
+    finally:
+        staged.unlink(missing_ok=True)
     for note in record["notes"]:
         print(f"note: {note}", file=sys.stderr, flush=True)
     print(json.dumps({"checkpoint": str(out), **record, "setting": Setting.from_dict(config).name}, indent=2))
 
 
 def add_progressive(p):
-    p.add_argument("--checkpoint", required=True, help="a checkpoint.pt (trained or imported)")
-    p.add_argument("--out", required=True, help="the PNG: one row per sample, one column per reverse-step stage")
+    p.add_argument("--checkpoint", required=True, type=ReadPath, help="a checkpoint.pt (trained or imported)")
+    p.add_argument("--out", required=True, type=WritePath, help="the PNG: one row per sample, one column per reverse-step stage")
     p.add_argument("--count", type=int, default=8, help="samples, one per row (default: 8)")
     p.add_argument("--columns", type=int, default=10, help="stages of the reverse process (default: 10)")
     p.add_argument("--seed", type=int, default=0, help="the sample set's seed: row i is sample i of it (default: 0)")
@@ -388,9 +493,9 @@ def cmd_progressive(args):
 
 
 def add_interpolate(p):
-    p.add_argument("--checkpoint", required=True, help="a checkpoint.pt (trained or imported)")
-    p.add_argument("--data", required=True, help="a prepared dataset folder (its test split)")
-    p.add_argument("--out", required=True, help="the PNG: first image, λ = 0, 0.1, …, 1, second image")
+    p.add_argument("--checkpoint", required=True, type=ReadPath, help="a checkpoint.pt (trained or imported)")
+    p.add_argument("--data", required=True, type=ReadPath, help="a prepared dataset folder (its test split)")
+    p.add_argument("--out", required=True, type=WritePath, help="the PNG: first image, λ = 0, 0.1, …, 1, second image")
     p.add_argument("--images", type=int, nargs=2, default=[0, 1], help="the two test images (indices)")
     p.add_argument("--t-fraction", type=float, default=0.5, help="encode to x_t with t = this fraction of T")
     p.add_argument("--seed", type=int, default=0, help="seed of the encoding noise and the decoding (default: 0)")
@@ -410,9 +515,9 @@ def cmd_interpolate(args):
 
 
 def add_sample(p):
-    p.add_argument("--checkpoint", required=True, help="a checkpoint.pt (trained or imported)")
-    p.add_argument("--out", required=True, help=".npz file for the uint8 samples")
-    p.add_argument("--grid", help="also write a PNG grid here")
+    p.add_argument("--checkpoint", required=True, type=ReadPath, help="a checkpoint.pt (trained or imported)")
+    p.add_argument("--out", required=True, type=WritePath, help=".npz file for the uint8 samples")
+    p.add_argument("--grid", type=WritePath, help="also write a PNG grid here")
     p.add_argument("--start", type=int, default=0, help="index of the first sample")
     p.add_argument("--count", type=int, default=64, help="how many samples (default: 64)")
     p.add_argument("--batch-size", type=int, default=500, help="samples per batch (default: 500)")
@@ -433,21 +538,18 @@ def cmd_sample(args):
 
 
 def add_gather_samples(p):
-    p.add_argument("--shards", nargs="+", required=True,
+    p.add_argument("--shards", nargs="+", required=True, type=ReadPath,
                    help="the sample shards (.npz) of one setting and sampler point")
-    p.add_argument("--out", required=True, help="the merged samples.npz")
-    p.add_argument("--grid", help="also draw a grid of the first --grid-size samples here (a PNG)")
-    p.add_argument("--grid-size", type=int, default=100, help="(default: 100)")
-    p.add_argument("--sampler-out", help="write the sampler point and what sampling cost (sampler.json) here; the "
+    p.add_argument("--out", required=True, type=WritePath, help="the merged samples.npz")
+    p.add_argument("--sampler-out", type=WritePath, help="write the sampler point and what sampling cost (sampler.json) here; the "
                    "shards must have been drawn by the point of the sampler flags")
     _add_sampler(p)
     _add_job_expectations(p)
 
 
-@passes_divergence_on("grid", "out", "sampler_out", inputs="shards")
+@passes_divergence_on("out", "sampler_out", inputs="shards")
 def cmd_gather_samples(args):
     from .evaluate import write_gathered_samples
-    from .sample import save_grid
     from .settings import write_sampler
 
     point = _sampler_point(args) if args.sampler_out else None
@@ -456,9 +558,38 @@ def cmd_gather_samples(args):
     print(f"gathered {len(images)} samples into {args.out}" + (f" ({json.dumps(cost)})" if cost else ""))
     if point is not None:
         write_sampler(Path(args.sampler_out).parent, point, cost, Path(args.sampler_out).name)
-    if args.grid:
-        save_grid(images[: args.grid_size], args.grid)
-        print(f"grid of {min(args.grid_size, len(images))} samples in {args.grid}")
+
+
+def add_grid(p):
+    p.add_argument("--samples", required=True, type=ReadPath, help="a samples file (.npz: gathered, or a shard)")
+    p.add_argument("--out", required=True, type=WritePath, help="the PNG")
+    p.add_argument("--grid-size", type=int, default=100, help="how many of the first samples (default: 100)")
+    p.add_argument("--sampler-file", type=ReadPath,
+                   help="the samples' sampler.json: where the point's MLflow run has been made (by its FID job), the "
+                        "grid replaces the one it holds")
+    _add_tracking(p)
+
+
+@passes_divergence_on("out", inputs="samples")
+def cmd_grid(args):
+    from .io import load_npz
+    from .io import save_grid
+
+    if args.grid_size < 1:
+        raise ValueError(f"--grid-size must be at least 1, got {args.grid_size}")
+    images = load_npz(args.samples, ("images",))["images"]
+    save_grid(images[: args.grid_size], args.out)
+    print(f"grid of the first {min(args.grid_size, len(images))} of {len(images)} samples in {args.out}")
+    if args.tracking and args.run_id_file and args.sampler_file:
+        from . import tracking
+        from .settings import read_sampler_file
+
+        info = tracking.read_tracking(args.tracking)
+        setting_run = Path(args.run_id_file).read_text().strip()
+        run = tracking.find_sampler_run(info, setting_run, read_sampler_file(args.sampler_file).name)
+        if run is not None:  # a grid drawn again (another sample.grid_size): the point's run gets the new one
+            tracking.log_artifact(info["tracking_uri"], run.info.run_id, args.out)
+            print(f"the grid replaces the one of MLflow run {run.info.run_id}")
 
 
 def _add_reference_images(p):
@@ -473,19 +604,19 @@ def _add_bootstrap(p):
 
 
 def add_fid(p):
-    p.add_argument("--samples", required=True, help="the gathered samples.npz")
-    p.add_argument("--data", required=True, help="the prepared data folder: its train split is the reference")
+    p.add_argument("--samples", required=True, type=ReadPath, help="the gathered samples.npz")
+    p.add_argument("--data", required=True, type=ReadPath, help="the prepared data folder: its train split is the reference")
     p.add_argument("--extractor", default="classifier", choices=EXTRACTORS, help="(default: classifier)")
-    p.add_argument("--weights", help="extractor weights (the classifier file, or local Inception weights)")
+    p.add_argument("--weights", type=ReadPath, help="extractor weights (the classifier file, or local Inception weights)")
     p.add_argument("--test-reference", action="store_true", help="also FID against the test split (fid_test)")
     p.add_argument("--training-step", type=int,
                    help="the samples come from the checkpoint of this step: also log the scores to MLflow as a curve "
                         "(fid_over_training, is_mean_over_training, … at this step)")
     p.add_argument("--snapshot", action="store_true",
                    help="a snapshot for FID over training, not the final checkpoint: log only the curve's point")
-    p.add_argument("--sampler-file", help="the samples' sampler.json: log to the sampler point's run")
-    p.add_argument("--grid", help="the samples' grid (a PNG), attached to the runs the scores go to")
-    p.add_argument("--ref-stats", help="FID against this statistics file of the train split (`ddpm evaluate "
+    p.add_argument("--sampler-file", type=ReadPath, help="the samples' sampler.json: log to the sampler point's run")
+    p.add_argument("--grid", type=ReadPath, help="the samples' grid (a PNG), attached to the runs the scores go to")
+    p.add_argument("--ref-stats", type=ReadPath, help="FID against this statistics file of the train split (`ddpm evaluate "
                    "ref-stats`, checked against --extractor, --weights and --data) instead of the train images' "
                    "features; KID and precision/recall still use the train images")
     p.add_argument("--foreign-ref-stats", action="store_true",
@@ -493,7 +624,7 @@ def add_fid(p):
                         "record beside it): use it, checking only its feature dimension")
     _add_reference_images(p)
     _add_bootstrap(p)
-    p.add_argument("--out", required=True, help="the scores, fid_is.json")
+    p.add_argument("--out", required=True, type=WritePath, help="the scores, fid_is.json")
     _add_job_expectations(p)
     _add_tracking(p, sampler_run=True)
     _add_runtime(p)
@@ -512,29 +643,31 @@ def cmd_fid(args):
                           ref_stats_foreign=args.foreign_ref_stats, bootstrap_rounds=args.bootstrap_rounds,
                           reference_images=args.ref_images)
     point = read_sampler_file(args.sampler_file) if args.sampler_file else None
-    point_runs, setting_runs = _runs(args, point)
-    for metrics, step in tracked_scores(scores, snapshot=args.snapshot):
-        _log(setting_runs, metrics, step=step)  # the setting's: its own point's scores, and the curve's point
-        if step == 0:
-            _log(point_runs, metrics)  # the sampler point's: its final scores and what sampling cost
+    runs = _runs(args, point)
+    for index, (metrics, step) in enumerate(tracked_scores(scores, snapshot=args.snapshot)):
+        if index == 0 and not args.snapshot:  # the final checkpoint's scores and what sampling cost (listed first)
+            _log(runs.scores, metrics, step=runs.step)
+        else:  # a point of FID over training
+            _log(runs.curve, metrics, step=step)
     if args.grid:
-        _log(point_runs + setting_runs, {}, artifact=args.grid)
+        _log(runs.scores, {}, artifact=args.grid)
     if not args.snapshot:  # how the final scores were computed: sample count, extractor, reference, weights, seed
-        _tag(point_runs + setting_runs, fid_tags(scores))
-    for uri, run_id in point_runs:  # the point's last job
-        finish_run(uri, run_id)
+        _tag(runs.scores, fid_tags(scores))
+    if point is not None:  # the point's last job
+        for uri, run_id in runs.scores:
+            finish_run(uri, run_id)
     print(json.dumps(scores))
 
 
 def add_ref_stats(p):
-    p.add_argument("--data", required=True, help="the prepared data folder (`ddpm prepare`)")
+    p.add_argument("--data", required=True, type=ReadPath, help="the prepared data folder (`ddpm prepare`)")
     p.add_argument("--split", choices=["train", "test"], default="train",
                    help="the split whose images the statistics are of (default: train, FID's reference)")
-    p.add_argument("--out", required=True, help="the statistics file, .npz (mu, sigma: pytorch-fid's layout); its "
+    p.add_argument("--out", required=True, type=WritePath, help="the statistics file, .npz (mu, sigma: pytorch-fid's layout); its "
                    "record goes beside it (same stem, .json)")
     p.add_argument("--extractor", default="classifier", choices=EXTRACTORS,
                    help="the feature extractor FID will be computed with (default: classifier)")
-    p.add_argument("--weights", help="extractor weights (the classifier file, or local Inception weights)")
+    p.add_argument("--weights", type=ReadPath, help="extractor weights (the classifier file, or local Inception weights)")
     p.add_argument("--num-images", type=int, default=None, help="the split's first N images (default: all)")
     p.add_argument("--batch-size", type=int, default=200, help="images per batch of features (default: 200)")
     _add_runtime(p)
@@ -550,8 +683,8 @@ def cmd_ref_stats(args):
 
 
 def add_nll(p):
-    p.add_argument("--checkpoint", required=True, help="a checkpoint.pt (trained or imported)")
-    p.add_argument("--data", required=True, help="the prepared data folder")
+    p.add_argument("--checkpoint", required=True, type=ReadPath, help="a checkpoint.pt (trained or imported)")
+    p.add_argument("--data", required=True, type=ReadPath, help="the prepared data folder")
     p.add_argument("--split", choices=["test", "train"], default="test", help="whose images (default: test)")
     p.add_argument("--start", type=int, default=0, help="index of the first image")
     p.add_argument("--count", type=int, default=None, help="how many images (default: the rest of the split)")
@@ -560,7 +693,7 @@ def add_nll(p):
     p.add_argument("--decoder", choices=DECODERS, default="exact",
                    help="L_0's decoder likelihood: exact (normal CDF), or official (the papers' code: tanh "
                         "approximation, every bin floored at 1e-12) for parity with published NLLs (default: exact)")
-    p.add_argument("--out", required=True, help="the shard's per-image terms (.npz)")
+    p.add_argument("--out", required=True, type=WritePath, help="the shard's per-image terms (.npz)")
     _add_job_expectations(p)
     _add_runtime(p, speed=True)
 
@@ -576,10 +709,10 @@ def cmd_nll(args):
 
 
 def add_nll_gather(p):
-    p.add_argument("--shards", nargs="+", required=True, help="the bits/dim shards (.npz) of one setting")
+    p.add_argument("--shards", nargs="+", required=True, type=ReadPath, help="the bits/dim shards (.npz) of one setting")
     p.add_argument("--split", choices=["test", "train"], default="test",
                    help="the shards' split: MLflow gets bpd (test) or bpd_train (train)")
-    p.add_argument("--out", required=True, help="nll.json: bits/dim and its standard error")
+    p.add_argument("--out", required=True, type=WritePath, help="nll.json: bits/dim and its standard error")
     _add_job_expectations(p)
     _add_tracking(p)
 
@@ -594,14 +727,14 @@ def cmd_nll_gather(args):
 
 
 def add_reconstruction(p):
-    p.add_argument("--checkpoint", required=True, help="a checkpoint.pt (trained or imported)")
-    p.add_argument("--data", required=True, help="the prepared data folder: its test split is encoded and decoded")
+    p.add_argument("--checkpoint", required=True, type=ReadPath, help="a checkpoint.pt (trained or imported)")
+    p.add_argument("--data", required=True, type=ReadPath, help="the prepared data folder: its test split is encoded and decoded")
     p.add_argument("--steps", type=int, required=True, help="S, the steps of the encoding and of the decoding")
     p.add_argument("--skip", choices=SKIPS, default="uniform",
                    help="which S of the T steps: uniform or quadratic (DDIM Appendix D.2) (default: uniform)")
     p.add_argument("--count", type=int, default=None, help="test images 0..N-1 (default: the whole test split)")
     p.add_argument("--batch-size", type=int, default=250, help="images per batch (default: 250)")
-    p.add_argument("--out", required=True, help="the result (.json): the error, its standard error, S, the network "
+    p.add_argument("--out", required=True, type=WritePath, help="the result (.json): the error, its standard error, S, the network "
                    "evaluations, the checkpoint's provenance")
     _add_job_expectations(p)
     _add_tracking(p)
@@ -624,14 +757,14 @@ def cmd_reconstruction(args):
 def add_baseline(p):
     p.add_argument("--kind", choices=["gaussian", "test_split"], required=True,
                    help="a Gaussian fitted to the train pixels, or the test split itself")
-    p.add_argument("--data", required=True, help="the prepared data folder")
+    p.add_argument("--data", required=True, type=ReadPath, help="the prepared data folder")
     p.add_argument("--extractor", default="classifier", choices=EXTRACTORS, help="(default: classifier)")
-    p.add_argument("--weights", help="extractor weights (the classifier file, or local Inception weights)")
+    p.add_argument("--weights", type=ReadPath, help="extractor weights (the classifier file, or local Inception weights)")
     p.add_argument("--num-samples", type=int, default=1000, help="images to score (default: 1000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the Gaussian's draws (default: 0)")
     _add_reference_images(p)
     _add_bootstrap(p)
-    p.add_argument("--out", required=True, help="the scores (.json)")
+    p.add_argument("--out", required=True, type=WritePath, help="the scores (.json)")
     _add_runtime(p)
 
 
@@ -645,35 +778,35 @@ def cmd_baseline(args):
 
 
 def add_report(p):
-    p.add_argument("--runs", nargs="+", required=True, help="the settings' folders")
-    p.add_argument("--gaussian", required=True, help="the Gaussian baseline's scores")
-    p.add_argument("--test-split", required=True, help="the test split's scores")
+    p.add_argument("--runs", nargs="+", required=True, type=ReadPath, help="the settings' folders")
+    p.add_argument("--gaussian", required=True, type=ReadPath, help="the Gaussian baseline's scores")
+    p.add_argument("--test-split", required=True, type=ReadPath, help="the test split's scores")
     p.add_argument("--out-stem", required=True, help="tables go to <stem>.csv, .md, .tex (and <stem>-paper.*, "
                    "<stem>-rate-distortion.*, <stem>-fid-over-training.*, <stem>-samplers.*, "
                    "<stem>-reconstruction.*)")
-    p.add_argument("--loss-figure", required=True, help="the training loss figure (.png)")
-    p.add_argument("--rate-distortion-figure", help="DDPM Figure 5: rate and distortion along the reverse process")
-    p.add_argument("--schedules-figure", help="ᾱ_t and L_T of the sweep's noise schedules, side by side")
+    p.add_argument("--loss-figure", required=True, type=WritePath, help="the training loss figure (.png)")
+    p.add_argument("--rate-distortion-figure", type=WritePath, help="DDPM Figure 5: rate and distortion along the reverse process")
+    p.add_argument("--schedules-figure", type=WritePath, help="ᾱ_t and L_T of the sweep's noise schedules, side by side")
     p.add_argument("--schedule-rescale", type=_bool, default=False, help="the sweep's train.schedule_rescale")
     p.add_argument("--snapshot-steps", type=int, nargs="*", default=[],
                    help="the sweep's fid_over_training.steps: read snapshots/step-<N>/fid_is.json of every run")
     p.add_argument("--nll-train", action="store_true", help="the runs have nll-train.json: bits/dim on the train set")
-    p.add_argument("--fid-over-training-figure", help="FID against the training step, each setting's minimum marked")
+    p.add_argument("--fid-over-training-figure", type=WritePath, help="FID against the training step, each setting's minimum marked")
     p.add_argument("--samplers", nargs="+", default=["ancestral"],
                    help="the sweep's sampler points in order (read samplers/<point>/ of every run); the first is each "
                         "setting's own (default: ancestral)")
-    p.add_argument("--samplers-figure", help="FID against S, one line per sampler (η, σ̂)")
+    p.add_argument("--samplers-figure", type=WritePath, help="FID against S, one line per sampler (η, σ̂)")
     p.add_argument("--reconstruction-steps", type=int, nargs="*", default=[],
                    help="the sweep's reconstruction.steps: read reconstruction/S<S>.json of every run (DDIM Table 2)")
-    p.add_argument("--html-tables", nargs=6, metavar="HTML",
+    p.add_argument("--html-tables", nargs=6, metavar="HTML", type=WritePath,
                    help="also write the tables as HTML pages, to these six paths: the main table, then the paper, "
                         "samplers, FID-over-training, rate-distortion and reconstruction tables (the Snakemake report "
                         "shows them)")
-    p.add_argument("--published", help="the papers' numbers (CSV): also write <stem>-paper.* with them beside yours")
+    p.add_argument("--published", type=ReadPath, help="the papers' numbers (CSV): also write <stem>-paper.* with them beside yours")
     p.add_argument("--paper-sweep", help="the sweep name the published numbers are filed under (default: the stem's)")
     p.add_argument("--scaled-down", action="store_true",
                    help="a scale=tiny run: no Δ, every published number is marked not comparable")
-    p.add_argument("--tracking", help="also attach the tables to the sweep's parent run and finish it")
+    p.add_argument("--tracking", type=ReadPath, help="also attach the tables to the sweep's parent run and finish it")
     p.add_argument("--config-json", help="with --tracking: the sweep's resolved config, stored with the parent run")
 
 
@@ -705,7 +838,7 @@ def add_bench(p):
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds of the plain path's training against "
                    "the same U-Net written the straightforward way (the median ratio is reported)")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights and inputs (default: 0)")
-    p.add_argument("--out", default="benchmarks", help="folder of the JSON records (and the default MLflow store)")
+    p.add_argument("--out", default="benchmarks", type=WritePath, help="folder of the JSON records (and the default MLflow store)")
     p.add_argument("--mlflow", type=_bool, default=True, help="also log the run to MLflow (default: true)")
     p.add_argument("--tracking-uri", help="used when $MLFLOW_TRACKING_URI is unset; default sqlite:///<out>/mlflow.db")
     _add_runtime(p, speed=True)
@@ -753,7 +886,7 @@ def add_bench_data(p):
     p.add_argument("--speed", default="bf16", help="its speed-ups (default: bf16: the network's activations at 256² "
                    "are most of a training's memory on a CPU)")
     p.add_argument("--data-workers", type=int, default=0, help="its loader processes (default: 0)")
-    p.add_argument("--out", default="benchmarks", help="folder of the JSON record (default: benchmarks)")
+    p.add_argument("--out", default="benchmarks", type=WritePath, help="folder of the JSON record (default: benchmarks)")
 
 
 def cmd_bench_data(args):
@@ -796,7 +929,8 @@ COMMANDS = [
     (None, "interpolate", "interpolate two test images through a latent x_t (DDPM Figure 8)", add_interpolate,
      cmd_interpolate),
     (None, "sample", "draw samples from a checkpoint, each seeded by its index", add_sample, cmd_sample),
-    (None, "gather-samples", "merge sample shards and draw the grid", add_gather_samples, cmd_gather_samples),
+    (None, "gather-samples", "merge sample shards", add_gather_samples, cmd_gather_samples),
+    (None, "grid", "the first samples of a samples file as a PNG grid", add_grid, cmd_grid),
     ("evaluate", "fid", "torch-fidelity metrics of samples against the train split", add_fid, cmd_fid),
     ("evaluate", "ref-stats", "FID's reference statistics of a split (feature mean and covariance) as a file, "
      "computed once for every `evaluate fid --ref-stats`", add_ref_stats, cmd_ref_stats),
@@ -849,6 +983,8 @@ def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     _set_threads(args)
     try:
+        _check_writes(args)
+        _check_tracking(args)
         args.func(args)
     except Exception as err:
         # Only a training is preempted, and only a command that trains has imported ddpm.train (and torch with it):

@@ -159,3 +159,34 @@ def load_config(configfiles=(), overrides: dict | None = None) -> tuple[dict, li
         update_config(merged, load_configfile(str(path)))
     update_config(merged, copy.deepcopy(overrides or {}))
     return resolve_config(merged)
+
+
+#: What the workflow writes at the top of a results folder (its rules' outputs, the MLflow store and its artifacts),
+#: and what else belongs there: SQLite's side files, the reports Snakemake bundles (hidden entries are not looked at).
+RESULTS_ENTRIES = ("data", "runs", "tracking", "logs", "benchmarks", "tables", "baselines", "figures", "mlflow.db",
+                   "mlartifacts")
+_RESULTS_EXTRAS = re.compile(r"mlflow\.db-(journal|wal|shm)|.*\.(html|zip)")
+
+
+def check_results_dir(text: str) -> Path:
+    """``results_dir`` as a folder this workflow may fill: not empty, not a filesystem's root, and not a folder that
+    already holds something other than results (a checkout, a home folder); returns it, resolved. Raises
+    :class:`ConfigError` naming what is wrong."""
+    if not str(text).strip():
+        raise ConfigError("results_dir", "is empty: name the folder the results go to (default: results)")
+    folder = Path(text).expanduser().resolve()
+    if folder == Path(folder.anchor):
+        raise ConfigError("results_dir", f"{text!r} is the root of the filesystem: name a folder of its own for the "
+                                         "results (default: results)")
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError("results_dir", f"{folder} is a file, not a folder")
+    foreign = sorted(entry.name for entry in folder.iterdir()
+                     if entry.name not in RESULTS_ENTRIES and not _RESULTS_EXTRAS.fullmatch(entry.name)
+                     and not entry.name.startswith(".")) \
+        if folder.is_dir() else []
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise ConfigError("results_dir", f"{folder} already holds things that are not this workflow's results "
+                          f"({shown}): name a folder of its own (new, or one holding only "
+                          f"{', '.join(RESULTS_ENTRIES)})")
+    return folder

@@ -840,6 +840,19 @@ def read_manifest(prepared_dir: str | os.PathLike) -> dict:
     return manifest
 
 
+def prepared_file_of(path: str | os.PathLike) -> Path | None:
+    """The prepared folder whose own file ``path`` is (its manifest, or a file the manifest lists), if any."""
+    path, folder = Path(path), Path(path).parent
+    if not (folder / MANIFEST).is_file():
+        return None
+    if path.name == MANIFEST:
+        return folder
+    try:
+        return folder if path.name in read_manifest(folder)["files"] else None
+    except ValueError:  # a damaged manifest: the folder is still a prepared data set's
+        return folder
+
+
 class SplitImages:
     """The images of a prepared split, uint8 (N, C, H, W), read from their ``.npy`` file by index with positional
     reads: nothing is mapped, and only what is asked for is in memory. Indexing as a numpy array's first axis (an

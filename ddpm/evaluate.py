@@ -250,7 +250,7 @@ def write_scores(samples, data_dir, out, *, extractor: str, weights=None, device
           + (f" (FID: against {ref_stats})" if ref_stats else "")
           + (f", {bootstrap_rounds} bootstrap rounds" if bootstrap_rounds else ""), flush=True)
     scores = fidelity_metrics(images, reference, extractor=extractor, weights_path=weights, device=device,
-                              reference_stats=None if stats is None else tuple(stats),
+                              reference_stats=None if stats is None else tuple(stats), reference_name=ref_stats,
                               bootstrap_rounds=bootstrap_rounds)
     if reference_record is not None:
         scores["fid_reference"] = reference_record

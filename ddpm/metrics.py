@@ -4,8 +4,8 @@ hand-written FID here), with bootstrap standard errors over the samples.
 - FID: Fréchet distance between Gaussians fitted to the features of samples and reference
   (Heusel et al. 2017, "GANs trained by a two time-scale update rule converge to a local Nash equilibrium").
 - IS: exp E_x KL(p(y|x) || p(y)) over the samples (Salimans et al. 2016, "Improved techniques for training GANs").
-- KID: unbiased MMD² with a cubic polynomial kernel, averaged over random subsets
-  (Bińkowski et al. 2018, "Demystifying MMD GANs").
+- KID: unbiased MMD² with a cubic polynomial kernel k(x, y) = (γ x·y + 1)³, averaged over random subsets
+  (Bińkowski et al. 2018, "Demystifying MMD GANs"); γ as :func:`kid_kernel_gamma` says.
 - Precision / recall: the fraction of samples inside the reference's k-NN feature manifold and vice versa
   (Kynkäänniemi et al. 2019, "Improved precision and recall metric for assessing generative models").
 
@@ -146,6 +146,7 @@ def fidelity_metrics(
     seed: int = 0,
     metrics: tuple[str, ...] = METRICS,
     reference_stats: tuple[np.ndarray, np.ndarray] | None = None,
+    reference_name: str | None = None,
     bootstrap_rounds: int = 0,
 ) -> dict:
     """FID, IS, KID and precision/recall of ``samples`` against ``reference``, by torch-fidelity's own functions: its
@@ -160,13 +161,14 @@ def fidelity_metrics(
     on the reference manifold and recall the converse, KID uses 100 subsets of ``kid_subset_size`` (default
     min(1000, smaller set)). ``reference_stats``: FID's reference (μ, Σ) (a statistics file, :mod:`ddpm.refstats`)
     in place of the reference images' features; ``reference`` is then read only for KID and precision/recall.
+    ``reference_name``: what FID's reference is called in an error (its statistics file).
 
     ``bootstrap_rounds`` > 0: also the bootstrap standard error of FID, IS and KID over the sample set
     (:func:`bootstrap_errors`), as ``fid_se``, ``is_se``, ``kid_se``. Nothing is cached on disk.
 
     Returns ``fid, is_mean, is_std, kid_mean, kid_std, precision, recall`` (floats), ``extractor``,
-    ``num_samples``, ``num_reference`` and ``kid_subset_size``; with ``metrics`` a subset of :data:`METRICS`
-    (e.g. ``("fid",)``), only those are computed and returned."""
+    ``num_samples``, ``num_reference``, ``kid_subset_size`` and KID's ``kid_kernel_gamma``; with ``metrics`` a subset
+    of :data:`METRICS` (e.g. ``("fid",)``), only those are computed and returned."""
     _check_inputs(samples, reference)
     unknown = set(metrics) - set(METRICS)
     if unknown or not metrics:
@@ -183,14 +185,45 @@ def fidelity_metrics(
         module = _feature_extractor(fe_kwargs, sorted({layers[m] for m in metrics}), cuda)
         sample_features = _features(samples, module, batch_size, cuda)
         reference_features = _features(reference, module, batch_size, cuda) if needs_reference else {}
+    if reference_name is None:
+        reference_name = "the reference statistics" if reference_stats is not None else \
+            f"the {len(reference)} reference images"
+    reference_name = f"{reference_name} ({extractor} features)"
     if "fid" in metrics and reference_stats is None:
         reference_stats = fid_statistics(reference_features[layers["fid"]])
-    raw = _scores(sample_features, reference_features, reference_stats, metrics, layers, options)
+    if "kid" in metrics:
+        options["kid_kernel_poly_gamma"] = kid_kernel_gamma(extractor, reference_features[layers["kid"]])
+    raw = _scores(sample_features, reference_features, reference_stats, metrics, layers, options,
+                  reference_name=reference_name)
     out = _summarise(raw, extractor, len(samples), len(reference), subset)
+    if "kid" in metrics:
+        out[KID_GAMMA] = options["kid_kernel_poly_gamma"]
     if bootstrap_rounds:
         out.update(bootstrap_errors(sample_features, reference_features, reference_stats, metrics, layers, options,
-                                    rounds=int(bootstrap_rounds), seed=int(seed)))
+                                    rounds=int(bootstrap_rounds), seed=int(seed), reference_name=reference_name))
     return out
+
+
+#: Where a result records the γ of KID's kernel (:func:`kid_kernel_gamma`); KID on another extractor than Inception
+#: scored before γ was chosen so (no such key) is not shown (:mod:`ddpm.report`).
+KID_GAMMA = "kid_kernel_gamma"
+
+
+def kid_kernel_gamma(extractor: str, reference_features: torch.Tensor) -> float:
+    """γ of KID's kernel k(x, y) = (γ x·y + 1)³. For Inception, Bińkowski et al.'s and torch-fidelity's 1/d: its pool
+    features have coordinates of order one, the scale the kernel was made for, and its KID stays torch-fidelity's
+    exactly. Another extractor's features can be of any scale (the digits classifier's ReLU features have a mean
+    square of ~80): under a cubic kernel γ x·y ≫ 1 makes KID grow as the sixth power of that scale (~10⁶ where a
+    readable KID is ~10⁻³) and its spread over subsets swamp it. There γ = 1 / the mean squared norm of the reference's
+    features, so that γ x·x averages 1 over the reference: the features' unit, which the network chose, no longer
+    matters (KID of features scaled by any c is the same)."""
+    if extractor == "inception-v3-compat":
+        return 1.0 / reference_features.shape[1]
+    mean_square = float(reference_features.double().pow(2).sum(dim=1).mean())
+    if not mean_square > 0:
+        raise ValueError(f"every {extractor} feature of the reference images is 0: KID's kernel cannot be scaled to "
+                         f"them (a classifier whose penultimate layer is dead: train it again)")
+    return 1.0 / mean_square
 
 
 def _layers(fe_kwargs: dict) -> dict[str, str]:
@@ -240,20 +273,37 @@ def fid_statistics(features: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(stats["mu"], dtype=np.float64), np.asarray(stats["sigma"], dtype=np.float64)
 
 
-def fid_between(sample_stats, reference_stats) -> float:
-    """FID between two (μ, Σ) pairs, by torch-fidelity's ``fid_statistics_to_metric``."""
+def fid_between(sample_stats, reference_stats, *, reference_name: str = "the reference statistics") -> float:
+    """FID between two (μ, Σ) pairs, by torch-fidelity's ``fid_statistics_to_metric``; never negative: a value below 0
+    within rounding (:func:`fid_rounding`) is 0, one further below is refused, naming ``reference_name``."""
     from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_statistics_to_metric
 
     (mu1, sigma1), (mu2, sigma2) = sample_stats, reference_stats
     if len(mu1) != len(mu2):
         raise ValueError(f"the reference statistics have {len(mu2)} features but the samples' extractor gives "
                          f"{len(mu1)}: they are statistics of another feature extractor")
-    return float(fid_statistics_to_metric({"mu": mu1, "sigma": sigma1}, {"mu": mu2, "sigma": sigma2},
-                                          verbose=False)[KEY_METRIC_FID])
+    fid = float(fid_statistics_to_metric({"mu": mu1, "sigma": sigma1}, {"mu": mu2, "sigma": sigma2},
+                                         verbose=False)[KEY_METRIC_FID])
+    if fid >= 0:
+        return fid
+    rounding = fid_rounding(sigma1, sigma2)
+    if fid < -rounding:
+        raise ValueError(f"FID of the samples ({len(mu1)} features) against {reference_name} is {fid:.6g}, below 0 "
+                         f"beyond rounding (−{rounding:.3g}): a Σ is not a covariance matrix; no FID is written")
+    return 0.0
 
 
-def _scores(sample_features: dict, reference_features: dict, reference_stats, metrics, layers: dict, options: dict
-            ) -> dict:
+def fid_rounding(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
+    """How far below 0 rounding alone can take torch-fidelity's FID, ‖μ₁ − μ₂‖² + tr Σ₁ + tr Σ₂ − 2 tr √(Σ₁Σ₂): it
+    sums the square roots of the d eigenvalues of Σ₁Σ₂ (``numpy.linalg.eigvals``), each within about
+    d·ε·‖Σ₁‖‖Σ₂‖ of its value (ε: float64's); where Σ₁Σ₂ is singular (fewer images than features), each null
+    eigenvalue can so add up to √(d·ε·‖Σ₁‖‖Σ₂‖) to the trace, twice that to FID."""
+    d = len(sigma1)
+    return 2 * d * float(np.sqrt(d * np.finfo(np.float64).eps * np.linalg.norm(sigma1) * np.linalg.norm(sigma2)))
+
+
+def _scores(sample_features: dict, reference_features: dict, reference_stats, metrics, layers: dict, options: dict,
+            *, reference_name: str = "the reference statistics") -> dict:
     """torch-fidelity's metric functions on extracted features (its result keys)."""
     from torch_fidelity.metric_fid import KEY_METRIC_FID
     from torch_fidelity.metric_isc import isc_featuresdict_to_metric
@@ -264,7 +314,8 @@ def _scores(sample_features: dict, reference_features: dict, reference_stats, me
     if "isc" in metrics:
         raw.update(isc_featuresdict_to_metric(sample_features, layers["isc"], **options))
     if "fid" in metrics:
-        raw[KEY_METRIC_FID] = fid_between(fid_statistics(sample_features[layers["fid"]]), reference_stats)
+        raw[KEY_METRIC_FID] = fid_between(fid_statistics(sample_features[layers["fid"]]), reference_stats,
+                                          reference_name=reference_name)
     if "kid" in metrics:
         raw.update(kid_featuresdict_to_metric(sample_features, reference_features, layers["kid"], **options))
     if "prc" in metrics:
@@ -278,7 +329,8 @@ BOOTSTRAP_KID_SUBSETS = 4
 
 
 def bootstrap_errors(sample_features: dict, reference_features: dict, reference_stats, metrics, layers: dict,
-                     options: dict, *, rounds: int = BOOTSTRAP_ROUNDS, seed: int = 0) -> dict:
+                     options: dict, *, rounds: int = BOOTSTRAP_ROUNDS, seed: int = 0,
+                     reference_name: str = "the reference statistics") -> dict:
     """The bootstrap standard errors of FID, IS and KID over the sample set (Efron & Tibshirani 1993): ``rounds``
     times, draw as many samples as there are with replacement (``numpy.random.default_rng(seed)``), compute each
     metric by torch-fidelity's functions on the drawn samples' features against the same reference, and take the
@@ -300,7 +352,7 @@ def bootstrap_errors(sample_features: dict, reference_features: dict, reference_
         index = torch.from_numpy(rng.integers(0, n, size=n))
         drawn = {layer: features[index] for layer, features in sample_features.items()}
         raw = _scores(drawn, reference_features, reference_stats, wanted, layers,
-                      {**options, "kid_subsets": BOOTSTRAP_KID_SUBSETS})
+                      {**options, "kid_subsets": BOOTSTRAP_KID_SUBSETS}, reference_name=reference_name)
         for m in wanted:
             draws[m].append(raw[keys[m][0]])
     out = {keys[m][1]: float(np.std(draws[m], ddof=1)) if rounds > 1 else float("nan") for m in wanted}

@@ -7,6 +7,7 @@ one, its ± (IS). A setting the paper could not train has the metric ``unstable`
 
 from __future__ import annotations
 
+import csv
 import math
 from pathlib import Path
 
@@ -101,27 +102,73 @@ def comparability_note(marks: dict[tuple[str, ...], list[str]]) -> str:
     return "; ".join(f"{', '.join(labels)}: {', '.join(reasons)}" for reasons, labels in marks.items() if reasons)
 
 
-def load_published(path: str | Path) -> pd.DataFrame:
-    """Read and check the published numbers; an error names the file, the line and the bad field."""
-    path = Path(path)
+#: The published CSV's numeric columns and what each must hold (an empty cell: not given).
+NUMBER_COLUMNS = {"T": int, "steps": int, "eta": float, "value": float, "std": float}
+
+
+def _checked_lines(path: Path) -> list[int]:
+    """The line each row of a published CSV starts on, once every row is checked to have all the columns and a number
+    (or nothing) where one is due; else an error naming the file, the line, the column and the value (what pandas
+    would say instead names none of them, or another column)."""
     try:
-        table = pd.read_csv(path, dtype={"T": "Int64", "steps": "Int64", "eta": "Float64"}, keep_default_na=False,
-                            na_values=[""])
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            header = next(reader, [])
+            if tuple(header) != COLUMNS:
+                raise ValueError(f"{path}: expected the columns {', '.join(COLUMNS)}; found {', '.join(header)}")
+            lines = []
+            line = reader.line_num + 1
+            for record in reader:
+                if record:  # a blank line is no row (nor is it one for pandas)
+                    _check_published_row(record, f"{path}, line {line}")
+                    lines.append(line)
+                line = reader.line_num + 1
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise ValueError(f"cannot read the published numbers {path}: {err}") from err
+    return lines
+
+
+def _check_published_row(record: list[str], where: str) -> None:
+    """One row's length and numbers (:data:`NUMBER_COLUMNS`), ``where`` naming its file and line."""
+    if len(record) != len(COLUMNS):
+        short = len(record) < len(COLUMNS)
+        ends = (f"ends at column {COLUMNS[len(record) - 1]} (value {record[-1]!r}): "
+                f"{', '.join(COLUMNS[len(record):])} missing") if short \
+            else f"goes on after column {COLUMNS[-1]} (value {record[len(COLUMNS)]!r})"
+        raise ValueError(f"{where}: {len(record)} fields where the header has {len(COLUMNS)}; the row {ends}")
+    row = dict(zip(COLUMNS, record))
+    for column, kind in NUMBER_COLUMNS.items():
+        if row[column] == "":
+            continue
+        try:
+            number = kind(row[column])
+        except ValueError:
+            number = None
+        if number is None or not math.isfinite(number):
+            what = "an integer" if kind is int else "a finite number"
+            raise ValueError(f"{where}, column {column}: {row[column]!r} is not {what}")
+
+
+def load_published(path: str | Path) -> pd.DataFrame:
+    """Read and check the published numbers; an error names the file, the line, the column and the bad value."""
+    path = Path(path)
+    lines = _checked_lines(path)
+    try:
+        table = pd.read_csv(path, dtype={"T": "Int64", "steps": "Int64", "eta": "Float64", "value": "float64",
+                                         "std": "float64"}, keep_default_na=False, na_values=[""])
     except (OSError, ValueError, pd.errors.ParserError) as err:
         raise ValueError(f"cannot read the published numbers {path}: {err}") from err
-    if tuple(table.columns) != COLUMNS:
-        raise ValueError(f"{path}: expected the columns {', '.join(COLUMNS)}; found {', '.join(table.columns)}")
     valid = {"schedule": SCHEDULES, "mean_type": MEAN_TYPES, "var_type": VAR_TYPES, "loss_type": LOSS_TYPES,
              "metric": METRICS}
     for i, row in table.iterrows():
-        where = f"{path}, line {i + 2}"
+        where = f"{path}, line {lines[i]}"
         for column, allowed in valid.items():
             if row[column] not in allowed:
                 raise ValueError(f"{where}: {column} {row[column]!r} is not one of {', '.join(allowed)}")
         if pd.isna(row["T"]) or row["T"] < 1:
             raise ValueError(f"{where}: T must be a positive integer, got {row['T']!r}")
         _check_sampler_columns(row, where)
-        has_value = not pd.isna(row["value"]) and math.isfinite(float(row["value"]))
+        has_value = not pd.isna(row["value"])
         if has_value == (row["metric"] == "unstable"):
             raise ValueError(f"{where}: {'an unstable row has no value' if has_value else 'value is missing'}")
     keys = ["sweep", *SETTING_AXES, *SAMPLER_COLUMNS, "metric"]

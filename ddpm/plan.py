@@ -165,7 +165,7 @@ def job_counts(config: dict, settings, points, data: dict) -> dict[str, int]:
         "import_pretrained" if imported else "train": n,
         "progressive": n, "interpolate": n,
         "sample": n * len(points) * shards(sample["num_samples"], sample["shard_size"]),
-        "gather_samples": n * len(points), "fid_is": n * len(points),
+        "gather_samples": n * len(points), "sample_grid": n * len(points), "fid_is": n * len(points),
         "sample_snapshot": n * snapshots * shards(snapshot_samples, sample["shard_size"]),
         "gather_snapshot_samples": n * snapshots, "fid_snapshot": n * snapshots,
         "nll": n * shards(nll_images, evaluate["nll_shard_size"]), "gather_nll": n,

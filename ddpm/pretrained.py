@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import UNET_KEY, save_checkpoint
+from .checkpoint import UNET_KEY, check_finite_weights, save_checkpoint
 from .datasets import read_manifest, sha256_file
 from .presets import GROUPS, UNetConfig, check_config
 from .schedules import make_betas
@@ -275,28 +275,86 @@ def read_diffusers(path: Path) -> Source:
     if scheduler_file is None:
         raise FileNotFoundError(f"{path} has no {SCHEDULER_CONFIG} (nor scheduler/{SCHEDULER_CONFIG}): the diffusion "
                                 f"process (T, β, variance) of these weights is unknown")
-    T, betas, mean_type, var_type = diffusers_process(_read_json(scheduler_file), str(scheduler_file))
+    T, betas, mean_type, var_type, notes = diffusers_process(_read_json(scheduler_file), str(scheduler_file))
     files[_relative(scheduler_file, path)] = sha256_file(scheduler_file)
     if var_type.startswith("learned") != (unet.out_channels == 2 * unet.in_channels):
         raise ValueError(f"{scheduler_file}: variance_type {var_type} does not fit a network with "
                          f"{unet.out_channels} output channels for {unet.in_channels} input channels")
     return Source("diffusers", unet, ema, None, T, betas, mean_type, var_type, files,
-                  notes=["diffusers holds one set of weights (DDPM's releases: the EMA weights)"])
+                  notes=["diffusers holds one set of weights (DDPM's releases: the EMA weights)", *notes])
 
 
-def diffusers_process(scheduler: dict, where: str) -> tuple[int, np.ndarray, str, str]:
-    """T, β, mean type and variance type of a ``DDPMScheduler`` config."""
+#: The schedulers whose ``scheduler_config.json`` fields this importer knows (their fields in diffusers 0.42).
+DIFFUSERS_SCHEDULERS = ("DDPMScheduler", "DDIMScheduler")
+#: The fields that give the process, each read by :func:`diffusers_process`.
+SCHEDULER_FIELDS_READ = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
+                         "prediction_type", "predict_epsilon", "variance_type", "clip_sample", "clip_sample_range")
+#: The fields that change the process only away from one value, the one this project implements: any other is
+#: refused (value accepted, what another value would do).
+SCHEDULER_FIELDS_FIXED = {
+    "thresholding": (False, "dynamic thresholding of x̂_0 at each step (Saharia et al. 2022) is not implemented"),
+    "rescale_betas_zero_snr": (False, "β rescaled to a zero terminal SNR (Lin et al. 2023) is not implemented"),
+    "set_alpha_to_one": (True, "DDIM's last step to ᾱ_0 instead of ᾱ = 1 is not implemented (this project's DDIM "
+                               "ends at ᾱ = 1, as Song et al. 2020)"),
+}
+#: The fields that do not change the process the weights were trained for, and why.
+SCHEDULER_FIELDS_HARMLESS = {
+    "_class_name": "which scheduler: checked to be one of DIFFUSERS_SCHEDULERS",
+    "_diffusers_version": "the diffusers version that wrote the file",
+    "_use_default_values": "diffusers' list of the fields it filled with their defaults when it loaded a config",
+    "tensor_format": "diffusers ≤ 0.2: whether the scheduler returned numpy arrays or torch tensors",
+    "timestep_spacing": "which steps diffusers visits with fewer inference steps: a sampler point here chooses its "
+                        "own (sample.skip)",
+    "steps_offset": "a shift of diffusers' inference steps: as timestep_spacing",
+    "dynamic_thresholding_ratio": "used only with thresholding, which is refused",
+    "sample_max_value": "used only with thresholding, which is refused",
+}
+
+
+def _check_scheduler_fields(scheduler: dict, where: str) -> None:
+    """Refuse, by name, a scheduler config field that this importer neither reads nor knows harmless (a field of
+    another scheduler, or of a diffusers version after 0.42), and a field at a value that changes the process in a
+    way this project does not implement."""
+    kind = scheduler.get("_class_name", "DDPMScheduler")
+    if kind not in DIFFUSERS_SCHEDULERS:
+        raise ValueError(f"{where}: _class_name {kind!r} is a scheduler whose fields this importer does not know "
+                         f"(it knows {', '.join(DIFFUSERS_SCHEDULERS)})")
+    known = {*SCHEDULER_FIELDS_READ, *SCHEDULER_FIELDS_FIXED, *SCHEDULER_FIELDS_HARMLESS}
+    unknown = sorted(key for key in scheduler if key not in known)
+    if unknown:
+        raise ValueError(f"{where}: unknown scheduler field {unknown[0]} = {scheduler[unknown[0]]!r}"
+                         + (f" (and {', '.join(unknown[1:])})" if unknown[1:] else "")
+                         + ": this importer reads or knows harmless only " + ", ".join(sorted(known))
+                         + "; a field it does not know may change the process")
+    for key, (implemented, other) in SCHEDULER_FIELDS_FIXED.items():
+        if key in scheduler and scheduler[key] != implemented:
+            raise ValueError(f"{where}: {key} = {json.dumps(scheduler[key])} is not supported (only "
+                             f"{json.dumps(implemented)}): {other}")
+
+
+def diffusers_process(scheduler: dict, where: str) -> tuple[int, np.ndarray, str, str, list[str]]:
+    """T, β, mean type and variance type of a ``DDPMScheduler`` (or ``DDIMScheduler``) config, and notes on what
+    the source does otherwise at sampling; every field is read or known harmless (:func:`_check_scheduler_fields`)."""
+    _check_scheduler_fields(scheduler, where)
     T = int(scheduler.get("num_train_timesteps", 1000))
     kind = scheduler.get("beta_schedule", "linear")
     if scheduler.get("trained_betas") is not None:
         betas = np.asarray(scheduler["trained_betas"], dtype=np.float64)
+        if betas.shape != (T,):
+            raise ValueError(f"{where}: trained_betas holds {betas.size} values, but num_train_timesteps is {T}")
     elif kind == "linear":
         betas = np.linspace(scheduler.get("beta_start", 1e-4), scheduler.get("beta_end", 0.02), T, dtype=np.float64)
-    elif kind == "squaredcos_cap_v2":
+    elif kind == "squaredcos_cap_v2":  # diffusers' betas_for_alpha_bar: Improved DDPM's cosine, β capped at 0.999
         betas = make_betas("cosine", T)
     else:
         raise ValueError(f"{where}: beta_schedule {kind!r} is not a schedule of DDPM or Improved DDPM")
     prediction = scheduler.get("prediction_type", "epsilon")
+    if "predict_epsilon" in scheduler:  # diffusers 0.7–0.10's field, which prediction_type replaced
+        legacy = "epsilon" if scheduler["predict_epsilon"] else "sample"
+        if scheduler.get("prediction_type", legacy) != legacy:
+            raise ValueError(f"{where}: predict_epsilon {json.dumps(scheduler['predict_epsilon'])} and prediction_type "
+                             f"{scheduler['prediction_type']!r} disagree")
+        prediction = legacy
     if prediction not in _DIFFUSERS_MEAN_TYPES:
         raise ValueError(f"{where}: prediction_type {prediction!r} is not supported "
                          f"(only {', '.join(_DIFFUSERS_MEAN_TYPES)})")
@@ -304,7 +362,13 @@ def diffusers_process(scheduler: dict, where: str) -> tuple[int, np.ndarray, str
     if variance not in _DIFFUSERS_VAR_TYPES:
         raise ValueError(f"{where}: variance_type {variance!r} is not supported "
                          f"(only {', '.join(_DIFFUSERS_VAR_TYPES)})")
-    return T, betas, _DIFFUSERS_MEAN_TYPES[prediction], _DIFFUSERS_VAR_TYPES[variance]
+    clip = scheduler.get("clip_sample", True)
+    if clip and scheduler.get("clip_sample_range", 1.0) != 1.0:
+        raise ValueError(f"{where}: clip_sample_range = {scheduler['clip_sample_range']!r} is not supported (only "
+                         f"1.0): this project clips x̂_0 to [-1, 1]")
+    notes = [] if clip else ["the source samples without clipping x̂_0 (clip_sample: false); here each sampler point "
+                             "chooses (sample.clip)"]
+    return T, betas, _DIFFUSERS_MEAN_TYPES[prediction], _DIFFUSERS_VAR_TYPES[variance], notes
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -450,6 +514,7 @@ def translate(found: dict, leaves: dict[str, str], unet: UNetConfig, *, where: s
         examples = ([f"missing e.g. {missing[0]}"] if missing else []) + (
             [f"unexpected e.g. {unexpected[0]}"] if unexpected else []) + reshaped[:1]
         raise ValueError(f"{where} does not fit the U-Net its config describes ({summary}; {'; '.join(examples)})")
+    check_finite_weights({theirs: found[theirs] for theirs in used if theirs in found}, where)
     if embedding_order is not None:
         out["temb.0.weight"] = out["temb.0.weight"][:, embedding_order]
     return out

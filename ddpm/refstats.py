@@ -15,6 +15,8 @@ beside it (same stem, ``.json``) that says what it is the statistics of::
 :func:`read_ref_stats` refuses a file whose bytes are not those the record vouches for, or that was made for another
 extractor, weights, resolution, split or data. A statistics file from elsewhere (pytorch-fid's, clean-fid's: ``mu``
 and ``sigma``, no record) is taken only when asked for (``foreign=True``), with only its feature dimension checked.
+Every file's ``sigma`` must be a covariance, symmetric positive semi-definite within rounding
+(:func:`check_covariance`): against anything else FID can be any number, negative included.
 """
 
 from __future__ import annotations
@@ -155,7 +157,38 @@ def _checked_arrays(mu, sigma, what) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"{what}: mu and sigma must be floating point, got {mu.dtype} and {sigma.dtype}")
     if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
         raise ValueError(f"{what}: mu or sigma contains NaN or Inf")
-    return mu.astype(np.float64), sigma.astype(np.float64)
+    sigma = sigma.astype(np.float64)
+    check_covariance(sigma, f"{what}: sigma")
+    return mu.astype(np.float64), sigma
+
+
+#: How far from symmetric positive semi-definite a covariance may be, relative to its Frobenius norm ‖Σ‖_F: rounding
+#: a covariance's entries (float32 storage: relative 6e-8 each) moves each eigenvalue by at most ‖E‖_2 ≤ ‖E‖_F ≤
+#: 6e-8 ‖Σ‖_F (Weyl), and computing it in float64 far less; 1e-6 leaves a margin of ~17 over float32 and still refuses
+#: any matrix that is not a covariance (FID against one can be any number, negative included).
+COVARIANCE_TOLERANCE = 1e-6
+
+
+def check_covariance(sigma: np.ndarray, what: str) -> None:
+    """Refuse a ``sigma`` that is not a covariance: not symmetric (‖Σ − Σᵀ‖_F above :data:`COVARIANCE_TOLERANCE`
+    ‖Σ‖_F) or not positive semi-definite (an eigenvalue below −tolerance · ‖Σ‖_F, tested by a Cholesky factorisation
+    of Σ + tolerance · ‖Σ‖_F · I; the eigenvalue is computed only to name it)."""
+    scale = float(np.linalg.norm(sigma))
+    if scale == 0:  # all features constant: a covariance, if a degenerate one
+        return
+    tolerance = COVARIANCE_TOLERANCE * scale
+    asymmetry = float(np.linalg.norm(sigma - sigma.T))
+    if asymmetry > tolerance:
+        raise ValueError(f"{what} is not symmetric: ‖Σ − Σᵀ‖ = {asymmetry:.6g}, more than {COVARIANCE_TOLERANCE:g} of "
+                         f"‖Σ‖ = {scale:.6g}; not a covariance matrix")
+    symmetric = (sigma + sigma.T) / 2
+    try:
+        np.linalg.cholesky(symmetric + tolerance * np.eye(len(sigma)))
+    except np.linalg.LinAlgError:
+        smallest = float(np.linalg.eigvalsh(symmetric)[0])
+        raise ValueError(f"{what} is not positive semi-definite: its smallest eigenvalue is {smallest:.6g}, below "
+                         f"−{tolerance:.3g} ({COVARIANCE_TOLERANCE:g} of ‖Σ‖ = {scale:.6g}); not a covariance matrix "
+                         f"(FID against it could be any number, negative included)") from None
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -58,6 +58,8 @@ def _read_json(path: Path, setting: str | None = None) -> dict:
 def _fidelity_columns(scores: dict) -> dict:
     extractor = scores["extractor"]
     row = {f"{label} [{extractor}]": scores.get(key, float("nan")) * scale for key, label, scale in FIDELITY_KEYS}
+    if not _kid_readable(scores):
+        row.update({f"{label} [{extractor}]": float("nan") for key, label, _ in FIDELITY_KEYS if key.startswith("kid")})
     if "fid_test" in scores:
         row[f"FID test [{extractor}]"] = scores["fid_test"]
     row["samples"] = scores["num_samples"]
@@ -65,6 +67,15 @@ def _fidelity_columns(scores: dict) -> dict:
     row["reference images"] = scores.get("reference_images", float("nan"))  # FID's real images (files of old: –)
     row["preprocess"] = scores.get("reference_preprocess")
     return row
+
+
+def _kid_readable(scores: dict) -> bool:
+    """Whether a result's KID can be read: torch-fidelity's on Inception's features, or on another extractor's with the
+    kernel scaled to them (it records its γ, :func:`ddpm.metrics.kid_kernel_gamma`); one scored before that (≈ 10⁶ on
+    the classifier's features) is not shown."""
+    from .metrics import KID_GAMMA
+
+    return scores["extractor"] == "inception-v3-compat" or KID_GAMMA in scores
 
 
 def _fid_reference(reference: dict | None) -> str:
@@ -347,7 +358,11 @@ def display_header(column: str) -> str:
 #: What every rendered table says under its caption.
 LEGEND = ("↓ lower is better, ↑ higher is better; ± after a score: its bootstrap standard error over the samples, or "
           "in the paper table the standard deviation over seeds (≥ 2 seeds) and, for IS of one seed, the spread over "
-          "IS's splits as the papers give it; IS std: that spread; KID is shown ×10³; FID vs best: a row's FID against "
+          "IS's splits as the papers give it; IS std: that spread; KID is shown ×10³, with the cubic kernel "
+          "(γ x·y + 1)³: γ = 1/d (torch-fidelity's) on Inception's features; on the classifier's, whose scale is "
+          "arbitrary, γ = 1 / their mean squared norm over the reference images (γ x·x ≈ 1, as 1/d supposes), "
+          "and a KID scored without it is not shown; KID is unbiased, so it can be slightly below 0 where the samples "
+          "are as close to the reference as its own images are (within its ±); FID vs best: a row's FID against "
           "the best setting's, distinguishable when they differ by more than twice their combined standard error; "
           "– : not measured or not published")
 

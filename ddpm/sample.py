@@ -12,9 +12,9 @@ import torch
 from .checkpoint import checkpoint_provenance, load_for_sampling, provenance_arrays
 from .datasets import open_split, to_model_range, to_uint8
 from .diffusion import randn
-from .io import save_npz
+from .io import save_grid, save_npz
 from .progress import progress as progress_iter
-from .samplers import network_evaluations, sample_loop, sampling_process
+from .samplers import NonFiniteSamples, network_evaluations, sample_loop, sampling_process
 from .settings import SamplerPoint
 from .speed import FastForward, Speed
 
@@ -60,7 +60,12 @@ def _draw(checkpoint, *, start: int = 0, count: int = 64, batch_size: int = 64, 
     for first in progress_iter(batches, desc="sample batches", enabled=progress):
         indices = range(first, min(first + batch_size, start + count))
         generators = [sample_generator(seed, i) for i in indices]
-        x = sample_loop(model, diffusion, point, (len(indices), *shape), generators, progress=progress, device=device)
+        try:
+            x = sample_loop(model, diffusion, point, (len(indices), *shape), generators, progress=progress,
+                            device=device)
+        except NonFiniteSamples as err:
+            raise ValueError(f"{checkpoint}: " + err.describe(f"seed {seed}'s samples",
+                                                             [indices[p] for p in err.positions])) from err
         out.append(to_uint8(x).cpu().numpy())
     return np.concatenate(out), network_evaluations(diffusion.num_timesteps, point)
 
@@ -114,19 +119,6 @@ def interpolate(checkpoint: str | Path, first: np.ndarray, second: np.ndarray, *
     generators = [sample_generator(seed, 2) for _ in range(num_lambdas)]  # one noise stream, shared by every λ
     decoded = sample_loop(model, diffusion, point, tuple(x.shape), generators, noise=x, device=device, start_step=t)
     return np.concatenate([first[None], to_uint8(decoded).cpu().numpy(), second[None]])
-
-
-def save_grid(images: np.ndarray, path: str | Path, *, nrow: int | None = None, scale: int = 4) -> None:
-    """Write uint8 images (N, C, H, W) as one PNG grid, each pixel enlarged ``scale`` times for viewing."""
-    from PIL import Image
-    from torchvision.utils import make_grid
-
-    x = torch.from_numpy(images)
-    nrow = nrow or int(np.ceil(np.sqrt(len(x))))
-    grid = make_grid(x, nrow=nrow, padding=1, pad_value=255)  # uint8 (3, H, W)
-    grid = grid.repeat_interleave(scale, 1).repeat_interleave(scale, 2)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(grid.permute(1, 2, 0).numpy()).save(path)
 
 
 # ---------------------------------------------------------------------------------------------- the jobs' files

@@ -74,6 +74,40 @@ def sampling_process(model: Model, diffusion: GaussianDiffusion, point: SamplerP
     return model, process
 
 
+class NonFiniteSamples(ValueError):
+    """Samples that turned NaN or ±inf: at which step (``at``, in words; ``timestep``: the step of the T-step process)
+    and which samples (``positions`` in the batch, those that turned first)."""
+
+    def __init__(self, what: str, at: str, timestep: int, positions: list[int]):
+        self.what, self.at, self.timestep, self.positions = what, f"{at} (timestep {timestep})", timestep, positions
+        super().__init__(self.describe("batch positions", positions))
+
+    def describe(self, label: str, names) -> str:
+        """The error, the samples named by ``names`` (one per position) under ``label``."""
+        names = [str(name) for name in names]
+        shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+        return (f"{self.what} turned non-finite (NaN or ±inf) at {self.at}, first in {label} {shown}: the network "
+                f"gives non-finite outputs there; nothing is written from them")
+
+
+def _mark_non_finite(x: torch.Tensor, step: int, first: torch.Tensor) -> torch.Tensor:
+    """``first`` (per sample: the step at which it first turned non-finite, −1 while finite) after ``step``; on the
+    device, without waiting for it (one reduction over x per step, next to a network's forward pass)."""
+    return first.masked_fill(~torch.isfinite(x).flatten(1).all(dim=1) & (first < 0), step)
+
+
+def _refuse_non_finite(first: torch.Tensor, process: GaussianDiffusion, what: str, *, reverse: bool = True) -> None:
+    """Raise :class:`NonFiniteSamples` if any sample turned non-finite (``first``: :func:`_mark_non_finite`)."""
+    bad = first >= 0
+    if not bool(bad.any()):
+        return
+    steps, total = first[bad], process.num_timesteps
+    step = int(steps.max() if reverse else steps.min())  # the earliest in the order the steps ran
+    at = f"reverse step {total - step} of {total}" if reverse else f"encoding step {step + 1} of {total}"
+    positions = torch.nonzero(first == step).flatten().tolist()
+    raise NonFiniteSamples(what, at, int(process.timestep_map[step]), positions)
+
+
 def network_evaluations(T: int, point: SamplerPoint) -> int:
     """Network calls per image: the length of the point's subsequence."""
     return len(timestep_subsequence(T, point.steps, point.skip))
@@ -99,7 +133,10 @@ def sample_loop(
     ``start_step`` (with ``noise``: the x there) starts lower than the top step (DDPM Figure 8's decoding from x_t).
 
     With ``return_trajectory``, returns ``(samples, trajectory)``: the x̂_0 the model predicts at each recorded step
-    index of the respaced process (all, or ``trajectory_steps``; index S−1 is the first step), DDPM Figure 6."""
+    index of the respaced process (all, or ``trajectory_steps``; index S−1 is the first step), DDPM Figure 6.
+
+    Samples that turn NaN or ±inf raise :class:`NonFiniteSamples` at the end, naming the step where they first did
+    (checked at every step on the device, waited for once)."""
     shape = tuple(shape)
     device = _model_device(model) if device is None else device
     network, process = sampling_process(model, diffusion, point, shape[1])
@@ -113,6 +150,7 @@ def sample_loop(
     trajectory: dict[int, torch.Tensor] = {}
     steps = progress_iter(range(top, -1, -1), total=top + 1,
                           desc=f"sampling ({point.name})", enabled=progress)
+    non_finite = torch.full((shape[0],), -1, device=device, dtype=torch.long)
     for i in steps:
         t = torch.full((shape[0],), i, device=device, dtype=torch.long)
         if point.sampler == "ddim":
@@ -120,8 +158,10 @@ def sample_loop(
         else:
             out = process.p_sample(network, x, t, generator=generator, clip_denoised=point.clip)
         x = out["sample"]
+        non_finite = _mark_non_finite(x, i, non_finite)
         if return_trajectory and i in record:
             trajectory[i] = out["pred_xstart"].cpu()
+    _refuse_non_finite(non_finite, process, f"sampling ({point.name})")
     return (x, trajectory) if return_trajectory else x
 
 
@@ -133,9 +173,12 @@ def ddim_encode(model: Model, diffusion: GaussianDiffusion, x_start: torch.Tenso
     point = SamplerPoint("ddim", steps, skip, eta=0.0, clip=False)
     network, process = sampling_process(model, diffusion, point, x_start.shape[1])
     x = x_start
+    non_finite = torch.full((x.shape[0],), -1, device=x.device, dtype=torch.long)
     for i in progress_iter(range(process.num_timesteps), desc="encoding", enabled=progress):
         t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
         x = process.ddim_reverse_sample(network, x, t)["sample"]
+        non_finite = _mark_non_finite(x, i, non_finite)
+    _refuse_non_finite(non_finite, process, "DDIM's encoding", reverse=False)
     return x
 
 

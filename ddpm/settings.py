@@ -326,13 +326,19 @@ def train_config(config: dict, setting: Setting) -> TrainConfig:
                                   **setting.axes(), "dataset": config["dataset"]["name"]})
 
 
-def train_arguments(config: dict, setting: Setting) -> str:
-    """The ``ddpm train`` flags of ``setting`` (what a Snakemake rule passes on)."""
+#: The training keys that change no weight: how often it logs the loss, draws a preview and saves its resume state
+#: (a resumed training is the same bit for bit). A change of them reruns no training.
+CADENCE_KEYS = ("log_every", "preview_every", "checkpoint_every")
+
+
+def train_arguments(config: dict, setting: Setting, *, cadence: bool = False) -> str:
+    """The ``ddpm train`` flags of ``setting`` (what a Snakemake rule passes on): those that decide what it trains,
+    or with ``cadence`` those of :data:`CADENCE_KEYS` alone."""
     resolved = train_config(config, setting)
     flags = []
     for f in fields(TrainConfig):
         value = getattr(resolved, f.name)
-        if value is not None:
+        if value is not None and (f.name in CADENCE_KEYS) == cadence:
             flags.append(f"--{f.name.replace('_', '-')} {str(value).lower() if isinstance(value, bool) else value}")
     return " ".join(flags)
 

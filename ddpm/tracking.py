@@ -1,18 +1,37 @@
-"""MLflow tracking: one experiment per config, one parent run per sweep, one child run per setting.
+"""MLflow tracking: one experiment per config, one parent run per sweep, one child run per setting, one run per
+sampler point under its setting's run.
 
 Every job talks to the store through an explicit ``MlflowClient`` and a run id kept on disk (the sweep's
 ``tracking.json``, each setting's ``mlflow_run_id.txt``), so sampling and evaluation jobs attach to the run the
-training job created. The default store is SQLite at ``results/mlflow.db`` (absolute path); it and the experiment
-are created once, by the first job, before any parallel writer starts. ``MLFLOW_TRACKING_URI`` overrides it.
+training job created. The default store is SQLite at ``<results>/mlflow.db``, its artifacts in
+``<results>/mlartifacts``; the tracking file names that results folder relative to itself (:func:`write_tracking`),
+so a copied or moved project keeps to its own store and artifacts (:func:`adopt_project_artifacts`). A store the user
+gave (``MLFLOW_TRACKING_URI``, ``mlflow.tracking_uri``) is kept as given. The store and the experiment are created
+once, by the first job, before any parallel writer starts. A job checks, before any work, that the experiment and the
+runs it logs to are not deleted (:func:`check_active`: a deleted one is named with the command that restores it).
+
+Which run holds what (a score lives on one run):
+
+- a setting's run: the setting's axes and its whole training config as params; the training curves (loss, learning
+  rate, gradient norm, images/s), bits/dim (``bpd``, ``bpd_train``), the reconstruction error (at step S) and FID over
+  training (``fid_over_training`` … at each training step, its last point from the sweep's first sampler point);
+- a sampler point's run: the setting's axes and the point (``sampler``, ``S``, ``eta``, ``variance``, ``skip``,
+  ``clip``, ``sampler_curve``) as params; the final checkpoint's FID, IS, KID, precision / recall and what sampling
+  cost, logged at step S so that MLflow's line charts draw them against S; the samples' grid and how FID was computed
+  (``ddpm.fid.*`` tags);
+- the sweep's parent run: the resolved config and the report's tables.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import random
 import re
+import shlex
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -160,13 +179,26 @@ class _DropReraisedDatabaseErrors(logging.Filter):
 logging.getLogger("mlflow.store.db.utils").addFilter(_DropReraisedDatabaseErrors())
 
 
+#: The default store and its artifacts, in the results folder.
+STORE_FILE = "mlflow.db"
+ARTIFACTS_FOLDER = "mlartifacts"
+
+
+def project_store_uri(results_dir: str | Path) -> str:
+    """The default store of the results folder ``results_dir``: SQLite at ``<results_dir>/mlflow.db``, by absolute
+    path (SQLAlchemy reads a relative one against the working directory)."""
+    return f"sqlite:///{(Path(results_dir).resolve() / STORE_FILE).as_posix()}"
+
+
+def given_tracking_uri(configured: str | None = None) -> str | None:
+    """The store the user chose: ``MLFLOW_TRACKING_URI`` if set, else ``configured`` (the config's
+    ``mlflow.tracking_uri``); None for the project's own (:func:`project_store_uri`)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or configured or None
+
+
 def default_tracking_uri(results_dir: str | Path, configured: str | None = None) -> str:
-    """``MLFLOW_TRACKING_URI`` if set, else ``configured`` (the config's ``mlflow.tracking_uri``), else SQLite at
-    ``<results_dir>/mlflow.db`` by absolute path."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or configured
-    if uri:
-        return uri
-    return f"sqlite:///{(Path(results_dir).resolve() / 'mlflow.db').as_posix()}"
+    """The store the user chose (:func:`given_tracking_uri`), else the project's own in ``results_dir``."""
+    return given_tracking_uri(configured) or project_store_uri(results_dir)
 
 
 #: Filesystem types (as /proc/mounts names them) that are shared over a network: SQLite's file locking is unreliable
@@ -278,9 +310,14 @@ def best_effort(what: str, call: Callable[[], object]) -> bool:
 
 
 def init_sweep(tracking_uri: str, experiment: str, sweep_name: str, artifact_root: str | Path, config: dict,
-               *, kind: str = "sweep") -> dict:
+               *, kind: str = "sweep", project_store: bool = False) -> dict:
     """Create (or reuse) the experiment and the sweep's parent run (tagged ``ddpm.kind``; a ``sweep`` run of this name
-    already in the experiment is reused, never duplicated); returns what jobs need to attach."""
+    already in the experiment is reused, never duplicated); returns what jobs need to attach. A deleted experiment or
+    parent run is refused, naming the command that restores it. ``project_store``: the store is the project's own, so
+    an artifact location another copy of the project made is moved to ``artifact_root``
+    (:func:`adopt_project_artifacts`)."""
+    from mlflow.entities import LifecycleStage
+
     refuse_sqlite_on_network_filesystem(tracking_uri)
     client = _client(tracking_uri)
     found = with_retry(lambda: client.get_experiment_by_name(experiment), what="experiment lookup", uri=tracking_uri)
@@ -288,8 +325,12 @@ def init_sweep(tracking_uri: str, experiment: str, sweep_name: str, artifact_roo
         artifact_location = Path(artifact_root).resolve().as_uri()
         experiment_id = with_retry(lambda: client.create_experiment(experiment, artifact_location=artifact_location),
                                    what="experiment creation", uri=tracking_uri)
+    elif found.lifecycle_stage != LifecycleStage.ACTIVE:
+        raise _deleted_experiment(tracking_uri, found)
     else:
         experiment_id = found.experiment_id
+        if project_store:
+            adopt_project_artifacts(tracking_uri, experiment_id, artifact_root)
     set_experiment_view(tracking_uri, experiment_id)
     parent = _existing_parent(client, tracking_uri, experiment_id, sweep_name, kind) if kind == "sweep" else None
     if parent is None:
@@ -307,10 +348,18 @@ EXPERIMENT_KIND_TAG = ("mlflow.experimentKind", "custom_model_development")
 #: ``mlflow.sharedViewState.<key>``, listed under the experiment's "Views" by :data:`VIEW_NAME` and opened by
 #: ``#/experiments/<id>/runs?viewStateShareKey=<key>``).
 VIEW_KEY = "ddpm-metrics"
-VIEW_NAME = "FID, IS, bits/dim by setting"
+VIEW_NAME = "FID against S, by sampler"
 #: The metrics the view shows as columns, in order, and the one it sorts by (ascending: lower is better).
 VIEW_METRICS = ("fid", "fid_se", "is_mean", "kid_mean", "bpd", "fid_test", "bpd_train", "network_evaluations",
                 "sampling_images_per_s")
+#: A sampler point's params the view shows as columns (:func:`sampler_params`), before the setting's axes.
+VIEW_POINT_PARAMS = ("sampler", "S", "eta", "variance", "skip", "clip")
+#: The param the view groups the sampler points' runs by: one group, and one line of FID against S, per sampler.
+VIEW_GROUP_PARAM = "sampler_curve"
+#: The runs table's run-name column (MLflow's column id) and its width in pixels: wide enough for a point's name and
+#: the start of its setting's (the UI's own 190 px cuts them to the same prefix).
+RUN_NAME_COLUMN = "attributes.`Run Name`"
+RUN_NAME_WIDTH = 360
 
 
 def view_url(experiment_id: str) -> str:
@@ -322,30 +371,42 @@ def view_url(experiment_id: str) -> str:
 
 def experiment_view() -> dict:
     """The runs view an experiment of this project opens on (MLflow's shared view state, the JSON its UI writes when
-    a view is shared): the columns FID (± its bootstrap error), IS, KID, bits/dim and what sampling cost, then the
-    sweep's axes (the settings' parameters); sorted by FID; and the charts of its compare view: FID against every
-    axis (parallel coordinates), FID against T and against bits/dim, and FID per run."""
+    a view is shared; the keys MLflow 3.17.2's UI reads, ``EXPERIMENT_PAGE_UI_STATE_FIELDS`` and the search facets).
+
+    The table: the sampler points' runs grouped by sampler (:data:`VIEW_GROUP_PARAM`; a group shows its runs'
+    average), the sweep's and settings' runs below them ("Additional runs", unfolded: bits/dim is theirs); the
+    columns the point (sampler, S, η, variance, skip, clip), FID (± its bootstrap error), IS, KID, bits/dim and what
+    sampling cost, then the setting's axes; sorted by FID; a run-name column wide enough to tell the runs apart. The
+    charts: FID and IS against S, one line per sampler (a point's scores are logged at step S, and a group's line
+    joins its runs' averages at each S). With runs grouped, the UI charts groups only: bits/dim per setting is in the
+    table."""
     from .settings import SWEEP_AXES
 
-    axes = list(SWEEP_AXES)
-    section = "ddpm-fid-against-axes"
+    section = "ddpm-fid-against-S"
+    columns = ([f"params.`{p}`" for p in VIEW_POINT_PARAMS] + [f"metrics.`{m}`" for m in VIEW_METRICS]
+               + [f"params.`{a}`" for a in SWEEP_AXES])
 
     def chart(uuid: str, kind: str, **config) -> dict:
         return {"uuid": uuid, "type": kind, "runsCountToCompare": 100, "metricSectionId": section, "deleted": False,
                 "isGenerated": False, **config}
 
+    def against_S(metric: str) -> dict:
+        return chart(f"ddpm-{metric}-S", "LINE", metricKey=metric, selectedMetricKeys=[metric], xAxisKey="step",
+                     useGlobalXaxisKey=False, lineSmoothness=0, useGlobalLineSmoothing=False, displayPoints=True,
+                     scaleType="linear", xAxisScaleType="linear")
+
     return {
         "orderByKey": "metrics.`fid`", "orderByAsc": True,
-        "selectedColumns": [f"metrics.`{m}`" for m in VIEW_METRICS] + [f"params.`{a}`" for a in axes],
-        "compareRunCharts": [
-            chart("ddpm-parallel", "PARALLEL", selectedParams=axes, selectedMetrics=["fid"], showAllRuns=True),
-            chart("ddpm-fid-T", "SCATTER", xaxis={"key": "T", "type": "PARAM"}, yaxis={"key": "fid", "type": "METRIC"}),
-            chart("ddpm-fid-bpd", "SCATTER", xaxis={"key": "bpd", "type": "METRIC"},
-                  yaxis={"key": "fid", "type": "METRIC"}),
-            chart("ddpm-fid", "BAR", metricKey="fid"),
-        ],
-        "compareRunSections": [{"uuid": section, "name": "FID against the sweep's axes", "display": True,
-                                "isReordered": False, "deleted": False, "isGenerated": False}],
+        "selectedColumns": columns,
+        "columnOrder": [RUN_NAME_COLUMN, *columns],  # the point's params first, before MLflow's metrics-then-params
+        "columnWidths": {RUN_NAME_COLUMN: RUN_NAME_WIDTH},
+        "groupBy": {"aggregateFunction": "average",
+                    "groupByKeys": [{"mode": "param", "groupByData": VIEW_GROUP_PARAM}]},
+        "groupsExpanded": {f"param.{VIEW_GROUP_PARAM}": True},  # the runs without the param: the UI folds them
+        "useGroupedValuesInCharts": True,  # a line per group
+        "compareRunCharts": [against_S("fid"), against_S("is_mean")],
+        "compareRunSections": [{"uuid": section, "name": "FID and IS against S, one line per sampler",
+                                "display": True, "isReordered": False, "deleted": False, "isGenerated": False}],
         "isAccordionReordered": True,
         "runsHiddenMode": "SHOW_ALL",  # MLflow hides all but the first 10 runs from the charts otherwise
     }
@@ -367,8 +428,11 @@ def set_experiment_view(tracking_uri: str, experiment_id: str) -> None:
             f"mlflow.sharedViewState.{VIEW_KEY}": json.dumps(view, separators=(",", ":")),
             "mlflow.note.content": (
                 "Runs of this project's sweeps: one parent run per sweep, one child run per setting, one run per "
-                "sampler point under it. FID, IS, KID, bits/dim and the sweep's axes as columns, sorted by FID, with "
-                f"FID against the axes in the charts: [the metrics view]({view_url(experiment_id)}).")}
+                "sampler point under it. A score lives on one run: a setting's run holds its training curves, "
+                "bits/dim, FID over training and the reconstruction error; a sampler point's run its FID, IS, KID "
+                "and what sampling cost (at step S), with the setting's axes and the point (sampler, S, η, skip, "
+                "variance, clip) as params. [The metrics view](" + view_url(experiment_id) + "): the points grouped "
+                "by sampler, sorted by FID, and FID against S, one line per sampler, in its charts.")}
     for key, value in tags.items():
         if key.startswith("mlflow.sharedViewState.") or key not in existing:
             with_retry(lambda: client.set_experiment_tag(experiment_id, key, value), what="experiment tag",
@@ -378,9 +442,14 @@ def set_experiment_view(tracking_uri: str, experiment_id: str) -> None:
 def _existing_parent(client, tracking_uri: str, experiment_id: str, sweep_name: str, kind: str):
     """The sweep's parent run if the store has one already (the newest, if an older version made several): a sweep
     run again, or whose tracking file was lost, goes on in the same parent run instead of starting another."""
+    from mlflow.entities import LifecycleStage, ViewType
+
     query = f"tags.`ddpm.kind` = '{kind}' and attributes.run_name = '{sweep_name}'"
-    found = with_retry(lambda: client.search_runs([experiment_id], query, order_by=["attributes.start_time DESC"],
-                                                  max_results=1), what="parent run lookup", uri=tracking_uri)
+    found = with_retry(lambda: client.search_runs([experiment_id], query, run_view_type=ViewType.ALL,
+                                                  order_by=["attributes.start_time DESC"], max_results=1),
+                       what="parent run lookup", uri=tracking_uri)
+    if found and found[0].info.lifecycle_stage != LifecycleStage.ACTIVE:
+        raise _deleted_run(tracking_uri, found[0])
     return found[0] if found else None
 
 
@@ -390,13 +459,113 @@ def log_config(tracking_uri: str, run_id: str, config: dict) -> None:
                uri=tracking_uri)
 
 
-def read_tracking(path: str | Path) -> dict:
+#: What a tracking file holds besides the store: the experiment and the sweep's parent run.
+TRACKING_IDS = ("experiment_id", "parent_run_id")
+
+
+def write_tracking(path: str | Path, info: dict, results_dir: str | Path | None = None) -> None:
+    """Write the tracking file ``path`` for the jobs of a sweep (``info``: what :func:`init_sweep` returns). With
+    ``results_dir`` (the store is the project's own, :func:`project_store_uri`) the file names that folder relative to
+    its own, not the store's absolute path: a copied or moved project finds its own store."""
+    from .io import write_json
+
+    path = Path(path)
+    if results_dir is None:
+        record = {"tracking_uri": info["tracking_uri"]}
+    else:
+        record = {"results_dir": os.path.relpath(Path(results_dir).absolute(), path.absolute().parent)}
+    record.update({key: info[key] for key in TRACKING_IDS})
+    write_json(path, record)
+
+
+def read_tracking(path: str | Path, *, check: bool = True) -> dict:
+    """The store (``tracking_uri``), ``experiment_id`` and ``parent_run_id`` a tracking file names (and, for the
+    project's own store, its ``artifact_root``). The project's store is found from where the file is
+    (:func:`write_tracking`), and a copied or moved project's artifact paths are made its own
+    (:func:`adopt_project_artifacts`). With ``check``, the experiment and the parent run must not be deleted
+    (:func:`check_active`)."""
     path = Path(path)
     try:
         tracking = json.loads(path.read_text())
-        return {k: tracking[k] for k in ("tracking_uri", "experiment_id", "parent_run_id")}
-    except (OSError, ValueError, KeyError) as err:
-        raise ValueError(f"cannot read MLflow tracking file {path}: {err}") from err
+        info = {key: tracking[key] for key in TRACKING_IDS}
+        if "results_dir" in tracking:
+            results = Path(os.path.normpath(path.absolute().parent / tracking["results_dir"]))
+            info.update(tracking_uri=project_store_uri(results), artifact_root=results / ARTIFACTS_FOLDER)
+        else:
+            info["tracking_uri"] = tracking["tracking_uri"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"cannot read MLflow tracking file {path}: {err!r}") from err
+    if "artifact_root" in info:
+        adopt_project_artifacts(info["tracking_uri"], info["experiment_id"], info["artifact_root"])
+    if check:
+        check_active(info)
+    return info
+
+
+def adopt_project_artifacts(tracking_uri: str, experiment_id: str, artifact_root: str | Path) -> None:
+    """Point the experiment's artifact location, and its runs', at ``artifact_root`` (the project's ``mlartifacts``)
+    where they name another project's folder: MLflow stores absolute artifact paths, so a copied project's store
+    would write its artifacts into the original's folder, and a moved one's outside the project. Only a location this
+    project made (a folder named :data:`ARTIFACTS_FOLDER`) is moved; one a user chose is kept."""
+    client = _client(tracking_uri)
+    experiment = with_retry(lambda: client.get_experiment(experiment_id), what="experiment lookup", uri=tracking_uri)
+    here = Path(artifact_root).resolve().as_uri()
+    old = experiment.artifact_location.rstrip("/")
+    if old == here or not old.startswith("file:") or not old.endswith("/" + ARTIFACTS_FOLDER):
+        return
+
+    def move() -> None:
+        # MLflow has no call that changes an artifact location. The condition on the old value makes it idempotent:
+        # of several jobs starting at once, one moves it and the others find nothing to move.
+        with contextlib.closing(sqlite3.connect(_sqlite_path(tracking_uri), timeout=LOCK_RETRY_SECONDS)) as db, db:
+            db.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ? AND "
+                       "rtrim(artifact_location, '/') = ?", (here, int(experiment_id), old))
+            db.execute("UPDATE runs SET artifact_uri = ? || substr(artifact_uri, ?) WHERE experiment_id = ? AND "
+                       "substr(artifact_uri, 1, ?) = ?", (here, len(old) + 1, int(experiment_id), len(old) + 1,
+                                                          old + "/"))
+
+    with_retry(move, what="artifact location update", uri=tracking_uri)
+    print(f"MLflow: the store {tracking_uri} kept its artifacts in {old}, another project's folder (this one was "
+          f"copied or moved): they are now kept in {here}", file=sys.stderr, flush=True)
+
+
+def restore_command(tracking_uri: str, kind: str, entity_id: str) -> str:
+    """The command that restores a deleted experiment (``kind`` ``experiments``) or run (``runs``) of the store."""
+    option = "--experiment-id" if kind == "experiments" else "--run-id"
+    return (f"MLFLOW_TRACKING_URI={shlex.quote(tracking_uri)} {shlex.quote(sys.executable)} -m mlflow {kind} restore "
+            f"{option} {entity_id}")
+
+
+def _deleted_experiment(tracking_uri: str, experiment) -> TrackingError:
+    return TrackingError(
+        f"the MLflow experiment {experiment.name!r} (id {experiment.experiment_id}) of this sweep is deleted in the "
+        f"store {tracking_uri}: restore it, with its runs, and run again: "
+        f"`{restore_command(tracking_uri, 'experiments', experiment.experiment_id)}`")
+
+
+def _deleted_run(tracking_uri: str, run) -> TrackingError:
+    what = {"sweep": "the sweep's parent run", "setting": "the setting's run", "sampler": "the sampler point's run"}
+    return TrackingError(
+        f"{what.get(run.data.tags.get('ddpm.kind'), 'the MLflow run')} {run.info.run_name!r} (id {run.info.run_id}) "
+        f"is deleted in the store {tracking_uri}: restore it and run again (nothing is retrained): "
+        f"`{restore_command(tracking_uri, 'runs', run.info.run_id)}`")
+
+
+def check_active(tracking: dict, run_ids=()) -> None:
+    """Raise :class:`TrackingError` if the sweep's experiment, its parent run or one of ``run_ids`` is deleted (in the
+    UI: MLflow's soft delete), naming it and the command that restores it: new runs cannot be created in a deleted
+    experiment, nor numbers logged to a deleted run, and a job should learn that before it works, not after."""
+    from mlflow.entities import LifecycleStage
+
+    uri = tracking["tracking_uri"]
+    client = _client(uri)
+    experiment = with_retry(lambda: client.get_experiment(tracking["experiment_id"]), what="experiment lookup", uri=uri)
+    if experiment.lifecycle_stage != LifecycleStage.ACTIVE:
+        raise _deleted_experiment(uri, experiment)
+    for run_id in (tracking["parent_run_id"], *run_ids):
+        run = with_retry(lambda: client.get_run(run_id), what=f"lookup of run {run_id}", uri=uri)
+        if run.info.lifecycle_stage != LifecycleStage.ACTIVE:
+            raise _deleted_run(uri, run)
 
 
 def start_setting_run(tracking: dict, name: str, params: dict) -> str:
@@ -410,23 +579,66 @@ def start_setting_run(tracking: dict, name: str, params: dict) -> str:
     return run.info.run_id
 
 
-def start_sampler_run(tracking: dict, setting_run_id: str, setting: str, point: dict) -> str:
-    """The run of one sampler point of a setting, nested under the setting's run (``point``: its name and keys, logged
-    as params), so that MLflow's Compare lines a setting's samplers up. A point sampled again (its job rerun) goes on
-    in the run it has already, found by its tags."""
-    client = _client(tracking["tracking_uri"])
-    name = point["name"]
-    query = f"tags.`mlflow.parentRunId` = '{setting_run_id}' and tags.`ddpm.sampler` = '{name}'"
-    found = with_retry(lambda: client.search_runs([tracking["experiment_id"]], query, max_results=1),
-                       what="sampler run lookup", uri=tracking["tracking_uri"])
-    if found:
-        return found[0].info.run_id
-    run = with_retry(lambda: client.create_run(
-        tracking["experiment_id"], run_name=f"{setting}/{name}",
-        tags={"mlflow.parentRunId": setting_run_id, "ddpm.kind": "sampler", "ddpm.setting": setting,
-              "ddpm.sampler": name},
-    ), what="run creation", uri=tracking["tracking_uri"])
-    log_params(tracking["tracking_uri"], run.info.run_id, {k: v for k, v in point.items() if k != "name" and v is not None})
+def sampler_curve(point) -> str:
+    """The sampler point without its S, e.g. ``ddim-eta0.5-uniform`` for ``ddim-eta0.5-S10-uniform``: the points of one
+    curve of FID against S share it (a point on every step, S = T, is on the curve of its skip, as in the report)."""
+    from dataclasses import replace
+
+    return "-".join(part for part in replace(point, steps=1).name.split("-") if part != "S1")
+
+
+def sampler_params(point, axes: dict) -> dict:
+    """What a sampler point's run logs as params: its setting's ``axes`` (:data:`ddpm.settings.SWEEP_AXES`) and the
+    point: ``sampler``, ``S`` (its reverse steps: T where the point takes every step), ``skip``, ``clip``, ``eta``
+    (DDIM) or ``variance`` (ancestral), and ``sampler_curve`` (:func:`sampler_curve`). A key the sampler does not take
+    is left out."""
+    point_params = {"sampler": point.sampler, "S": point.num_steps(axes["T"]), "skip": point.skip, "clip": point.clip,
+                    "eta": point.eta, "variance": point.variance, "sampler_curve": sampler_curve(point)}
+    return {**axes, **{key: value for key, value in point_params.items() if value is not None}}
+
+
+def sampler_run_name(point_name: str, setting: str) -> str:
+    """A sampler point's run name: the point first (what tells a setting's points apart in the runs table, which cuts
+    long names), then its setting."""
+    return f"{point_name} · {setting}"
+
+
+def find_sampler_run(tracking: dict, setting_run_id: str, point_name: str):
+    """The run of the sampler point ``point_name`` under the setting's run (found by its tags; None before the point's
+    first job). A deleted one is refused, naming the command that restores it."""
+    from mlflow.entities import LifecycleStage, ViewType
+
+    uri = tracking["tracking_uri"]
+    client = _client(uri)
+    query = f"tags.`mlflow.parentRunId` = '{setting_run_id}' and tags.`ddpm.sampler` = '{point_name}'"
+    found = with_retry(lambda: client.search_runs([tracking["experiment_id"]], query, run_view_type=ViewType.ALL,
+                                                  order_by=["attributes.start_time DESC"], max_results=1),
+                       what="sampler run lookup", uri=uri)
+    if found and found[0].info.lifecycle_stage != LifecycleStage.ACTIVE:
+        raise _deleted_run(uri, found[0])
+    return found[0] if found else None
+
+
+def start_sampler_run(tracking: dict, setting_run_id: str, setting: str, point_name: str, params: dict) -> str:
+    """The run of the sampler point ``point_name`` of a setting, nested under the setting's run so that MLflow's Compare
+    lines a setting's samplers up, with ``params`` (:func:`sampler_params`). A point sampled again (its job rerun) goes
+    on in the run it has already (:func:`find_sampler_run`; a param it lacks is added)."""
+    uri = tracking["tracking_uri"]
+    client = _client(uri)
+    run = find_sampler_run(tracking, setting_run_id, point_name)
+    name = sampler_run_name(point_name, setting)
+    if run is not None:
+        if run.info.run_name != name:  # named by an earlier version
+            with_retry(lambda: client.update_run(run.info.run_id, name=name), what="run renaming", uri=uri)
+    else:
+        run = with_retry(lambda: client.create_run(
+            tracking["experiment_id"], run_name=name,
+            tags={"mlflow.parentRunId": setting_run_id, "ddpm.kind": "sampler", "ddpm.setting": setting,
+                  "ddpm.sampler": point_name},
+        ), what="run creation", uri=uri)
+    missing = {key: value for key, value in params.items() if key not in run.data.params}
+    if missing:
+        log_params(uri, run.info.run_id, missing)
     return run.info.run_id
 
 

@@ -40,7 +40,8 @@ PREVIEW_STEPS = 50
 def _preview_grid(ema: UNet, diffusion: GaussianDiffusion, shape, path: Path, device) -> Path:
     """A grid of EMA samples from a respaced process (at most 50 steps): how samples look at this point of training."""
     from .datasets import to_uint8
-    from .sample import sample_generator, save_grid
+    from .io import save_grid
+    from .sample import sample_generator
 
     fast = diffusion.respaced(min(PREVIEW_STEPS, diffusion.num_timesteps))
     generators = [sample_generator(0, i) for i in range(PREVIEW_SAMPLES)]
@@ -223,7 +224,8 @@ def _train_process(config: TrainConfig, out_dir: Path, world: World, device: tor
             run_id = mlf.start_setting_run(tracking, run_name or out_dir.name,
                                            {**asdict(config), "device": str(device), "processes": world.size,
                                             "speed": speed.describe()})
-        else:
+        else:  # resumed: its run must not have been deleted meanwhile (named, with the command that restores it)
+            mlf.check_active(tracking, [run_id])
             mlf.mark_running(tracking["tracking_uri"], run_id)
         (out_dir / "mlflow_run_id.txt").write_text(run_id + "\n")
     try:

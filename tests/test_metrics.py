@@ -304,7 +304,8 @@ def test_the_classifier_fid_and_baseline_jobs_say_what_they_do_as_they_go(tmp_pa
 
 def test_one_pass_of_torch_fidelitys_functions_gives_calculate_metrics_numbers(split, classifier):
     """fidelity_metrics extracts each image set's features once and calls torch-fidelity's metric functions itself;
-    its numbers must be those of torch-fidelity's own calculate_metrics with the same options."""
+    its numbers must be those of torch-fidelity's own calculate_metrics with the same options (KID's kernel scaled to
+    the classifier's features: the γ it records, :func:`ddpm.metrics.kid_kernel_gamma`)."""
     import tempfile
 
     import torch_fidelity
@@ -317,8 +318,8 @@ def test_one_pass_of_torch_fidelitys_functions_gives_calculate_metrics_numbers(s
         theirs = torch_fidelity.calculate_metrics(
             input1=UInt8ImageDataset(test_x), input2=UInt8ImageDataset(train_x), isc=True, fid=True, kid=True,
             prc=True, **_extractor_kwargs("classifier", classifier[0]), isc_splits=10, kid_subset_size=len(test_x),
-            batch_size=200, cuda=False, rng_seed=3, cache=False, cache_root=scratch, datasets_root=scratch,
-            datasets_download=False, save_cpu_ram=True, verbose=False)
+            kid_kernel_poly_gamma=ours["kid_kernel_gamma"], batch_size=200, cuda=False, rng_seed=3, cache=False,
+            cache_root=scratch, datasets_root=scratch, datasets_download=False, save_cpu_ram=True, verbose=False)
     assert ours["fid"] == pytest.approx(theirs["frechet_inception_distance"], rel=1e-7)  # float64 statistics here
     for key, their_key in (("is_mean", "inception_score_mean"), ("is_std", "inception_score_std"),
                            ("kid_mean", "kernel_inception_distance_mean"), ("kid_std", "kernel_inception_distance_std"),

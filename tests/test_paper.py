@@ -476,7 +476,8 @@ def test_published_weights_scaled_down_fill_table1_without_training(tiny_papers)
     as a trained setting; DDPM Table 1's L_simple numbers beside the measured ones, each marked not comparable."""
     results = tiny_papers / "results"
     run = results / "runs" / "ddpm-cifar10-pretrained-tiny" / "linear-T1000-eps-fixedlarge-mse-s0"
-    assert (results / "logs" / "import" / f"{run.name}.log").is_file()  # (logs/train/ has ddpm-table1's, same name)
+    assert (results / "logs" / run.parent.name / "import" / f"{run.name}.log").is_file()
+    assert not (results / "logs" / run.parent.name / "train").exists()  # ddpm-table1-tiny trained the same name
     assert (run / "metrics.jsonl").read_text() == "" and not (run / "resume.pt").exists()  # nothing trained here
     state = torch.load(run / "checkpoint.pt", weights_only=True)
     assert state["source"]["format"] == "diffusers" and state["unet"]["downsample_padding"] == "same"
@@ -500,7 +501,10 @@ def test_published_weights_scaled_down_fill_table1_without_training(tiny_papers)
     experiment = client.get_experiment_by_name("ddpm-cifar10-pretrained-tiny")
     (setting_run,) = client.search_runs([experiment.experiment_id], "tags.`ddpm.kind` = 'setting'")
     assert setting_run.data.tags["ddpm.imported"] == "diffusers" and setting_run.info.status == "FINISHED"
-    assert "fid" in setting_run.data.metrics and "bpd" in setting_run.data.metrics
+    assert "bpd" in setting_run.data.metrics and "fid" not in setting_run.data.metrics  # a score lives on one run
+    points = client.search_runs([experiment.experiment_id], "tags.`ddpm.kind` = 'sampler'")
+    assert points and all("fid" in r.data.metrics and r.data.tags["mlflow.parentRunId"] == setting_run.info.run_id
+                          for r in points)
     assert setting_run.data.params["source_format"] == "diffusers"
 
 
@@ -662,7 +666,9 @@ def test_fid_over_training_and_train_bits_per_dim_reach_mlflow(tiny_papers):
         history = client.get_metric_history(run.info.run_id, "fid_over_training")
         assert sorted(m.step for m in history) == [20, 40]
         final = next(m.value for m in history if m.step == 40)
-        assert run.data.metrics["fid"] == pytest.approx(final)  # the plain name stays the final checkpoint's
+        # the plain name is the final checkpoint's, on the run of its one sampler point
+        (point,) = client.search_runs([experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{run.info.run_id}'")
+        assert point.data.metrics["fid"] == pytest.approx(final) and "fid" not in run.data.metrics
         assert math.isfinite(run.data.metrics["bpd_train"]) and math.isfinite(run.data.metrics["bpd"])
 
 

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import TINY, job_counts, snakemake
+from conftest import TINY, job_counts, skip_unless_required, snakemake
 from conftest import mlflow_server as start_mlflow_server
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,7 +83,8 @@ def test_workflow_writes_every_expected_file(tiny_run):
                          for name in ("samples.npz", "samples.png", "sampler.json", "fid_is.json")]
             expected += [run / "samplers" / point / "samples" / f"shard-{i}.npz" for i in (0, 1)]
         expected += [run / "nll" / f"shard-{i}.npz" for i in (0, 1)]
-        expected += [results / "logs" / "train" / f"{setting}.log", results / "benchmarks" / "train" / f"{setting}.tsv"]
+        expected += [results / "logs" / "tiny" / "train" / f"{setting}.log",
+                     results / "benchmarks" / "tiny" / "train" / f"{setting}.tsv"]
     missing = [str(p.relative_to(tiny_run)) for p in expected if not p.is_file()]
     assert not missing, missing
 
@@ -97,7 +98,7 @@ def test_fid_reference_statistics_are_computed_once_and_every_fid_records_its_co
     stats = data / "ref-stats" / "classifier-train.npz"
     record = json.loads(stats.with_suffix(".json").read_text())
     assert record["npz_sha256"] == sha256_file(stats) and record["split"] == "train" and record["origin"] == "ddpm"
-    assert len(list((tiny_run / "results" / "benchmarks" / "ref_stats").glob("*.tsv"))) == 1
+    assert len(list((tiny_run / "results" / "benchmarks" / "data" / "digits" / "ref_stats").glob("*.tsv"))) == 1
     for setting in SETTINGS:
         for point in SAMPLER_POINTS:
             scores = json.loads((tiny_run / "results" / "runs" / "tiny" / setting / "samplers" / point /
@@ -227,8 +228,9 @@ def test_mlflow_store_has_one_finished_run_per_setting_under_one_parent(tiny_run
     for run in children:
         assert run.info.status == "FINISHED"
         assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
-        for metric in ("fid", "is_mean", "bpd", "loss", "images_per_s"):
+        for metric in ("fid_over_training", "bpd", "loss", "images_per_s"):
             assert math.isfinite(run.data.metrics[metric]), metric
+        assert "fid" not in run.data.metrics  # a score lives on one run: the sampler point's
         assert run.data.params["schedule"] in ("linear", "cosine") and run.data.params["T"] == "50"
         assert run.data.params["speed"] == "fused_adam,foreach_ema"  # speed: auto, resolved on this CPU
         assert run.data.params["processes"] == "2"  # train.gpus: 2, one MLflow run written by rank 0 alone
@@ -242,13 +244,20 @@ def test_mlflow_store_has_one_finished_run_per_setting_under_one_parent(tiny_run
 
 
 def test_each_sampler_point_has_its_run_nested_under_its_settings_run(tiny_run):
+    from ddpm.settings import SWEEP_AXES
+    from ddpm.tracking import sampler_run_name
+
     client, _, runs = _store(tiny_run)
     settings = {r.info.run_name: r.info.run_id for r in runs if r.data.tags.get("ddpm.kind") == "setting"}
     points = [r for r in runs if r.data.tags.get("ddpm.kind") == "sampler"]
-    assert sorted(r.info.run_name for r in points) == sorted(f"{s}/{p}" for s in SETTINGS for p in SAMPLER_POINTS)
+    assert sorted(r.info.run_name for r in points) == sorted(sampler_run_name(p, s) for s in SETTINGS
+                                                             for p in SAMPLER_POINTS)
     for run in points:
-        setting, point = run.info.run_name.split("/")
-        assert run.data.tags["mlflow.parentRunId"] == settings[setting] and run.data.tags["ddpm.sampler"] == point
+        setting, point = run.data.tags["ddpm.setting"], run.data.tags["ddpm.sampler"]
+        assert run.info.run_name == sampler_run_name(point, setting)
+        assert run.data.tags["mlflow.parentRunId"] == settings[setting]
+        own_params = client.get_run(settings[setting]).data.params  # the setting's axes, as its run has them
+        assert {a: run.data.params[a] for a in SWEEP_AXES} == {a: own_params[a] for a in SWEEP_AXES}
         assert run.info.status == "FINISHED"
         for metric in ("fid", "is_mean", "kid_mean", "precision", "recall", "sampling_images_per_s"):
             assert math.isfinite(run.data.metrics[metric]), metric
@@ -257,10 +266,13 @@ def test_each_sampler_point_has_its_run_nested_under_its_settings_run(tiny_run):
         assert run.data.metrics["network_evaluations"] == (10 if ddim else 50)
         assert run.data.params["sampler"] == ("ddim" if ddim else "ancestral")
         assert run.data.params.get("eta") == ("0.5" if ddim else None)  # a key the sampler does not take is left out
+        assert run.data.params["S"] == ("10" if ddim else "50")  # S = T for the point on every step
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "fid")] == [10 if ddim else 50]
         assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["samples.png"]
-        # the setting's own point is also the setting's scores; the others are only the point's
+        # the setting's own point's FID is also the last point of the setting's FID over training; nothing else of
+        # the points' is on the setting's run
         own = client.get_run(settings[setting]).data.metrics
-        assert (own["fid"] == run.data.metrics["fid"]) == (not ddim)
+        assert (own["fid_over_training"] == run.data.metrics["fid"]) == (not ddim) and "fid" not in own
 
 
 @pytest.fixture(scope="module")
@@ -284,15 +296,20 @@ def test_real_mlflow_server_serves_the_runs_and_metrics(mlflow_server, tiny_run)
     assert sorted(r["info"]["run_name"] for r in found) == sorted(SETTINGS)
     for run in found:
         metrics = {m["key"]: m["value"] for m in run["data"]["metrics"]}
-        assert {"fid", "is_mean", "bpd"} <= set(metrics)
+        assert {"fid_over_training", "bpd", "loss"} <= set(metrics)
+    points = _post(f"{mlflow_server}/api/2.0/mlflow/runs/search",
+                   {"experiment_ids": [experiment_id], "filter": "tags.`ddpm.kind` = 'sampler'"})["runs"]
+    assert len(points) == len(SETTINGS) * len(SAMPLER_POINTS)
+    for run in points:
+        assert {"fid", "is_mean", "kid_mean"} <= {m["key"] for m in run["data"]["metrics"]}
 
 
-def _render(chromium: str, url: str, profile: Path, screenshot: Path | None = None) -> str:
-    """The page at ``url`` as headless Chromium has built it (its DOM after the scripts ran); with ``screenshot``, a
-    second run saves a 1600×1000 PNG of it there."""
+def _render(chromium: str, url: str, profile: Path, screenshot: Path | None = None, budget_ms: int = 30000) -> str:
+    """The page at ``url`` as headless Chromium has built it (its DOM after the scripts ran, or ``budget_ms`` of its
+    virtual time); with ``screenshot``, a second run saves a 1600×1000 PNG of it there."""
     options = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-               f"--user-data-dir={profile}", "--virtual-time-budget=30000", "--window-size=1600,1000"]
+               f"--user-data-dir={profile}", f"--virtual-time-budget={budget_ms}", "--window-size=1600,1000"]
     if screenshot is not None:
         subprocess.run([*options, f"--screenshot={screenshot}", url], capture_output=True, timeout=180)
     return subprocess.run([*options, "--dump-dom", url], capture_output=True, text=True, timeout=180).stdout
@@ -301,7 +318,7 @@ def _render(chromium: str, url: str, profile: Path, screenshot: Path | None = No
 def _chromium() -> str:
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
-        pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
+        skip_unless_required("Debian's chromium is not installed (.ci/run installs it)")
     return chromium
 
 
@@ -325,9 +342,11 @@ def test_experiment_and_run_pages_render_the_run_names_in_chromium(mlflow_server
 def test_the_experiments_metrics_view_shows_fid_is_and_bits_per_dim_columns_in_chromium(mlflow_server, tiny_run,
                                                                                         tmp_path):
     """The link the experiment's description and README give opens MLflow 3's runs view (not its GenAI overview) on
-    the shared view the workflow stored: FID, IS, KID and bits/dim as columns, sorted by FID, the settings' runs in
-    it. Checked in the page Chromium built (a screenshot is kept beside it for a person to look at)."""
-    from ddpm.tracking import EXPERIMENT_KIND_TAG, VIEW_KEY, view_url
+    the shared view the workflow stored: the sampler points' runs grouped by sampler, the point and FID as columns,
+    sorted by FID, and FID against S, one line per sampler, in its charts. Checked in the page Chromium built (a
+    screenshot is kept beside it for a person to look at; tests/test_tracking_trust.py looks closer)."""
+    from ddpm.settings import SamplerPoint
+    from ddpm.tracking import EXPERIMENT_KIND_TAG, VIEW_GROUP_PARAM, VIEW_KEY, sampler_curve, view_url
 
     chromium = _chromium()
     _, experiment, runs = _store(tiny_run)
@@ -338,17 +357,20 @@ def test_the_experiments_metrics_view_shows_fid_is_and_bits_per_dim_columns_in_c
     text = _text(_render(chromium, f"{mlflow_server}/{view_url(experiment.experiment_id)}", tmp_path / "view",
                          screenshot=screenshot))
     assert "You're viewing a shared view" in text and "Sort: fid" in text, text[:3000]
+    assert f"Group by: {VIEW_GROUP_PARAM}" in text, text[:3000]
     header = text[text.index("Run Name"):text.index("Hide run")]  # the column headers, before the first row
-    for column in ("fid", "fid_se", "is_mean", "kid_mean", "bpd"):
+    for column in ("sampler", "S", "eta"):  # the point's columns first; the grid draws only the columns in sight
         assert f"| {column} |" in header, (column, header)
-    settings = [r for r in runs if r.data.tags.get("ddpm.kind") == "setting"]
-    assert all(r.info.run_name in text for r in settings)
-    fid = {r.info.run_name: r.data.metrics["fid"] for r in settings}
-    assert any(f"| {value!r} |" in text or f"| {value:.6g}" in text for value in fid.values()), text[-3000:]
+    points = [r for r in runs if r.data.tags.get("ddpm.kind") == "sampler"]
+    assert all(r.info.run_name in text for r in points)
+    assert all(f"| {r.data.params['S']} |" in text for r in points)
     assert screenshot.stat().st_size > 10_000
+    # (the charts fetch each run's metric history: 30 s of the page's virtual time drew none of them here, 60 s all)
     charts = _text(_render(chromium, f"{mlflow_server}/{view_url(experiment.experiment_id)}&compareRunsMode=CHART",
-                           tmp_path / "charts"))
-    assert "FID against the sweep's axes | (4)" in charts and "Parallel Coordinates" in charts, charts[:3000]
+                           tmp_path / "charts", budget_ms=60000))
+    assert "FID and IS against S, one line per sampler | (2)" in charts, charts[:3000]
+    curves = {sampler_curve(SamplerPoint()), sampler_curve(SamplerPoint("ddim", 10, eta=0.5))}
+    assert all(f"{curve} (fid)" in charts for curve in curves), charts[:5000]  # the legend: a line per sampler
     # Without the link, the UI of this version opens experiments on the GenAI overview (traces): what the link avoids.
     plain = _text(_render(chromium, f"{mlflow_server}/#/experiments/{experiment.experiment_id}", tmp_path / "plain"))
     assert "Sort: fid" not in plain
@@ -520,11 +542,18 @@ def test_a_rerun_plans_only_what_the_change_touches_and_reuses_the_parent_run(ti
     shutil.copy(ROOT / "config" / "published.csv", published)
     report_only = _tiny_with(tmp_path, "report-only", published=str(published))
     assert _planned(tiny_run, report_only) == {"report": 1, "all": 1}
+    # keys that change no result: the logging and checkpoint cadence no training (the report, quick, stores the
+    # resolved config with the sweep's run), the grid's size the grids alone
+    cadence = _tiny_with(tmp_path, "cadence", train={"log_every": 7, "checkpoint_every": 9, "preview_every": 0})
+    assert _planned(tiny_run, cadence) == {"report": 1, "all": 1}
+    grid = _tiny_with(tmp_path, "grid", sample={"grid_size": 16})
+    assert _planned(tiny_run, grid) == {"sample_grid": len(SETTINGS) * len(SAMPLER_POINTS), "all": 1}
     # (a) one more setting: its own jobs and the report; no finished setting trains again
     more = _tiny_with(tmp_path, "more", published=str(published),
                       sweep={"schedule": ["linear", "cosine", "quad"], "T": [50]})
     assert _planned(tiny_run, more) == {
-        "train": 1, "sample": 4, "gather_samples": 2, "fid_is": 2, "nll": 2, "gather_nll": 1, "progressive": 1,
+        "train": 1, "sample": 4, "gather_samples": 2, "sample_grid": 2, "fid_is": 2, "nll": 2, "gather_nll": 1,
+        "progressive": 1,
         "interpolate": 1, "report": 1, "all": 1}
 
     (parent,), _ = _parents(tiny_run)
@@ -539,7 +568,7 @@ def test_a_rerun_plans_only_what_the_change_touches_and_reuses_the_parent_run(ti
     table = pd.read_csv(tiny_run / "results" / "tables" / "tiny.csv")
     assert "quad-T50-eps-fixedlarge-mse-s0" in set(table["setting"])
     # Each training's tries log holds its one try: nothing ran again.
-    tries = (tiny_run / "results" / "logs" / "train" / f"{SETTINGS[0]}.tries.log").read_text()
+    tries = (tiny_run / "results" / "logs" / "tiny" / "train" / f"{SETTINGS[0]}.tries.log").read_text()
     assert tries.count(f"== ddpm train {SETTINGS[0]}: started") == 1
 
 
@@ -581,9 +610,11 @@ def test_tracking_init_stores_the_metrics_view_and_keeps_a_description_the_user_
     assert view["name"] == VIEW_NAME and isinstance(view["createdAt"], int)
     state = json.loads(view["state"])
     assert state["orderByKey"] == "metrics.`fid`" and state["orderByAsc"] is True
-    assert state["selectedColumns"][:5] == ["metrics.`fid`", "metrics.`fid_se`", "metrics.`is_mean`",
-                                            "metrics.`kid_mean`", "metrics.`bpd`"]
-    assert "params.`schedule`" in state["selectedColumns"] and "params.`T`" in state["selectedColumns"]
+    columns = state["selectedColumns"]
+    assert [c for c in columns if c.startswith("metrics.")][:5] == [
+        "metrics.`fid`", "metrics.`fid_se`", "metrics.`is_mean`", "metrics.`kid_mean`", "metrics.`bpd`"]
+    assert columns[:3] == ["params.`sampler`", "params.`S`", "params.`eta`"]  # the point, then its scores
+    assert "params.`schedule`" in columns and "params.`T`" in columns
     assert experiment.tags[EXPERIMENT_KIND_TAG[0]] == EXPERIMENT_KIND_TAG[1]
     assert view_url(experiment.experiment_id) in experiment.tags["mlflow.note.content"]
     client.set_experiment_tag(experiment.experiment_id, "mlflow.note.content", "my notes")

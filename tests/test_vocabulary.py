@@ -78,7 +78,7 @@ def python_defaults() -> dict:
         "sample.batch_size": cli_default("sample", option="batch_size"),
         "sampling": [dict(row) for row in DEFAULT_SAMPLING],
         "sample.seed": cli_default("sample", option="seed"),
-        "sample.grid_size": cli_default("gather-samples", option="grid_size"),
+        "sample.grid_size": cli_default("grid", option="grid_size"),
         "evaluate.feature_extractor": cli_default("evaluate", "fid", option="extractor"),
         "evaluate.inception_weights": cli_default("evaluate", "fid", option="weights"),
         "evaluate.classifier_steps": cli_default("classifier", option="steps"),

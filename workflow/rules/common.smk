@@ -7,9 +7,10 @@ import shutil
 import sys
 from pathlib import Path
 
-from ddpm.configcheck import ConfigError, resolve_config
+from ddpm.configcheck import ConfigError, check_results_dir, resolve_config
 from ddpm.datasets import NATIVE_IMAGE_SIZES, imagefolder_has_classes, known_test_size, known_train_size
 from ddpm.presets import check_config, preset
+from ddpm.schedules import make_betas
 from ddpm.settings import Speed, expand_sampling, expand_sweep, train_arguments
 
 
@@ -34,12 +35,17 @@ envvars:
 JOB_PATH = os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])
 os.environ["PATH"] = JOB_PATH
 
+check_results_dir(config["results_dir"])  # before any output path is built on it
 RESULTS = config["results_dir"].rstrip("/")
 DATASET = config["dataset"]["name"]
 NAME = config["name"]
 ENV = "../envs/ddpm.yaml"
 DATA = f"{RESULTS}/data/{DATASET}"
 RUNS = f"{RESULTS}/runs/{NAME}"  # per sweep: two sweeps may train the same setting differently
+# Logs and benchmark files: per sweep (two sweeps of one results folder may share setting names); the data set's jobs,
+# whose outputs every sweep on that data set shares, beside them per data set.
+LOGS, BENCHMARKS = f"{RESULTS}/logs/{NAME}", f"{RESULTS}/benchmarks/{NAME}"
+DATA_LOGS, DATA_BENCHMARKS = f"{RESULTS}/logs/data/{DATASET}", f"{RESULTS}/benchmarks/data/{DATASET}"
 TRACKING = f"{RESULTS}/tracking/{NAME}.json"  # where the sweep's jobs log to MLflow (rule mlflow_init)
 SWEEP = {setting.name: setting for setting in expand_sweep(config)}  # name (its folder) → its axes
 SETTINGS = list(SWEEP)
@@ -117,10 +123,22 @@ def check_config_values():
     check_writable()
     if IMPORTED:
         check_pretrained()
+    check_schedules()
     late = [s for s in config["fid_over_training"]["steps"] if s >= config["train"]["steps"]]
     if late:
         config_error("fid_over_training.steps", f"{late} not before the last training step ({config['train']['steps']}); "
                      "the final checkpoint is always the curve's last point")
+
+
+def check_schedules():
+    """Each setting's β schedule can be built (``train.schedule_rescale`` at a small T pushes β_T past 1): refused
+    here, not in every training job."""
+    for setting in SWEEP.values():
+        try:
+            make_betas(setting.schedule, setting.T, rescale=config["train"]["schedule_rescale"])
+        except ValueError as err:
+            config_error("train.schedule_rescale" if config["train"]["schedule_rescale"] else "sweep.T",
+                         f"setting {setting.name}: {err}")
 
 
 def check_pretrained():

@@ -15,9 +15,9 @@ rule prepare_data:
     # resumes from prepare-partial/ beside the outputs, which Snakemake does not delete.
     threads: 8
     log:
-        f"{RESULTS}/logs/prepare_data.log",
+        f"{DATA_LOGS}/prepare_data.log",
     benchmark:
-        f"{RESULTS}/benchmarks/prepare_data.tsv"
+        f"{DATA_BENCHMARKS}/prepare_data.tsv"
     conda:
         ENV
     shell:
@@ -34,9 +34,9 @@ rule train_classifier:
         steps=config["evaluate"]["classifier_steps"],
     threads: 1
     log:
-        f"{RESULTS}/logs/train_classifier.log",
+        f"{DATA_LOGS}/train_classifier.log",
     benchmark:
-        f"{RESULTS}/benchmarks/train_classifier.tsv"
+        f"{DATA_BENCHMARKS}/train_classifier.tsv"
     conda:
         ENV
     shell:
@@ -58,9 +58,9 @@ rule ref_stats:
     resources:
         gpu=1,
     log:
-        f"{RESULTS}/logs/ref_stats/{{extractor}}-train{REF_STATS_SUFFIX}.log",
+        f"{DATA_LOGS}/ref_stats/{{extractor}}-train{REF_STATS_SUFFIX}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/ref_stats/{{extractor}}-train{REF_STATS_SUFFIX}.tsv"
+        f"{DATA_BENCHMARKS}/ref_stats/{{extractor}}-train{REF_STATS_SUFFIX}.tsv"
     conda:
         ENV
     shell:

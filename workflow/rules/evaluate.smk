@@ -2,7 +2,7 @@ rule fid_is:
     input:
         samples=rules.gather_samples.output.samples,
         sampler=rules.gather_samples.output.sampler,
-        grid=rules.gather_samples.output.grid,
+        grid=ancient(rules.sample_grid.output[0]),  # logged with the scores; a grid drawn again is no reason to score again
         manifest=rules.prepare_data.output.manifest,
         weights=extractor_weights(),
         ref_stats=REF_STATS,
@@ -24,9 +24,9 @@ rule fid_is:
     resources:
         gpu=1,
     log:
-        f"{RESULTS}/logs/fid_is/{{setting}}-{{sampler}}.log",
+        f"{LOGS}/fid_is/{{setting}}-{{sampler}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/fid_is/{{setting}}-{{sampler}}.tsv"
+        f"{BENCHMARKS}/fid_is/{{setting}}-{{sampler}}.tsv"
     conda:
         ENV
     shell:
@@ -50,9 +50,9 @@ use rule fid_is as fid_snapshot with:
         step=lambda wildcards: f"--training-step {wildcards.step} --snapshot",
         runs="",  # the curve's points go to the setting's run
     log:
-        f"{RESULTS}/logs/fid_snapshot/{{setting}}-{{step}}.log",
+        f"{LOGS}/fid_snapshot/{{setting}}-{{step}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/fid_snapshot/{{setting}}-{{step}}.tsv"
+        f"{BENCHMARKS}/fid_snapshot/{{setting}}-{{step}}.tsv"
 
 
 rule nll:
@@ -75,9 +75,9 @@ rule nll:
     resources:
         gpu=1,
     log:
-        f"{RESULTS}/logs/nll/{{setting}}-{{shard}}.log",
+        f"{LOGS}/nll/{{setting}}-{{shard}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/nll/{{setting}}-{{shard}}.tsv"
+        f"{BENCHMARKS}/nll/{{setting}}-{{shard}}.tsv"
     conda:
         ENV
     shell:
@@ -97,9 +97,9 @@ rule gather_nll:
     params:
         split="test",
     log:
-        f"{RESULTS}/logs/gather_nll/{{setting}}.log",
+        f"{LOGS}/gather_nll/{{setting}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/gather_nll/{{setting}}.tsv"
+        f"{BENCHMARKS}/gather_nll/{{setting}}.tsv"
     conda:
         ENV
     shell:
@@ -117,9 +117,9 @@ use rule nll as nll_train with:
         ),
         split="train",
     log:
-        f"{RESULTS}/logs/nll_train/{{setting}}-{{shard}}.log",
+        f"{LOGS}/nll_train/{{setting}}-{{shard}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/nll_train/{{setting}}-{{shard}}.tsv"
+        f"{BENCHMARKS}/nll_train/{{setting}}-{{shard}}.tsv"
 
 
 use rule gather_nll as gather_nll_train with:
@@ -132,9 +132,9 @@ use rule gather_nll as gather_nll_train with:
     params:
         split="train",
     log:
-        f"{RESULTS}/logs/gather_nll_train/{{setting}}.log",
+        f"{LOGS}/gather_nll_train/{{setting}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/gather_nll_train/{{setting}}.tsv"
+        f"{BENCHMARKS}/gather_nll_train/{{setting}}.tsv"
 
 
 # The reference rows every setting is measured against, scored by the same code and extractor: held-out real
@@ -156,9 +156,9 @@ rule baseline:
         seed=config["sample"]["seed"],
     threads: 1
     log:
-        f"{RESULTS}/logs/baseline/{{kind}}.log",
+        f"{LOGS}/baseline/{{kind}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/baseline/{{kind}}.tsv"
+        f"{BENCHMARKS}/baseline/{{kind}}.tsv"
     conda:
         ENV
     shell:

@@ -20,9 +20,9 @@ rule reconstruction:
     resources:
         gpu=1,
     log:
-        f"{RESULTS}/logs/reconstruction/{{setting}}-S{{S}}.log",
+        f"{LOGS}/reconstruction/{{setting}}-S{{S}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/reconstruction/{{setting}}-S{{S}}.tsv"
+        f"{BENCHMARKS}/reconstruction/{{setting}}-S{{S}}.tsv"
     conda:
         ENV
     shell:

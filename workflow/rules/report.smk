@@ -54,9 +54,9 @@ rule report:
         samplers=" ".join(SAMPLER_POINTS),
         reconstruction_steps=" ".join(map(str, RECONSTRUCTION_STEPS)),
     log:
-        f"{RESULTS}/logs/report.log",
+        f"{LOGS}/report.log",
     benchmark:
-        f"{RESULTS}/benchmarks/report.tsv"
+        f"{BENCHMARKS}/report.tsv"
     conda:
         ENV
     shell:

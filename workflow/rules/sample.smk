@@ -21,9 +21,9 @@ rule sample:
     resources:
         gpu=1,
     log:
-        f"{RESULTS}/logs/sample/{{setting}}-{{sampler}}-{{shard}}.log",
+        f"{LOGS}/sample/{{setting}}-{{sampler}}-{{shard}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/sample/{{setting}}-{{sampler}}-{{shard}}.tsv"
+        f"{BENCHMARKS}/sample/{{setting}}-{{sampler}}-{{shard}}.tsv"
     conda:
         ENV
     shell:
@@ -39,21 +39,40 @@ rule gather_samples:
     output:
         samples=f"{POINT}/samples.npz",
         sampler=f"{POINT}/sampler.json",
-        grid=report(f"{POINT}/samples.png", category="Samples", subcategory="{sampler}",
-                    caption="../report/samples.rst"),
     params:
-        grid_size=config["sample"]["grid_size"],
         sampler=lambda wildcards: sampler_args(wildcards.sampler),
     log:
-        f"{RESULTS}/logs/gather_samples/{{setting}}-{{sampler}}.log",
+        f"{LOGS}/gather_samples/{{setting}}-{{sampler}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/gather_samples/{{setting}}-{{sampler}}.tsv"
+        f"{BENCHMARKS}/gather_samples/{{setting}}-{{sampler}}.tsv"
     conda:
         ENV
     shell:
         "ddpm gather-samples --shards {input.shards:q} --setting {wildcards.setting:q} --out {output.samples:q}"
-        " --sampler-out {output.sampler:q} {params.sampler} --grid {output.grid:q} --grid-size {params.grid_size}"
-        " > {log:q} 2>&1"
+        " --sampler-out {output.sampler:q} {params.sampler} > {log:q} 2>&1"
+
+
+# The grid is a job of its own: a change of sample.grid_size redraws it, and scores nothing again.
+# Where the point's MLflow run exists (its FID job made it), the new grid replaces the one it holds.
+rule sample_grid:
+    input:
+        samples=rules.gather_samples.output.samples,
+        sampler=rules.gather_samples.output.sampler,
+        run_id=RUN_ID,
+        tracking=ancient(TRACKING),
+    output:
+        report(f"{POINT}/samples.png", category="Samples", subcategory="{sampler}", caption="../report/samples.rst"),
+    params:
+        grid_size=config["sample"]["grid_size"],
+    log:
+        f"{LOGS}/sample_grid/{{setting}}-{{sampler}}.log",
+    benchmark:
+        f"{BENCHMARKS}/sample_grid/{{setting}}-{{sampler}}.tsv"
+    conda:
+        ENV
+    shell:
+        "ddpm grid --samples {input.samples:q} --out {output:q} --grid-size {params.grid_size}"
+        " --sampler-file {input.sampler:q} --tracking {input.tracking:q} --run-id-file {input.run_id:q} > {log:q} 2>&1"
 
 
 # FID over training: the same sampling, from the EMA weights kept at each of fid_over_training.steps.
@@ -69,9 +88,9 @@ use rule sample as sample_snapshot with:
             *shard_range(wildcards.shard, SNAPSHOT_SAMPLES, config["sample"]["shard_size"])
         ),
     log:
-        f"{RESULTS}/logs/sample_snapshot/{{setting}}-{{step}}-{{shard}}.log",
+        f"{LOGS}/sample_snapshot/{{setting}}-{{step}}-{{shard}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/sample_snapshot/{{setting}}-{{step}}-{{shard}}.tsv"
+        f"{BENCHMARKS}/sample_snapshot/{{setting}}-{{step}}-{{shard}}.tsv"
 
 
 rule gather_snapshot_samples:
@@ -80,9 +99,9 @@ rule gather_snapshot_samples:
     output:
         f"{RUNS}/{{setting}}/snapshots/step-{{step}}/samples.npz",
     log:
-        f"{RESULTS}/logs/gather_snapshot_samples/{{setting}}-{{step}}.log",
+        f"{LOGS}/gather_snapshot_samples/{{setting}}-{{step}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/gather_snapshot_samples/{{setting}}-{{step}}.tsv"
+        f"{BENCHMARKS}/gather_snapshot_samples/{{setting}}-{{step}}.tsv"
     conda:
         ENV
     shell:
@@ -105,9 +124,9 @@ rule progressive:
     resources:
         gpu=1,
     log:
-        f"{RESULTS}/logs/progressive/{{setting}}.log",
+        f"{LOGS}/progressive/{{setting}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/progressive/{{setting}}.tsv"
+        f"{BENCHMARKS}/progressive/{{setting}}.tsv"
     conda:
         ENV
     shell:
@@ -132,9 +151,9 @@ rule interpolate:
     resources:
         gpu=1,
     log:
-        f"{RESULTS}/logs/interpolate/{{setting}}.log",
+        f"{LOGS}/interpolate/{{setting}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/interpolate/{{setting}}.tsv"
+        f"{BENCHMARKS}/interpolate/{{setting}}.tsv"
     conda:
         ENV
     shell:

@@ -16,11 +16,14 @@ if not IMPORTED:
             out=lambda wildcards, output: Path(output.checkpoint).parent,
             data=lambda wildcards, input: Path(input.manifest).parent,
             args=lambda wildcards: train_arguments(config, SWEEP[wildcards.setting]),
+            # A function of the job's output: Snakemake then leaves it out of the params whose change reruns the job
+            # (its "derived" params); how often a training logs and saves changes none of its weights.
+            cadence=lambda wildcards, output: train_arguments(config, SWEEP[wildcards.setting], cadence=True),
             on_divergence=config["train"]["on_divergence"],
             snapshot_steps=" ".join(map(str, SNAPSHOT_STEPS)),
             speed=SPEED,
             launcher=train_launcher(config["train"]),
-            tries_log=lambda wildcards: f"{RESULTS}/logs/train/{wildcards.setting}.tries.log",
+            tries_log=lambda wildcards: f"{LOGS}/train/{wildcards.setting}.tries.log",
         threads: config["train"]["threads"]
         # A killed or preempted job (exit 75 after SIGTERM / SIGUSR1) resumes from resume.pt when run again. Snakemake
         # deletes a job's log before each try: every try's output is also appended to <setting>.tries.log, which is
@@ -31,16 +34,16 @@ if not IMPORTED:
         resources:
             **train_resources(config["train"]),
         log:
-            f"{RESULTS}/logs/train/{{setting}}.log",
+            f"{LOGS}/train/{{setting}}.log",
         benchmark:
-            f"{RESULTS}/benchmarks/train/{{setting}}.tsv"
+            f"{BENCHMARKS}/train/{{setting}}.tsv"
         conda:
             ENV
         shell:
             "{params.launcher} train --out {params.out:q} --data {params.data:q} --tracking {input.tracking:q}"
             " --run-name {wildcards.setting:q} --on-divergence {params.on_divergence}"
             " --snapshot-steps {params.snapshot_steps} --speed {params.speed} --device auto --threads {threads}"
-            " {params.args} 2>&1 | (trap '' TERM USR1; exec tee -a {params.tries_log:q}) > {log:q}"
+            " {params.args} {params.cadence} 2>&1 | (trap '' TERM USR1; exec tee -a {params.tries_log:q}) > {log:q}"
 
 else:
 
@@ -58,9 +61,9 @@ else:
             data=lambda wildcards, input: Path(input.manifest).parent,
             options=import_arguments,
         log:
-            f"{RESULTS}/logs/import/{{setting}}.log",
+            f"{LOGS}/import/{{setting}}.log",
         benchmark:
-            f"{RESULTS}/benchmarks/import/{{setting}}.tsv"
+            f"{BENCHMARKS}/import/{{setting}}.tsv"
         conda:
             ENV
         shell:
