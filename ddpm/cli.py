@@ -154,7 +154,7 @@ def _runs(args: argparse.Namespace, point=None) -> _Runs:
     from . import tracking
     from .settings import read_setting
 
-    info = tracking.read_tracking(args.tracking)
+    info = tracking.read_tracking(args.tracking, check=False)  # checked before the work: _check_tracking
     setting_run = [(info["tracking_uri"], Path(args.run_id_file).read_text().strip())]
     if point is None:
         return _Runs(setting_run, 0, setting_run)
@@ -452,7 +452,7 @@ def cmd_import(args):
         config = load_checkpoint(staged)["config"]
         run_id = None
         if args.tracking:
-            tracking = mlf.read_tracking(args.tracking)
+            tracking = mlf.read_tracking(args.tracking, check=False)  # checked before the work: _check_tracking
             params = {**config, "source_format": record["format"], "source": record["path"],
                       **{f"source_sha256.{name}": sha for name, sha in record["files"].items()}}
             run_id = mlf.start_setting_run(tracking, args.run_name or out.parent.name, params)
@@ -584,7 +584,7 @@ def cmd_grid(args):
         from . import tracking
         from .settings import read_sampler_file
 
-        info = tracking.read_tracking(args.tracking)
+        info = tracking.read_tracking(args.tracking, check=False)  # checked before the work: _check_tracking
         setting_run = Path(args.run_id_file).read_text().strip()
         run = tracking.find_sampler_run(info, setting_run, read_sampler_file(args.sampler_file).name)
         if run is not None:  # a grid drawn again (another sample.grid_size): the point's run gets the new one
