@@ -8,11 +8,11 @@ __version__ = "0.1.0"
 #: The library's names and their modules, imported on first use: ``ddpm claim-gpus`` and the other commands that
 #: need no tensors then start without importing torch.
 _EXPORTS = {
-    "GaussianDiffusion": "diffusion", "space_timesteps": "diffusion", "HYBRID_LAMBDA": "diffusion",
+    "GaussianDiffusion": "diffusion", "HYBRID_LAMBDA": "diffusion",
     "MEAN_TYPES": "vocabulary", "VAR_TYPES": "vocabulary", "LOSS_TYPES": "vocabulary",
     "make_betas": "schedules", "SCHEDULES": "schedules",
     "create_model": "unet", "UNet": "unet", "UNetConfig": "presets", "PRESETS": "presets",
-    "sample_loop": "samplers", "timestep_subsequence": "samplers", "SamplerPoint": "settings",
+    "sample_loop": "samplers", "timestep_subsequence": "samplers", "SamplerPoint": "samplers",
 }
 
 __all__ = list(_EXPORTS)

@@ -24,7 +24,7 @@ from .diffusion import GaussianDiffusion
 from .io import source_commit
 from .presets import PRESETS
 from .schedules import make_betas
-from .settings import SamplerPoint
+from .samplers.point import SamplerPoint
 from .speed import FastForward, Speed, configure_backends, make_optimizer
 from .train import apply_gradients
 from .unet import count_parameters, create_model

@@ -190,3 +190,175 @@ def check_results_dir(text: str) -> Path:
                           f"({shown}): name a folder of its own (new, or one holding only "
                           f"{', '.join(RESULTS_ENTRIES)})")
     return folder
+
+
+# ---------------------------------------------------------------------------------------------- what the schema cannot say
+def check_workflow_config(config: dict) -> None:
+    """What the JSON schema cannot say about a resolved config (:func:`resolve_config`), checked before any job is
+    planned; raises :class:`ConfigError` naming the key: the results folder, the sampler points (against every
+    setting's T), paths that must exist, sizes the data set and the model preset must take, shards that cut into whole
+    batches, the GPUs, the speed-ups, the β schedules, published weights, FID over training and the reconstruction."""
+    from .samplers.point import expand_sampling
+    from .settings import expand_sweep
+
+    check_results_dir(config["results_dir"])
+    settings = expand_sweep(config)
+    try:  # every point is checked against every setting's T (S <= T) before any job runs
+        expand_sampling(config, sorted({s.T for s in settings}))
+    except ValueError as err:
+        raise ConfigError(str(err).split(":")[0], str(err).split(": ", 1)[1]) from None
+    _check_paths(config)
+    _check_sizes(config)
+    _check_jobs(config)
+    _check_schedules(config, settings)
+    if config["pretrained"]["source"] is not None:
+        _check_pretrained(config, settings)
+    late = [s for s in config["fid_over_training"]["steps"] if s >= config["train"]["steps"]]
+    if late:
+        raise ConfigError("fid_over_training.steps", f"{late} not before the last training step "
+                          f"({config['train']['steps']}); the final checkpoint is always the curve's last point")
+    _check_reconstruction(config, settings)
+
+
+def _check_paths(config: dict) -> None:
+    """Paths that must exist, what each data set needs, the folders and store the jobs write."""
+    from .datasets import imagefolder_has_classes
+
+    dataset, name = config["dataset"], config["dataset"]["name"]
+    if dataset["path"] is not None and not Path(dataset["path"]).exists():
+        raise ConfigError("dataset.path", f"{dataset['path']} does not exist")
+    if name == "imagefolder":
+        needs = [("dataset.path", dataset["path"], "the folder of images"),
+                 ("dataset.image_size", dataset["image_size"], "an image size (images are resized and center-cropped)"),
+                 ("evaluate.nll_num_images", config["evaluate"]["nll_num_images"], "the number of test images to score")]
+        if config["reconstruction"]["steps"]:
+            needs.append(("reconstruction.num_images", config["reconstruction"]["num_images"],
+                          "the number of test images to encode and decode"))
+        for key, value, what in needs:
+            if value is None:
+                raise ConfigError(key, f"imagefolder needs {what}")
+        if config["evaluate"]["feature_extractor"] == "classifier" and not imagefolder_has_classes(Path(dataset["path"])):
+            raise ConfigError("evaluate.feature_extractor", f"the classifier extractor learns the classes of the "
+                              f"images, but {dataset['path']} has images outside class subfolders: put each class's "
+                              f"images in a subfolder of their own, or set evaluate.feature_extractor: "
+                              f"inception-v3-compat")
+    if name == "cifar10" and dataset["path"] is None and not dataset["download"]:
+        raise ConfigError("dataset.path", "cifar10 needs a local cifar-10-batches-py folder, or dataset.download: true")
+    for key in ("inception_weights", "ref_stats"):
+        path = config["evaluate"][key]
+        if path is not None and not Path(path).is_file():
+            raise ConfigError(f"evaluate.{key}", f"{path} is not a file")
+    _check_writable(config)
+
+
+def _check_writable(config: dict) -> None:
+    """The results folder and the SQLite store must be writable: one line now, not a failure in every job."""
+    import os
+
+    results = Path(config["results_dir"]).resolve()
+    existing = next(p for p in (results, *results.parents) if p.exists())
+    if not os.access(existing, os.W_OK):
+        raise ConfigError("results_dir", f"{existing} is read-only: results cannot be written under {results}")
+    store = results / "mlflow.db"
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or config["mlflow"]["tracking_uri"]
+    if uri is None and store.exists() and not os.access(store, os.W_OK):
+        raise ConfigError("mlflow.tracking_uri", f"the MLflow store {store} is read-only: make it writable, or point "
+                          f"mlflow.tracking_uri (or MLFLOW_TRACKING_URI) at a store you can write")
+
+
+def _check_sizes(config: dict) -> None:
+    """Sizes the model preset must take, and counts the data set cannot give (where its splits' sizes are known
+    before preparation)."""
+    from .datasets import NATIVE_IMAGE_SIZES, known_test_size, known_train_size
+    from .presets import check_config, preset
+
+    name, fraction = config["dataset"]["name"], config["dataset"]["test_fraction"]
+    size = config["dataset"]["image_size"] or NATIVE_IMAGE_SIZES[name]
+    try:
+        check_config(preset(config["train"]["preset"], image_size=size))
+    except ValueError as err:
+        raise ConfigError("dataset.image_size", f"model preset '{config['train']['preset']}' cannot take "
+                          f"{size}x{size} images: {err}") from None
+    if config["sample"]["num_samples"] < 2:
+        raise ConfigError("sample.num_samples", "need at least 2 samples")
+    train_size, test_size = known_train_size(name, fraction), known_test_size(name, fraction)
+    limits = [("train.batch_size", config["train"]["batch_size"], train_size, "train split"),
+              ("evaluate.ref_images", config["evaluate"]["ref_images"], train_size, "train split"),
+              ("evaluate.nll_num_images", config["evaluate"]["nll_num_images"], test_size, "test split"),
+              ("evaluate.nll_train_images", config["evaluate"]["nll_train_images"], train_size, "train split"),
+              ("reconstruction.num_images", config["reconstruction"]["num_images"], test_size, "test split")]
+    for key, value, limit, split in limits:
+        if value is not None and limit is not None and value > limit:
+            raise ConfigError(key, f"{value} is more than the {split} of {name} has ({limit} images)")
+
+
+def _check_jobs(config: dict) -> None:
+    """Shards that cut into whole batches, a global batch that splits over the GPUs, nodes only where SLURM is, and
+    speed-ups that exist."""
+    import shutil
+
+    from .settings import Speed
+
+    # Shards that are multiples of the batch size are cut into the same batches as one big shard: every sample and
+    # bits/dim term is then the same bit for bit whatever the shard size (another batch size rounds differently).
+    for section, shard, batch in (("sample", "shard_size", "batch_size"), ("evaluate", "nll_shard_size", "nll_batch_size")):
+        if config[section][shard] % config[section][batch]:
+            raise ConfigError(f"{section}.{shard}", f"{config[section][shard]} is not a multiple of "
+                              f"{section}.{batch} ({config[section][batch]})")
+    train = config["train"]
+    processes = train["gpus"] * train["nodes"]
+    if train["batch_size"] % processes:
+        raise ConfigError("train.batch_size", f"{train['batch_size']} does not split evenly over the {processes} GPUs "
+                          f"of train.gpus × train.nodes: each GPU takes an equal share of the global batch")
+    if train["nodes"] > 1 and shutil.which("srun") is None:
+        raise ConfigError("train.nodes", f"{train['nodes']} nodes need a SLURM cluster (srun is not on the PATH); see "
+                          "README, 'Run on a cluster'")
+    try:
+        Speed.parse(config["speed"])
+    except ValueError as err:
+        raise ConfigError("speed", str(err)) from None
+
+
+def _check_schedules(config: dict, settings) -> None:
+    """Each setting's β schedule can be built (``train.schedule_rescale`` at a small T pushes β_T past 1): refused
+    here, not in every training job."""
+    from .schedules import make_betas
+
+    rescale = config["train"]["schedule_rescale"]
+    for setting in settings:
+        try:
+            make_betas(setting.schedule, setting.T, rescale=rescale)
+        except ValueError as err:
+            raise ConfigError("train.schedule_rescale" if rescale else "sweep.T",
+                              f"setting {setting.name}: {err}") from None
+
+
+def _check_pretrained(config: dict, settings) -> None:
+    """An evaluation of published weights: one model, so one setting, and no training to follow."""
+    source = config["pretrained"]["source"]
+    if len(settings) != 1:
+        raise ConfigError("sweep", f"pretrained.source is one model, but the sweep has {len(settings)} settings: give "
+                          f"the one setting the source is (its schedule, T, mean_type, var_type, loss_type, seed)")
+    if config["fid_over_training"]["steps"]:
+        raise ConfigError("fid_over_training.steps", "published weights have no training to follow: leave it empty")
+    tiny = config["scale"] == "tiny"
+    if not Path(source).exists() and (tiny or not re.fullmatch(r"[\w.-]+/[\w.-]+", source)):
+        raise ConfigError("pretrained.source", f"{source} does not exist" + (
+            " (scale: tiny needs a local source that generates the digits' 8×8 grey images; a Hub id is fetched only "
+            "at full scale)" if tiny else " and is not a Hugging Face model id (owner/name)"))
+
+
+def _check_reconstruction(config: dict, settings) -> None:
+    """DDIM Table 2's S are encoded and decoded by every setting: S ≤ T for each (as the sampler points are checked);
+    the skip is one DDIM takes."""
+    from .samplers.families.ddim import reconstruction_point
+
+    try:
+        reconstruction_point(None, config["reconstruction"]["skip"]).check("reconstruction")
+    except ValueError as err:
+        raise ConfigError("reconstruction.skip", str(err).split(": ", 1)[1]) from None
+    shortest = min(settings, key=lambda setting: setting.T)
+    beyond = [S for S in sorted(config["reconstruction"]["steps"]) if S > shortest.T]
+    if beyond:
+        raise ConfigError("reconstruction.steps", f"S = {beyond[0]} is more than the T = {shortest.T} steps of the "
+                          f"process of the setting {shortest.name}")

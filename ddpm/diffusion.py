@@ -54,15 +54,6 @@ def _model_device(model: Model) -> torch.device:
     return torch.device("cpu")
 
 
-def space_timesteps(num_timesteps: int, count: int) -> list[int]:
-    """``count`` timesteps spread evenly over 0 … num_timesteps-1, always keeping the first and the last."""
-    if not 1 <= count <= num_timesteps:
-        raise ValueError(f"cannot pick {count} sampling steps out of T = {num_timesteps}; need 1 <= steps <= T")
-    if count == 1:
-        return [num_timesteps - 1]
-    return sorted({int(round(x)) for x in np.linspace(0, num_timesteps - 1, count)})
-
-
 class GaussianDiffusion:
     """The diffusion process for one (schedule, mean_type, var_type, loss_type) setting.
 
@@ -147,7 +138,12 @@ class GaussianDiffusion:
             raise ValueError(f"timesteps must lie in [0, {self.num_timesteps - 1}], got [{int(t.min())}, {int(t.max())}]")
         return t.long()
 
-    def _model_timesteps(self, t: torch.Tensor) -> torch.Tensor:
+    def timestep_tensor(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        """Step ``index`` for every sample of the batch ``x``, on its device: the ``t`` of this process's methods."""
+        return torch.full((x.shape[0],), index, device=x.device, dtype=torch.long)
+
+    def model_timesteps(self, t: torch.Tensor) -> torch.Tensor:
+        """The steps of the original process that steps ``t`` of this one are: what the network is called with."""
         key = ("timestep_map", t.device)
         table = self._device_cache.get(key)
         if table is None:
@@ -244,7 +240,7 @@ class GaussianDiffusion:
         """
         t = self._check_t(t, x.shape[0])
         if model_output is None:
-            model_output = model(x, self._model_timesteps(t), **(model_kwargs or {}))
+            model_output = model(x, self.model_timesteps(t), **(model_kwargs or {}))
         mean_output, var_output = self._split_model_output(model_output, x)
         log_variance = self._model_variance(var_output, x, t)
 
@@ -269,63 +265,30 @@ class GaussianDiffusion:
         }
 
     def p_sample(self, model: Model, x: torch.Tensor, t: torch.Tensor, *, generator: Generator = None,
-                 clip_denoised: bool = True, model_kwargs: dict | None = None) -> dict[str, torch.Tensor]:
-        """One reverse step x_{t−1} = μ_θ + σ_t z, z ~ N(0, I), with no noise at the last step (Algorithm 2)."""
-        out = self.p_mean_variance(model, x, t, clip_denoised=clip_denoised, model_kwargs=model_kwargs)
+                 clip_denoised: bool = True, model_kwargs: dict | None = None,
+                 model_output: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """One reverse step x_{t−1} = μ_θ + σ_t z, z ~ N(0, I), with no noise at the last step (Algorithm 2).
+        ``model_output`` skips the model call when given."""
+        out = self.p_mean_variance(model, x, t, clip_denoised=clip_denoised, model_kwargs=model_kwargs,
+                                   model_output=model_output)
         noise = randn(x.shape, generator, device=x.device, dtype=x.dtype)
         nonzero = (t != 0).to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
         sample = out["mean"] + nonzero * torch.exp(0.5 * out["log_variance"]) * noise
         return {"sample": sample, "pred_xstart": out["pred_xstart"]}
 
-    @torch.no_grad()
-    def p_sample_loop(
-        self,
-        model: Model,
-        shape: Sequence[int],
-        generator: Generator = None,
-        progress: bool = False,
-        *,
-        noise: torch.Tensor | None = None,
-        device=None,
-        clip_denoised: bool = True,
-        model_kwargs: dict | None = None,
-        return_trajectory: bool = False,
-        trajectory_steps: Sequence[int] | None = None,
-    ):
-        """Algorithm 2: x_T ~ N(0, I), then T reverse steps down to x_0.
-
-        ``generator`` (one, or one per sample) drives x_T and every step's noise. With ``return_trajectory``,
-        returns ``(samples, trajectory)`` where ``trajectory`` maps each recorded step index (all steps, or
-        ``trajectory_steps``) to the model's x̂_0 at that step — the paper's progressive generation (Figure 6).
-        """
-        shape = tuple(shape)
-        if device is None:
-            device = _model_device(model)
-        x = randn(shape, generator, device=device) if noise is None else noise.to(device)
-        if x.shape != shape:
-            raise ValueError(f"noise shape {tuple(x.shape)} differs from the requested shape {shape}")
-        record = set(range(self.num_timesteps) if trajectory_steps is None else trajectory_steps)
-        trajectory: dict[int, torch.Tensor] = {}
-        steps = progress_iter(range(self.num_timesteps - 1, -1, -1), total=self.num_timesteps, desc="sampling", enabled=progress)
-        for i in steps:
-            t = torch.full((shape[0],), i, device=device, dtype=torch.long)
-            out = self.p_sample(model, x, t, generator=generator, clip_denoised=clip_denoised, model_kwargs=model_kwargs)
-            x = out["sample"]
-            if return_trajectory and i in record:
-                trajectory[i] = out["pred_xstart"].cpu()
-        return (x, trajectory) if return_trajectory else x
-
     def ddim_sample(self, model: Model, x: torch.Tensor, t: torch.Tensor, *, eta: float = 0.0,
-                    generator: Generator = None, clip_denoised: bool = True,
-                    model_kwargs: dict | None = None) -> dict[str, torch.Tensor]:
+                    generator: Generator = None, clip_denoised: bool = True, model_kwargs: dict | None = None,
+                    model_output: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """One step of DDIM's generative process from x_t to x_{t−1} of this (possibly respaced) process  (DDIM Eq. 12):
         x_{t−1} = √ᾱ_{t−1} x̂_0 + √(1 − ᾱ_{t−1} − σ_t²) ε̂ + σ_t z, with
         σ_t(η) = η √((1 − ᾱ_{t−1}) / (1 − ᾱ_t)) √(1 − ᾱ_t / ᾱ_{t−1})  (DDIM Eq. 16), ᾱ before the first step being 1.
 
         ε̂ is recomputed from x̂_0 after ``clip_denoised`` (as improved-diffusion; without clipping it is the network's
         ε). η = 1 gives σ_t² = β̃_t and the mean μ̃_t(x_t, x̂_0): the step of :meth:`p_sample` with σ² = β̃. The noise z
-        is drawn at every step, η = 0 included, so every sampler uses one noise tensor per step of its generator."""
-        out = self.p_mean_variance(model, x, t, clip_denoised=clip_denoised, model_kwargs=model_kwargs)
+        is drawn at every step, η = 0 included, so both samplers use one noise tensor per step of its generator.
+        ``model_output`` skips the model call when given."""
+        out = self.p_mean_variance(model, x, t, clip_denoised=clip_denoised, model_kwargs=model_kwargs,
+                                   model_output=model_output)
         eps = self._predict_eps_from_xstart(x, t, out["pred_xstart"])
         alpha_bar = self._extract("alphas_cumprod", t, x)
         alpha_bar_prev = self._extract("alphas_cumprod_prev", t, x)
@@ -348,14 +311,13 @@ class GaussianDiffusion:
         alpha_bar = self._extract("alphas_cumprod", t, x)
         return {"sample": alpha_bar.sqrt() * pred_xstart + torch.sqrt(1 - alpha_bar) * eps, "pred_xstart": pred_xstart}
 
-    def respaced(self, use_timesteps: Sequence[int] | int, *, var_type: str | None = None) -> "GaussianDiffusion":
-        """A process over a subset of the timesteps (fast sampling, IDDPM Section 4).
+    def respaced(self, use_timesteps: Sequence[int], *, var_type: str | None = None) -> "GaussianDiffusion":
+        """A process over a subset of the timesteps (fast sampling, IDDPM Section 4; the samplers pick the subset:
+        :meth:`ddpm.samplers.base.Sampler.visited`).
 
         Keeps ᾱ at the kept steps and sets β_i = 1 − ᾱ_{s_i} / ᾱ_{s_{i−1}}; the model is still called with
-        the original timestep indices. An integer picks that many evenly spaced steps. ``var_type`` replaces the
-        process's variance (a sampling-time override: σ² = β or β̃ of the new process)."""
-        if isinstance(use_timesteps, (int, np.integer)):
-            use_timesteps = space_timesteps(self.num_timesteps, int(use_timesteps))
+        the original timestep indices. ``var_type`` replaces the process's variance (a sampling-time override:
+        σ² = β or β̃ of the new process)."""
         steps = sorted(set(int(s) for s in use_timesteps))
         if not steps or steps[0] < 0 or steps[-1] >= self.num_timesteps:
             raise ValueError(f"respaced timesteps must be a non-empty subset of [0, {self.num_timesteps - 1}], got {list(use_timesteps)[:5]}…")
@@ -414,7 +376,7 @@ class GaussianDiffusion:
             terms["loss"] = terms["vb"] * self.num_timesteps
             return terms
 
-        model_output = model(x_t, self._model_timesteps(t), **(model_kwargs or {}))
+        model_output = model(x_t, self.model_timesteps(t), **(model_kwargs or {}))
         mean_output, var_output = self._split_model_output(model_output, x_t)
         if self.learns_variance or self.loss_type == "hybrid":
             frozen = mean_output.detach() if var_output is None else torch.cat([mean_output.detach(), var_output], dim=1)

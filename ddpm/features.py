@@ -140,7 +140,7 @@ def train_classifier(
 
 
 def _batch(images, index, device) -> torch.Tensor:
-    """The uint8 images at ``index`` (an array in memory, or a :class:`~ddpm.datasets.SplitImages` on disk) in
+    """The uint8 images at ``index`` (an array in memory, or a :class:`~ddpm.store.SplitImages` on disk) in
     [-1, 1] on ``device``."""
     return to_model_range(np.ascontiguousarray(images[np.asarray(index)])).to(device)
 
@@ -197,17 +197,6 @@ def load_classifier(path: str | Path, device: str = "cpu") -> tuple[SmallClassif
     model = SmallClassifier(num_classes=state["num_classes"], **state["arch"])
     model.load_state_dict(state["state_dict"])
     return model.to(device).eval().requires_grad_(False), state
-
-
-@torch.no_grad()
-def predict_labels(path: str | Path, images: np.ndarray, device: str = "cpu") -> np.ndarray:
-    """Class predictions of the saved classifier for uint8 images shaped like its training input."""
-    check_images(images, "images")
-    model, state = load_classifier(path, device)
-    if list(images.shape[1:]) != list(state["input_shape"]):
-        raise ValueError(f"images have shape {tuple(images.shape[1:])}, the classifier expects {tuple(state['input_shape'])}")
-    x = to_model_range(images).to(device)
-    return np.concatenate([model(x[i:i + 1024]).argmax(1).cpu().numpy() for i in range(0, len(x), 1024)])
 
 
 # ----------------------------------------------------------------------------------------------------------------

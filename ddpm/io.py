@@ -46,6 +46,39 @@ def _umask() -> int:
     return mask
 
 
+def read_json(path: str | Path, *, hint: str = "") -> dict:
+    """The JSON object in ``path``: the one way the package reads its JSON files. A file that cannot be read, is not
+    JSON or holds no object raises ValueError naming it (and ``hint``: what to do about it)."""
+    path = Path(path)
+    advice = f"; {hint}" if hint else ""
+    try:
+        found = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise ValueError(f"cannot read {path}: {err}{advice}") from err
+    if not isinstance(found, dict):
+        raise ValueError(f"{path} is not a JSON object{advice}")
+    return found
+
+
+#: A training's log: one JSON object per logged step (step, loss, lr, grad_norm, images_per_s).
+METRICS_FILE = "metrics.jsonl"
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """The records of a ``metrics.jsonl``, in order: the one way the package reads it; a line that is not a JSON
+    object raises ValueError naming the file and the line."""
+    records = []
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        try:
+            record = json.loads(line)
+        except ValueError as err:
+            raise ValueError(f"{path}, line {number}: not JSON ({err})") from err
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}, line {number}: not a JSON object")
+        records.append(record)
+    return records
+
+
 def write_json(path: str | Path, payload) -> None:
     with atomic_open(path, "w") as f:
         f.write(json.dumps(payload, indent=2, sort_keys=True) + "\n")

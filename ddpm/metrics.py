@@ -31,7 +31,7 @@ from torch.utils.data import Dataset
 from ddpm.datasets import check_images, open_split
 from ddpm.features import register_classifier_extractor
 from ddpm.io import write_json
-from ddpm.vocabulary import BOOTSTRAP_ROUNDS, EXTRACTORS, SAMPLING_COST
+from ddpm.vocabulary import BOOTSTRAP_ROUNDS, EXTRACTORS, KID_GAMMA, SAMPLING_COST
 
 #: torch-fidelity's metric groups: Inception score, FID, KID, precision/recall.
 METRICS = ("isc", "fid", "kid", "prc")
@@ -64,7 +64,7 @@ def inception_weights_help() -> str:
 class UInt8ImageDataset(Dataset):
     """A torch Dataset over uint8 (N, C, H, W) images yielding uint8 (3, H, W) tensors, as torch-fidelity expects;
     one-channel images are replicated to three channels. ``images``: an array, or a prepared split on disk
-    (:class:`~ddpm.datasets.SplitImages`), read one image at a time as torch-fidelity's loader asks for it."""
+    (:class:`~ddpm.store.SplitImages`), read one image at a time as torch-fidelity's loader asks for it."""
 
     def __init__(self, images):
         self.images = images
@@ -204,11 +204,6 @@ def fidelity_metrics(
     return out
 
 
-#: Where a result records the γ of KID's kernel (:func:`kid_kernel_gamma`); KID on another extractor than Inception
-#: scored before γ was chosen so (no such key) is not shown (:mod:`ddpm.report`).
-KID_GAMMA = "kid_kernel_gamma"
-
-
 def kid_kernel_gamma(extractor: str, reference_features: torch.Tensor) -> float:
     """γ of KID's kernel k(x, y) = (γ x·y + 1)³. For Inception, Bińkowski et al.'s and torch-fidelity's 1/d: its pool
     features have coordinates of order one, the scale the kernel was made for, and its KID stays torch-fidelity's
@@ -336,7 +331,7 @@ def bootstrap_errors(sample_features: dict, reference_features: dict, reference_
     metric by torch-fidelity's functions on the drawn samples' features against the same reference, and take the
     standard deviation (ddof = 1) over rounds. It measures how much the score moves with the draw of the samples,
     the reference held fixed; a difference of two settings' scores below ~2√(se₁² + se₂²) is not distinguishable at
-    this sample count (:func:`ddpm.report.distinguishable`). Duplicates in a draw lower the features' spread, so
+    this sample count (:func:`ddpm.report.tables.distinguishable`). Duplicates in a draw lower the features' spread, so
     FID's draws sit above the value itself: only their spread is used, never their mean."""
     from torch_fidelity.metric_fid import KEY_METRIC_FID
     from torch_fidelity.metric_isc import KEY_METRIC_ISC_MEAN

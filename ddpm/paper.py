@@ -14,7 +14,8 @@ from pathlib import Path
 import pandas as pd
 
 from .schedules import SCHEDULES
-from .settings import SWEEP_AXES, SamplerPoint
+from .settings import SWEEP_AXES
+from .samplers.point import SamplerPoint
 from .vocabulary import LOSS_TYPES, MEAN_TYPES, VAR_TYPES
 
 #: Metric names: FID against the train set (``fid``) or the test set (``fid_test``), Inception score, bits/dim on
@@ -219,8 +220,6 @@ def published_for_sampler(table: pd.DataFrame, sweep: str, setting: dict, point:
     rows = _matches(table[table["sweep"] == sweep], setting)
     steps = point.num_steps(int(setting["T"]))
     rows = rows[(rows["sampler"] == point.sampler) & (rows["steps"] == steps)]
-    if point.sampler == "ddim":
-        rows = rows[(rows["eta"] - point.eta).abs() < 1e-9]
-    else:
-        rows = rows[rows["variance"] == point.variance]
+    for key, value in point.family.published_match(point).items():  # the family's own keys: η, the variance
+        rows = rows[(rows[key] - value).abs() < 1e-9] if isinstance(value, float) else rows[rows[key] == value]
     return _records(rows)

@@ -7,9 +7,9 @@ Three parts, each from the config alone (no data read, no job run):
   training's snapshots, the progressive and interpolation figures), of bits/dim (test split and
   ``evaluate.nll_train_images``: T per image) and of DDIM reconstruction (``reconstruction``); images through FID's
   feature extractor;
-* **hours**, the work divided by the rates of a ``ddpm bench`` record (:func:`find_record`: the newest GPU record
-  in ``benchmarks/``, else the newest CPU one, said so), each rate scaled by the ratio of the network's FLOPs per
-  image where the config's network differs from the record's (:func:`network_flops`);
+* **hours**, the work divided by the rates of a ``ddpm bench`` record (:func:`ddpm.benchrecords.find_record`: the
+  newest GPU record in ``benchmarks/``, else the newest CPU one, said so), each rate scaled by the ratio of the
+  network's FLOPs per image where the config's network differs from the record's (:func:`network_flops`);
 * **disk**, approximate: prepared data, checkpoints, samples, reference statistics, the MLflow store.
 
 :func:`make_plan` returns it all as a dict (``ddpm plan --json``), :func:`format_plan` as text. Torch is imported only
@@ -23,14 +23,14 @@ import math
 from functools import lru_cache
 from pathlib import Path
 
-from .configcheck import ROOT, ConfigError, load_config
-from .databench import DATA_RECORD_MARK
+from .benchrecords import BENCHMARKS, device_note, find_record, is_gpu, missing_rates, read_record, shown_path
+from .configcheck import ConfigError, load_config
 from .datasets import NATIVE_IMAGE_SIZES, known_test_size, known_train_size, list_image_files
 from .presets import PRESETS
-from .settings import SamplerPoint, expand_sampling, expand_sweep
+from .samplers.families.ddim import reconstruction_point
+from .settings import expand_sweep
+from .samplers.point import SamplerPoint, expand_sampling
 
-#: Where ``ddpm bench`` records are committed.
-BENCHMARKS = ROOT / "benchmarks"
 #: Image channels of each dataset as prepared (imagefolder images are converted to RGB).
 DATASET_CHANNELS = {"digits": 1, "cifar10": 3, "imagefolder": 3}
 #: FID's feature dimension per extractor (torch-fidelity's Inception pool; ``ddpm.features``' classifier default).
@@ -43,8 +43,6 @@ INTERPOLATION_IMAGES, INTERPOLATION_T_FRACTION = 11, 0.5
 RATE_KEYS = {"training": "train_images_per_s", "sampling": "sample_image_steps_per_s",
              "bits/dim": "bpd_image_steps_per_s", "reconstruction": "sample_image_steps_per_s",
              "FID": "fid_images_per_s"}
-#: The fields a record must have to give hours (FID's rate is optional: no record measures it yet).
-REQUIRED_RATES = ("train_images_per_s", "sample_image_steps_per_s", "bpd_image_steps_per_s")
 #: Rough sizes of the MLflow store: bytes per logged metric value (SQLite row and index), per metrics.jsonl line.
 MLFLOW_BYTES_PER_VALUE, METRICS_LINE_BYTES, TRAIN_METRICS = 100, 120, 4
 KINDS = ("training", "sampling", "bits/dim", "reconstruction", "FID")
@@ -236,7 +234,7 @@ def reconstruction_work(config: dict, settings, data: dict) -> list[dict]:
     images = section["num_images"] or data["test"]
     items = []
     for S in section["steps"]:
-        per = [2 * evaluations(s.T, SamplerPoint("ddim", S, section["skip"])) for s in settings]
+        per = [2 * evaluations(s.T, reconstruction_point(S, section["skip"])) for s in settings]
         items.append(_item(f"S = {S} ({section['skip']}), {_count(images)} images encoded and decoded", len(settings),
                            (images or 0) * len(settings), per, (images or 0) * sum(per), images is None))
     return items
@@ -334,72 +332,9 @@ def learns_sigma(setting) -> bool:
     return setting.var_type in ("learned", "learned_range")
 
 
-# ---------------------------------------------------------------------------------------------- the record
-def _record_date(path: Path, record: dict) -> str:
-    return str(record.get("date") or path.name)
-
-
-def read_record(path) -> dict:
-    """A ``ddpm bench`` record; one that cannot be read, or lacks a field the hours need, is refused naming it."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as err:
-        raise ValueError(f"bench record {path}: cannot be read ({err.strerror or err})") from None
-    try:
-        record = json.loads(text)
-    except ValueError as err:
-        raise ValueError(f"bench record {path}: not JSON ({err})") from None
-    if not isinstance(record, dict):
-        raise ValueError(f"bench record {path}: not a JSON object")
-    missing = [key for key in ("device", "preset") if not record.get(key)] + missing_rates(record, "optimised")
-    if missing:
-        raise ValueError(f"bench record {path}: missing or not a positive number: {', '.join(missing)} (a record "
-                         f"written by `ddpm bench` has them)")
-    if record["preset"] not in PRESETS:
-        raise ValueError(f"bench record {path}: unknown preset {record['preset']!r}; valid presets: "
-                         f"{', '.join(PRESETS)}")
-    return record
-
-
-def missing_rates(record: dict, part: str) -> list[str]:
-    """The rates of ``record[part]`` the hours need that are not positive numbers, as ``part.key``."""
-    rates = record.get(part) if isinstance(record.get(part), dict) else {}
-    return [f"{part}.{key}" for key in REQUIRED_RATES
-            if isinstance(rates.get(key), bool) or not isinstance(rates.get(key), (int, float)) or not rates[key] > 0]
-
-
+# ---------------------------------------------------------------------------------------------- the rates
 def work_needs_reconstruction(config: dict) -> bool:
     return bool(reconstruction(config)["steps"])
-
-
-def is_gpu(record: dict) -> bool:
-    return str(record["device"]).startswith("cuda")
-
-
-def find_record(folder=BENCHMARKS) -> tuple[Path | None, dict | None, list[str]]:
-    """The newest GPU record (``device`` cuda…) in ``folder``, else the newest CPU record; records that cannot be
-    used are skipped, each named in the notes."""
-    usable, notes = [], []
-    for path in sorted(Path(folder).glob("*.json")):
-        if DATA_RECORD_MARK in path.name:  # `ddpm bench-data`'s records: memory, no rates
-            continue
-        try:
-            usable.append((path, read_record(path)))
-        except ValueError as err:
-            notes.append(f"skipped {err}")
-    if not usable:
-        return None, None, notes + [f"no bench record in {folder}: hours are not estimated (run `ddpm bench`)"]
-    gpu = [(p, r) for p, r in usable if is_gpu(r)]
-    path, record = max(gpu or usable, key=lambda pr: _record_date(*pr))
-    return path, record, notes
-
-
-def _where(path: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
 
 
 def rates(config: dict, data: dict, record: dict, path: Path) -> tuple[dict, dict, list[str]]:
@@ -436,7 +371,7 @@ def rates(config: dict, data: dict, record: dict, path: Path) -> tuple[dict, dic
                          "TF32 out)")
     fid = measured.get(RATE_KEYS["FID"], record.get(RATE_KEYS["FID"]))  # not the diffusion network's: not scaled
     out["FID"] = fid if isinstance(fid, (int, float)) and not isinstance(fid, bool) and fid > 0 else None
-    source = {"path": _where(path), "device": record["device"], "device_name": record.get("device_name"),
+    source = {"path": shown_path(path), "device": record["device"], "device_name": record.get("device_name"),
               "gpu": is_gpu(record), "preset": record["preset"], "speed": record.get("speed"), "part": part,
               "batch_size": record.get("batch_size"), "sample_batch": record.get("sample_batch"),
               "date": record.get("date"), "scale": scale, "flops_per_image": flops}
@@ -480,7 +415,7 @@ def disk(config: dict, settings, points, data: dict, jobs: dict) -> dict[str, in
 # ---------------------------------------------------------------------------------------------- the plan
 def make_plan(config: dict, record_path=None, *, benchmarks=BENCHMARKS) -> dict:
     """The plan of a resolved config (:func:`resolve`): jobs per rule, work, hours (from ``record_path``, else
-    :func:`find_record` in ``benchmarks``), disk, and notes saying what is estimated how."""
+    :func:`ddpm.benchrecords.find_record` in ``benchmarks``), disk, and notes saying what is estimated how."""
     settings = expand_sweep(config)
     Ts = sorted({s.T for s in settings})
     try:
@@ -507,7 +442,7 @@ def make_plan(config: dict, record_path=None, *, benchmarks=BENCHMARKS) -> dict:
             if rate[kind]:
                 hours[kind] = total / rate[kind] / 3600  # at least, where the work is partial
             work[kind]["rate"] = rate[kind]
-        notes.insert(0, _device_note(record, path, None if record_path is not None else benchmarks))
+        notes.insert(0, device_note(record, path, None if record_path is not None else benchmarks))
         notes.append(f"rates of the record's {source['part']} path ({source['speed'] or 'plain'}) at batch "
                      f"{source['batch_size']} (training) and {source['sample_batch']} (sampling, bits/dim); this "
                      f"config trains at batch {config['train']['batch_size']} and samples at "
@@ -528,17 +463,6 @@ def make_plan(config: dict, record_path=None, *, benchmarks=BENCHMARKS) -> dict:
             "sampler_points": [p.name for p in points], "dataset": data, "preset": config["train"]["preset"],
             "jobs": jobs, "total_jobs": sum(jobs.values()), "work": work, "record": source, "hours": hours,
             "disk": space, "notes": notes}
-
-
-def _device_note(record: dict, path: Path, searched: Path | None) -> str:
-    """Whose hours these are; ``searched``: the folder the record was found in (None: given with ``--bench``)."""
-    where = record.get("device_name") or record["device"]
-    if is_gpu(record):
-        return f"GPU-hours on {where} ({record['device']}), from {_where(path)}"
-    if searched is not None:
-        return (f"no GPU record in {_where(Path(searched))}/: these are hours on the CPU of {_where(path)} ({where}), "
-                "not GPU-hours")
-    return f"{_where(path)} is a CPU record: these are hours on its CPU ({where}), not GPU-hours"
 
 
 # ---------------------------------------------------------------------------------------------- the text

@@ -28,10 +28,12 @@ import numpy as np
 import torch
 
 from .checkpoint import UNET_KEY, check_finite_weights, save_checkpoint
-from .datasets import read_manifest, sha256_file
+from .datasets import read_manifest
+from .io import read_json
 from .presets import GROUPS, UNetConfig, check_config
 from .schedules import make_betas
 from .settings import Setting, TrainConfig
+from .store import sha256_file
 from .unet import UNet, timestep_embedding
 from .vocabulary import IMPORT_FORMATS
 
@@ -108,16 +110,6 @@ def read_source(path: Path, fmt: str, *, image_size: int | None = None) -> Sourc
     if fmt not in IMPORT_FORMATS:
         raise ValueError(f"unknown import format {fmt!r}; valid formats: {', '.join(IMPORT_FORMATS)}")
     return read_diffusers(path) if fmt == "diffusers" else read_pytorch_ddpm(path, image_size=image_size)
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        found = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise ValueError(f"cannot read {path}: {err}") from err
-    if not isinstance(found, dict):
-        raise ValueError(f"{path} is not a JSON object")
-    return found
 
 
 def _load_weights_file(path: Path) -> dict:
@@ -264,7 +256,7 @@ def read_diffusers(path: Path) -> Source:
     the scheduler config."""
     model_dir, scheduler_file = _diffusers_parts(path)
     config_file = model_dir / "config.json"
-    unet, order = diffusers_unet_config(_read_json(config_file), str(config_file))
+    unet, order = diffusers_unet_config(read_json(config_file), str(config_file))
     weights_file = next((model_dir / name for name in DIFFUSERS_WEIGHTS if (model_dir / name).is_file()), None)
     if weights_file is None:
         raise FileNotFoundError(f"{model_dir} has no weights: expected {' or '.join(DIFFUSERS_WEIGHTS)}")
@@ -275,7 +267,7 @@ def read_diffusers(path: Path) -> Source:
     if scheduler_file is None:
         raise FileNotFoundError(f"{path} has no {SCHEDULER_CONFIG} (nor scheduler/{SCHEDULER_CONFIG}): the diffusion "
                                 f"process (T, β, variance) of these weights is unknown")
-    T, betas, mean_type, var_type, notes = diffusers_process(_read_json(scheduler_file), str(scheduler_file))
+    T, betas, mean_type, var_type, notes = diffusers_process(read_json(scheduler_file), str(scheduler_file))
     files[_relative(scheduler_file, path)] = sha256_file(scheduler_file)
     if var_type.startswith("learned") != (unet.out_channels == 2 * unet.in_channels):
         raise ValueError(f"{scheduler_file}: variance_type {var_type} does not fit a network with "

@@ -20,11 +20,12 @@ from .datasets import open_split, to_model_range
 from .io import write_json
 from .progress import progress as progress_iter
 from .samplers import network_evaluations, reconstruction_error
-from .settings import SamplerPoint
+from .samplers.families.ddim import reconstruction_point
 from .speed import FastForward, Speed
+from .vocabulary import RECONSTRUCTION_METRIC
 
 #: The metric's name in the result file, in MLflow (logged at step S) and in ``config/published.csv``.
-METRIC = "reconstruction_mse"
+METRIC = RECONSTRUCTION_METRIC
 
 
 def read_test_images(data_dir, count: int | None):
@@ -36,11 +37,6 @@ def read_test_images(data_dir, count: int | None):
         raise ValueError(f"{count} test images asked for, but the test split of {data_dir} has {len(images)} "
                          f"(config key 'reconstruction.num_images')")
     return images.head(count)
-
-
-def reconstruction_point(steps: int, skip: str) -> SamplerPoint:
-    """The sampler the images are decoded with: DDIM, η = 0, x̂₀ not clipped, on ``steps`` steps with ``skip``."""
-    return SamplerPoint("ddim", steps, skip, eta=0.0, clip=False)
 
 
 def precise(speed: Speed) -> Speed:

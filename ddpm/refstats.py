@@ -21,15 +21,15 @@ Every file's ``sigma`` must be a covariance, symmetric positive semi-definite wi
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
 
 import numpy as np
 
-from .datasets import SPLITS, check_images, load_split, read_manifest, sha256_file, split_sha256
-from .io import load_npz, save_npz, write_json
+from .datasets import SPLITS, check_images, load_split, read_manifest, split_sha256
+from .io import load_npz, read_json, save_npz, write_json
+from .store import sha256_file
 
 REF_STATS_FORMAT = "ddpm-ref-stats-v1"
 MIN_IMAGES = 10  # as ddpm.metrics: a covariance needs several images, FID of a handful means nothing
@@ -131,19 +131,6 @@ def compute_ref_stats(images: np.ndarray, *, extractor: str, weights=None, devic
     of their ``extractor`` features, float64, exactly those torch-fidelity fits when it computes FID against them."""
     check_images(images, "images", min_count=MIN_IMAGES)
     return _fid_statistics(images, extractor=extractor, weights=weights, device=device, batch_size=batch_size)
-
-
-def fid_from_stats(samples: np.ndarray, mu: np.ndarray, sigma: np.ndarray, *, extractor: str, weights=None,
-                   device: str = "cpu", batch_size: int = 200) -> float:
-    """FID of ``samples`` (uint8 (N, C, H, W)) against reference statistics ``mu``, ``sigma`` of the same
-    ``extractor`` and weights: the samples' statistics as :func:`compute_ref_stats` computes them, then
-    torch-fidelity's ``fid_statistics_to_metric`` (in float64)."""
-    from .metrics import fid_between
-
-    check_images(samples, "samples", min_count=MIN_IMAGES)
-    mu, sigma = _checked_arrays(mu, sigma, "the reference statistics")
-    return fid_between(_fid_statistics(samples, extractor=extractor, weights=weights, device=device,
-                                       batch_size=batch_size), (mu, sigma))
 
 
 def _checked_arrays(mu, sigma, what) -> tuple[np.ndarray, np.ndarray]:
@@ -282,11 +269,8 @@ def read_ref_stats(path, *, extractor: str, resolution, split: str, weights=None
 
 
 def _read_record(meta_path: Path) -> dict:
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{meta_path} is not valid JSON ({err}); write the statistics again") from err
-    if not isinstance(meta, dict) or meta.get("format") != REF_STATS_FORMAT or meta.get("origin") != "ddpm":
+    meta = read_json(meta_path, hint="write the statistics again")
+    if meta.get("format") != REF_STATS_FORMAT or meta.get("origin") != "ddpm":
         raise ValueError(f"{meta_path} is not the record of a `ddpm evaluate ref-stats` file")
     return meta
 

@@ -9,13 +9,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import checkpoint_provenance, load_for_sampling, provenance_arrays
+from .checkpoint import checkpoint_provenance, load_for_sampling
+from .provenance import provenance_arrays
 from .datasets import open_split, to_model_range, to_uint8
 from .diffusion import randn
 from .io import save_grid, save_npz
 from .progress import progress as progress_iter
 from .samplers import NonFiniteSamples, network_evaluations, sample_loop, sampling_process
-from .settings import SamplerPoint
+from .samplers.point import SamplerPoint
 from .speed import FastForward, Speed
 
 
@@ -25,30 +26,13 @@ def sample_generator(seed: int, index: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
-def sample_checkpoint(
-    checkpoint: str | Path,
-    *,
-    start: int = 0,
-    count: int = 64,
-    batch_size: int = 64,
-    seed: int = 0,
-    point: SamplerPoint = SamplerPoint(),
-    use_ema: bool = True,
-    device: str = "cpu",
-    progress: bool = True,
-    speed: Speed = Speed(),
-) -> np.ndarray:
-    """Samples ``start`` … ``start + count - 1`` as uint8 (count, C, H, W), drawn as ``point`` says
-    (:func:`ddpm.samplers.sample_loop`); ``speed`` picks the network's speed-ups (:mod:`ddpm.speed`)."""
-    return _draw(checkpoint, start=start, count=count, batch_size=batch_size, seed=seed, point=point, use_ema=use_ema,
-                 device=device, progress=progress, speed=speed)[0]
-
-
 @torch.no_grad()
-def _draw(checkpoint, *, start: int = 0, count: int = 64, batch_size: int = 64, seed: int = 0,
+def draw_samples(checkpoint, *, start: int = 0, count: int = 64, batch_size: int = 64, seed: int = 0,
           point: SamplerPoint = SamplerPoint(), use_ema: bool = True, device: str = "cpu", progress: bool = True,
           speed: Speed = Speed()) -> tuple[np.ndarray, int]:
-    """:func:`sample_checkpoint`'s images and the network evaluations per image they took."""
+    """Samples ``start`` … ``start + count - 1`` as uint8 (count, C, H, W), drawn as ``point`` says
+    (:func:`ddpm.samplers.sample_loop`), and the network evaluations per image they took; ``speed`` picks the
+    network's speed-ups (:mod:`ddpm.speed`)."""
     if count < 1 or batch_size < 1 or start < 0:
         raise ValueError(f"need count >= 1, batch_size >= 1, start >= 0; got count={count}, batch_size={batch_size}, start={start}")
     model, diffusion, state = load_for_sampling(checkpoint, use_ema=use_ema, device=device)
@@ -124,12 +108,12 @@ def interpolate(checkpoint: str | Path, first: np.ndarray, second: np.ndarray, *
 # ---------------------------------------------------------------------------------------------- the jobs' files
 def write_sample_shard(checkpoint, out, *, start: int = 0, count: int = 64, grid=None, setting: str | None = None,
                        data_dir=None, point: SamplerPoint = SamplerPoint(), **sampling) -> np.ndarray:
-    """``ddpm sample``: samples ``start`` … ``start + count - 1`` (:func:`sample_checkpoint`) saved to ``out`` with
+    """``ddpm sample``: samples ``start`` … ``start + count - 1`` (:func:`draw_samples`) saved to ``out`` with
     their indices, the checkpoint's provenance (checked against ``setting`` and ``data_dir`` first) and the sampler
     point, the network evaluations per image and the seconds the sampling took; with ``grid``, also a PNG of them."""
     provenance = checkpoint_provenance(checkpoint, setting=setting, data_dir=data_dir)
     began = time.perf_counter()
-    images, evaluations = _draw(checkpoint, start=start, count=count, point=point, **sampling)
+    images, evaluations = draw_samples(checkpoint, start=start, count=count, point=point, **sampling)
     seconds = time.perf_counter() - began
     save_npz(out, images=images, indices=np.arange(start, start + count), sampling_seconds=np.array(seconds),
              network_evaluations=np.array(evaluations), sample_seed=np.array(int(sampling.get("seed", 0))),

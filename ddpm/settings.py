@@ -4,18 +4,19 @@ A :class:`Setting` is one point of the sweep's axes (schedule × T × mean_type 
 the sweep's shared training hyperparameters it makes a :class:`TrainConfig` (what a checkpoint records). Its name,
 e.g. ``linear-T1000-eps-fixedlarge-mse-s0``, names its folder ``results/runs/<sweep>/<name>/`` and its MLflow run;
 ``setting.json`` in that folder records its axes (:func:`write_setting`), and reports read them from there, never
-from the name. This module imports neither torch nor the rest of the package (only its vocabulary and io).
+from the name. The sampling axis's points are :mod:`ddpm.samplers.point`'s. This module imports neither torch nor the
+rest of the package (only its vocabulary, io and the sampler points).
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from .io import write_json
-from .vocabulary import SAMPLE_VARIANCES, SAMPLERS, SCALES, SKIPS
+from .io import read_json, write_json
+from .samplers.point import DEFAULT_SAMPLING, as_list
+from .vocabulary import SCALES
 
 
 @dataclass(frozen=True)
@@ -65,149 +66,13 @@ def read_setting(run_dir: str | Path) -> Setting:
     """The setting recorded in ``run_dir/setting.json``."""
     path = Path(run_dir) / SETTING_FILE
     try:
-        recorded = json.loads(path.read_text())
+        recorded = read_json(path)
         setting = Setting.from_dict(recorded)
     except (OSError, ValueError, TypeError) as err:
         raise ValueError(f"cannot read the setting of {run_dir} from {path}: {err}") from err
     if recorded.get("name") != setting.name:
         raise ValueError(f"{path} names the setting {recorded.get('name')!r}, but its axes make {setting.name!r}")
     return setting
-
-
-@dataclass(frozen=True)
-class SamplerPoint:
-    """One way to sample a trained setting: a point of the sampling axis (sampler × S × skip × η / variance × clip).
-
-    ``steps`` is S, the number of reverse steps (None: every step of the process; S = T visits every step whichever
-    ``skip``); ``eta`` is DDIM's η (``ddim`` only; 0 unless given), ``variance`` the ancestral sampler's σ² (``model``
-    unless given); ``clip`` clips x̂_0 to [-1, 1] before each step (DDPM's sampler does; ermongroup/ddim's DDIM does
-    not). Its name, e.g. ``ddim-eta0-S10-quadratic``, names its folder ``<setting>/samplers/<name>/`` and its MLflow
-    run; ``sampler.json`` there records it."""
-
-    sampler: str = "ancestral"
-    steps: int | None = None
-    skip: str = "uniform"
-    eta: float | None = None
-    variance: str | None = None
-    clip: bool = True
-
-    def __post_init__(self):
-        if self.sampler == "ddim" and self.eta is None:
-            object.__setattr__(self, "eta", 0.0)
-        if self.sampler == "ancestral" and self.variance is None:
-            object.__setattr__(self, "variance", "model")
-        if self.eta is not None and not isinstance(self.eta, bool):
-            object.__setattr__(self, "eta", float(self.eta))
-
-    def check(self, where: str = "sampling", T: int | None = None) -> "SamplerPoint":
-        """Refuse what no sampler can do, naming the key: ``where``'s (the config's place of this point, e.g.
-        ``sampling[1]``), or the command line's flag where ``where`` is empty."""
-        def key(name):
-            return f"{where}.{name}" if where else f"--{name}"
-
-        if self.sampler not in SAMPLERS:
-            raise ValueError(f"{key('sampler')}: unknown sampler {self.sampler!r}; valid samplers: {', '.join(SAMPLERS)}")
-        if self.skip not in SKIPS:
-            raise ValueError(f"{key('skip')}: unknown skip {self.skip!r}; valid skips: {', '.join(SKIPS)}")
-        if self.steps is not None and (isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1):
-            raise ValueError(f"{key('steps')}: S must be an integer >= 1 (or null for every step), got {self.steps!r}")
-        if T is not None and self.steps is not None and self.steps > T:
-            raise ValueError(f"{key('steps')}: S = {self.steps} is more than the T = {T} steps of the process")
-        if self.sampler == "ancestral" and self.eta is not None:
-            raise ValueError(f"{key('eta')}: η is DDIM's; the ancestral sampler takes a variance instead "
-                             f"({', '.join(SAMPLE_VARIANCES)})")
-        if self.sampler == "ddim":
-            if self.variance is not None:
-                raise ValueError(f"{key('variance')}: the ddim sampler's variance is set by η (eta), not by variance")
-            if not 0.0 <= self.eta <= 1.0:
-                raise ValueError(f"{key('eta')}: η must be in [0, 1], got {self.eta:g}")
-        elif self.variance not in SAMPLE_VARIANCES:
-            raise ValueError(f"{key('variance')}: unknown variance {self.variance!r}; valid: {', '.join(SAMPLE_VARIANCES)}")
-        if not isinstance(self.clip, bool):
-            raise ValueError(f"{key('clip')}: true or false, got {self.clip!r}")
-        return self
-
-    @property
-    def name(self) -> str:
-        parts = [self.sampler]
-        if self.sampler == "ddim":
-            parts.append(f"eta{self.eta:g}")
-        if self.steps is not None:
-            parts += [f"S{self.steps}", self.skip]
-        if self.sampler == "ancestral" and self.variance != "model":
-            parts.append(self.variance)
-        if not self.clip:
-            parts.append("noclip")
-        return "-".join(parts)
-
-    def axes(self) -> dict:
-        return asdict(self)
-
-    def num_steps(self, T: int) -> int:
-        """S on a process of T steps (before ``quadratic`` drops repeated steps: see ``ddpm.samplers``)."""
-        return T if self.steps is None else self.steps
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "SamplerPoint":
-        known = [f.name for f in fields(cls)]
-        unknown = sorted(set(d) - set(known) - {"name"})
-        if unknown:
-            raise ValueError(f"unknown sampler key {unknown}; valid keys: {', '.join(known)}")
-        return cls(**{k: d[k] for k in known if k in d})
-
-
-#: The sampling of a config without a ``sampling`` section: DDPM's ancestral sampler on every step.
-DEFAULT_SAMPLING = ({"sampler": "ancestral"},)
-#: The file in each sampler point's folder that records it.
-SAMPLER_FILE = "sampler.json"
-SAMPLER_KEYS = tuple(f.name for f in fields(SamplerPoint))
-
-
-def expand_sampling(config: dict, T_values=()) -> list[SamplerPoint]:
-    """The sampler points of the config's ``sampling`` section, in order: each row is crossed over its lists (a row
-    gives a value or a list per key), the rows are concatenated. Every point is checked against every T in
-    ``T_values`` (S ≤ T); a bad value or a point listed twice is refused, naming the key."""
-    rows = config.get("sampling") or DEFAULT_SAMPLING
-    points = []
-    for i, row in enumerate(rows):
-        where = f"sampling[{i}]"
-        unknown = sorted(set(row) - set(SAMPLER_KEYS))
-        if unknown:
-            raise ValueError(f"{where}: unknown key {unknown}; valid keys: {', '.join(SAMPLER_KEYS)}")
-        keys = [k for k in SAMPLER_KEYS if k in row]
-        for values in itertools.product(*(_as_list(row[k]) for k in keys)):
-            point = SamplerPoint(**dict(zip(keys, values)))
-            point.check(where)
-            for T in T_values:
-                point.check(where, T)
-            points.append(point)
-    names = [p.name for p in points]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise ValueError(f"sampling: the sampler point {duplicates[0]!r} is listed twice")
-    return points
-
-
-def write_sampler(folder: str | Path, point: SamplerPoint, cost: dict | None = None, filename: str = SAMPLER_FILE
-                  ) -> Path:
-    """Write ``sampler.json``: the point's name and keys, and what its samples cost (``cost``: network evaluations
-    per image, images per second)."""
-    path = Path(folder) / filename
-    write_json(path, {"name": point.name, **point.axes(), **(cost or {})})
-    return path
-
-
-def read_sampler_file(path: str | Path) -> SamplerPoint:
-    """The sampler point recorded in ``path`` (a ``sampler.json``)."""
-    path = Path(path)
-    try:
-        recorded = json.loads(path.read_text())
-        point = SamplerPoint.from_dict({k: v for k, v in recorded.items() if k in SAMPLER_KEYS}).check(str(path))
-    except (OSError, ValueError, TypeError) as err:
-        raise ValueError(f"cannot read the sampler point from {path}: {err}") from err
-    if recorded.get("name") != point.name:
-        raise ValueError(f"{path} names the sampler point {recorded.get('name')!r}, but its keys make {point.name!r}")
-    return point
 
 
 @dataclass
@@ -305,17 +170,13 @@ def expand_sweep(config: dict) -> list[Setting]:
         unknown = set(row) - set(SWEEP_AXES)
         if unknown:
             raise ValueError(f"sweep.rows: unknown axis {sorted(unknown)}; valid axes: {', '.join(SWEEP_AXES)}")
-        axes = [_as_list(row[a]) if a in row else sweep[a] for a in SWEEP_AXES]
+        axes = [as_list(row[a]) if a in row else sweep[a] for a in SWEEP_AXES]
         settings += [Setting(*values) for values in itertools.product(*axes)]
     names = [s.name for s in settings]
     duplicates = {n for n in names if names.count(n) > 1}
     if duplicates:
         raise ValueError(f"the sweep lists a setting twice: {sorted(duplicates)}")
     return settings
-
-
-def _as_list(value) -> list:
-    return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 def train_config(config: dict, setting: Setting) -> TrainConfig:

@@ -20,12 +20,14 @@ Which run holds what (a score lives on one run):
   cost, logged at step S so that MLflow's line charts draw them against S; the samples' grid and how FID was computed
   (``ddpm.fid.*`` tags);
 - the sweep's parent run: the resolved config and the report's tables.
+
+What the experiment's saved view in MLflow's UI holds is :mod:`ddpm.tracking_view`'s; the store that a cluster's
+jobs share (no SQLite file on a network filesystem; a tracking server instead), :mod:`ddpm.tracking_cluster`'s.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import random
@@ -36,6 +38,10 @@ import sys
 import time
 from pathlib import Path
 from typing import Callable, TypeVar
+
+from .io import read_json
+from .tracking_cluster import refuse_sqlite_on_network_filesystem
+from .tracking_view import view_tags
 
 R = TypeVar("R")
 
@@ -201,71 +207,6 @@ def default_tracking_uri(results_dir: str | Path, configured: str | None = None)
     return given_tracking_uri(configured) or project_store_uri(results_dir)
 
 
-#: Filesystem types (as /proc/mounts names them) that are shared over a network: SQLite's file locking is unreliable
-#: on them (the SQLite documentation's "How To Corrupt An SQLite Database File", section 2).
-NETWORK_FILESYSTEMS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "beegfs", "ceph", "glusterfs",
-                       "fuse.glusterfs", "fuse.sshfs", "fuse.s3fs", "fuse.gcsfuse", "afs", "9p", "ocfs2", "gfs2")
-
-
-def filesystem_of(path: str | Path, mounts: str | None = None) -> tuple[str, str]:
-    """``(mount point, filesystem type)`` of the mount that holds ``path`` (Linux ``/proc/mounts``; ``("", "")``
-    where there is none to read)."""
-    if mounts is None:
-        try:
-            mounts = Path("/proc/mounts").read_text()
-        except OSError:
-            return "", ""
-    path = Path(path).resolve()
-    best = ("", "")
-    for line in mounts.splitlines():
-        fields = line.split()
-        if len(fields) < 3:
-            continue
-        point = fields[1].replace("\\040", " ")
-        if (path == Path(point) or Path(point) in path.parents) and len(point) >= len(best[0]):
-            best = (point, fields[2])
-    return best
-
-
-def refuse_sqlite_on_network_filesystem(tracking_uri: str, mounts: str | None = None) -> None:
-    """Raise ValueError if ``tracking_uri`` is a SQLite file on a network filesystem: jobs on several nodes writing
-    to it through NFS or Lustre locks can corrupt it or fail at random. A tracking server on the submit node is the
-    way there (``ddpm track serve``; README, "Run on a cluster")."""
-    if not tracking_uri.startswith("sqlite:///"):
-        return
-    database = Path(tracking_uri.removeprefix("sqlite:///").split("?")[0]).resolve()  # relative: to the cwd
-    point, kind = filesystem_of(database.parent, mounts)
-    if kind in NETWORK_FILESYSTEMS or kind.startswith(("nfs", "fuse.nfs")):
-        raise ValueError(
-            f"the MLflow store {database} is a SQLite file on a network filesystem ({kind} mounted at {point}): "
-            f"SQLite's locking is unreliable there, and jobs on several nodes would corrupt it or fail. Start a "
-            f"tracking server on the submit node (`ddpm track serve --store /local/disk/mlflow.db ...`) and set "
-            f"mlflow.tracking_uri (or MLFLOW_TRACKING_URI) to its http:// address")
-
-
-def serve_command(store: str | Path, *, host: str = "0.0.0.0", port: int = 5000, allowed_hosts: str | None = None,
-                  workers: int = 4) -> tuple[list[str], str]:
-    """The ``mlflow server`` command for a cluster's submit node, and the URI to give the jobs.
-
-    ``store``: a SQLite file on the submit node's own disk (refused on a network filesystem), or any SQLAlchemy URI
-    (``postgresql://…``). ``allowed_hosts``: the Host headers the server answers (MLflow's guard against DNS
-    rebinding; by default it answers only localhost and private IPs, not the names compute nodes use). The default
-    here is this machine's names: its host name and fully qualified name, with and without the port."""
-    import socket
-
-    uri = str(store) if "://" in str(store) else f"sqlite:///{Path(store).resolve().as_posix()}"
-    refuse_sqlite_on_network_filesystem(uri)
-    name = socket.getfqdn()
-    name = name if "." in name and not name.startswith("localhost") else socket.gethostname()
-    if allowed_hosts is None:
-        names = sorted({socket.gethostname(), name, "localhost", "127.0.0.1"} | ({host} - {"0.0.0.0", "::"}))
-        allowed_hosts = ",".join(f"{n},{n}:{port}" for n in names)
-    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", host, "--port",
-               str(port), "--allowed-hosts", allowed_hosts, "--workers", str(workers)]
-    advertised = name if host in ("0.0.0.0", "::") else host
-    return command, f"http://{advertised}:{port}"
-
-
 def _client(tracking_uri: str):
     from mlflow.tracking import MlflowClient
 
@@ -341,102 +282,16 @@ def init_sweep(tracking_uri: str, experiment: str, sweep_name: str, artifact_roo
     return {"tracking_uri": tracking_uri, "experiment_id": experiment_id, "parent_run_id": parent.info.run_id}
 
 
-#: The experiment's kind for MLflow 3's UI: model training, not a GenAI app. MLflow 3.17.2's UI reads it only when its
-#: GenAI / "Model training" switch is off; with the switch (the default) the browser's choice decides (:func:`view_url`).
-EXPERIMENT_KIND_TAG = ("mlflow.experimentKind", "custom_model_development")
-#: The key of the experiment's saved view (MLflow's saved / shared views of the runs page, kept as the experiment tag
-#: ``mlflow.sharedViewState.<key>``, listed under the experiment's "Views" by :data:`VIEW_NAME` and opened by
-#: ``#/experiments/<id>/runs?viewStateShareKey=<key>``).
-VIEW_KEY = "ddpm-metrics"
-VIEW_NAME = "FID against S, by sampler"
-#: The metrics the view shows as columns, in order, and the one it sorts by (ascending: lower is better).
-VIEW_METRICS = ("fid", "fid_se", "is_mean", "kid_mean", "bpd", "fid_test", "bpd_train", "network_evaluations",
-                "sampling_images_per_s")
-#: A sampler point's params the view shows as columns (:func:`sampler_params`), before the setting's axes.
-VIEW_POINT_PARAMS = ("sampler", "S", "eta", "variance", "skip", "clip")
-#: The param the view groups the sampler points' runs by: one group, and one line of FID against S, per sampler.
-VIEW_GROUP_PARAM = "sampler_curve"
-#: The runs table's run-name column (MLflow's column id) and its width in pixels: wide enough for a point's name and
-#: the start of its setting's (the UI's own 190 px cuts them to the same prefix).
-RUN_NAME_COLUMN = "attributes.`Run Name`"
-RUN_NAME_WIDTH = 360
-
-
-def view_url(experiment_id: str) -> str:
-    """The address of the experiment's metrics view, after the UI's own (``http://127.0.0.1:5000/``): MLflow 3's
-    "Model training" side of the UI (its ``workflowType``; the UI opens on its GenAI side otherwise, a choice each
-    browser keeps), the experiment's runs, the shared view :data:`VIEW_KEY`."""
-    return f"#/experiments/{experiment_id}/runs?workflowType=machine_learning&viewStateShareKey={VIEW_KEY}"
-
-
-def experiment_view() -> dict:
-    """The runs view an experiment of this project opens on (MLflow's shared view state, the JSON its UI writes when
-    a view is shared; the keys MLflow 3.17.2's UI reads, ``EXPERIMENT_PAGE_UI_STATE_FIELDS`` and the search facets).
-
-    The table: the sampler points' runs grouped by sampler (:data:`VIEW_GROUP_PARAM`; a group shows its runs'
-    average), the sweep's and settings' runs below them ("Additional runs", unfolded: bits/dim is theirs); the
-    columns the point (sampler, S, η, variance, skip, clip), FID (± its bootstrap error), IS, KID, bits/dim and what
-    sampling cost, then the setting's axes; sorted by FID; a run-name column wide enough to tell the runs apart. The
-    charts: FID and IS against S, one line per sampler (a point's scores are logged at step S, and a group's line
-    joins its runs' averages at each S). With runs grouped, the UI charts groups only: bits/dim per setting is in the
-    table."""
-    from .settings import SWEEP_AXES
-
-    section = "ddpm-fid-against-S"
-    columns = ([f"params.`{p}`" for p in VIEW_POINT_PARAMS] + [f"metrics.`{m}`" for m in VIEW_METRICS]
-               + [f"params.`{a}`" for a in SWEEP_AXES])
-
-    def chart(uuid: str, kind: str, **config) -> dict:
-        return {"uuid": uuid, "type": kind, "runsCountToCompare": 100, "metricSectionId": section, "deleted": False,
-                "isGenerated": False, **config}
-
-    def against_S(metric: str) -> dict:
-        return chart(f"ddpm-{metric}-S", "LINE", metricKey=metric, selectedMetricKeys=[metric], xAxisKey="step",
-                     useGlobalXaxisKey=False, lineSmoothness=0, useGlobalLineSmoothing=False, displayPoints=True,
-                     scaleType="linear", xAxisScaleType="linear")
-
-    return {
-        "orderByKey": "metrics.`fid`", "orderByAsc": True,
-        "selectedColumns": columns,
-        "columnOrder": [RUN_NAME_COLUMN, *columns],  # the point's params first, before MLflow's metrics-then-params
-        "columnWidths": {RUN_NAME_COLUMN: RUN_NAME_WIDTH},
-        "groupBy": {"aggregateFunction": "average",
-                    "groupByKeys": [{"mode": "param", "groupByData": VIEW_GROUP_PARAM}]},
-        "groupsExpanded": {f"param.{VIEW_GROUP_PARAM}": True},  # the runs without the param: the UI folds them
-        "useGroupedValuesInCharts": True,  # a line per group
-        "compareRunCharts": [against_S("fid"), against_S("is_mean")],
-        "compareRunSections": [{"uuid": section, "name": "FID and IS against S, one line per sampler",
-                                "display": True, "isReordered": False, "deleted": False, "isGenerated": False}],
-        "isAccordionReordered": True,
-        "runsHiddenMode": "SHOW_ALL",  # MLflow hides all but the first 10 runs from the charts otherwise
-    }
-
-
 def set_experiment_view(tracking_uri: str, experiment_id: str) -> None:
-    """Store the view :func:`experiment_view` in the experiment under :data:`VIEW_KEY` (replacing this project's
-    earlier one), and, where the experiment has none yet, its kind (:data:`EXPERIMENT_KIND_TAG`) and a description
-    that links the view (a description or kind a user set is kept)."""
+    """Store the saved view of the MLflow UI in the experiment: the tags :func:`ddpm.tracking_view.view_tags` says
+    (the view, replacing this project's earlier one; the experiment's kind and a description that links the view,
+    where it has none yet)."""
     client = _client(tracking_uri)
     existing = with_retry(lambda: client.get_experiment(experiment_id), what="experiment lookup",
                           uri=tracking_uri).tags
-    now = int(time.time() * 1000)
-    # MLflow 3's saved-view envelope: the view's name, its times and the state as a JSON string; its "Views" tab lists
-    # it by name, and the share link opens it.
-    view = {"name": VIEW_NAME, "createdAt": now, "updatedAt": now,
-            "state": json.dumps(experiment_view(), separators=(",", ":"))}
-    tags = {EXPERIMENT_KIND_TAG[0]: EXPERIMENT_KIND_TAG[1],
-            f"mlflow.sharedViewState.{VIEW_KEY}": json.dumps(view, separators=(",", ":")),
-            "mlflow.note.content": (
-                "Runs of this project's sweeps: one parent run per sweep, one child run per setting, one run per "
-                "sampler point under it. A score lives on one run: a setting's run holds its training curves, "
-                "bits/dim, FID over training and the reconstruction error; a sampler point's run its FID, IS, KID "
-                "and what sampling cost (at step S), with the setting's axes and the point (sampler, S, η, skip, "
-                "variance, clip) as params. [The metrics view](" + view_url(experiment_id) + "): the points grouped "
-                "by sampler, sorted by FID, and FID against S, one line per sampler, in its charts.")}
-    for key, value in tags.items():
-        if key.startswith("mlflow.sharedViewState.") or key not in existing:
-            with_retry(lambda: client.set_experiment_tag(experiment_id, key, value), what="experiment tag",
-                       uri=tracking_uri)
+    for key, value in view_tags(experiment_id, existing).items():
+        with_retry(lambda: client.set_experiment_tag(experiment_id, key, value), what="experiment tag",
+                   uri=tracking_uri)
 
 
 def _existing_parent(client, tracking_uri: str, experiment_id: str, sweep_name: str, kind: str):
@@ -486,7 +341,7 @@ def read_tracking(path: str | Path, *, check: bool = True) -> dict:
     (:func:`check_active`)."""
     path = Path(path)
     try:
-        tracking = json.loads(path.read_text())
+        tracking = read_json(path)
         info = {key: tracking[key] for key in TRACKING_IDS}
         if "results_dir" in tracking:
             results = Path(os.path.normpath(path.absolute().parent / tracking["results_dir"]))

@@ -21,13 +21,15 @@ import numpy as np
 import torch
 
 from . import tracking as mlf
-from .checkpoint import DIVERGED, EMA_ONLY, build, load_checkpoint, save_checkpoint, snapshot_path
+from .checkpoint import EMA_ONLY, build, load_checkpoint, save_checkpoint, snapshot_path
+from .provenance import DIVERGED
 from .datasets import load_dataset, open_split, read_manifest, split_sha256, to_model_range
 from .diffusion import GaussianDiffusion, randn
 from .distributed import World, data_parallel, joined
 from .io import atomic_open
 from .resample import create_sampler, default_sampler_name
 from .settings import Setting, TrainConfig, write_setting
+from .samplers.point import SamplerPoint
 from .speed import FastForward, Speed, ema_update, make_optimizer
 from .unet import UNet
 from .vocabulary import ON_DIVERGENCE
@@ -38,14 +40,16 @@ PREVIEW_STEPS = 50
 
 
 def _preview_grid(ema: UNet, diffusion: GaussianDiffusion, shape, path: Path, device) -> Path:
-    """A grid of EMA samples from a respaced process (at most 50 steps): how samples look at this point of training."""
+    """A grid of EMA samples of the ancestral sampler on at most 50 steps (the sampling axis's ``ancestral`` point
+    with S = 50): how samples look at this point of training."""
     from .datasets import to_uint8
     from .io import save_grid
     from .sample import sample_generator
+    from .samplers import sample_loop
 
-    fast = diffusion.respaced(min(PREVIEW_STEPS, diffusion.num_timesteps))
+    point = SamplerPoint("ancestral", min(PREVIEW_STEPS, diffusion.num_timesteps))
     generators = [sample_generator(0, i) for i in range(PREVIEW_SAMPLES)]
-    x = fast.p_sample_loop(ema, (PREVIEW_SAMPLES, *shape), generators, device=device)
+    x = sample_loop(ema, diffusion, point, (PREVIEW_SAMPLES, *shape), generators, device=device)
     save_grid(to_uint8(x).cpu().numpy(), path, nrow=6)
     return path
 
@@ -314,7 +318,7 @@ def batch_indices(num_images: int, batch_size: int, seed: int, step: int) -> np.
 
 class StepBatches(torch.utils.data.Dataset):
     """Item ``i``: this process's share (``share``) of the global batch of step ``first_step + i`` (:func:`batch_indices`),
-    uint8 (b, C, H, W), read from ``images`` (a :class:`~ddpm.datasets.SplitImages` on disk, or an array). A
+    uint8 (b, C, H, W), read from ``images`` (a :class:`~ddpm.store.SplitImages` on disk, or an array). A
     DataLoader's workers read the next steps' batches while the network trains on this one; they become floats on the
     device, one batch at a time."""
 
@@ -354,6 +358,98 @@ def _batches(images, config: TrainConfig, share: slice, first_step: int, device:
     return iter(loader)
 
 
+def learning_rate(config: TrainConfig, step: int) -> float:
+    """The learning rate at ``step`` (1-based): linear warmup over ``config.warmup`` steps, then constant (DDPM
+    Appendix B: 5000 steps of warmup to 2e-4)."""
+    return config.lr * min(1.0, step / config.warmup) if config.warmup > 0 else config.lr
+
+
+class _Log:
+    """metrics.jsonl (rank 0 only), the same records to MLflow, and the progress line. A failed MLflow call (the
+    server is gone) is kept in ``error``: the training stops at the next agreement, every process saves the resume
+    state, then the error is raised naming the tracking URI (:meth:`stopped`)."""
+
+    def __init__(self, out_dir: Path, config: TrainConfig, is_main: bool, resumed: bool, lines: list[str],
+                 tracking: dict | None, run_id: str | None, last_logged: int, progress: bool):
+        self.out_dir, self.config, self.lines, self.progress = out_dir, config, lines, progress
+        self.uri, self.run_id, self.last_logged = (tracking or {}).get("tracking_uri"), run_id, last_logged
+        self.file = (out_dir / "metrics.jsonl").open("a" if resumed else "w") if is_main else None
+        self.last: dict = json.loads(lines[-1]) if lines else {}  # resumed at the last step: its metrics
+        self.error: mlf.TrackingError | None = None
+
+    def to_mlflow(self, call) -> None:
+        if self.error is None and self.run_id is not None:
+            try:
+                call()
+            except mlf.TrackingError as err:
+                self.error = err
+
+    def due(self, step: int) -> bool:
+        """Whether ``step`` is logged (rank 0, at the config's cadence and at the last step)."""
+        return self.file is not None and (step % self.config.log_every == 0 or step == self.config.steps)
+
+    def step(self, step: int, loss: torch.Tensor, lr: float, grad_norm: torch.Tensor, first_step: int,
+             start: float) -> None:
+        """Log the loss, learning rate and gradient norm at a step that is :meth:`due` (read from the device here
+        only: waiting for it at every step would stall the GPU)."""
+        config = self.config
+        elapsed = time.monotonic() - start
+        self.last = {"step": step, "loss": loss.item(), "lr": lr, "grad_norm": grad_norm.item(),
+                     "images_per_s": (step - first_step + 1) * config.batch_size / elapsed}
+        self.lines.append(json.dumps(self.last))
+        self.file.write(self.lines[-1] + "\n")
+        self.file.flush()
+        if step > self.last_logged:
+            metrics = {k: v for k, v in self.last.items() if k != "step"}
+            self.to_mlflow(lambda: mlf.log_metrics(self.uri, self.run_id, metrics, step))
+        if self.progress:
+            eta = elapsed / (step - first_step + 1) * (config.steps - step)
+            print(f"step {step}/{config.steps} loss {self.last['loss']:.4f} lr {self.last['lr']:.2e} "
+                  f"{self.last['images_per_s']:.0f} img/s ETA {eta:.0f}s", flush=True)
+
+    def stopped(self, step: int) -> mlf.TrackingError:
+        return mlf.TrackingError(f"{self.error}; the training state at step {step} is saved in "
+                                 f"{self.out_dir / RESUME_FILE}: run again (with the store reachable) to resume")
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+
+
+def _resume(resume: dict, parts: dict, generator: torch.Generator, world: World, out_dir: Path, config: TrainConfig,
+            tracking: dict | None, run_id: str | None) -> tuple[int, int, list[str]]:
+    """Load the resume state into ``parts`` (model, ema, optimizer, sampler) and the generator; return the first step
+    to run, the last step MLflow has, and metrics.jsonl's lines so far. Steps logged to MLflow after the saved state
+    are recomputed identically, so each step is logged once; steps whose logging failed are logged now."""
+    for name, part in parts.items():
+        part.load_state_dict(resume[name])
+    _set_rng_state(generator, _own_rng_state(resume, world))
+    lines: list[str] = []
+    if world.is_main:
+        lines = _restore_metrics(out_dir / "metrics.jsonl", resume)
+        print(f"resuming from step {resume['step']} of {config.steps}", flush=True)
+    last_logged = mlf.last_logged_step(tracking["tracking_uri"], run_id, "loss") if run_id else resume["step"]
+    for line in lines if run_id else ():
+        record = json.loads(line)
+        if last_logged < record["step"] <= resume["step"]:
+            mlf.log_metrics(tracking["tracking_uri"], run_id, {k: v for k, v in record.items() if k != "step"},
+                            record["step"])
+    return resume["step"] + 1, last_logged, lines
+
+
+def _algorithm1_loss(diffusion, forward, sampler, x0, config: TrainConfig, mine: slice, generator, device):
+    """Algorithm 1's loss on this process's share ``mine`` of the global batch: every process draws the global
+    batch's flips, t and ε from ``generator`` and keeps its slice. Returns (the weighted mean loss, t, per-sample
+    losses)."""
+    if config.flip:
+        flip = (torch.rand(config.batch_size, generator=generator) < 0.5).to(device)[mine]
+        x0 = torch.where(flip[:, None, None, None], x0.flip(3), x0)
+    t, weights = sampler.sample(config.batch_size, device, generator=generator)
+    noise = randn((config.batch_size, *x0.shape[1:]), generator, device=device)
+    losses = diffusion.training_losses(forward, x0, t[mine], noise[mine])
+    return (losses["loss"] * weights[mine]).mean(), t, losses["loss"]
+
+
 def _train_loop(config: TrainConfig, out_dir: Path, data_dir, world: World, device: torch.device, progress: bool,
                 tracking: dict | None, run_id: str | None, resume: dict | None, snapshot_steps: tuple[int, ...],
                 speed: Speed, workers: int | None) -> dict:
@@ -364,6 +460,7 @@ def _train_loop(config: TrainConfig, out_dir: Path, data_dir, world: World, devi
     # Data: the train split stays on disk (uint8); each step's batch is read by the loader and scaled on the device.
     images, data_sha256 = _training_images(config, data_dir)
     _, channels, height, width = images.shape
+    shape = [channels, height, width]
 
     model, diffusion = build(config, in_channels=channels, image_size=height)
     model.to(device).train()
@@ -373,122 +470,64 @@ def _train_loop(config: TrainConfig, out_dir: Path, data_dir, world: World, devi
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     optimizer = make_optimizer(model.parameters(), config.lr, speed)
     sampler = create_sampler(config.timestep_sampler or default_sampler_name(config.loss_type), diffusion.num_timesteps)
+    parts = {"model": model, "ema": ema, "optimizer": optimizer, "sampler": sampler}
 
-    first_step, last_logged = 1, 0
-    metrics_lines: list[str] = []  # metrics.jsonl so far, kept in the resume state too
+    first_step, last_logged, lines = 1, 0, []
     if resume is not None:
-        model.load_state_dict(resume["model"])
-        ema.load_state_dict(resume["ema"])
-        optimizer.load_state_dict(resume["optimizer"])
-        sampler.load_state_dict(resume["sampler"])
-        _set_rng_state(generator, _own_rng_state(resume, world))
-        first_step = resume["step"] + 1
-        if world.is_main:
-            metrics_lines = _restore_metrics(out_dir / "metrics.jsonl", resume)
-            print(f"resuming from step {resume['step']} of {config.steps}", flush=True)
-        # Steps logged to MLflow after the saved state are recomputed identically: log each step once.
-        last_logged = mlf.last_logged_step(tracking["tracking_uri"], run_id, "loss") if run_id else resume["step"]
-        for line in metrics_lines if run_id else ():  # steps whose logging failed (the server was gone): now
-            record = json.loads(line)
-            if last_logged < record["step"] <= resume["step"]:
-                mlf.log_metrics(tracking["tracking_uri"], run_id, {k: v for k, v in record.items() if k != "step"},
-                                record["step"])
+        first_step, last_logged, lines = _resume(resume, parts, generator, world, out_dir, config, tracking, run_id)
+    log = _Log(out_dir, config, world.is_main, resume is not None, lines, tracking, run_id, last_logged, progress)
 
     def training_state(step: int) -> dict:
         return {"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
-                "step": step, "config": asdict(config), "data_shape": [channels, height, width],
-                "data_sha256": data_sha256}
+                "step": step, "config": asdict(config), "data_shape": shape, "data_sha256": data_sha256}
 
     def save_resume(step: int) -> None:
         rng = world.gather_objects(_rng_state(generator))  # a collective: every process takes part
         if world.is_main:
             save_checkpoint(out_dir / RESUME_FILE, {**training_state(step), "sampler": sampler.state_dict(),
                                                     "rng": rng[0], "rng_per_process": rng, "mlflow_run_id": run_id,
-                                                    "metrics_lines": metrics_lines})
+                                                    "metrics_lines": log.lines})
 
-    # A failed MLflow call (rank 0's; the server is gone) stops the training, like a preemption signal, at the next
-    # agreement: every process saves the resume state, then this error is raised (it names the tracking URI).
-    tracking_error: mlf.TrackingError | None = None
-
-    def to_mlflow(call) -> None:
-        nonlocal tracking_error
-        if tracking_error is None:
-            try:
-                call()
-            except mlf.TrackingError as err:
-                tracking_error = err
-
-    def stopped_by(error: mlf.TrackingError, step: int) -> mlf.TrackingError:
-        return mlf.TrackingError(f"{error}; the training state at step {step} is saved in {out_dir / RESUME_FILE}: "
-                                 f"run again (with the store reachable) to resume")
-
-    metrics_file = None
-    if world.is_main:
-        metrics_file = (out_dir / "metrics.jsonl").open("a" if resume is not None else "w")
-    last: dict = json.loads(metrics_lines[-1]) if metrics_lines else {}  # resumed at the last step: its metrics
     batches = _batches(images, config, mine, first_step, device, data_workers(device, workers))
     start = time.monotonic()
     with _PreemptionFlag() as preemption:
         for step in range(first_step, config.steps + 1):
-            # Algorithm 1: x_0 ~ q(x_0), t ~ p(t), ε ~ N(0, I), gradient step on the loss. Every process draws the
-            # global batch's flips, t and ε and keeps its slice ``mine``; its share of x_0 comes from the loader.
             x0 = to_model_range(next(batches).to(device, non_blocking=True))
-            if config.flip:
-                flip = (torch.rand(config.batch_size, generator=generator) < 0.5).to(device)[mine]
-                x0 = torch.where(flip[:, None, None, None], x0.flip(3), x0)
-            t, weights = sampler.sample(config.batch_size, device, generator=generator)
-            noise = randn((config.batch_size, *x0.shape[1:]), generator, device=device)
-            losses = diffusion.training_losses(forward, x0, t[mine], noise[mine])
-            loss = (losses["loss"] * weights[mine]).mean()
-            global_loss, stop = world.mean_and_any(loss, preemption.received is not None or tracking_error is not None)
+            loss, t, losses = _algorithm1_loss(diffusion, forward, sampler, x0, config, mine, generator, device)
+            global_loss, stop = world.mean_and_any(loss, preemption.received is not None or log.error is not None)
             _check_finite(global_loss, step)
-
-            lr = config.lr * min(1.0, step / config.warmup) if config.warmup > 0 else config.lr
+            lr = learning_rate(config, step)
             grad_norm = apply_gradients(loss, model, ema, optimizer, lr=lr, grad_clip=config.grad_clip,
                                         ema_decay=config.ema_decay, speed=speed)
             if sampler.learns_from_losses:
-                sampler.update(t, world.gather(losses["loss"].detach()))
+                sampler.update(t, world.gather(losses.detach()))
 
-            if metrics_file is not None and (step % config.log_every == 0 or step == config.steps):
-                elapsed = time.monotonic() - start
-                last = {"step": step, "loss": global_loss.item(), "lr": lr, "grad_norm": grad_norm.item(),
-                        "images_per_s": (step - first_step + 1) * config.batch_size / elapsed}
-                metrics_lines.append(json.dumps(last))
-                metrics_file.write(metrics_lines[-1] + "\n")
-                metrics_file.flush()
-                if run_id is not None and step > last_logged:
-                    to_mlflow(lambda: mlf.log_metrics(tracking["tracking_uri"], run_id,
-                                                      {k: v for k, v in last.items() if k != "step"}, step))
-                if progress:
-                    eta = elapsed / (step - first_step + 1) * (config.steps - step)
-                    print(f"step {step}/{config.steps} loss {last['loss']:.4f} lr {lr:.2e} "
-                          f"{last['images_per_s']:.0f} img/s ETA {eta:.0f}s", flush=True)
+            if log.due(step):
+                log.step(step, global_loss, lr, grad_norm, first_step, start)
             if world.is_main and config.preview_every and (step % config.preview_every == 0 or step == config.steps):
-                grid = _preview_grid(ema, diffusion, (channels, height, width), out_dir / "previews" / f"step-{step:07d}.png", device)
-                if run_id is not None:
-                    to_mlflow(lambda: mlf.log_artifact(tracking["tracking_uri"], run_id, grid, "previews"))
+                grid = _preview_grid(ema, diffusion, shape, out_dir / "previews" / f"step-{step:07d}.png", device)
+                log.to_mlflow(lambda: mlf.log_artifact(tracking["tracking_uri"], run_id, grid, "previews"))
             if world.is_main and step in snapshot_steps:
                 save_checkpoint(out_dir / PENDING_SNAPSHOT_DIR / f"step-{step}.pt",
                                 {"model": {}, "ema": ema.state_dict(), "step": step, "config": asdict(config),
-                                 "data_shape": [channels, height, width], "data_sha256": data_sha256,
-                                 EMA_ONLY: True})
+                                 "data_shape": shape, "data_sha256": data_sha256, EMA_ONLY: True})
             if (config.checkpoint_every and step % config.checkpoint_every == 0) or stop:
                 save_resume(step)
-            if stop and tracking_error is not None:
-                raise stopped_by(tracking_error, step) from tracking_error
+            if stop and log.error is not None:
+                raise log.stopped(step) from log.error
             if stop:
                 raise Preempted(f"signal {preemption.received} at step {step}: state saved to {out_dir / RESUME_FILE}; "
                                 f"run again to continue")
         # A call that failed at the last step has no next step to agree on: agree here (one more all-reduce).
-        if world.mean_and_any(torch.zeros((), device=device), tracking_error is not None)[1]:
+        if world.mean_and_any(torch.zeros((), device=device), log.error is not None)[1]:
             save_resume(config.steps)
-            if tracking_error is not None:
-                raise stopped_by(tracking_error, config.steps) from tracking_error
+            if log.error is not None:
+                raise log.stopped(config.steps) from log.error
             raise Preempted(f"rank 0's MLflow call failed at the last step: state saved to {out_dir / RESUME_FILE}")
-    if metrics_file is not None:
-        metrics_file.close()
+    if world.is_main:
+        log.close()
         save_checkpoint(out_dir / "checkpoint.pt", training_state(config.steps))
-    return last
+    return log.last
 
 
 def _training_images(config: TrainConfig, data_dir) -> tuple:

@@ -28,18 +28,20 @@ EXTRACTORS = ("inception-v3-compat", "classifier")
 DECODERS = ("exact", "official")
 #: ``scale``: the config as written, or the same sweep on digits at CPU size (``ddpm.settings.TINY_SCALE``).
 SCALES = ("full", "tiny")
-#: How a sampling job draws images from a trained model: DDPM's ancestral sampling (Algorithm 2, on every step or a
-#: respaced subsequence, IDDPM §4), or DDIM's generalized process (DDIM Eq. 12, σ_τ(η) of Eq. 16).
-SAMPLERS = ("ancestral", "ddim")
-#: The S timesteps a sampler visits out of T: evenly spaced (``uniform``: ⌊i·T/S⌋, i = 0 … S−1) or ``quadratic``
-#: (⌊(i·√(0.8T)/(S−1))²⌋, repeats dropped) — DDIM Appendix D.2, as ermongroup/ddim builds them.
-SKIPS = ("uniform", "quadratic")
+#: The sampler families and their skips are not listed here: each family declares itself (``ddpm.samplers.registry``).
 #: The variance of an ancestral sampler: the model's own, or an override at sampling time: σ² = β of the (respaced)
 #: process (``fixedlarge``; DDIM Table 1's σ̂ row on a subsequence) or σ² = β̃ (``fixedsmall``, Eq. 7).
 SAMPLE_VARIANCES = ("model", "fixedlarge", "fixedsmall")
 #: What a set of samples cost, as the sample files, their scores and MLflow name it: network evaluations per image and
 #: images per second of sampling.
 SAMPLING_COST = ("network_evaluations", "sampling_images_per_s")
+#: DDIM Table 2's error, as a reconstruction file (``ddpm evaluate reconstruction``), MLflow (logged at step S),
+#: ``config/published.csv`` and the report name it: the per-dimension MSE on [0, 1] of test images encoded and
+#: decoded on S steps (its standard error: ``reconstruction_mse_stderr``).
+RECONSTRUCTION_METRIC = "reconstruction_mse"
+#: Where a result records the γ of KID's kernel (``ddpm.metrics.kid_kernel_gamma``); KID on another extractor than
+#: Inception scored before γ was chosen so (no such key) is not shown (:mod:`ddpm.report.tables`).
+KID_GAMMA = "kid_kernel_gamma"
 #: What a set of samples was drawn with, as the sample files and their scores name it: the model's weights (``ema``, or
 #: ``raw``: the training weights without averaging) and the seed of the per-sample generators.
 SAMPLE_RECORD = ("model_weights", "sample_seed")

@@ -136,7 +136,7 @@ def record_settings(runs: dict[str, Path]) -> dict[str, Path]:
 def write_point_scores(folder: Path, scores: dict, point=None) -> Path:
     """A sampler point's files as the workflow leaves them in a run folder: ``samplers/<point>/fid_is.json`` and
     ``sampler.json`` (the default point: ancestral on every step)."""
-    from ddpm.settings import SamplerPoint, write_sampler
+    from ddpm.samplers import SamplerPoint, write_sampler
 
     point = point or SamplerPoint()
     point_dir = folder / "samplers" / point.name

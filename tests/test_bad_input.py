@@ -16,7 +16,7 @@ from PIL import Image
 from ddpm.cli import main
 from ddpm.datasets import prepare_dataset
 from ddpm.diffusion import GaussianDiffusion
-from ddpm.evaluate import gather_samples
+from ddpm.gather import gather_samples
 from ddpm.io import load_npz, save_npz
 from ddpm.tracking import init_sweep
 from ddpm.checkpoint import load_for_sampling
@@ -274,7 +274,7 @@ def test_recorded_divergence_flows_through_every_job_to_the_report(tmp_path, mon
     from mlflow.tracking import MlflowClient
 
     from ddpm.paper import load_published
-    from ddpm.report import build_table, paper_table
+    from ddpm.report.tables import build_table, paper_table
 
     _poison_third_step(monkeypatch, float("nan"))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

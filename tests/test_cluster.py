@@ -12,8 +12,9 @@ import yaml
 
 from conftest import mlflow_server
 
-from ddpm import tracking
-from ddpm.tracking import filesystem_of, init_sweep, refuse_sqlite_on_network_filesystem
+from ddpm import tracking, tracking_cluster
+from ddpm.tracking import init_sweep
+from ddpm.tracking_cluster import filesystem_of, refuse_sqlite_on_network_filesystem
 
 ROOT = Path(__file__).resolve().parents[1]
 MOUNTS = """\
@@ -62,7 +63,7 @@ def test_a_sqlite_store_on_a_network_filesystem_is_refused_with_the_way_out():
 
 def test_the_sweep_refuses_such_a_store_before_writing_anything(tmp_path, monkeypatch):
     """The check is wired into the first write of every sweep (``ddpm track init``, the mlflow_init rule)."""
-    monkeypatch.setattr(tracking, "filesystem_of", lambda path, mounts=None: ("/shared", "nfs"))
+    monkeypatch.setattr(tracking_cluster, "filesystem_of", lambda path, mounts=None: ("/shared", "nfs"))
     with pytest.raises(ValueError, match=r"nfs mounted at /shared"):
         init_sweep(f"sqlite:///{tmp_path / 'mlflow.db'}", "x", "sweep", tmp_path / "artifacts", {})
     assert not (tmp_path / "mlflow.db").exists()
@@ -105,6 +106,6 @@ def test_tracking_server_takes_the_jobs_runs_and_answers_only_its_own_names(trac
 def test_track_serve_refuses_a_store_on_a_network_filesystem(monkeypatch, capsys):
     from ddpm.cli import main
 
-    monkeypatch.setattr(tracking, "filesystem_of", lambda path, mounts=None: ("/home", "nfs4"))
+    monkeypatch.setattr(tracking_cluster, "filesystem_of", lambda path, mounts=None: ("/home", "nfs4"))
     assert main(["track", "serve", "--store", "/home/me/mlflow.db"]) == 2
     assert "network filesystem (nfs4 mounted at /home)" in capsys.readouterr().err

@@ -15,8 +15,10 @@ import pytest
 import torch
 from PIL import Image
 
-import ddpm.datasets as datasets
-from ddpm.datasets import SplitImages, load_split, open_split, prepare_dataset, read_manifest
+import ddpm.imagefolder as imagefolder
+import ddpm.store as store
+from ddpm.datasets import load_split, open_split, prepare_dataset, read_manifest
+from ddpm.store import SplitImages
 
 SIDE = 64  # the prepared images' side: big enough that the data outgrow everything else in the memory test
 
@@ -51,13 +53,13 @@ def test_a_killed_preparation_resumes_and_ends_as_an_uninterrupted_one(tmp_path)
     slow = (f"import sys, time; sys.argv = ['ddpm', 'prepare', '--dataset', 'imagefolder', '--out', {str(out)!r}, "
             f"'--path', {str(source)!r}, '--image-size', '{SIDE}', '--test-fraction', '0.25', '--preprocess', "
             "'stylegan']\n"
-            "import ddpm.datasets as d\n"
+            "import ddpm.imagefolder as d\n"
             "d.SAVE_PROGRESS_SECONDS = 0.0\n"
             "load = d.load_image_file\n"
             "d.load_image_file = lambda *a, **k: (time.sleep(0.05), load(*a, **k))[1]\n"
             "from ddpm.cli import main\nmain()\n")
     process = subprocess.Popen([sys.executable, "-c", slow], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    state = out / datasets.PARTIAL_DIR / "progress.json"
+    state = out / imagefolder.PARTIAL_DIR / "progress.json"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
@@ -72,27 +74,27 @@ def test_a_killed_preparation_resumes_and_ends_as_an_uninterrupted_one(tmp_path)
     assert 20 <= done < 60 and not (out / "manifest.json").exists()
 
     decoded = []
-    load = datasets.load_image_file
+    load = imagefolder.load_image_file
 
     def counting(path, *args, **kwargs):
         decoded.append(path)
         return load(path, *args, **kwargs)
 
     try:
-        datasets.load_image_file = counting
+        imagefolder.load_image_file = counting
         resumed = prepare_dataset("imagefolder", out, path=source, image_size=SIDE, test_fraction=0.25,
                                   preprocess="stylegan", progress=False)
     finally:
-        datasets.load_image_file = load
+        imagefolder.load_image_file = load
     assert len(decoded) == 60 - done  # only what the killed run had not written
     assert _checksums(out) == _checksums(tmp_path / "fresh") and resumed["counts"] == fresh["counts"]
-    assert not (out / datasets.PARTIAL_DIR).exists()
+    assert not (out / imagefolder.PARTIAL_DIR).exists()
     assert resumed["preprocess"] == "stylegan" and resumed["class_names"] == ["cats", "dogs"]
 
 
 def test_a_preparation_of_another_folder_or_size_does_not_resume_the_partial_one(tmp_path, capsys):
     source = _folder(tmp_path / "images", 12)
-    partial = tmp_path / "out" / datasets.PARTIAL_DIR
+    partial = tmp_path / "out" / imagefolder.PARTIAL_DIR
     partial.mkdir(parents=True)
     (partial / "progress.json").write_text(json.dumps({"source": str(source.resolve()), "image_size": 32, "done": 6}))
     prepare_dataset("imagefolder", tmp_path / "out", path=source, image_size=SIDE, test_fraction=0.25, progress=False)
@@ -107,11 +109,11 @@ def test_stylegan_preprocessing_crops_the_center_square_then_resizes_with_lanczo
     rng = np.random.default_rng(1)
     pixels = rng.integers(0, 256, (40, 70, 3), dtype=np.uint8)  # H = 40, W = 70
     Image.fromarray(pixels).save(tmp_path / "wide.png")
-    got = datasets.load_image_file(tmp_path / "wide.png", 16, "stylegan")
+    got = imagefolder.load_image_file(tmp_path / "wide.png", 16, "stylegan")
     square = Image.fromarray(pixels[:, 15:55])
     expected = np.asarray(square.resize((16, 16), Image.LANCZOS)).transpose(2, 0, 1)
     assert np.array_equal(got, expected)
-    assert not np.array_equal(datasets.load_image_file(tmp_path / "wide.png", 16, "resize-crop"), expected)
+    assert not np.array_equal(imagefolder.load_image_file(tmp_path / "wide.png", 16, "resize-crop"), expected)
     with pytest.raises(ValueError, match="unknown preprocess 'crop'"):
         prepare_dataset("imagefolder", tmp_path / "out", path=tmp_path, image_size=16, preprocess="crop")
 
@@ -152,7 +154,7 @@ def test_memory_of_prepare_and_train_does_not_grow_with_the_data(tmp_path):
 
 
 def test_split_images_read_like_the_array_and_check_each_chunk_before_using_it(tmp_path, monkeypatch):
-    monkeypatch.setattr(datasets, "CHECKSUM_CHUNK", 4096)  # many chunks in a small file
+    monkeypatch.setattr(store, "CHECKSUM_CHUNK", 4096)  # many chunks in a small file
     prepare_dataset("digits", tmp_path / "data")
     array = np.load(tmp_path / "data" / "train_images.npy")
     images = open_split(tmp_path / "data", "train")

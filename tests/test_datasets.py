@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 import ddpm.datasets as datasets
+import ddpm.store as store
 from ddpm.datasets import DATASETS, load_digits, load_split, prepare_dataset
 
 PER_BATCH = 4  # images per tiny CIFAR-10 batch
@@ -356,7 +357,7 @@ def test_unknown_dataset_lists_the_valid_ones(tmp_path):
 
 def test_a_crash_while_writing_leaves_no_manifest_or_temporary_files(tmp_path, monkeypatch):
     prepare_dataset("digits", tmp_path)
-    real_save, calls = datasets._save_npy, []
+    real_save, calls = datasets.save_npy, []
 
     def failing_save(path, array):
         calls.append(path)
@@ -364,7 +365,7 @@ def test_a_crash_while_writing_leaves_no_manifest_or_temporary_files(tmp_path, m
             raise OSError("disk full")
         return real_save(path, array)
 
-    monkeypatch.setattr(datasets, "_save_npy", failing_save)
+    monkeypatch.setattr(datasets, "save_npy", failing_save)
     with pytest.raises(OSError, match="disk full"):
         prepare_dataset("digits", tmp_path, seed=1)
     assert not (tmp_path / "manifest.json").exists()
@@ -380,7 +381,7 @@ def test_atomic_write_removes_its_temporary_file_when_replace_fails(tmp_path, mo
     def broken_replace(src, dst):
         raise OSError("replace failed")
 
-    monkeypatch.setattr(datasets.os, "replace", broken_replace)
+    monkeypatch.setattr(store.os, "replace", broken_replace)
     with pytest.raises(OSError, match="replace failed"):
-        datasets._atomic_write(target, b"new")
+        store.atomic_write(target, b"new")
     assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["x.npy"]

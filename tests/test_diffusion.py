@@ -8,6 +8,7 @@ import torch
 
 from ddpm.diffusion import LOSS_TYPES, MEAN_TYPES, VAR_TYPES, GaussianDiffusion
 from ddpm.losses import MIN_PROB, approx_standard_normal_cdf, discretized_gaussian_log_likelihood
+from ddpm.samplers import SamplerPoint, sample_loop, timestep_subsequence
 from ddpm.schedules import make_betas
 
 
@@ -252,19 +253,21 @@ def test_hybrid_stops_the_gradient_of_the_vlb_term_at_the_mean(digits):
     assert torch.allclose(losses["loss"], losses["mse"] + losses["vb"])
 
 
-def test_p_sample_loop_returns_trajectory_and_is_seeded_per_sample():
+def test_sample_loop_returns_trajectory_and_is_seeded_per_sample():
     diffusion = linear(T=30)
     model = lambda x, t: 0.1 * x  # noqa: E731  (element-wise: samples cannot influence each other)
     gens = lambda seeds: [torch.Generator().manual_seed(s) for s in seeds]  # noqa: E731
-    batch, trajectory = diffusion.p_sample_loop(model, (3, 1, 4, 4), gens([7, 8, 9]), return_trajectory=True,
-                                                trajectory_steps=[29, 15, 0])
+    every_step = SamplerPoint("ancestral")
+    batch, trajectory = sample_loop(model, diffusion, every_step, (3, 1, 4, 4), gens([7, 8, 9]),
+                                    return_trajectory=True, trajectory_steps=[29, 15, 0])
     assert batch.shape == (3, 1, 4, 4) and sorted(trajectory) == [0, 15, 29]
     assert torch.equal(trajectory[0], batch)  # at the last step x̂_0 is the (clipped) sample mean
-    alone = diffusion.p_sample_loop(model, (1, 1, 4, 4), gens([8]))
+    alone = sample_loop(model, diffusion, every_step, (1, 1, 4, 4), gens([8]))
     assert torch.equal(alone[0], batch[1])
-    again = diffusion.p_sample_loop(model, (3, 1, 4, 4), gens([7, 8, 9]))
+    again = sample_loop(model, diffusion, every_step, (3, 1, 4, 4), gens([7, 8, 9]))
     assert torch.equal(again, batch)
-    full = diffusion.p_sample_loop(model, (1, 1, 2, 2), torch.Generator().manual_seed(0), return_trajectory=True)[1]
+    full = sample_loop(model, diffusion, every_step, (1, 1, 2, 2), torch.Generator().manual_seed(0),
+                       return_trajectory=True)[1]
     assert sorted(full) == list(range(30))
 
 
@@ -272,9 +275,9 @@ def test_respaced_process_keeps_alpha_bar_and_calls_model_with_original_timestep
     diffusion = linear(T=1000)
     same = diffusion.respaced(range(1000))
     assert np.allclose(same.betas, diffusion.betas, rtol=1e-9)
-    fast = diffusion.respaced(10)
+    fast = diffusion.respaced(timestep_subsequence(1000, 10))
     kept = fast.timestep_map
-    assert len(kept) == 10 and kept[0] == 0 and kept[-1] == 999
+    assert kept.tolist() == list(range(0, 1000, 100))
     assert np.allclose(fast.alphas_cumprod, diffusion.alphas_cumprod[kept], rtol=1e-9)
     seen = []
 
@@ -282,7 +285,7 @@ def test_respaced_process_keeps_alpha_bar_and_calls_model_with_original_timestep
         seen.append(int(t[0]))
         return torch.zeros_like(x)
 
-    fast.p_sample_loop(model, (1, 1, 2, 2), torch.Generator().manual_seed(0))
+    sample_loop(model, diffusion, SamplerPoint("ancestral", 10), (1, 1, 2, 2), torch.Generator().manual_seed(0))
     assert seen == sorted(kept.tolist(), reverse=True)
-    with pytest.raises(ValueError, match="sampling steps"):
-        diffusion.respaced(0)
+    with pytest.raises(ValueError, match="non-empty subset"):
+        diffusion.respaced([])

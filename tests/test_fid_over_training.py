@@ -11,9 +11,11 @@ from conftest import record_settings, write_point_scores
 from ddpm.checkpoint import load_checkpoint
 from ddpm.cli import main
 from ddpm.io import load_npz
-from ddpm.report import best_checkpoints, build_table, fid_over_training_table, paper_table, plot_fid_over_training
+from ddpm.report.figures import plot_fid_over_training
+from ddpm.report.tables import best_checkpoints, build_table, fid_over_training_table, paper_table
 from ddpm.paper import load_published
-from ddpm.checkpoint import Diverged, load_for_sampling, snapshot_path
+from ddpm.checkpoint import load_for_sampling, snapshot_path
+from ddpm.provenance import Diverged
 from ddpm.settings import TrainConfig
 from ddpm.train import train
 

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import ddpm.datasets as datasets
-from ddpm.datasets import (ALPHA_BACKGROUND, imagefolder_has_classes, load_image_file, load_split,
-                           prepare_dataset)
+import ddpm.imagefolder as imagefolder
+from ddpm.datasets import imagefolder_has_classes, load_split, prepare_dataset
+from ddpm.imagefolder import ALPHA_BACKGROUND, load_image_file
 from ddpm.features import train_classifier
 
 
@@ -150,7 +150,7 @@ def test_palette_with_alpha_is_composited_on_white(tmp_path):
     Image.fromarray(np.array([[[200, 0, 0, 128], [0, 0, 0, 0]]], dtype=np.uint8), mode="RGBA").save(path)
     with Image.open(path) as image:
         pa = image.convert("PA")
-    out = datasets._image_to_rgb(pa, path)
+    out = imagefolder._image_to_rgb(pa, path)
     assert np.asarray(out).tolist() == [[[227, 127, 127], [255, 255, 255]]]
 
 
@@ -158,7 +158,7 @@ def test_palette_with_alpha_is_composited_on_white(tmp_path):
                                                    ("La", (50, 128), [177, 177, 177])])
 def test_premultiplied_alpha_is_composited_on_white(mode, pixel, expected):
     # premultiplied 50 at alpha 128 is straight ≈ 99.6: over white 99.6·128/255 + 255·127/255 = 50 + 127
-    out = datasets._image_to_rgb(Image.new(mode, (1, 1), pixel), "mem.png")
+    out = imagefolder._image_to_rgb(Image.new(mode, (1, 1), pixel), "mem.png")
     assert np.asarray(out).tolist() == [[expected]]
 
 
@@ -196,7 +196,7 @@ def test_cmyk_jpeg_is_converted(tmp_path):
 
 def test_ycbcr_is_converted(tmp_path):
     image = Image.new("RGB", (2, 2), (200, 100, 50)).convert("YCbCr")
-    out = datasets._image_to_rgb(image, "mem.jpg")
+    out = imagefolder._image_to_rgb(image, "mem.jpg")
     assert np.abs(np.asarray(out).astype(int) - [200, 100, 50]).max() <= 2
 
 
@@ -246,7 +246,7 @@ def test_float_image_is_refused_naming_file_and_mode(tmp_path):
 def test_other_modes_are_refused_naming_file_and_mode():
     for mode in ("LAB", "HSV"):
         with pytest.raises(ValueError, match=f"cannot read image odd.tif: mode {mode} is not supported"):
-            datasets._image_to_rgb(Image.new(mode, (1, 1)), "odd.tif")
+            imagefolder._image_to_rgb(Image.new(mode, (1, 1)), "odd.tif")
 
 
 # --------------------------------------------------------------------------------------------

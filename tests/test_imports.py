@@ -18,27 +18,41 @@ MATH_CORE = {"schedules", "diffusion", "losses", "resample", "unet", "presets"}
 LEAVES = {"progress", "vocabulary"}
 
 
-def package_imports(source: str, module: str) -> set[str]:
-    """The ``ddpm`` modules that ``module``'s source imports anywhere (top level or inside functions)."""
+def units() -> set[str]:
+    """The package's parts: its modules and its subpackages (``cli``, ``samplers``), each counted as one."""
+    return {p.stem for p in PACKAGE.glob("*.py")} | {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
+
+
+def package_imports(source: str, module: str, depth: int = 0) -> set[str]:
+    """The ``ddpm`` parts that ``module``'s source imports anywhere (top level or inside functions); ``depth``: how
+    deep in a subpackage the file lies (0 for ``ddpm/x.py``, 1 for ``ddpm/cli/x.py``): a relative import that stays
+    inside its subpackage is the part itself."""
     found = set()
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.ImportFrom):
-            if node.level == 1 and node.module:  # from .x import y
+            if node.level == depth + 1 and node.module:  # from .x import y (from ..x in a subpackage)
                 found.add(node.module.split(".")[0])
-            elif node.level == 1:  # from . import x
+            elif node.level == depth + 1:  # from . import x
                 found.update(alias.name for alias in node.names)
-            elif node.module and node.module.split(".")[0] == "ddpm":  # from ddpm.x import y
+            elif node.level == 0 and node.module and node.module.split(".")[0] == "ddpm":  # from ddpm.x import y
                 parts = node.module.split(".")
                 found.update([parts[1]] if len(parts) > 1 else [alias.name for alias in node.names])
         elif isinstance(node, ast.Import):
             found.update(alias.name.split(".")[1] for alias in node.names
                          if alias.name.startswith("ddpm.") and alias.name.count(".") >= 1)
-    modules = {p.stem for p in PACKAGE.glob("*.py")}
-    return (found & modules) - {module}
+    return (found & units()) - {module}
 
 
 def import_graph() -> dict[str, set[str]]:
-    return {path.stem: package_imports(path.read_text(), path.stem) for path in sorted(PACKAGE.glob("*.py"))}
+    """Part → the parts it imports (a subpackage's files together)."""
+    graph: dict[str, set[str]] = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        relative = path.relative_to(PACKAGE)
+        unit = relative.parts[0] if len(relative.parts) > 1 else path.stem
+        if unit == "__init__":
+            continue
+        graph.setdefault(unit, set()).update(package_imports(path.read_text(), unit, len(relative.parts) - 1))
+    return graph
 
 
 def cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -71,6 +85,7 @@ def cycle(graph: dict[str, set[str]]) -> list[str] | None:
 def test_the_package_has_no_import_cycle():
     graph = import_graph()
     assert graph["train"] and graph["cli"], "the walk found no imports: it reads nothing"
+    assert "samplers" in graph["cli"] and "settings" not in graph["samplers"]
     assert cycle(graph) is None, " → ".join(cycle(graph))
 
 
@@ -88,9 +103,48 @@ def test_the_math_core_imports_nothing_above_it():
     ("from ddpm.checkpoint import save_checkpoint", {"checkpoint"}),
     ("import ddpm.datasets", {"datasets"}),
     ("import torch\nfrom pathlib import Path", set()),
+    ("from ..samplers.point import SamplerPoint", set()),  # depth 0: outside the package
 ])
 def test_the_walk_sees_every_form_of_import(source, expected):
     assert package_imports(source, "other") == expected
+
+
+#: The house's sizes (issue 26): a module a reader takes in at once, a function that fits on a screen.
+MAX_MODULE_LINES, MAX_FUNCTION_LINES = 600, 80
+
+
+def oversized(path: Path) -> list[str]:
+    """The module (over :data:`MAX_MODULE_LINES` lines) and its functions (over :data:`MAX_FUNCTION_LINES` lines of
+    body, the docstring not counted) that are too long, with their sizes."""
+    source = path.read_text()
+    found = [f"{path.name}: {len(source.splitlines())} lines"] if len(source.splitlines()) > MAX_MODULE_LINES else []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            first = node.body[0]
+            docstring = isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and \
+                isinstance(first.value.value, str)
+            start = first.end_lineno + 1 if docstring and len(node.body) > 1 else first.lineno
+            if node.end_lineno - start + 1 > MAX_FUNCTION_LINES:
+                found.append(f"{path.name}: {node.name} {node.end_lineno - start + 1} lines")
+    return found
+
+
+def test_no_module_over_600_lines_and_no_function_over_80():
+    found = [line for path in sorted(PACKAGE.rglob("*.py")) for line in oversized(path)]
+    assert found == [], found
+
+
+def test_the_size_check_sees_a_long_module_and_a_long_function(tmp_path):
+    body = "\n".join(f"    x{i} = {i}" for i in range(81))
+    (tmp_path / "long.py").write_text(f'def f():\n    """Doc\n    string."""\n{body}\n' + "\n" * 600)
+    assert oversized(tmp_path / "long.py") == ["long.py: 684 lines", "long.py: f 81 lines"]
+    (tmp_path / "short.py").write_text('def f():\n    """Doc."""\n' + "\n".join(f"    x{i} = {i}" for i in range(80)))
+    assert oversized(tmp_path / "short.py") == []
+
+
+def test_the_walk_reads_a_subpackages_relative_imports():
+    assert package_imports("from ..samplers.point import SamplerPoint\nfrom .common import x", "cli", 1) == {"samplers"}
+    assert package_imports("from ...settings import Setting\nfrom ..base import Sampler", "samplers", 2) == {"settings"}
 
 
 def test_a_cycle_is_found_and_shown():

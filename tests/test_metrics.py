@@ -21,8 +21,8 @@ import torch_fidelity.feature_extractor_inceptionv3 as tf_inception
 from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
-from ddpm.datasets import load_digits
-from ddpm.features import (ClassifierFeatureExtractor, EXTRACTOR_NAME, load_classifier, predict_labels,
+from ddpm.datasets import load_digits, to_model_range
+from ddpm.features import (ClassifierFeatureExtractor, EXTRACTOR_NAME, load_classifier,
                            register_classifier_extractor, train_classifier)
 from ddpm.metrics import INCEPTION_CONFIG_KEY, UInt8ImageDataset, fidelity_metrics, gaussian_baseline_samples
 
@@ -84,6 +84,13 @@ def ranked(split, classifier):
 
 # ---------------------------------------------------------------------------------------------------------------
 # Classifier
+
+
+def predict_labels(path, images) -> np.ndarray:
+    """The saved classifier's class predictions for uint8 images."""
+    model, _ = load_classifier(path, "cpu")
+    with torch.no_grad():
+        return model(to_model_range(images)).argmax(1).numpy()
 
 
 def test_classifier_generalises_and_file_is_plain(split, classifier):
@@ -350,7 +357,7 @@ def test_bootstrap_errors_shrink_with_more_samples_and_repeat_with_the_seed(spli
 def test_two_scores_are_distinguishable_only_beyond_twice_their_combined_error():
     import pandas as pd
 
-    from ddpm.report import compare_to_best, distinguishable
+    from ddpm.report.tables import compare_to_best, distinguishable
 
     assert not distinguishable(10.0, 3.0, 17.0, 4.0)  # 7 < 2 × 5
     assert distinguishable(10.0, 3.0, 21.0, 4.0)  # 11 > 10

@@ -13,8 +13,9 @@ from conftest import ROOT, job_counts, record_settings, save_diffusers_folder, s
 from PIL import Image
 
 from ddpm.paper import load_published, published_for, published_for_sampler
-from ddpm.report import build_table, paper_table, rate_distortion, rate_distortion_table
-from ddpm.settings import SamplerPoint, apply_scale, expand_sampling, expand_sweep, train_config
+from ddpm.report.tables import build_table, paper_table, rate_distortion, rate_distortion_table
+from ddpm.settings import apply_scale, expand_sweep, train_config
+from ddpm.samplers import SamplerPoint, expand_sampling
 from ddpm.unet import count_parameters, create_model
 
 CONFIGS = ROOT / "config"
@@ -22,7 +23,7 @@ PUBLISHED = CONFIGS / "published.csv"
 PAPER_CONFIGS = ["ddpm_table1", "ddpm_table2", "improved_ddpm_schedules", "ddpm_lsun"]  # the settings' own tables
 SAMPLER_CONFIGS = ["ddim_table1"]  # one training, its sampling axis in the paper's layout
 #: What a scaled-down run of a config leaves out, and why: ddpm_lsun's 8 DDIM Table 3 points are the code path of
-#: ddim_table1's 25 points, which run in full; here the LSUN config keeps its own sampler (CI stays under 30 min).
+#: ddim_table1's 29 points (DDIM Table 1's 25 and DPM-Solver++'s 4), which run in full; here the LSUN config keeps its own sampler (CI stays under 30 min).
 TINY_OVERRIDES = {"ddpm_lsun": ["sampling=[{sampler: ancestral}]"]}
 #: Evaluations of published weights (no training); their published numbers are another sweep's (``paper_sweep``).
 PRETRAINED_CONFIGS = ["ddpm_cifar10_pretrained", "ddpm_lsun_pretrained"]
@@ -240,7 +241,7 @@ def _lsun_config(tmp_path: Path, name: str = "ddpm_lsun") -> Path:
     ("ddpm_table2", 6, 1, 10, 10, 7, 0, 0),
     ("improved_ddpm_schedules", 6, 1, 10, 10, 0, 0, 0),  # its six published rows
     ("ddpm_lsun", 1, 9, 50, 4, 5, 0, 0),  # its own sampler, and DDIM Table 3's 8 points
-    ("ddim_table1", 1, 25, 10, 10, 0, 0, 7),  # 1 training, 25 sampler points, DDIM Table 2's 7 S
+    ("ddim_table1", 1, 29, 10, 10, 0, 0, 7),  # 1 training, DDIM Table 1's 25 points and DPM-Solver++'s 4, Table 2's 7 S
 ])
 def test_dry_run_of_each_paper_config_full_and_tiny(tmp_path, name, settings, points, sample_shards, nll_shards,
                                                      snapshots, nll_train_shards, reconstructions):
@@ -366,7 +367,7 @@ def test_paper_table_puts_the_published_numbers_beside_the_measured_ones(tmp_pat
 def test_a_number_measured_off_the_papers_protocol_is_marked_with_its_reason(tmp_path):
     """LSUN (DDPM Table 3, DDIM Table 3): FID against StyleGAN2's fid50k of StyleGAN-prepared images; bits/dim with
     the papers' decoder. Measured otherwise: no Δ, and the reason in `not comparable`."""
-    from ddpm.report import samplers_table
+    from ddpm.report.tables import samplers_table
 
     lsun = "linear-T1000-eps-fixedsmall-mse-s0"
     as_paper = {"reference_images": 50000, "reference_preprocess": "stylegan"}
@@ -510,9 +511,15 @@ def test_published_weights_scaled_down_fill_table1_without_training(tiny_papers)
 
 def test_ddim_table1_scaled_down_fills_the_samplers_table_beside_the_published(tiny_papers):
     """DDIM Table 1's 25 points from the one training: measured FID and time per image in every cell, the paper's
-    number beside each (no Δ: a scaled-down run is not comparable), and the figure of FID against S."""
-    table = pd.read_csv(tiny_papers / "results" / "tables" / "ddim-table1-tiny-samplers.csv")
-    assert list(table["sampler"]) == ["σ̂", "η = 0.0", "η = 0.2", "η = 0.5", "η = 1.0"]
+    number beside each (no Δ: a scaled-down run is not comparable), and the figure of FID against S. DPM-Solver++'s
+    row beside them (not in the paper: no published number) at its four S."""
+    full = pd.read_csv(tiny_papers / "results" / "tables" / "ddim-table1-tiny-samplers.csv")
+    assert list(full["sampler"]) == ["σ̂", "η = 0.0", "η = 0.2", "η = 0.5", "η = 1.0", "dpm-solver++"]
+    solver = full[full["sampler"] == "dpm-solver++"].iloc[0]
+    assert solver["skip"] == "linspace" and not solver["clip"] and pd.isna(solver["S=1000 FID"])
+    for S in (10, 20, 50, 100):
+        assert math.isfinite(solver[f"S={S} FID"]) and pd.isna(solver[f"S={S} paper"]), S
+    table = full[full["sampler"] != "dpm-solver++"]
     assert set(table["skip"]) == {"quadratic"} and list(table["clip"]) == [True, False, False, False, False]
     for S in (10, 20, 50, 100, 1000):
         assert table[f"S={S} FID"].map(math.isfinite).all(), S
@@ -530,7 +537,7 @@ def test_ddim_table1_scaled_down_fills_the_samplers_table_beside_the_published(t
     assert (tiny_papers / "results" / "figures" / "ddim-table1-tiny-samplers.png").is_file()
     main = pd.read_csv(tiny_papers / "results" / "tables" / "ddim-table1-tiny.csv")
     rows = main[main["setting"] == "linear-T1000-eps-fixedlarge-mse-s0"]
-    assert len(rows) == 25 and sorted(set(rows["network evaluations"])) == [10, 20, 49, 96, 1000]
+    assert len(rows) == 29 and sorted(set(rows["network evaluations"])) == [10, 20, 49, 50, 96, 100, 1000]
 
 
 def test_ddim_table2_scaled_down_fills_the_reconstruction_table_beside_the_published(tiny_papers):
@@ -567,7 +574,7 @@ def test_ddim_table2_scaled_down_fills_the_reconstruction_table_beside_the_publi
 
 
 def test_samplers_table_lays_the_points_out_as_ddim_table1_with_the_papers_numbers(tmp_path):
-    from ddpm.report import samplers_table
+    from ddpm.report.tables import samplers_table
 
     folder = record_settings({"linear-T1000-eps-fixedlarge-mse-s0": tmp_path / "run"})
     run = folder["linear-T1000-eps-fixedlarge-mse-s0"]
@@ -675,7 +682,7 @@ def test_fid_over_training_and_train_bits_per_dim_reach_mlflow(tiny_papers):
 def test_rendered_tables_say_which_way_is_better_and_drop_empty_columns_where_asked(tmp_path):
     """The Markdown, LaTeX and HTML tables carry ↓ / ↑ beside each metric and the legend; the CSV keeps the bare
     names; a table written with drop_empty leaves out the columns no row fills (the CSV keeps them)."""
-    from ddpm.report import display_header, write_tables
+    from ddpm.report.render import display_header, write_tables
 
     assert display_header("FID [classifier]") == "FID ↓ [classifier]"
     assert display_header("IS [inception-v3-compat]") == "IS ↑ [inception-v3-compat]"

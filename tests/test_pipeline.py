@@ -26,13 +26,13 @@ SAMPLER_POINTS = ["ancestral", "ddim-eta0.5-S10-uniform"]  # tests/configs/tiny.
 REPO_WRITES: dict[str, set[str]] = {}
 
 
-def _source_tree() -> set[str]:
-    """Every path in the checkout but git's, the virtual environment's and Python's caches."""
+def _source_tree(root: Path = ROOT) -> set[str]:
+    """Every path in a checkout (``root``) but git's, the virtual environment's and Python's caches."""
     skip = {".git", ".venv", "__pycache__", ".pytest_cache"}
     paths = set()
-    for folder, dirs, files in os.walk(ROOT):
+    for folder, dirs, files in os.walk(root):
         dirs[:] = [d for d in dirs if d not in skip]  # do not descend into them
-        paths.update(str(Path(folder, name).relative_to(ROOT)) for name in dirs + files)
+        paths.update(str(Path(folder, name).relative_to(root)) for name in dirs + files)
     return paths
 
 
@@ -60,10 +60,12 @@ def tiny_run(tmp_path_factory):
     base = tmp_path_factory.mktemp("tiny") / "my runs ü"
     checkout = copy_checkout(base / "ddpm repro ä")
     workdir = base / "work dir é"
-    before = _source_tree()
+    before = {root: _source_tree(root) for root in (ROOT, checkout)}
     snakemake(workdir, "--cores", "2", snakefile=checkout / "Snakefile")
-    after = _source_tree()
-    REPO_WRITES.update(added=after - before, removed=before - after)
+    after = {root: _source_tree(root) for root in (ROOT, checkout)}
+    # the checkout the sweep ran from, and the repository whose package the jobs import
+    REPO_WRITES.update(added={f"{root}: {path}" for root in after for path in after[root] - before[root]},
+                       removed={f"{root}: {path}" for root in after for path in before[root] - after[root]})
     return workdir
 
 
@@ -92,7 +94,7 @@ def test_workflow_writes_every_expected_file(tiny_run):
 def test_fid_reference_statistics_are_computed_once_and_every_fid_records_its_conditions(tiny_run):
     """One ref_stats job for the sweep; every FID of every setting and sampler point was taken against that file and
     records how it was computed: samples, extractor weights, resize, reference split, EMA weights, seed."""
-    from ddpm.datasets import sha256_file
+    from ddpm.store import sha256_file
 
     data = tiny_run / "results" / "data" / "digits"
     stats = data / "ref-stats" / "classifier-train.npz"
@@ -345,8 +347,9 @@ def test_the_experiments_metrics_view_shows_fid_is_and_bits_per_dim_columns_in_c
     the shared view the workflow stored: the sampler points' runs grouped by sampler, the point and FID as columns,
     sorted by FID, and FID against S, one line per sampler, in its charts. Checked in the page Chromium built (a
     screenshot is kept beside it for a person to look at; tests/test_tracking_trust.py looks closer)."""
-    from ddpm.settings import SamplerPoint
-    from ddpm.tracking import EXPERIMENT_KIND_TAG, VIEW_GROUP_PARAM, VIEW_KEY, sampler_curve, view_url
+    from ddpm.samplers import SamplerPoint
+    from ddpm.tracking import sampler_curve
+    from ddpm.tracking_view import EXPERIMENT_KIND_TAG, VIEW_GROUP_PARAM, VIEW_KEY, view_url
 
     chromium = _chromium()
     _, experiment, runs = _store(tiny_run)
@@ -508,7 +511,7 @@ def test_lint_is_clean(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Incremental reruns (these run last: they add a setting to the finished tiny run)
+# Incremental reruns, in a copy of the finished tiny run (a moved project: the tests after them see the run as it was)
 
 
 def _tiny_with(tmp_path: Path, name: str, **sections) -> Path:
@@ -526,39 +529,41 @@ def _parents(tiny_run):
         [r for r in runs if r.data.tags.get("ddpm.kind") == "setting"]
 
 
-def _planned(tiny_run: Path, config: Path) -> dict[str, int]:
+def _planned(tiny_run: Path, config: Path, snakefile: Path) -> dict[str, int]:
     """Jobs per rule that ``snakemake -n`` plans in the finished tiny run for ``config`` (without the total)."""
-    counts = job_counts(tiny_run, config, snakefile=_snakefile(tiny_run))
+    counts = job_counts(tiny_run, config, snakefile=snakefile)
     counts.pop("total", None)
     return counts
 
 
 def test_a_rerun_plans_only_what_the_change_touches_and_reuses_the_parent_run(tiny_run, tmp_path):
     snakefile = _snakefile(tiny_run)
+    finished, tiny_run = tiny_run, tmp_path / "copied run"
+    shutil.copytree(finished, tiny_run, symlinks=True)  # modification times kept: Snakemake sees a finished run
     # (c) the same config: nothing to do
-    assert _planned(tiny_run, TINY) == {}
+    assert _planned(tiny_run, TINY, snakefile) == {}
     # (b) a report-only key: the report alone
     published = tmp_path / "published copy.csv"
     shutil.copy(ROOT / "config" / "published.csv", published)
     report_only = _tiny_with(tmp_path, "report-only", published=str(published))
-    assert _planned(tiny_run, report_only) == {"report": 1, "all": 1}
+    assert _planned(tiny_run, report_only, snakefile) == {"report": 1, "all": 1}
     # keys that change no result: the logging and checkpoint cadence no training (the report, quick, stores the
     # resolved config with the sweep's run), the grid's size the grids alone
     cadence = _tiny_with(tmp_path, "cadence", train={"log_every": 7, "checkpoint_every": 9, "preview_every": 0})
-    assert _planned(tiny_run, cadence) == {"report": 1, "all": 1}
+    assert _planned(tiny_run, cadence, snakefile) == {"report": 1, "all": 1}
     grid = _tiny_with(tmp_path, "grid", sample={"grid_size": 16})
-    assert _planned(tiny_run, grid) == {"sample_grid": len(SETTINGS) * len(SAMPLER_POINTS), "all": 1}
+    assert _planned(tiny_run, grid, snakefile) == {"sample_grid": len(SETTINGS) * len(SAMPLER_POINTS), "all": 1}
     # (a) one more setting: its own jobs and the report; no finished setting trains again
     more = _tiny_with(tmp_path, "more", published=str(published),
                       sweep={"schedule": ["linear", "cosine", "quad"], "T": [50]})
-    assert _planned(tiny_run, more) == {
+    assert _planned(tiny_run, more, snakefile) == {
         "train": 1, "sample": 4, "gather_samples": 2, "sample_grid": 2, "fid_is": 2, "nll": 2, "gather_nll": 1,
         "progressive": 1,
         "interpolate": 1, "report": 1, "all": 1}
 
     (parent,), _ = _parents(tiny_run)
     snakemake(tiny_run, "--cores", "2", config=more, snakefile=snakefile)
-    assert _planned(tiny_run, more) == {}
+    assert _planned(tiny_run, more, snakefile) == {}
     parents, children = _parents(tiny_run)
     assert [p.info.run_id for p in parents] == [parent.info.run_id]  # reused, not duplicated
     assert parents[0].info.status == "FINISHED"
@@ -597,7 +602,7 @@ def test_tracking_init_stores_the_metrics_view_and_keeps_a_description_the_user_
     from mlflow.tracking import MlflowClient
 
     from ddpm.cli import main
-    from ddpm.tracking import EXPERIMENT_KIND_TAG, VIEW_KEY, VIEW_NAME, view_url
+    from ddpm.tracking_view import EXPERIMENT_KIND_TAG, VIEW_KEY, VIEW_NAME, view_url
 
     def init() -> None:
         assert main(["track", "init", "--experiment", "x", "--results", str(tmp_path / "results"), "--out",

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from conftest import record_settings, write_point_scores
 
-from ddpm.checkpoint import PROVENANCE_KEYS, read_provenance
+from ddpm.provenance import PROVENANCE_KEYS, read_provenance
 from ddpm.cli import main
 from ddpm.datasets import prepare_dataset, split_sha256
 from ddpm.io import load_npz, save_npz
-from ddpm.report import build_table
-from ddpm.settings import SamplerPoint
+from ddpm.report.tables import build_table
+from ddpm.samplers import SamplerPoint
 from ddpm.vocabulary import SAMPLE_RECORD
 
 LINEAR = "linear-T10-eps-fixedlarge-mse-s0"

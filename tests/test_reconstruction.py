@@ -16,13 +16,16 @@ import yaml
 from conftest import TINY, job_counts, record_settings, snakemake
 from PIL import Image
 
-from ddpm.checkpoint import DIVERGED, load_checkpoint, load_for_sampling, save_checkpoint
+from ddpm.checkpoint import load_checkpoint, load_for_sampling, save_checkpoint
+from ddpm.provenance import DIVERGED
 from ddpm.cli import main
-from ddpm.datasets import load_split, prepare_dataset, sha256_file, split_sha256, to_model_range
+from ddpm.datasets import load_split, prepare_dataset, split_sha256, to_model_range
 from ddpm.paper import SCALED_DOWN, load_published
-from ddpm.report import RECONSTRUCTION_COLUMNS, reconstruction_table, write_tables
+from ddpm.report.render import write_tables
+from ddpm.report.tables import RECONSTRUCTION_COLUMNS, reconstruction_table
 from ddpm.samplers import reconstruction_error, timestep_subsequence
 from ddpm.settings import TrainConfig
+from ddpm.store import sha256_file
 
 ROOT = Path(__file__).resolve().parents[1]
 PUBLISHED = ROOT / "config" / "published.csv"
@@ -36,14 +39,14 @@ SETTING = "linear-T100-eps-fixedlarge-mse-s0"
 def test_the_error_is_the_per_dimension_mse_on_the_0_1_scale(monkeypatch):
     """mean(((x̂ + 1)/2 − (x + 1)/2)²) per image, for images given on [-1, 1]: a decoding off by d on [-1, 1] is off by
     d/2 on [0, 1]."""
-    import ddpm.samplers as samplers
+    import ddpm.samplers.encoding as encoding
 
     x = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
     offset = torch.linspace(0, 0.3, 64).reshape(1, 1, 8, 8) * torch.tensor([1.0, -2.0, 0.5]).reshape(3, 1, 1, 1)
     decoded = x + offset
-    monkeypatch.setattr(samplers, "ddim_encode", lambda model, diffusion, x_start, **kw: torch.zeros_like(x_start))
-    monkeypatch.setattr(samplers, "sample_loop", lambda *args, **kw: decoded)
-    errors = samplers.reconstruction_error(None, None, x, steps=10)
+    monkeypatch.setattr(encoding, "ddim_encode", lambda model, diffusion, x_start, **kw: torch.zeros_like(x_start))
+    monkeypatch.setattr(encoding, "sample_loop", lambda *args, **kw: decoded)
+    errors = encoding.reconstruction_error(None, None, x, steps=10)
     expected = (((decoded + 1) / 2 - (x + 1) / 2) ** 2).flatten(1).mean(1)
     torch.testing.assert_close(errors, expected, rtol=1e-6, atol=0)
     assert errors[0].item() == pytest.approx(float(((torch.linspace(0, 0.3, 64) / 2) ** 2).mean()), rel=1e-5)

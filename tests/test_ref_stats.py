@@ -22,13 +22,14 @@ import torch_fidelity.metric_fid as metric_fid
 
 from ddpm import refstats
 from ddpm.cli import main
-from ddpm.datasets import load_split, prepare_dataset, sha256_file, split_sha256
+from ddpm.datasets import load_split, prepare_dataset, split_sha256
 from ddpm.evaluate import write_scores
 from ddpm.features import train_classifier
 from ddpm.io import save_npz
 from ddpm.metrics import fidelity_metrics, gaussian_baseline_samples
-from ddpm.refstats import (compute_ref_stats, fid_from_stats, read_ref_stats, record_path, resize_record,
+from ddpm.refstats import (compute_ref_stats, read_ref_stats, record_path, resize_record,
                            same_weights, weights_id, write_ref_stats)
+from ddpm.store import sha256_file
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSIFIER = dict(extractor="classifier")
@@ -142,6 +143,14 @@ def test_inception_is_recorded_by_torch_fidelitys_weights_and_resize():
 
 # ---------------------------------------------------------------------------------------------------------------
 # FID from the file
+
+
+def fid_from_stats(samples, mu, sigma, **extractor) -> float:
+    """FID of ``samples`` against reference statistics: the samples' statistics as the reference's were computed, then
+    the Fréchet distance (what ``ddpm evaluate fid --ref-stats`` computes)."""
+    from ddpm.metrics import fid_between
+
+    return fid_between(compute_ref_stats(samples, **extractor), (mu, sigma))
 
 
 def test_fid_from_file_is_fid_against_the_images(data, classifier, stats, samples):

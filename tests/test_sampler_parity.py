@@ -26,12 +26,11 @@ takes no custom timesteps; its previous step is always t − T//S).
 import numpy as np
 import pytest
 import torch
-from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel
+from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler, DPMSolverMultistepScheduler, UNet2DModel
 
 from ddpm.diffusion import GaussianDiffusion
-from ddpm.samplers import sample_loop, sampling_process, timestep_subsequence
+from ddpm.samplers import SamplerPoint, sample_loop, sampling_process, timestep_subsequence
 from ddpm.schedules import make_betas
-from ddpm.settings import SamplerPoint
 
 T = 100
 BATCH, CHANNELS, SIZE = 2, 3, 8
@@ -243,3 +242,76 @@ def test_sample_loop_from_seeds_gives_the_diffusers_pipeline_images(unet, point)
     assert len(calls) == point.steps
     assert ours.abs().max() <= 1
     torch.testing.assert_close(ours, theirs, rtol=0, atol=TOL)
+
+
+# ---------------------------------------------------------------------------------------------- DPM-Solver++(2M)
+def dpm_solver_scheduler(variance_type=None):
+    """diffusers' DPM-Solver++(2M) as it comes: solver_order 2, dpmsolver++, midpoint, lower_order_final,
+    final_sigmas_type zero, linspace spacing, no thresholding (its defaults, asserted here); DDPM's linear β."""
+    scheduler = DPMSolverMultistepScheduler(num_train_timesteps=T, beta_schedule="linear", beta_start=1e-4,
+                                            beta_end=0.02, prediction_type="epsilon", variance_type=variance_type)
+    config = scheduler.config
+    assert (config.solver_order, config.algorithm_type, config.solver_type, config.lower_order_final,
+            config.final_sigmas_type, config.timestep_spacing, config.thresholding) == \
+        (2, "dpmsolver++", "midpoint", True, "zero", "linspace", False)
+    return scheduler
+
+
+def relative_error(ours: torch.Tensor, theirs: torch.Tensor) -> float:
+    """max |ours − theirs| / max |theirs|."""
+    return float((ours - theirs).abs().max() / theirs.abs().max())
+
+
+@pytest.mark.parametrize("steps", [5, 10, 20, 50])
+def test_dpm_solver_plus_plus_matches_diffusers_multistep_scheduler(unet, steps):
+    """DPM-Solver++(2M) on the same network from the same x_T: our sample_loop and diffusers'
+    ``DPMSolverMultistepScheduler`` (its defaults) loop visit the same timesteps (``skip: linspace`` is diffusers'
+    ``round(linspace(0, T − 1, S + 1))[::-1][:-1]``) and give the same images within 1e-5 relative (S = 5 and 10 end
+    on first-order steps, S ≥ 15 too: ``final_sigmas_type`` zero; every step between is second order)."""
+    point = SamplerPoint("dpm-solver++", steps)
+    assert point.skip == "linspace" and point.clip is False and point.name == f"dpm-solver++-S{steps}-linspace"
+    x_T = torch.randn(SHAPE, generator=torch.Generator().manual_seed(3))
+    calls = []
+    diffusion = GaussianDiffusion(make_betas("linear", T), mean_type="eps", var_type="fixedlarge")
+    ours = sample_loop(recording(unet, calls), diffusion, point, SHAPE, noise=x_T, device="cpu")
+
+    scheduler = dpm_solver_scheduler()
+    scheduler.set_timesteps(steps)
+    assert [c[0] for c in calls] == scheduler.timesteps.tolist()  # the same steps, visited from the top
+    x = x_T.clone()
+    for timestep in scheduler.timesteps:
+        x = scheduler.step(unet(x, timestep).sample, timestep, x).prev_sample
+    assert ours.abs().max() > 0.5  # a run that collapsed to ~0 would match anything
+    assert relative_error(ours, x) <= TOL, f"S = {steps}: relative error {relative_error(ours, x):.2e}"
+
+
+def test_dpm_solver_plus_plus_of_a_learned_variance_network_uses_its_mean(unet_learned_range):
+    """A network with IDDPM's variance channels: both sides take its first C channels (diffusers'
+    ``variance_type="learned_range"``) and give the same images."""
+    x_T = torch.randn(SHAPE, generator=torch.Generator().manual_seed(4))
+    diffusion = GaussianDiffusion(make_betas("linear", T), mean_type="eps", var_type="learned_range")
+    ours = sample_loop(recording(unet_learned_range, []), diffusion, SamplerPoint("dpm-solver++", 10), SHAPE,
+                       noise=x_T, device="cpu")
+    scheduler = dpm_solver_scheduler("learned_range")
+    scheduler.set_timesteps(10)
+    x = x_T.clone()
+    for timestep in scheduler.timesteps:
+        x = scheduler.step(unet_learned_range(x, timestep).sample, timestep, x).prev_sample
+    assert relative_error(ours, x) <= TOL
+
+
+def test_dpm_solver_plus_plus_second_order_steps_are_not_first_order(unet):
+    """The parity above can fail: DPM-Solver++(1) (every step first order, i.e. DDIM η = 0 in λ) on the same steps
+    differs from diffusers' second-order run by far more than the tolerance."""
+    x_T = torch.randn(SHAPE, generator=torch.Generator().manual_seed(3))
+    scheduler = dpm_solver_scheduler()
+    scheduler.set_timesteps(10)
+    x = x_T.clone()
+    for timestep in scheduler.timesteps:
+        x = scheduler.step(unet(x, timestep).sample, timestep, x).prev_sample
+    first_order = DPMSolverMultistepScheduler.from_config(scheduler.config, solver_order=1)
+    first_order.set_timesteps(10)
+    y = x_T.clone()
+    for timestep in first_order.timesteps:
+        y = first_order.step(unet(y, timestep).sample, timestep, y).prev_sample
+    assert relative_error(y, x) > 100 * TOL

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from ddpm.checkpoint import build
-from ddpm.samplers import network_evaluations, reconstruction_error, sample_loop, sampling_process, timestep_subsequence
-from ddpm.settings import SamplerPoint, TrainConfig, expand_sampling
+from ddpm.samplers import (SamplerPoint, expand_sampling, network_evaluations, reconstruction_error, sample_loop,
+                           sampling_process, timestep_subsequence)
+from ddpm.settings import TrainConfig
 
 
 def tiny_network(T=100, var_type="fixedlarge", seed=0):

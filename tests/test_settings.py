@@ -7,7 +7,8 @@ import json
 import pytest
 from conftest import write_point_scores
 
-from ddpm.report import build_table, plot_schedules
+from ddpm.report.figures import plot_schedules
+from ddpm.report.tables import build_table
 from ddpm.settings import SETTING_FILE, SWEEP_AXES, Setting, TrainConfig, expand_sweep, read_setting, write_setting
 
 

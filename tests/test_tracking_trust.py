@@ -23,8 +23,10 @@ import ddpm.evaluate
 from conftest import mlflow_server
 from ddpm import tracking as mlf
 from ddpm.cli import main
-from ddpm.evaluate import NLL_SHARD_KEYS
-from ddpm.settings import SWEEP_AXES, SamplerPoint, Setting, write_sampler, write_setting
+from ddpm.gather import NLL_SHARD_KEYS
+from ddpm.settings import SWEEP_AXES, Setting, write_setting
+from ddpm.samplers import SamplerPoint, write_sampler
+from ddpm.tracking_view import RUN_NAME_COLUMN, RUN_NAME_WIDTH, VIEW_GROUP_PARAM, view_url
 
 SWEEP = "trust"
 SETTINGS = [Setting("linear", 50), Setting("cosine", 50)]
@@ -308,13 +310,13 @@ def test_the_runs_view_in_chromium_groups_by_sampler_and_charts_fid_against_S(sw
     experiment = store_of(sweep).get_experiment_by_name(SWEEP)
     curves = sorted({mlf.sampler_curve(p) for p in POINTS})
     with mlflow_server(sweep / "mlflow.db") as url:
-        page = _render(chromium, f"{url}/{mlf.view_url(experiment.experiment_id)}", tmp_path / "table",
+        page = _render(chromium, f"{url}/{view_url(experiment.experiment_id)}", tmp_path / "table",
                        tmp_path / "runs-table.png")
-        charts = _text(_render(chromium, f"{url}/{mlf.view_url(experiment.experiment_id)}&compareRunsMode=CHART",
+        charts = _text(_render(chromium, f"{url}/{view_url(experiment.experiment_id)}&compareRunsMode=CHART",
                                tmp_path / "charts", tmp_path / "runs-charts.png"))
     table = _text(page)
     assert "You're viewing a shared view" in table and "Sort: fid" in table, table[:3000]
-    assert f"Group by: {mlf.VIEW_GROUP_PARAM}" in table, table[:3000]
+    assert f"Group by: {VIEW_GROUP_PARAM}" in table, table[:3000]
     assert all(f"Group: {curve}" in table for curve in curves), table[:5000]
     assert all(r.info.run_name in table for r in runs_of(sweep, "sampler"))
     # The grid's header cells in the order it shows them (not its DOM order); columns out of sight are not drawn.
@@ -324,7 +326,7 @@ def test_the_runs_view_in_chromium_groups_by_sampler_and_charts_fid_against_S(sw
     point_columns = [f"params.`{name}`" for name in ("sampler", "S", "eta")]
     assert [c for c in shown if c in point_columns] == point_columns, shown
     assert shown.index("params.`eta`") < shown.index("metrics.`fid`"), shown  # the point first, then its scores
-    assert f"width: {mlf.RUN_NAME_WIDTH}px" in columns[mlf.RUN_NAME_COLUMN][1], columns  # names not cut alike
+    assert f"width: {RUN_NAME_WIDTH}px" in columns[RUN_NAME_COLUMN][1], columns  # names not cut alike
     section = charts[charts.index("FID and IS against S, one line per sampler"):]
     fid_chart = section[section.index("| fid |"):section.index("| is_mean |")]
     assert "Step" in fid_chart and all(f"{curve} (fid)" in fid_chart for curve in curves), fid_chart

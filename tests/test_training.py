@@ -12,7 +12,7 @@ from ddpm.datasets import load_digits, prepare_dataset
 from ddpm.cli import main
 from ddpm.diffusion import LOSS_TYPES, MEAN_TYPES, VAR_TYPES, GaussianDiffusion
 from ddpm.resample import LossSecondMomentResampler, UniformSampler, create_sampler
-from ddpm.sample import interpolate, progressive_generation, sample_checkpoint
+from ddpm.sample import draw_samples, interpolate, progressive_generation
 from ddpm.schedules import make_betas
 from ddpm.settings import TrainConfig
 from ddpm.train import train
@@ -114,7 +114,7 @@ def test_progressive_generation_ends_at_the_sample_and_shows_x0_along_the_way(tm
     assert frames.shape == (15, 1, 8, 8) and frames.dtype == np.uint8
     rows = frames.reshape(3, 5, 1, 8, 8)
     # the last column is x̂₀ at the final step, which is the sample itself (same seed, same noise)
-    assert np.array_equal(rows[:, -1], sample_checkpoint(checkpoint, count=3, batch_size=3, seed=7, progress=False))
+    assert np.array_equal(rows[:, -1], draw_samples(checkpoint, count=3, batch_size=3, seed=7, progress=False)[0])
     assert not np.array_equal(rows[:, 0], rows[:, -1])  # early predictions differ from the end
     assert main(["progressive", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "p.png"), "--count", "2",
                  "--columns", "4"]) == 0

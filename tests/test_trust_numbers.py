@@ -18,18 +18,18 @@ from sklearn.datasets import load_digits as sklearn_digits
 from ddpm.checkpoint import load_checkpoint, save_checkpoint
 from ddpm.datasets import load_digits
 from ddpm.diffusion import GaussianDiffusion
-from ddpm.features import load_classifier, train_classifier
+from ddpm.features import train_classifier
 from ddpm.io import save_npz
 from ddpm.metrics import KID_GAMMA, extract_features, fid_between, fidelity_metrics, kid_kernel_gamma
 from ddpm.paper import load_published
 from ddpm.pretrained import (SCHEDULER_FIELDS_FIXED, SCHEDULER_FIELDS_HARMLESS, SCHEDULER_FIELDS_READ,
                              diffusers_process, import_checkpoint)
 from ddpm.refstats import check_covariance, read_ref_stats
-from ddpm.report import LEGEND, build_table
+from ddpm.report.render import LEGEND
+from ddpm.report.tables import build_table
 from ddpm.sample import write_sample_shard
-from ddpm.samplers import NonFiniteSamples, sample_loop
+from ddpm.samplers import NonFiniteSamples, SamplerPoint, sample_loop
 from ddpm.schedules import make_betas
-from ddpm.settings import SamplerPoint
 
 from conftest import ROOT, record_settings, save_diffusers_folder, write_point_scores
 from test_import import SCHEDULER, SMALL

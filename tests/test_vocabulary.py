@@ -14,10 +14,12 @@ from conftest import ROOT
 from ddpm.cli import make_parser
 from ddpm.datasets import DATASETS, NATIVE_IMAGE_SIZES, PREPROCESSES
 from ddpm.presets import PRESETS
+from ddpm.samplers.registry import FAMILIES, SAMPLERS, SKIPS
 from ddpm.schedules import SCHEDULES
-from ddpm.settings import DEFAULT_SAMPLING, SWEEP_AXES, TINY_SCALE, Setting, TrainConfig
+from ddpm.settings import SWEEP_AXES, TINY_SCALE, Setting, TrainConfig
+from ddpm.samplers import DEFAULT_SAMPLING
 from ddpm.vocabulary import (DECODERS, EXTRACTORS, IMPORT_FORMATS, LOSS_TYPES, MEAN_TYPES, ON_DIVERGENCE,
-                             SAMPLE_VARIANCES, SAMPLERS, SCALES, SKIPS, TIMESTEP_SAMPLERS, VAR_TYPES)
+                             SAMPLE_VARIANCES, SCALES, TIMESTEP_SAMPLERS, VAR_TYPES)
 
 SCHEMA = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
 
@@ -34,8 +36,6 @@ ENUMS = {
     "train.on_divergence": ON_DIVERGENCE,
     "evaluate.feature_extractor": EXTRACTORS,
     "evaluate.decoder": DECODERS,
-    "$defs.sampler": SAMPLERS,
-    "$defs.skip": SKIPS,
     "$defs.sample_variance": SAMPLE_VARIANCES,
     "$defs.import_format": IMPORT_FORMATS,
     "$defs.preprocess": PREPROCESSES,
@@ -168,6 +168,19 @@ def test_command_line_choices_are_the_registries():
                                   "--extractor", "inception"])
     args = make_parser().parse_args(["train", "--out", "x", "--schedule", "sigmoid", "--var-type", "learned_range"])
     assert (args.schedule, args.var_type) == ("sigmoid", "learned_range")
+
+
+def test_the_sampler_families_are_listed_once_by_themselves():
+    """No list of sampler names outside the families: the schema takes any string (the family checks it), the command
+    line offers the registry's, and the registry is every family module, each with its name, summary and skips."""
+    assert SCHEMA["$defs"]["sampler"] == {"type": "string"} and SCHEMA["$defs"]["skip"] == {"type": "string"}
+    sample = make_parser().parse_args(["sample", "--checkpoint", "c", "--out", "o.npz", "--sampler", SAMPLERS[-1]])
+    assert sample.sampler == SAMPLERS[-1] and sample.skip is None and sample.clip is None
+    modules = sorted(p.stem for p in (ROOT / "ddpm" / "samplers" / "families").glob("*.py") if p.stem != "__init__")
+    assert sorted(family.__module__.rsplit(".", 1)[1] for family in FAMILIES.values()) == modules
+    assert set(SAMPLERS) >= {"ancestral", "ddim", "dpm-solver++"}
+    for family in FAMILIES.values():
+        assert family.summary and family.skips and set(family.skips) <= set(SKIPS)
 
 
 def _options_without_help(parser: argparse.ArgumentParser, command: tuple[str, ...] = ()):

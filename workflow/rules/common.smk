@@ -3,15 +3,14 @@ import math
 import os
 import re
 import shlex
-import shutil
 import sys
 from pathlib import Path
 
-from ddpm.configcheck import ConfigError, check_results_dir, resolve_config
-from ddpm.datasets import NATIVE_IMAGE_SIZES, imagefolder_has_classes, known_test_size, known_train_size
-from ddpm.presets import check_config, preset
-from ddpm.schedules import make_betas
-from ddpm.settings import Speed, expand_sampling, expand_sweep, train_arguments
+from ddpm.configcheck import check_workflow_config, resolve_config
+from ddpm.datasets import known_test_size
+from ddpm.report import OUTPUTS as REPORT_OUTPUTS
+from ddpm.samplers import expand_sampling
+from ddpm.settings import expand_sweep, train_arguments
 
 
 SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
@@ -35,7 +34,7 @@ envvars:
 JOB_PATH = os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])
 os.environ["PATH"] = JOB_PATH
 
-check_results_dir(config["results_dir"])  # before any output path is built on it
+check_workflow_config(config)  # what the schema cannot say, before any path is built or job planned
 RESULTS = config["results_dir"].rstrip("/")
 DATASET = config["dataset"]["name"]
 NAME = config["name"]
@@ -49,10 +48,7 @@ DATA_LOGS, DATA_BENCHMARKS = f"{RESULTS}/logs/data/{DATASET}", f"{RESULTS}/bench
 TRACKING = f"{RESULTS}/tracking/{NAME}.json"  # where the sweep's jobs log to MLflow (rule mlflow_init)
 SWEEP = {setting.name: setting for setting in expand_sweep(config)}  # name (its folder) → its axes
 SETTINGS = list(SWEEP)
-try:  # every point is checked against every setting's T (S <= T) before any job runs
-    SAMPLING = {point.name: point for point in expand_sampling(config, sorted({s.T for s in SWEEP.values()}))}
-except ValueError as err:
-    raise ConfigError(str(err).split(":")[0], str(err).split(": ", 1)[1]) from None
+SAMPLING = {point.name: point for point in expand_sampling(config)}  # checked against every T above
 SAMPLER_POINTS = list(SAMPLING)  # the first is each setting's own (main and paper tables, figures, FID over training)
 PRIMARY = SAMPLER_POINTS[0]
 PUBLISHED = config["published"] or str(Path(workflow.basedir) / "config" / "published.csv")
@@ -64,131 +60,9 @@ RUN_ID = f"{RUNS}/{{setting}}/mlflow_run_id.txt"
 SPEED = config["speed"]  # resolved on the node that runs the job: "auto" means what pays off on its device
 
 
-def config_error(key, message):
-    raise ConfigError(key, message)
-
-
-def check_config_values():
-    """What the JSON schema cannot say: paths that must exist, sizes the model preset must take."""
-    dataset = config["dataset"]
-    if dataset["path"] is not None and not Path(dataset["path"]).exists():
-        config_error("dataset.path", f"{dataset['path']} does not exist")
-    if DATASET == "imagefolder":
-        if dataset["path"] is None:
-            config_error("dataset.path", "imagefolder needs the folder of images")
-        if dataset["image_size"] is None:
-            config_error("dataset.image_size", "imagefolder needs an image size (images are resized and center-cropped)")
-        if config["evaluate"]["nll_num_images"] is None:
-            config_error("evaluate.nll_num_images", "imagefolder needs the number of test images to score")
-        if config["reconstruction"]["steps"] and config["reconstruction"]["num_images"] is None:
-            config_error("reconstruction.num_images", "imagefolder needs the number of test images to encode and decode")
-        if config["evaluate"]["feature_extractor"] == "classifier" and not imagefolder_has_classes(Path(dataset["path"])):
-            config_error("evaluate.feature_extractor", f"the classifier extractor learns the classes of the images, "
-                         f"but {dataset['path']} has images outside class subfolders: put each class's images in a "
-                         f"subfolder of their own, or set evaluate.feature_extractor: inception-v3-compat")
-    if DATASET == "cifar10" and dataset["path"] is None and not dataset["download"]:
-        config_error("dataset.path", "cifar10 needs a local cifar-10-batches-py folder, or dataset.download: true")
-    size = dataset["image_size"] or NATIVE_IMAGE_SIZES[DATASET]
-    try:
-        check_config(preset(config["train"]["preset"], image_size=size))
-    except ValueError as err:
-        config_error("dataset.image_size", f"model preset '{config['train']['preset']}' cannot take {size}x{size} images: {err}")
-    weights = config["evaluate"]["inception_weights"]
-    if weights is not None and not Path(weights).is_file():
-        config_error("evaluate.inception_weights", f"{weights} is not a file")
-    stats = config["evaluate"]["ref_stats"]
-    if stats is not None and not Path(stats).is_file():
-        config_error("evaluate.ref_stats", f"{stats} is not a file")
-    if config["sample"]["num_samples"] < 2:
-        config_error("sample.num_samples", "need at least 2 samples")
-    # Shards that are multiples of the batch size are cut into the same batches as one big shard: every sample and
-    # bits/dim term is then the same bit for bit whatever the shard size (another batch size rounds differently).
-    for section, shard, batch in (("sample", "shard_size", "batch_size"), ("evaluate", "nll_shard_size", "nll_batch_size")):
-        if config[section][shard] % config[section][batch]:
-            config_error(f"{section}.{shard}", f"{config[section][shard]} is not a multiple of "
-                         f"{section}.{batch} ({config[section][batch]})")
-    train = config["train"]
-    processes = train["gpus"] * train["nodes"]
-    if train["batch_size"] % processes:
-        config_error("train.batch_size", f"{train['batch_size']} does not split evenly over the {processes} GPUs of "
-                     f"train.gpus × train.nodes: each GPU takes an equal share of the global batch")
-    if train["nodes"] > 1 and shutil.which("srun") is None:
-        config_error("train.nodes", f"{train['nodes']} nodes need a SLURM cluster (srun is not on the PATH); see "
-                     "README, 'Run on a cluster'")
-    try:
-        Speed.parse(config["speed"])
-    except ValueError as err:
-        config_error("speed", str(err))
-    check_sizes()
-    check_writable()
-    if IMPORTED:
-        check_pretrained()
-    check_schedules()
-    late = [s for s in config["fid_over_training"]["steps"] if s >= config["train"]["steps"]]
-    if late:
-        config_error("fid_over_training.steps", f"{late} not before the last training step ({config['train']['steps']}); "
-                     "the final checkpoint is always the curve's last point")
-
-
-def check_schedules():
-    """Each setting's β schedule can be built (``train.schedule_rescale`` at a small T pushes β_T past 1): refused
-    here, not in every training job."""
-    for setting in SWEEP.values():
-        try:
-            make_betas(setting.schedule, setting.T, rescale=config["train"]["schedule_rescale"])
-        except ValueError as err:
-            config_error("train.schedule_rescale" if config["train"]["schedule_rescale"] else "sweep.T",
-                         f"setting {setting.name}: {err}")
-
-
-def check_pretrained():
-    """An evaluation of published weights: one model, so one setting, and no training to follow."""
-    source = PRETRAINED["source"]
-    if len(SETTINGS) != 1:
-        config_error("sweep", f"pretrained.source is one model, but the sweep has {len(SETTINGS)} settings: give the "
-                     f"one setting the source is (its schedule, T, mean_type, var_type, loss_type, seed)")
-    if config["fid_over_training"]["steps"]:
-        config_error("fid_over_training.steps", "published weights have no training to follow: leave it empty")
-    local = Path(source).exists()
-    if not local and (config["scale"] == "tiny" or not re.fullmatch(r"[\w.-]+/[\w.-]+", source)):
-        config_error("pretrained.source", f"{source} does not exist" + (
-            " (scale: tiny needs a local source that generates the digits' 8×8 grey images; a Hub id is fetched only "
-            "at full scale)" if config["scale"] == "tiny" else " and is not a Hugging Face model id (owner/name)"))
-
-
-def check_sizes():
-    """Counts that the data set cannot give (where its splits' sizes are known before preparation)."""
-    fraction = config["dataset"]["test_fraction"]
-    train_size, test_size = known_train_size(DATASET, fraction), known_test_size(DATASET, fraction)
-    limits = [("train.batch_size", config["train"]["batch_size"], train_size, "train split"),
-              ("evaluate.ref_images", config["evaluate"]["ref_images"], train_size, "train split"),
-              ("evaluate.nll_num_images", config["evaluate"]["nll_num_images"], test_size, "test split"),
-              ("evaluate.nll_train_images", config["evaluate"]["nll_train_images"], train_size, "train split"),
-              ("reconstruction.num_images", config["reconstruction"]["num_images"], test_size, "test split")]
-    for key, value, limit, split in limits:
-        if value is not None and limit is not None and value > limit:
-            config_error(key, f"{value} is more than the {split} of {DATASET} has ({limit} images)")
-
-
-def check_writable():
-    """The results folder and the SQLite store must be writable: one line now, not a failure in every job."""
-    results = Path(RESULTS).resolve()
-    existing = next(p for p in (results, *results.parents) if p.exists())
-    if not os.access(existing, os.W_OK):
-        config_error("results_dir", f"{existing} is read-only: results cannot be written under {results}")
-    store = results / "mlflow.db"
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or config["mlflow"]["tracking_uri"]
-    if uri is None and store.exists() and not os.access(store, os.W_OK):
-        config_error("mlflow.tracking_uri", f"the MLflow store {store} is read-only: make it writable, or point "
-                     f"mlflow.tracking_uri (or MLFLOW_TRACKING_URI) at a store you can write")
-
-
-check_config_values()
-
-
 wildcard_constraints:
     setting="|".join(SETTINGS),
-    sampler="|".join(SAMPLER_POINTS),
+    sampler="|".join(map(re.escape, SAMPLER_POINTS)),  # a point's name may hold "+"
     shard=r"\d+",
     step=r"\d+",
     extractor=re.escape(config["evaluate"]["feature_extractor"]),
@@ -230,25 +104,13 @@ def shard_range(shard, total, size):
 # DDIM Table 2's reconstruction jobs (rules/reconstruction.smk): one per setting and S.
 RECONSTRUCTION = config["reconstruction"]
 RECONSTRUCTION_STEPS = sorted(RECONSTRUCTION["steps"])
-# null: the whole test split (imagefolder's size is unknown before preparation: check_config_values requires it).
+# null: the whole test split (imagefolder's size is unknown before preparation: ddpm.configcheck requires it).
 RECONSTRUCTION_IMAGES = RECONSTRUCTION["num_images"] or known_test_size(DATASET, config["dataset"]["test_fraction"])
-
-
-def check_reconstruction_steps():
-    """Every S is encoded and decoded by every setting: S ≤ T for each (as the sampler points are checked)."""
-    T_min = min(setting.T for setting in SWEEP.values())
-    beyond = [S for S in RECONSTRUCTION_STEPS if S > T_min]
-    if beyond:
-        config_error("reconstruction.steps", f"S = {beyond[0]} is more than the T = {T_min} steps of the process "
-                     f"of the setting {next(n for n, s in SWEEP.items() if s.T == T_min)}")
-
-
-check_reconstruction_steps()
 
 
 NUM_SAMPLES = config["sample"]["num_samples"]
 SAMPLE_SHARDS = shards(NUM_SAMPLES, config["sample"]["shard_size"])
-# imagefolder's test split is unknown before preparation: check_config_values requires evaluate.nll_num_images.
+# imagefolder's test split is unknown before preparation: ddpm.configcheck requires evaluate.nll_num_images.
 NLL_IMAGES = config["evaluate"]["nll_num_images"] or known_test_size(DATASET, config["dataset"]["test_fraction"])
 NLL_SHARDS = shards(NLL_IMAGES, config["evaluate"]["nll_shard_size"])
 NLL_TRAIN_IMAGES = config["evaluate"]["nll_train_images"]  # None: no train-set bits/dim
@@ -261,10 +123,7 @@ SNAPSHOT_SHARDS = shards(SNAPSHOT_SAMPLES, config["sample"]["shard_size"])
 
 def sampler_args(name):
     """The ``ddpm sample`` flags of the sampler point ``name``."""
-    point = SAMPLING[name]
-    flags = f"--sampler {point.sampler} --skip {point.skip}" + (" --steps %d" % point.steps if point.steps else "")
-    flags += f" --eta {point.eta}" if point.sampler == "ddim" else f" --variance {point.variance}"
-    return flags + ("" if point.clip else " --no-clip")
+    return SAMPLING[name].flags()
 
 
 def import_arguments(wildcards):
@@ -311,13 +170,26 @@ def extractor_args():
     return args + (f" --weights {shlex.quote(weights)}" if weights else "")
 
 
+def report_outputs():
+    """rule report's outputs, from ddpm.report.OUTPUTS (the report's one list of tables and figures, which
+    `ddpm report` writes to the same paths): each table's CSV, Markdown and LaTeX files, and what the Snakemake report
+    shows, under its category and with its caption (workflow/report/): each table's HTML page, each figure."""
+    tables, figures = f"{RESULTS}/tables", f"{RESULTS}/figures"
+    outputs = {}
+    for output in REPORT_OUTPUTS:
+        shown = report(output.shown(tables, figures, NAME), category=output.category,
+                       caption=f"../report/{output.caption}")  # relative to rules/report.smk, which calls this
+        if output.medium == "table":
+            outputs[output.key] = output.files(tables, figures, NAME)
+            outputs[f"{output.key}_html"] = shown
+        else:
+            outputs[output.key] = shown
+    return outputs
+
+
 def final_outputs():
     return (
-        [f"{RESULTS}/tables/{NAME}{kind}.{ext}"
-         for kind in ("", "-paper", "-rate-distortion", "-fid-over-training", "-samplers", "-reconstruction")
-         for ext in ("csv", "md", "tex")]
-        + [f"{RESULTS}/figures/{NAME}-{figure}.png"
-           for figure in ("loss", "rate-distortion", "schedules", "fid-over-training", "samplers")]
+        [path for output in REPORT_OUTPUTS for path in output.files(f"{RESULTS}/tables", f"{RESULTS}/figures", NAME)]
         + expand(f"{RUNS}/{{setting}}/{{figure}}.png", setting=SETTINGS, figure=["progressive", "interpolation"])
         + expand(f"{RUNS}/{{setting}}/samplers/{{sampler}}/samples.png", setting=SETTINGS, sampler=SAMPLER_POINTS)
     )

@@ -1,5 +1,7 @@
-"""The sweep's report: one table row per setting and sampler point (plus the baselines), as CSV, Markdown and LaTeX,
-and figures.
+"""The report's tables as data, each built from the sweep's run folders: the main table (one row per setting and
+sampler point, plus the reference rows), FID over training, the sweep in the paper's layout, the sampling axis in DDIM
+Table 1's, DDPM Table 4 (rate and distortion) and DDIM Table 2 (reconstruction). Rendering them is
+:mod:`ddpm.report.render`'s.
 
 Every metric column names its feature extractor, so figures from different extractors never share a column, and
 the number of samples or test images behind each figure stands beside it.
@@ -7,16 +9,17 @@ the number of samples or test images behind each figure stands beside it.
 
 from __future__ import annotations
 
-import json
 from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .io import atomic_open
-from .settings import SAMPLER_FILE, SETTING_FILE, Setting, read_sampler_file, read_setting
-from .checkpoint import DIVERGED
+from ..io import read_json, read_metrics
+from ..provenance import DIVERGED
+from ..samplers.point import SAMPLER_FILE, read_sampler_file
+from ..settings import SETTING_FILE, Setting, read_setting
+from ..vocabulary import KID_GAMMA
 
 #: The sampling of a sweep without a sampling axis: its one point, DDPM's ancestral sampler on every step.
 DEFAULT_SAMPLERS = ("ancestral",)
@@ -27,13 +30,8 @@ DEFAULT_SAMPLERS = ("ancestral",)
 FIDELITY_KEYS = (("fid", "FID", 1), ("fid_se", "FID ±", 1), ("is_mean", "IS", 1), ("is_se", "IS ±", 1),
                  ("is_std", "IS std", 1), ("kid_mean", "KID ×10³", 1e3), ("kid_se", "KID ×10³ ±", 1e3),
                  ("precision", "precision", 1), ("recall", "recall", 1))
-
-#: Which way a metric column is better, shown beside its name in the Markdown, LaTeX and HTML tables (the CSV keeps
-#: the bare names, for programs): a column's label up to its extractor (``FID [classifier]`` → ``FID``), or its
-#: label in the paper and samplers tables (``S=10 FID``: by its last word).
-LOWER_IS_BETTER = ("FID", "FID test", "KID ×10³", "bits/dim", "bits/dim train", "final loss", "s/image",
-                   "network evaluations", "reconstruction MSE")
-HIGHER_IS_BETTER = ("IS", "precision", "recall", "sampling images/s")
+#: A score's key → its label: :data:`FIDELITY_KEYS`', and FID against the test split's.
+FIDELITY_LABELS = {**{key: label for key, label, _ in FIDELITY_KEYS}, "fid_test": "FID test"}
 
 #: The reference rows of the main table: samples of a Gaussian fitted to the train pixels (the bar every setting must
 #: beat), and held-out real images, the test split (what a model that draws new images from the data distribution
@@ -43,25 +41,35 @@ GAUSSIAN_ROW = "gaussian baseline"
 REAL_ROW = "test split (real, held out)"
 
 
-def _read_json(path: Path, setting: str | None = None) -> dict:
+def read_result(path: Path, setting: str | None = None) -> dict:
     """A result file; with ``setting``, one that records another setting (copied from another run) is refused."""
-    try:
-        found = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise ValueError(f"cannot read {path}: {err}") from err
+    found = read_json(path)
     if setting is not None and found.get("setting", setting) != setting:
         raise ValueError(f"{path} records the setting {found['setting']}, but it is in the folder of {setting}: it "
                          f"belongs to another run; delete it and run the workflow again")
     return found
 
 
+def fidelity_column(key: str, extractor: str) -> str:
+    """The column of the score ``key`` (of fid_is.json: :data:`FIDELITY_LABELS`) measured with the feature
+    ``extractor``: its label and the extractor, ``FID [classifier]``."""
+    return f"{FIDELITY_LABELS[key]} [{extractor}]"
+
+
+def table_extractor(table: pd.DataFrame) -> str | None:
+    """The feature extractor of a table's (first) FID column; None where it has none (every setting diverged)."""
+    prefix = f"{FIDELITY_LABELS['fid']} ["
+    return next((c[len(prefix):-1] for c in table.columns if c.startswith(prefix)), None)
+
+
 def _fidelity_columns(scores: dict) -> dict:
     extractor = scores["extractor"]
-    row = {f"{label} [{extractor}]": scores.get(key, float("nan")) * scale for key, label, scale in FIDELITY_KEYS}
+    row = {fidelity_column(key, extractor): scores.get(key, float("nan")) * scale for key, _, scale in FIDELITY_KEYS}
     if not _kid_readable(scores):
-        row.update({f"{label} [{extractor}]": float("nan") for key, label, _ in FIDELITY_KEYS if key.startswith("kid")})
+        row.update({fidelity_column(key, extractor): float("nan") for key, _, _ in FIDELITY_KEYS
+                    if key.startswith("kid")})
     if "fid_test" in scores:
-        row[f"FID test [{extractor}]"] = scores["fid_test"]
+        row[fidelity_column("fid_test", extractor)] = scores["fid_test"]
     row["samples"] = scores["num_samples"]
     row["FID against"] = _fid_reference(scores.get("fid_reference"))
     row["reference images"] = scores.get("reference_images", float("nan"))  # FID's real images (files of old: –)
@@ -73,8 +81,6 @@ def _kid_readable(scores: dict) -> bool:
     """Whether a result's KID can be read: torch-fidelity's on Inception's features, or on another extractor's with the
     kernel scaled to them (it records its γ, :func:`ddpm.metrics.kid_kernel_gamma`); one scored before that (≈ 10⁶ on
     the classifier's features) is not shown."""
-    from .metrics import KID_GAMMA
-
     return scores["extractor"] == "inception-v3-compat" or KID_GAMMA in scores
 
 
@@ -88,7 +94,7 @@ def _fid_reference(reference: dict | None) -> str:
     return f"foreign statistics {Path(reference['stats']).name} ({reference['npz_sha256'][:12]})"
 
 
-def _setting(folder: Path, name: str) -> dict:
+def run_axes(folder: Path, name: str) -> dict:
     """The axes of the run in ``folder`` (its setting.json), which must be the setting ``name`` it is reported as."""
     setting = read_setting(folder)
     if setting.name != name:
@@ -99,8 +105,8 @@ def _setting(folder: Path, name: str) -> dict:
 
 def _last_record(metrics_file: Path) -> dict:
     """The last line of a run's metrics.jsonl (its final step and loss), or {} if it logged none."""
-    lines = metrics_file.read_text().splitlines()
-    return json.loads(lines[-1]) if lines else {}
+    records = read_metrics(metrics_file)
+    return records[-1] if records else {}
 
 
 def _point_dir(folder: Path, sampler: str) -> Path:
@@ -115,11 +121,11 @@ def build_table(run_dirs: dict[str, Path], baselines: dict[str, Path], *, sample
     baseline, the test split)."""
     rows = []
     for name, folder in run_dirs.items():
-        nll = _read_json(folder / "nll.json", name)
+        nll = read_result(folder / "nll.json", name)
         for sampler in samplers:
-            scores = _read_json(_point_dir(folder, sampler) / "fid_is.json", name)
+            scores = read_result(_point_dir(folder, sampler) / "fid_is.json", name)
             diverged = scores.get(DIVERGED, nll.get(DIVERGED))
-            row = {"setting": name, **_setting(folder, name), "sampler": sampler,
+            row = {"setting": name, **run_axes(folder, name), "sampler": sampler,
                    "status": "finished" if diverged is None else f"diverged at step {diverged}",
                    "final loss": _last_record(folder / "metrics.jsonl").get("loss", float("nan"))}
             if diverged is None:
@@ -130,16 +136,17 @@ def build_table(run_dirs: dict[str, Path], baselines: dict[str, Path], *, sample
                                                          "NLL images": nll["num_images"],
                                                          "decoder": nll.get("decoder", "exact")})
                 if nll_train:
-                    train = _read_json(folder / "nll-train.json", name)
+                    train = read_result(folder / "nll-train.json", name)
                     row.update({"bits/dim train": train["bpd"], "bits/dim train stderr": train["bpd_stderr"],
                                 "NLL train images": train["num_images"]})
             rows.append(row)
     for label, path in baselines.items():
-        rows.append({"setting": label, **_fidelity_columns(_read_json(path))})
+        rows.append({"setting": label, **_fidelity_columns(read_result(path))})
     table = pd.DataFrame(rows)
-    fid = next((c for c in table.columns if c.startswith("FID [")), None)
-    if fid is not None:
-        table["FID vs best"] = compare_to_best(table, fid, fid.replace("FID [", "FID ± ["), table["status"].notna())
+    extractor = table_extractor(table)
+    if extractor is not None:
+        table["FID vs best"] = compare_to_best(table, fidelity_column("fid", extractor),
+                                               fidelity_column("fid_se", extractor), table["status"].notna())
     return table
 
 
@@ -194,7 +201,7 @@ def fid_over_training_table(run_dirs: dict[str, Path], snapshot_steps=(), *, sam
         if final_step is not None:
             points.append((final_step, "final", _point_dir(folder, sampler) / "fid_is.json"))
         for step, kind, path in points:
-            scores = _read_json(path, name)
+            scores = read_result(path, name)
             if DIVERGED not in scores:
                 rows.append({"setting": name, "step": step, "checkpoint": kind, **_fidelity_columns(scores)})
     return pd.DataFrame(rows)
@@ -205,34 +212,21 @@ def best_checkpoints(curve: pd.DataFrame) -> pd.DataFrame:
     the most samples (FID from fewer samples is biased upwards, so it cannot win against the final's)."""
     if curve.empty:
         return curve
-    fid = next(c for c in curve.columns if c.startswith("FID ["))
+    fid = fidelity_column("fid", table_extractor(curve))
     most = curve.groupby("setting")["samples"].transform("max")
     eligible = curve[curve["samples"] == most]
     return eligible.loc[eligible.groupby("setting", sort=False)[fid].idxmin()].set_index("setting")
 
 
-def plot_fid_over_training(curve: pd.DataFrame, path: str | Path) -> None:
-    """FID against the training step, one line per setting, a star at its minimum (see :func:`best_checkpoints`)."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    if not curve.empty:
-        fid = next(c for c in curve.columns if c.startswith("FID ["))
-        best = best_checkpoints(curve)
-        for name, points in curve.groupby("setting", sort=False):
-            line, = ax.plot(points["step"], points[fid], marker="o", label=name)
-            ax.plot(best.loc[name, "step"], best.loc[name, fid], marker="*", markersize=14, color=line.get_color())
-        ax.set_ylabel(fid)
-    ax.set_xlabel("training step")
-    ax.legend(fontsize=7)
-    ax.set_title("FID over training (star: each setting's minimum)")
-    _save(fig, path)
-
-
-#: The paper table's metrics: (column label, published metric name); the full table's column is the label with the
-#: feature extractor, but for bits/dim. The last two are optional: left out where neither measured nor published.
-PAPER_METRICS = (("IS", "is"), ("FID", "fid"), ("FID test", "fid_test"), ("bits/dim", "bpd"),
-                 ("bits/dim train", "bpd_train"))
+#: The paper table's metrics: (its column label, the published metric's name, the score's key in fid_is.json, whose
+#: column in the full table names the extractor: :func:`fidelity_column`; None: bits/dim, the full table's column of
+#: the same label). The last two are optional: left out where neither measured nor published.
+PAPER_METRICS = (("IS", "is", "is_mean"), ("FID", "fid", "fid"), ("FID test", "fid_test", "fid_test"),
+                 ("bits/dim", "bpd", None), ("bits/dim train", "bpd_train", None))
 OPTIONAL_PAPER_METRICS = ("fid_test", "bpd_train")
+#: The ± of a paper-table metric measured by one run (two or more: the standard deviation over seeds): IS's spread
+#: over its splits (as the paper's), FID's bootstrap standard error over the samples.
+ONE_RUN_SPREAD = {"is": "is_std", "fid": "fid_se"}
 
 
 def paper_table(table: pd.DataFrame, published: pd.DataFrame, sweep: str, *, scaled_down: bool = False,
@@ -247,19 +241,20 @@ def paper_table(table: pd.DataFrame, published: pd.DataFrame, sweep: str, *, sca
     the standard deviation over seeds. A setting the paper could not train says so in ``paper note``. A number
     measured under other conditions than the paper's (:func:`ddpm.paper.not_comparable`: a scaled-down run, fewer
     samples, another extractor, fewer images) gets no Δ, and ``not comparable`` says why, per column."""
-    from .paper import PAPER_PREPROCESS, SETTING_AXES, comparability_note, not_comparable, published_for
+    from ..paper import PAPER_PREPROCESS, SETTING_AXES, comparability_note, not_comparable, published_for
 
     settings = table[table["status"].notna()]  # the settings' rows, not the baselines'
     if curve is not None and not curve.empty:
         settings = _at_best_checkpoint(settings, best_checkpoints(curve))
-    extractor = next((c[c.index("[") + 1:-1] for c in settings.columns if c.startswith("FID [")), None)
+    extractor = table_extractor(settings)
 
-    def measured_column(label: str) -> str:
-        return label if label.startswith("bits/dim") else f"{label} [{extractor}]"
+    def measured_column(label: str, key: str | None) -> str:
+        return label if key is None else fidelity_column(key, extractor)
 
     sweep_metrics = set(published.loc[published["sweep"] == sweep, "metric"])
-    metrics = [(label, metric) for label, metric in PAPER_METRICS
-               if metric not in OPTIONAL_PAPER_METRICS or measured_column(label) in settings or metric in sweep_metrics]
+    metrics = [(label, metric, measured_column(label, key)) for label, metric, key in PAPER_METRICS
+               if metric not in OPTIONAL_PAPER_METRICS or measured_column(label, key) in settings
+               or metric in sweep_metrics]
     # A column the table lacks (every setting diverged, or no FID against the test set) reads as NaN.
     rows = []
     integer_axes = {f.name for f in fields(Setting) if f.type in ("int", int)}  # floats beside the baselines' NaN
@@ -271,18 +266,16 @@ def paper_table(table: pd.DataFrame, published: pd.DataFrame, sweep: str, *, sca
                       "reference_images": _column(group, "reference images").min(),
                       "preprocess": _only(group, "preprocess"), "decoder": _only(group, "decoder")}
         marks: dict[tuple[str, ...], list[str]] = {}
-        for label, metric in metrics:
-            values = _column(group, measured_column(label))
+        for label, metric, column in metrics:
+            values = _column(group, column)
             row[label] = values.mean()
             if len(group) > 1:
                 row[f"{label} ±"] = values.std(ddof=1)
-            elif label == "IS":
-                row[f"{label} ±"] = _column(group, f"IS std [{extractor}]").iloc[0]
-            elif label == "FID":  # one run: the bootstrap standard error over its samples
-                row[f"{label} ±"] = _column(group, f"FID ± [{extractor}]").iloc[0]
+            elif metric in ONE_RUN_SPREAD:
+                row[f"{label} ±"] = _column(group, fidelity_column(ONE_RUN_SPREAD[metric], extractor)).iloc[0]
             published_value = paper.get(metric, {}).get("value")
             row[f"{label} (paper)"] = published_value
-            if label == "IS":
+            if metric == "is":
                 row["IS ± (paper)"] = paper.get(metric, {}).get("std")
             images = _column(group, "NLL train images" if metric == "bpd_train" else "NLL images").min()
             source = paper.get(metric, {})
@@ -303,7 +296,7 @@ def paper_table(table: pd.DataFrame, published: pd.DataFrame, sweep: str, *, sca
         row["not comparable"] = comparability_note(marks)
         row["paper note"] = "; ".join(v["note"] for k, v in paper.items() if k == "unstable")
         row["source"] = ", ".join(sorted({f"{v['paper']}, {v['table']}" for k, v in paper.items()
-                                          if k in (*dict(metrics).values(), "unstable")}))
+                                          if k in (*(metric for _, metric, _ in metrics), "unstable")}))
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -332,117 +325,6 @@ def _column(group: pd.DataFrame, column: str) -> pd.Series:
     return group[column].astype(float) if column in group else pd.Series([float("nan")] * len(group))
 
 
-def _cell(v, *, missing: str, text=str) -> str:
-    """A table cell: floats to 4 significant digits, NaN / None / NA as ``missing``, anything else through ``text``."""
-    if isinstance(v, float):
-        return missing if np.isnan(v) else f"{v:.4g}"
-    return missing if v is None or v is pd.NA else text(v)
-
-
-def display_header(column: str) -> str:
-    """A column's name as the rendered tables show it: with ↓ (lower is better) or ↑ (higher is better) after its
-    metric's label (:data:`LOWER_IS_BETTER`, :data:`HIGHER_IS_BETTER`), before the extractor: ``FID ↓ [classifier]``,
-    ``S=10 FID ↓``, ``bits/dim ↓``. Errors (``±``), published values and differences (Δ) get no arrow."""
-    label, bracket, rest = column.partition(" [")
-    if label.endswith(("±", "Δ", "(paper)", "stderr")) or " ± " in label:
-        return column
-    words = label.split(" ")
-    for cut in range(len(words)):  # the longest tail of the label that is a metric: "S=10 FID" → "FID"
-        tail = " ".join(words[cut:])
-        arrow = "↓" if tail in LOWER_IS_BETTER else "↑" if tail in HIGHER_IS_BETTER else None
-        if arrow:
-            return f"{label} {arrow}{bracket}{rest}"
-    return column
-
-
-#: What every rendered table says under its caption.
-LEGEND = ("↓ lower is better, ↑ higher is better; ± after a score: its bootstrap standard error over the samples, or "
-          "in the paper table the standard deviation over seeds (≥ 2 seeds) and, for IS of one seed, the spread over "
-          "IS's splits as the papers give it; IS std: that spread; KID is shown ×10³, with the cubic kernel "
-          "(γ x·y + 1)³: γ = 1/d (torch-fidelity's) on Inception's features; on the classifier's, whose scale is "
-          "arbitrary, γ = 1 / their mean squared norm over the reference images (γ x·x ≈ 1, as 1/d supposes), "
-          "and a KID scored without it is not shown; KID is unbiased, so it can be slightly below 0 where the samples "
-          "are as close to the reference as its own images are (within its ±); FID vs best: a row's FID against "
-          "the best setting's, distinguishable when they differ by more than twice their combined standard error; "
-          "– : not measured or not published")
-
-
-def _shown(table: pd.DataFrame, *, drop_empty: bool) -> pd.DataFrame:
-    """The table as rendered: headers with their direction; with ``drop_empty``, without the columns no row fills."""
-    if drop_empty:
-        filled = [c for c in table.columns
-                  if not all(v is None or v is pd.NA or v == "" or (isinstance(v, float) and np.isnan(v))
-                             for v in table[c])]
-        table = table[filled]
-    return table.rename(columns=display_header)
-
-
-def _markdown(table: pd.DataFrame, caption: str = "") -> str:
-    header = "| " + " | ".join(table.columns) + " |"
-    rule = "| " + " | ".join("---" for _ in table.columns) + " |"
-    body = ["| " + " | ".join(_cell(v, missing="–") for v in row) + " |" for row in table.itertuples(index=False)]
-    lead = [caption, "", LEGEND, ""] if caption else []
-    return "\n".join([*lead, header, rule, *body]) + "\n"
-
-
-def _latex(table: pd.DataFrame, caption: str = "") -> str:
-    def esc(text) -> str:
-        return str(text).replace("\\", "\\textbackslash{}").replace("_", "\\_").replace("&", "\\&").replace("%", "\\%").replace("#", "\\#")
-
-    lines = ["\\begin{tabular}{" + "l" * len(table.columns) + "}", "\\hline",
-             " & ".join(esc(c) for c in table.columns) + " \\\\", "\\hline"]
-    lines += [" & ".join(_cell(v, missing="--", text=esc) for v in row) + " \\\\" for row in table.itertuples(index=False)]
-    lines += ["\\hline", "\\end{tabular}"]
-    if caption:
-        lines = ["\\begin{table}", "\\caption{" + esc(caption) + "}", *lines, "\\end{table}"]
-    return "\n".join(lines) + "\n"
-
-
-def _html(table: pd.DataFrame, caption: str = "") -> str:
-    """A page with the table (its caption, the legend under it), for the Snakemake report and a browser."""
-    from html import escape
-
-    head = "".join(f"<th>{escape(str(c))}</th>" for c in table.columns)
-    def cell(v) -> str:  # numbers right-aligned, words left
-        number = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
-        opening = '<td class="n">' if number else "<td>"
-        return f"{opening}{escape(_cell(v, missing='–'))}</td>"
-
-    body = "".join("<tr>" + "".join(cell(v) for v in row) + "</tr>\n" for row in table.itertuples(index=False))
-    style = ("body{font-family:sans-serif;margin:1em}table{border-collapse:collapse;font-size:13px}"
-             "caption{text-align:left;font-weight:bold;margin-bottom:.5em}th,td{border:1px solid #ccc;padding:3px 6px;"
-             "text-align:left}td.n{text-align:right}th{background:#f3f3f3}td:first-child{white-space:nowrap}"
-             "p.legend{font-size:12px;color:#555;max-width:70em}")
-    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{escape(caption)}</title>"
-            f"<style>{style}</style></head><body>\n<table>\n<caption>{escape(caption)}</caption>\n"
-            f"<thead><tr>{head}</tr></thead>\n<tbody>\n{body}</tbody>\n</table>\n"
-            f"<p class=\"legend\">{escape(LEGEND)}</p>\n</body></html>\n")
-
-
-def write_tables(table: pd.DataFrame, stem: str | Path, *, caption: str = "", html: str | Path | None = None,
-                 drop_empty: bool = False) -> list[Path]:
-    """``<stem>.csv`` (the table as it is, bare column names), ``<stem>.md`` and ``<stem>.tex`` (with ``caption``, the
-    legend, and each metric's direction in its header; with ``drop_empty``, without the columns no row fills) and,
-    with ``html``, the same as an HTML page there."""
-    stem = Path(stem)
-    shown = _shown(table, drop_empty=drop_empty)
-    renders = [(stem.with_suffix(".csv"), table.to_csv(index=False)), (stem.with_suffix(".md"), _markdown(shown, caption)),
-               (stem.with_suffix(".tex"), _latex(shown, caption))]
-    if html is not None:
-        renders.append((Path(html), _html(shown, caption)))
-    for path, text in renders:
-        with atomic_open(path, "w") as f:
-            f.write(text)
-    return [path for path, _ in renders]
-
-
-def _sampler_row_label(point) -> str:
-    """DDIM Table 1's row names: η = … for ddim, σ̂ for ancestral with σ² = β (on the subsequence)."""
-    if point.sampler == "ddim":
-        return f"η = {point.eta:.1f}"
-    return {"model": "ancestral", "fixedlarge": "σ̂", "fixedsmall": "ancestral, σ² = β̃"}[point.variance]
-
-
 def samplers_table(run_dirs: dict[str, Path], samplers, published: pd.DataFrame | None, sweep: str, *,
                    scaled_down: bool = False) -> pd.DataFrame:
     """The sampling axis in DDIM Table 1's layout: one row per (setting, sampler row: η or σ̂, skip, clipping), seeds
@@ -450,16 +332,16 @@ def samplers_table(run_dirs: dict[str, Path], samplers, published: pd.DataFrame 
     FIDs were measured as the paper's: :func:`ddpm.paper.not_comparable`; ``not comparable`` says why not) and the
     seconds per image of sampling, then the FIDs' feature extractor and number of samples. A point on every step is
     S = T."""
-    from .paper import PAPER_PREPROCESS, SETTING_AXES, not_comparable, published_for_sampler
+    from ..paper import PAPER_PREPROCESS, SETTING_AXES, not_comparable, published_for_sampler
 
     cells: dict[tuple, dict] = {}
     measured_with = set()  # (feature extractor, samples, reference images, preprocess) of the FIDs
     paper_preprocess = None  # how the published numbers' data were prepared, where a paper says (LSUN)
     for name, folder in run_dirs.items():
-        setting = _setting(folder, name)
+        setting = run_axes(folder, name)
         for sampler in samplers:
             point_dir = _point_dir(folder, sampler)
-            scores = _read_json(point_dir / "fid_is.json", name)
+            scores = read_result(point_dir / "fid_is.json", name)
             if DIVERGED in scores:
                 continue
             _check_sampler(scores, folder, sampler)
@@ -468,7 +350,7 @@ def samplers_table(run_dirs: dict[str, Path], samplers, published: pd.DataFrame 
                 raise ValueError(f"{point_dir / SAMPLER_FILE} records the sampler point {point.name}, but it is in "
                                  f"the folder of {sampler}: delete it and run the workflow again")
             S = point.num_steps(setting["T"])
-            key = (*(setting[a] for a in SETTING_AXES), _sampler_row_label(point), point.skip, point.clip)
+            key = (*(setting[a] for a in SETTING_AXES), point.family.label(point), point.skip, point.clip)
             cell = cells.setdefault(key, {}).setdefault(S, {"fid": [], "seconds": [], "paper": None})
             cell["fid"].append(scores["fid"])
             images_per_s = scores.get("sampling_images_per_s")
@@ -503,28 +385,6 @@ def samplers_table(run_dirs: dict[str, Path], samplers, published: pd.DataFrame 
     return pd.DataFrame(rows)
 
 
-def plot_samplers(table: pd.DataFrame, path: str | Path) -> None:
-    """FID against S (log scale), one line per row of :func:`samplers_table`; the published values dashed."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    steps = [int(c.split()[0][2:]) for c in table.columns if c.endswith(" FID")]
-    for _, row in table.iterrows():
-        label = f"{row['sampler']}, {row['skip']}" + ("" if row["clip"] else ", no clip")
-        if table[["schedule", "T"]].drop_duplicates().shape[0] > 1:
-            label = f"{row['schedule']}-T{row['T']}: {label}"
-        line, = ax.plot(steps, [row[f"S={S} FID"] for S in steps], marker="o", label=label)
-        paper = [row[f"S={S} paper"] for S in steps]
-        if any(v is not None and not pd.isna(v) for v in paper):
-            ax.plot(steps, [np.nan if v is None else v for v in paper], linestyle="--", color=line.get_color())
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("S (reverse steps)")
-    ax.set_ylabel("FID")
-    ax.legend(fontsize=7)
-    ax.set_title("FID against the number of sampling steps (dashed: published)")
-    _save(fig, path)
-
-
 #: DDPM Table 4's rows: after 1000, 900, …, 100 reverse steps of T = 1000 (the same fractions of any other T).
 TABLE4_FRACTIONS = tuple(f / 10 for f in range(10, 0, -1))
 
@@ -550,96 +410,20 @@ def rate_distortion(nll: dict, fractions=TABLE4_FRACTIONS) -> pd.DataFrame:
 def rate_distortion_table(run_dirs: dict[str, Path], published: pd.DataFrame | None, sweep: str) -> pd.DataFrame:
     """Table 4 for every setting that has a bound (a diverged one has none), with the paper's rows beside its own
     (published for T = 1000: reverse step k of the paper is reverse step k here)."""
-    from .paper import published_for
+    from ..paper import published_for
 
     parts = []
     for name, folder in run_dirs.items():
-        nll = _read_json(folder / "nll.json")
+        nll = read_result(folder / "nll.json")
         if DIVERGED in nll:
             continue
         part = rate_distortion(nll)
         part.insert(0, "setting", name)
-        paper = published_for(published, sweep, _setting(folder, name)) if published is not None else {}
+        paper = published_for(published, sweep, run_axes(folder, name)) if published is not None else {}
         for column, metric in (("rate (paper)", "rate_bpd"), ("distortion (paper)", "distortion_rmse")):
             part[column] = [paper.get(f"{metric}_step{k}", {}).get("value", np.nan) for k in part["reverse step"]]
         parts.append(part)
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
-
-
-def plot_rate_distortion(run_dirs: dict[str, Path], path: str | Path) -> None:
-    """DDPM Figure 5: rate and distortion against the number of reverse steps, one curve per setting."""
-    plt = _pyplot()
-    fig, (rate_ax, distortion_ax) = plt.subplots(1, 2, figsize=(10, 4))
-    for name, folder in run_dirs.items():
-        nll = _read_json(folder / "nll.json")
-        if DIVERGED in nll:
-            continue
-        T = len(nll["vb_per_timestep"])
-        curve = rate_distortion(nll, fractions=[k / T for k in range(1, T + 1)])
-        rate_ax.plot(curve["reverse step"], curve["rate (bits/dim)"], label=name)
-        distortion_ax.plot(curve["reverse step"], curve["distortion (RMSE, 0..255)"], label=name)
-    rate_ax.set_xlabel("reverse steps")
-    rate_ax.set_ylabel("rate (bits/dim)")
-    distortion_ax.set_xlabel("reverse steps")
-    distortion_ax.set_ylabel("distortion (RMSE, 0..255)")
-    distortion_ax.legend(fontsize=7)
-    fig.suptitle("Progressive coding: rate and distortion along the reverse process")
-    _save(fig, path)
-
-
-def plot_schedules(run_dirs: dict[str, Path], path: str | Path, *, rescale: bool = False) -> None:
-    """The sweep's noise schedules side by side: ᾱ_t against t / T for each (schedule, T), with L_T, the prior
-    term of the bound (bits/dim, measured on the test images), in the legend (as Improved DDPM's Figure 5)."""
-    from .schedules import make_betas
-
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    seen = set()
-    for name, folder in run_dirs.items():
-        setting = _setting(folder, name)
-        key = (setting["schedule"], setting["T"])
-        if key in seen:
-            continue
-        seen.add(key)
-        alpha_bar = np.cumprod(1.0 - make_betas(setting["schedule"], setting["T"], rescale=rescale))
-        nll = _read_json(folder / "nll.json")
-        prior = f", L_T = {nll['prior_bpd']:.2e} bits/dim" if "prior_bpd" in nll else ""
-        ax.plot(np.arange(1, setting["T"] + 1) / setting["T"], alpha_bar, label=f"{key[0]}, T = {key[1]}{prior}")
-    ax.set_xlabel("t / T")
-    ax.set_ylabel("ᾱ_t")
-    ax.legend(fontsize=7)
-    ax.set_title("Noise schedules" + (" (linear endpoints scaled by 1000 / T)" if rescale else ""))
-    _save(fig, path)
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: str | Path) -> None:
-    fig.tight_layout()
-    with atomic_open(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=120)
-    _pyplot().close(fig)
-
-
-def plot_loss_curves(run_dirs: dict[str, Path], path: str | Path) -> None:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, folder in run_dirs.items():
-        records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
-        ax.plot([r["step"] for r in records], [r["loss"] for r in records], label=name)
-    ax.set_xlabel("training step")
-    ax.set_ylabel("training loss")
-    ax.set_yscale("log")
-    ax.legend(fontsize=7)
-    ax.set_title("Training loss per setting")
-    _save(fig, path)
 
 
 #: DDIM Table 2's columns: the setting's axes, S, then the error measured (mean over seeds), its ±, published, Δ.
@@ -657,15 +441,16 @@ def reconstruction_table(run_dirs: dict[str, Path], steps, published: pd.DataFra
     (:func:`ddpm.paper.not_comparable`: not scaled down, the whole CIFAR-10 test split; ``not comparable`` says why
     not), the network evaluations per image (both ways), the skip and the number of test images. A setting whose
     training diverged has its row, with no error. No ``steps``: a table without rows."""
-    from .paper import SETTING_AXES, not_comparable, published_for_sampler
-    from .reconstruction import METRIC, reconstruction_point
+    from ..paper import SETTING_AXES, not_comparable, published_for_sampler
+    from ..vocabulary import RECONSTRUCTION_METRIC as METRIC
+    from ..samplers.families.ddim import reconstruction_point
 
     cells: dict[tuple, list[dict]] = {}
     for name, folder in run_dirs.items():
-        setting = _setting(folder, name)
+        setting = run_axes(folder, name)
         for S in sorted(steps):
             path = folder / "reconstruction" / f"S{S}.json"
-            found = _read_json(path, name)
+            found = read_result(path, name)
             if DIVERGED not in found and found.get("steps") != S:
                 raise ValueError(f"{path} records the reconstruction on S = {found.get('steps')} steps, but it is the "
                                  f"file of S = {S}: delete it and run the workflow again")
@@ -699,94 +484,3 @@ def reconstruction_table(run_dirs: dict[str, Path], steps, published: pd.DataFra
         row["source"] = f"{paper['paper']}, {paper['table']}" if paper else ""
         rows.append(row)
     return pd.DataFrame(rows, columns=list(RECONSTRUCTION_COLUMNS))
-
-
-# ---------------------------------------------------------------------------------------------- the report job
-#: The tables of a sweep, the main one first: kind → the suffix of its files' stem.
-TABLE_KINDS = {"main": "", "paper": "-paper", "samplers": "-samplers", "fid-over-training": "-fid-over-training",
-               "rate-distortion": "-rate-distortion", "reconstruction": "-reconstruction"}
-TABLE_CAPTIONS = {
-    "main": "{name}: every setting × sampler point, and two reference rows scored the same way",
-    "paper": "{name} in the paper's layout: measured, published and Δ per setting (seeds pooled)",
-    "samplers": "{name}: FID against the number of sampling steps S, per sampler (DDIM Table 1's layout)",
-    "fid-over-training": "{name}: FID and IS of each scored checkpoint",
-    "rate-distortion": "{name}: rate and distortion along the reverse process (DDPM Table 4)",
-    "reconstruction": "{name}: test images encoded by DDIM (η = 0) and decoded on S steps each way, the per-dimension "
-                      "MSE on [0, 1] (DDIM Table 2); ± is its standard error over the images (one seed) or the "
-                      "standard deviation over seeds",
-}
-
-def write_report(runs, *, out_stem: str, gaussian, test_split, loss_figure, published=None, paper_sweep=None,
-                 scaled_down: bool = False, nll_train: bool = False, snapshot_steps=(), rate_distortion_figure=None,
-                 schedules_figure=None, schedule_rescale: bool = False, fid_over_training_figure=None,
-                 samplers=DEFAULT_SAMPLERS, samplers_figure=None, tracking=None, config: dict | None = None,
-                 html_tables=None, reconstruction_steps=()) -> pd.DataFrame:
-    """``ddpm report``: a sweep's tables (``<out_stem>.{csv,md,tex}``; ``-fid-over-training``, ``-rate-distortion``
-    and, with the papers' numbers ``published``, ``-paper`` beside them) and figures; with ``tracking`` (the
-    sweep's tracking file), every table and figure also goes to the sweep's parent MLflow run (with ``config``, the
-    sweep's resolved config), which is then finished. ``samplers``: the sweep's sampler points, in order; the first
-    is each setting's own (the paper table and FID over training); ``-samplers`` lays out every point.
-    ``reconstruction_steps``: the S of every run's ``reconstruction/S<S>.json``, laid out in ``-reconstruction``
-    (:func:`reconstruction_table`; no S: a table without rows).
-    ``html_tables``: six paths, where the tables go as HTML pages too (for the Snakemake report), in the order of
-    :data:`TABLE_KINDS`. Returns the main table."""
-    from .paper import load_published
-
-    published = load_published(published) if published else None  # read first: a bad file stops here
-    paper_sweep = paper_sweep or Path(out_stem).name
-    run_dirs = {Path(r).name: Path(r) for r in runs}
-    table = build_table(run_dirs, {GAUSSIAN_ROW: Path(gaussian), REAL_ROW: Path(test_split)},
-                        samplers=samplers, nll_train=nll_train)
-    if html_tables and len(html_tables) != len(TABLE_KINDS):
-        raise ValueError(f"html_tables needs {len(TABLE_KINDS)} paths ({', '.join(TABLE_KINDS)}), got {len(html_tables)}")
-    html = dict(zip(TABLE_KINDS, html_tables)) if html_tables else {}
-    name = Path(out_stem).name
-
-    def write(kind: str, part: pd.DataFrame, **options) -> list[Path]:
-        return write_tables(part, f"{out_stem}{TABLE_KINDS[kind]}", caption=TABLE_CAPTIONS[kind].format(name=name),
-                            html=html.get(kind), **options)
-
-    outputs = write("main", table)
-    curve = fid_over_training_table(run_dirs, snapshot_steps, sampler=samplers[0])
-    outputs += write("fid-over-training", curve)
-    by_sampler = samplers_table(run_dirs, samplers, published, paper_sweep, scaled_down=scaled_down)
-    outputs += write("samplers", by_sampler, drop_empty=True)  # no published numbers: no paper, Δ columns
-    print(by_sampler.to_string(index=False))
-    beside = pd.DataFrame()
-    if published is not None:
-        own = table[table["sampler"].isna() | (table["sampler"] == samplers[0])]  # the settings' own and baselines
-        beside = paper_table(own, published, paper_sweep, scaled_down=scaled_down, curve=curve)
-        print(beside.to_string(index=False))
-    outputs += write("paper", beside, drop_empty=True)  # a scaled-down run: no Δ, a column of – each
-    outputs += write("rate-distortion", rate_distortion_table(run_dirs, published, paper_sweep))
-    reconstruction = reconstruction_table(run_dirs, reconstruction_steps, published, paper_sweep,
-                                          scaled_down=scaled_down)
-    outputs += write("reconstruction", reconstruction, drop_empty=not reconstruction.empty)  # scaled down: no Δ
-    if not reconstruction.empty:
-        print(reconstruction.to_string(index=False))
-    plot_loss_curves(run_dirs, loss_figure)
-    figures = [Path(loss_figure)]
-    if rate_distortion_figure:
-        plot_rate_distortion(run_dirs, rate_distortion_figure)
-        figures.append(Path(rate_distortion_figure))
-    if schedules_figure:
-        plot_schedules(run_dirs, schedules_figure, rescale=schedule_rescale)
-        figures.append(Path(schedules_figure))
-    if fid_over_training_figure:
-        plot_fid_over_training(curve, fid_over_training_figure)
-        figures.append(Path(fid_over_training_figure))
-    if samplers_figure:
-        plot_samplers(by_sampler, samplers_figure)
-        figures.append(Path(samplers_figure))
-    if tracking:
-        from . import tracking as mlflow_tracking
-
-        info = mlflow_tracking.read_tracking(tracking)
-        if config is not None:
-            mlflow_tracking.log_config(info["tracking_uri"], info["parent_run_id"], config)
-        for path in [*outputs, *figures]:
-            mlflow_tracking.log_artifact(info["tracking_uri"], info["parent_run_id"], path, "report")
-        mlflow_tracking.finish_run(info["tracking_uri"], info["parent_run_id"], "FINISHED")
-        print(f"MLflow ({info['tracking_uri']}): the runs sorted by FID with its columns at <the UI's address>/"
-              f"{mlflow_tracking.view_url(info['experiment_id'])}")
-    return table

@@ -1,0 +1,1 @@
+"""One module per sampler family; :mod:`ddpm.samplers.registry` finds them here."""
