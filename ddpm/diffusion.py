@@ -356,7 +356,7 @@ class GaussianDiffusion:
         - ``mse``: L_simple = ‖target − network output‖² (Eq. 14), the target being ε, x_0 or μ̃_t by
           ``mean_type``. Averaged over dimensions (the paper's sum, divided by a constant).
         - ``kl``: T · L_t in bits/dim, an unbiased estimate of Σ_t L_t of Eq. 5 (without the constant L_T)
-          when t is uniform; importance weights from :mod:`ddpm.resample` keep it unbiased otherwise.
+          when t is uniform; importance weights from :mod:`ddpm.timestep_samplers` keep it unbiased otherwise.
         - ``hybrid``: L_simple + λ L_vlb with λ = 0.001 and L_vlb ≈ T · L_t, the gradient of the L_vlb
           term stopped at the mean (IDDPM Eq. 16, Section 3.1).
 

@@ -27,7 +27,7 @@ from .datasets import load_dataset, open_split, read_manifest, split_sha256, to_
 from .diffusion import GaussianDiffusion, randn
 from .distributed import World, data_parallel, joined
 from .io import atomic_open
-from .resample import create_sampler, default_sampler_name
+from .timestep_samplers import create_timestep_sampler, default_timestep_sampler
 from .settings import Setting, TrainConfig, write_setting
 from .samplers.point import SamplerPoint
 from .speed import FastForward, Speed, ema_update, make_optimizer
@@ -418,9 +418,9 @@ class _Log:
 
 def _resume(resume: dict, parts: dict, generator: torch.Generator, world: World, out_dir: Path, config: TrainConfig,
             tracking: dict | None, run_id: str | None) -> tuple[int, int, list[str]]:
-    """Load the resume state into ``parts`` (model, ema, optimizer, sampler) and the generator; return the first step
-    to run, the last step MLflow has, and metrics.jsonl's lines so far. Steps logged to MLflow after the saved state
-    are recomputed identically, so each step is logged once; steps whose logging failed are logged now."""
+    """Load the resume state into ``parts`` (model, ema, optimizer, timestep sampler) and the generator; return the
+    first step to run, the last step MLflow has, and metrics.jsonl's lines so far. Steps logged to MLflow after the
+    saved state are recomputed identically, so each step is logged once; steps whose logging failed are logged now."""
     for name, part in parts.items():
         part.load_state_dict(resume[name])
     _set_rng_state(generator, _own_rng_state(resume, world))
@@ -437,14 +437,14 @@ def _resume(resume: dict, parts: dict, generator: torch.Generator, world: World,
     return resume["step"] + 1, last_logged, lines
 
 
-def _algorithm1_loss(diffusion, forward, sampler, x0, config: TrainConfig, mine: slice, generator, device):
+def _algorithm1_loss(diffusion, forward, timestep_sampler, x0, config: TrainConfig, mine: slice, generator, device):
     """Algorithm 1's loss on this process's share ``mine`` of the global batch: every process draws the global
     batch's flips, t and ε from ``generator`` and keeps its slice. Returns (the weighted mean loss, t, per-sample
     losses)."""
     if config.flip:
         flip = (torch.rand(config.batch_size, generator=generator) < 0.5).to(device)[mine]
         x0 = torch.where(flip[:, None, None, None], x0.flip(3), x0)
-    t, weights = sampler.sample(config.batch_size, device, generator=generator)
+    t, weights = timestep_sampler.sample(config.batch_size, device, generator=generator)
     noise = randn((config.batch_size, *x0.shape[1:]), generator, device=device)
     losses = diffusion.training_losses(forward, x0, t[mine], noise[mine])
     return (losses["loss"] * weights[mine]).mean(), t, losses["loss"]
@@ -469,8 +469,9 @@ def _train_loop(config: TrainConfig, out_dir: Path, data_dir, world: World, devi
     forward = FastForward(data_parallel(model, world, device), speed, device)  # model(x, t), sped up; weights: model's
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     optimizer = make_optimizer(model.parameters(), config.lr, speed)
-    sampler = create_sampler(config.timestep_sampler or default_sampler_name(config.loss_type), diffusion.num_timesteps)
-    parts = {"model": model, "ema": ema, "optimizer": optimizer, "sampler": sampler}
+    timestep_sampler = create_timestep_sampler(config.timestep_sampler or default_timestep_sampler(config.loss_type),
+                                               diffusion.num_timesteps)
+    parts = {"model": model, "ema": ema, "optimizer": optimizer, "sampler": timestep_sampler}
 
     first_step, last_logged, lines = 1, 0, []
     if resume is not None:
@@ -484,7 +485,7 @@ def _train_loop(config: TrainConfig, out_dir: Path, data_dir, world: World, devi
     def save_resume(step: int) -> None:
         rng = world.gather_objects(_rng_state(generator))  # a collective: every process takes part
         if world.is_main:
-            save_checkpoint(out_dir / RESUME_FILE, {**training_state(step), "sampler": sampler.state_dict(),
+            save_checkpoint(out_dir / RESUME_FILE, {**training_state(step), "sampler": timestep_sampler.state_dict(),
                                                     "rng": rng[0], "rng_per_process": rng, "mlflow_run_id": run_id,
                                                     "metrics_lines": log.lines})
 
@@ -493,14 +494,14 @@ def _train_loop(config: TrainConfig, out_dir: Path, data_dir, world: World, devi
     with _PreemptionFlag() as preemption:
         for step in range(first_step, config.steps + 1):
             x0 = to_model_range(next(batches).to(device, non_blocking=True))
-            loss, t, losses = _algorithm1_loss(diffusion, forward, sampler, x0, config, mine, generator, device)
+            loss, t, losses = _algorithm1_loss(diffusion, forward, timestep_sampler, x0, config, mine, generator, device)
             global_loss, stop = world.mean_and_any(loss, preemption.received is not None or log.error is not None)
             _check_finite(global_loss, step)
             lr = learning_rate(config, step)
             grad_norm = apply_gradients(loss, model, ema, optimizer, lr=lr, grad_clip=config.grad_clip,
                                         ema_decay=config.ema_decay, speed=speed)
-            if sampler.learns_from_losses:
-                sampler.update(t, world.gather(losses.detach()))
+            if timestep_sampler.learns_from_losses:
+                timestep_sampler.update(t, world.gather(losses.detach()))
 
             if log.due(step):
                 log.step(step, global_loss, lr, grad_norm, first_step, start)

@@ -1,6 +1,6 @@
 """The names that a config, a checkpoint and the command line share, each defined once (torch-free).
 
-The modules that implement them import them from here (``ddpm.diffusion``, ``ddpm.resample``, ``ddpm.metrics``,
+The modules that implement them import them from here (``ddpm.diffusion``, ``ddpm.timestep_samplers``, ``ddpm.metrics``,
 ``ddpm.train``); the command line offers them as choices; ``tests/test_vocabulary.py`` checks that the workflow's
 JSON schema (``workflow/schemas/config.schema.yaml``) lists exactly these. Names that live with a table of their own
 are not repeated here: the noise schedules (``ddpm.schedules.SCHEDULES``), the network presets
@@ -15,7 +15,7 @@ VAR_TYPES = ("fixedlarge", "fixedsmall", "learned", "learned_range")
 #: L_simple (Eq. 14), the true variational bound L (Eq. 5), or IDDPM's L_hybrid = L_simple + λ L_vlb (Eq. 16).
 LOSS_TYPES = ("mse", "kl", "hybrid")
 #: How training draws t: uniformly (Algorithm 1), or by importance sampling on the loss's second moment (IDDPM
-#: Eq. 18). Unset: importance sampling for ``kl``, uniform otherwise (``ddpm.resample.default_sampler``).
+#: Eq. 18). Unset: importance sampling for ``kl``, uniform otherwise (``ddpm.timestep_samplers.default_timestep_sampler``).
 TIMESTEP_SAMPLERS = ("uniform", "loss-second-moment")
 #: A NaN / Inf loss: fail the job, or record the divergence in checkpoint.pt so that the sweep goes on.
 ON_DIVERGENCE = ("fail", "record")

@@ -11,7 +11,7 @@ from ddpm.checkpoint import load_checkpoint
 from ddpm.datasets import load_digits, prepare_dataset
 from ddpm.cli import main
 from ddpm.diffusion import LOSS_TYPES, MEAN_TYPES, VAR_TYPES, GaussianDiffusion
-from ddpm.resample import LossSecondMomentResampler, UniformSampler, create_sampler
+from ddpm.timestep_samplers import LossSecondMomentResampler, UniformSampler, create_timestep_sampler
 from ddpm.sample import draw_samples, interpolate, progressive_generation
 from ddpm.schedules import make_betas
 from ddpm.settings import TrainConfig
@@ -68,7 +68,7 @@ def test_uniform_sampler_and_unknown_sampler():
     t, w = UniformSampler(10).sample(1000, generator=torch.Generator().manual_seed(0))
     assert t.min() >= 0 and t.max() <= 9 and torch.all(w == 1)
     with pytest.raises(ValueError, match="uniform, loss-second-moment"):
-        create_sampler("bogus", 10)
+        create_timestep_sampler("bogus", 10)
 
 
 def test_train_writes_checkpoint_and_metrics(tmp_path):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .vocabulary import TIMESTEP_SAMPLERS as SAMPLERS
+from .vocabulary import TIMESTEP_SAMPLERS
 
 
 class TimestepSampler:
@@ -84,14 +84,14 @@ class LossSecondMomentResampler(TimestepSampler):
         self.loss_counts = state["loss_counts"].numpy().copy()
 
 
-def create_sampler(name: str, num_timesteps: int) -> TimestepSampler:
+def create_timestep_sampler(name: str, num_timesteps: int) -> TimestepSampler:
     if name == "uniform":
         return UniformSampler(num_timesteps)
     if name == "loss-second-moment":
         return LossSecondMomentResampler(num_timesteps)
-    raise ValueError(f"unknown timestep sampler {name!r}; valid timestep samplers: {', '.join(SAMPLERS)}")
+    raise ValueError(f"unknown timestep sampler {name!r}; valid timestep samplers: {', '.join(TIMESTEP_SAMPLERS)}")
 
 
-def default_sampler_name(loss_type: str) -> str:
+def default_timestep_sampler(loss_type: str) -> str:
     """IDDPM uses importance sampling for the pure L_vlb objective ("kl") and uniform t otherwise."""
     return "loss-second-moment" if loss_type == "kl" else "uniform"
