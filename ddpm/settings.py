@@ -187,23 +187,6 @@ def train_config(config: dict, setting: Setting) -> TrainConfig:
                                   **setting.axes(), "dataset": config["dataset"]["name"]})
 
 
-#: The training keys that change no weight: how often it logs the loss, draws a preview and saves its resume state
-#: (a resumed training is the same bit for bit). A change of them reruns no training.
-CADENCE_KEYS = ("log_every", "preview_every", "checkpoint_every")
-
-
-def train_arguments(config: dict, setting: Setting, *, cadence: bool = False) -> str:
-    """The ``ddpm train`` flags of ``setting`` (what a Snakemake rule passes on): those that decide what it trains,
-    or with ``cadence`` those of :data:`CADENCE_KEYS` alone."""
-    resolved = train_config(config, setting)
-    flags = []
-    for f in fields(TrainConfig):
-        value = getattr(resolved, f.name)
-        if value is not None and (f.name in CADENCE_KEYS) == cadence:
-            flags.append(f"--{f.name.replace('_', '-')} {str(value).lower() if isinstance(value, bool) else value}")
-    return " ".join(flags)
-
-
 #: ``scale: tiny`` — the same sweep (the same settings and objectives) on digits with the CPU-sized network and
 #: few steps, so that every code path of a paper config runs without a GPU. Keys not listed keep the paper's values.
 TINY_SCALE = {

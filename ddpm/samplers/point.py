@@ -72,13 +72,6 @@ class SamplerPoint:
     def axes(self) -> dict:
         return asdict(self)
 
-    def flags(self) -> str:
-        """The ``ddpm sample`` flags that draw this point (``--clip`` or ``--no-clip`` only where the point's
-        clipping is not its family's default)."""
-        flags = f"--sampler {self.sampler} --skip {self.skip}" + (f" --steps {self.steps}" if self.steps else "")
-        flags += "".join(f" --{key} {getattr(self, key)}" for key in self.family.keys)
-        return flags + ("" if self.clip == self.family.clip else " --clip" if self.clip else " --no-clip")
-
     def num_steps(self, T: int) -> int:
         """S on a process of T steps (before ``quadratic`` drops repeated steps: see ``ddpm.samplers``)."""
         return T if self.steps is None else self.steps

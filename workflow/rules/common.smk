@@ -10,7 +10,9 @@ from ddpm.configcheck import check_workflow_config, resolve_config
 from ddpm.datasets import known_test_size
 from ddpm.report import OUTPUTS as REPORT_OUTPUTS
 from ddpm.samplers import expand_sampling
-from ddpm.settings import expand_sweep, train_arguments
+from ddpm.jobflags import (bootstrap_flags, extractor_flags, import_flags, ref_stats_flags, reference_flags,
+                           sampler_flags, train_flags)
+from ddpm.settings import expand_sweep
 
 
 SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
@@ -123,17 +125,12 @@ SNAPSHOT_SHARDS = shards(SNAPSHOT_SAMPLES, config["sample"]["shard_size"])
 
 def sampler_args(name):
     """The ``ddpm sample`` flags of the sampler point ``name``."""
-    return SAMPLING[name].flags()
+    return sampler_flags(SAMPLING[name])
 
 
 def import_arguments(wildcards):
     """The ``ddpm import`` flags of a setting: its axes (the source must be that setting), format and revision."""
-    axes = SWEEP[wildcards.setting].axes()
-    flags = " ".join(f"--{axis.replace('_', '-')} {value}" for axis, value in axes.items())
-    for key in ("format", "revision"):
-        if PRETRAINED[key] is not None:
-            flags += f" --{key} {shlex.quote(str(PRETRAINED[key]))}"
-    return flags
+    return import_flags(config, SWEEP[wildcards.setting])
 
 
 def extractor_weights():
@@ -146,7 +143,7 @@ def extractor_weights():
 #: FID's reference: the train split's first evaluate.ref_images images (None: all of them); its statistics are
 #: computed once (rule ref_stats) or a file from elsewhere (evaluate.ref_stats).
 REF_IMAGES = config["evaluate"]["ref_images"]
-REF_IMAGES_ARGS = "" if REF_IMAGES is None else f"--ref-images {REF_IMAGES}"
+REF_IMAGES_ARGS = reference_flags(config)
 REF_STATS_SUFFIX = "" if REF_IMAGES is None else f"-first{REF_IMAGES}"
 FOREIGN_REF_STATS = config["evaluate"]["ref_stats"]
 REF_STATS = FOREIGN_REF_STATS or f"{DATA}/ref-stats/{config['evaluate']['feature_extractor']}-train{REF_STATS_SUFFIX}.npz"
@@ -156,18 +153,14 @@ def ref_stats_args():
     """The FID jobs' flags: the reference images, and the statistics file, said to be foreign when it has no record
     of ours beside it."""
     foreign = FOREIGN_REF_STATS is not None and not Path(FOREIGN_REF_STATS).with_suffix(".json").is_file()
-    return f"--ref-stats {shlex.quote(REF_STATS)}" + (" --foreign-ref-stats" if foreign else "") + \
-        (f" {REF_IMAGES_ARGS}" if REF_IMAGES_ARGS else "")
+    return ref_stats_flags(config, REF_STATS, foreign=foreign)
 
 
-#: the bootstrap standard errors of FID, IS and KID beside every score (ddpm.metrics.bootstrap_errors)
-BOOTSTRAP_ARGS = f"--bootstrap-rounds {config['evaluate']['bootstrap_rounds']}"
+BOOTSTRAP_ARGS = bootstrap_flags(config)
 
 
 def extractor_args():
-    weights = extractor_weights()
-    args = f"--extractor {config['evaluate']['feature_extractor']}"
-    return args + (f" --weights {shlex.quote(weights)}" if weights else "")
+    return extractor_flags(config, extractor_weights() or None)
 
 
 def report_outputs():

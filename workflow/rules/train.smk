@@ -15,10 +15,10 @@ if not IMPORTED:
         params:
             out=lambda wildcards, output: Path(output.checkpoint).parent,
             data=lambda wildcards, input: Path(input.manifest).parent,
-            args=lambda wildcards: train_arguments(config, SWEEP[wildcards.setting]),
+            args=lambda wildcards: train_flags(config, SWEEP[wildcards.setting]),
             # A function of the job's output: Snakemake then leaves it out of the params whose change reruns the job
             # (its "derived" params); how often a training logs and saves changes none of its weights.
-            cadence=lambda wildcards, output: train_arguments(config, SWEEP[wildcards.setting], cadence=True),
+            cadence=lambda wildcards, output: train_flags(config, SWEEP[wildcards.setting], cadence=True),
             on_divergence=config["train"]["on_divergence"],
             snapshot_steps=" ".join(map(str, SNAPSHOT_STEPS)),
             speed=SPEED,
