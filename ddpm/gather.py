@@ -11,14 +11,13 @@ from .provenance import agreed_provenance, provenance_arrays
 from .vocabulary import SAMPLE_RECORD, SAMPLING_COST
 
 
-NLL_SHARD_KEYS = ("indices", "total_bpd", "prior_bpd", "vb_sum", "xstart_mse_sum")
+NLL_SHARD_KEYS = ("indices", "total_bpd", "prior_bpd", "vb_sum", "xstart_mse_sum", "decoder")
 
 
 def gather_nll(shard_paths) -> dict:
     """Merge NLL shards into the test-set bound: mean bits/dim, its standard error, per-timestep terms, and the
-    decoder likelihood they used (shards written before there was a choice used ``exact``); shards that used
-    different ones are refused."""
-    shards = [load_npz(p, NLL_SHARD_KEYS, optional=("decoder",)) for p in shard_paths]
+    decoder likelihood they used; shards that used different ones are refused."""
+    shards = [load_npz(p, NLL_SHARD_KEYS) for p in shard_paths]
     if not shards:
         raise ValueError("no NLL shards to gather")
     for path, shard in zip(shard_paths, shards):
@@ -26,7 +25,7 @@ def gather_nll(shard_paths) -> dict:
         if shard["total_bpd"].shape != (n,) or shard["prior_bpd"].shape != (n,) or \
                 shard["vb_sum"].shape != shards[0]["vb_sum"].shape:
             raise ValueError(f"{path} is not an NLL shard of this run: its arrays have inconsistent shapes")
-    decoders = {str(s.get("decoder", "exact")) for s in shards}
+    decoders = {str(s["decoder"]) for s in shards}
     if len(decoders) > 1:
         raise ValueError(f"the NLL shards used different decoder likelihoods ({', '.join(sorted(decoders))}): delete "
                          f"the stale shards and run the workflow again")

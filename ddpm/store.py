@@ -189,11 +189,9 @@ class SplitImages:
         """Check the chunks that hold images ``start`` … ``stop - 1`` (default: all) against the manifest."""
         stop = len(self) if stop is None else stop
         chunks = self._entry.get("chunk_sha256")
-        if chunks is None:  # a manifest written before chunk checksums: the whole file, once
-            if "whole" not in self._verified:
-                check_sha256(self.path, self._entry["sha256"])
-                self._verified.add("whole")
-            return
+        if chunks is None:
+            raise ValueError(f"the manifest of {self.path} has no chunk checksums (prepared by an earlier version): "
+                             f"prepare the data set again")
         size = int(self._entry["chunk_bytes"])
         first_byte = 0 if start == 0 else self.offset + start * self.row_bytes
         last_byte = self.offset + max(stop, start + 1) * self.row_bytes - 1

@@ -102,6 +102,17 @@ def test_digits_prepare_writes_checksummed_files_and_a_fixed_split(tmp_path):
     assert np.array_equal(test_y, target[test_idx]) and np.array_equal(train_y, target[train_idx])
 
 
+def test_a_manifest_without_chunk_checksums_is_refused_naming_the_file(tmp_path):
+    """Data prepared before the chunk checksums (an earlier version) is prepared again, not read unchecked."""
+    prepare_dataset("digits", tmp_path)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    for entry in manifest["files"].values():
+        entry.pop("chunk_sha256", None)
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="train_images.npy.*prepare the data set again"):
+        datasets.open_split(tmp_path, "train").verify()
+
+
 def test_digits_split_is_reproducible_and_depends_on_the_seed(tmp_path):
     a = prepare_dataset("digits", tmp_path / "a", seed=3)
     b = prepare_dataset("digits", tmp_path / "b", seed=3)

@@ -422,9 +422,10 @@ def test_snakemake_report_shows_every_table_as_html_the_main_one_first(tiny_run,
 
 def test_dry_run_lists_the_expected_jobs_for_the_default_and_a_cifar10_config(tmp_path):
     counts = job_counts(tmp_path, ROOT / "config" / "config.yaml")
-    # 4 settings: 4 trainings, each sampled at 3 sampler points in one shard, 150-image NLL shards over 300 test images.
-    assert counts["train"] == 4 and counts["sample"] == 12 and counts["nll"] == 8 and counts["gather_samples"] == 12
-    assert counts["fid_is"] == 12 and counts["gather_nll"] == 4 and counts["baseline"] == 2 and counts["report"] == 1
+    # 4 settings: 4 trainings, each sampled at 4 sampler points (ancestral; DDIM at S = 10, 50; DPM-Solver++ at S = 10)
+    # in one shard, 150-image NLL shards over 300 test images.
+    assert counts["train"] == 4 and counts["sample"] == 16 and counts["nll"] == 8 and counts["gather_samples"] == 16
+    assert counts["fid_is"] == 16 and counts["gather_nll"] == 4 and counts["baseline"] == 2 and counts["report"] == 1
 
     # the paper's setting: 50,000 samples in shards of 5,000
     counts = job_counts(tmp_path, ROOT / "config" / "cifar10.yaml")

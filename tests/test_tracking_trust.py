@@ -98,7 +98,7 @@ def gather_nll(results: Path, setting: Setting) -> tuple[int, Path]:
     shard = results.parent / "shards" / setting.name / "shard-0.npz"
     shard.parent.mkdir(parents=True, exist_ok=True)
     arrays = dict(zip(NLL_SHARD_KEYS, (np.arange(4), np.array([3.0, 3.5, 4.0, 4.5]), np.zeros(4), np.ones(5),
-                                       np.ones(5))))
+                                       np.ones(5), np.array("exact"))))
     np.savez(shard, **arrays)
     out = shard.parent / "nll.json"
     code = main(["evaluate", "nll-gather", "--shards", str(shard), "--out", str(out), "--tracking",

@@ -15,8 +15,9 @@ rule report:
         # Every table (CSV, Markdown, LaTeX and an HTML page for the report) and figure of ddpm.report.OUTPUTS.
         **report_outputs(),
     params:
-        stem=f"{RESULTS}/tables/{NAME}",
-        figures=f"{RESULTS}/figures",
+        # where ddpm report writes: the main table's stem and the figures' folder, read off the outputs
+        stem=lambda wildcards, output: Path(output.table_main[0]).with_suffix(""),
+        figures=lambda wildcards, output: Path(output.figure_loss).parent,
         runs=[f"{RUNS}/{s}" for s in SETTINGS],
         # The sweep's resolved config: what the report reads of it (sampler points, snapshot and reconstruction steps,
         # paper_sweep, scale…), also stored with its MLflow parent run: every change of the config reruns this
