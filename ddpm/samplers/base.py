@@ -19,8 +19,6 @@ import numpy as np
 
 #: ``quadratic`` ends at this fraction of T (ermongroup/ddim: ``np.linspace(0, np.sqrt(T * 0.8), S) ** 2``).
 QUADRATIC_END = 0.8
-#: The point keys every family takes (a family's own keys come on top: :attr:`Sampler.keys`).
-COMMON_KEYS = ("sampler", "steps", "skip", "clip")
 
 
 def timestep_subsequence(T: int, steps: int | None, skip: str = "uniform") -> list[int]:
@@ -52,7 +50,8 @@ class Sampler:
     name: ClassVar[str]
     #: What it is, with its paper and equation: the command line's help and the docs.
     summary: ClassVar[str]
-    #: Its own point keys, beyond :data:`COMMON_KEYS`, and their defaults (e.g. DDIM's η).
+    #: Its own point keys, beyond those every family takes (sampler, steps, skip, clip), and their defaults (e.g.
+    #: DDIM's η).
     keys: ClassVar[dict] = {}
     #: The skips it takes; the first is its default.
     skips: ClassVar[tuple[str, ...]] = ("uniform", "quadratic")

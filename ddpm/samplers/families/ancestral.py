@@ -48,6 +48,5 @@ class Ancestral(Sampler):
 
     def step(self, model_output, index, sample, generator=None):
         t = self.process.timestep_tensor(index, sample)
-        out = self.process.p_sample(None, sample, t, generator=generator, clip_denoised=self.point.clip,
-                                    model_output=model_output)
-        return {"sample": out["sample"], "pred_xstart": out["pred_xstart"]}
+        return self.process.p_sample(None, sample, t, generator=generator, clip_denoised=self.point.clip,
+                                     model_output=model_output)
