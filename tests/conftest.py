@@ -32,9 +32,38 @@ def digits():
     return to_model_range(load_digits()[:16])
 
 
+#: Groups of tests that take minutes (a workflow run in a fixture, a SLURM cluster, servers killed and restarted):
+#: handed out first, so that pytest-xdist's workers do not end on one of them. Prefixes of ``xdist_group`` names.
+LONGEST_FIRST = ("tiny-ddim_table1", "tiny-", "test_slurm", "test_pipeline", "test_reliability", "test_tracking_failures")
+
+
+def _group(item: pytest.Item) -> str:
+    mark = item.get_closest_marker("xdist_group")
+    return mark.args[0] if mark else item.module.__name__
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Under ``--dist loadgroup`` (pyproject.toml) a file's tests share a worker, and so its module fixtures, unless
+    they name a group of their own (``@pytest.mark.xdist_group``); the longest groups come first."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+
+    def rank(item):
+        group = _group(item)
+        return next((i for i, prefix in enumerate(LONGEST_FIRST) if group.startswith(prefix)), len(LONGEST_FIRST))
+
+    items.sort(key=rank)
+
+
+#: Torch threads of a test: 2 (one fixed number, whatever the machine), 1 where pytest-xdist runs tests side by side.
+TEST_THREADS = 1 if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1 else 2
+
+
 @pytest.fixture(autouse=True)
 def _deterministic_threads():
-    torch.set_num_threads(2)
+    torch.set_num_threads(TEST_THREADS)
 
 
 def free_port() -> int:

@@ -403,25 +403,52 @@ def test_a_number_measured_off_the_papers_protocol_is_marked_with_its_reason(tmp
 # Every paper config, scaled down, end to end
 
 
-@pytest.fixture(scope="module")
-def tiny_papers(tmp_path_factory):
-    """All paper configs with scale=tiny, one after the other in one working directory (as a user would: they share
-    the prepared digits, the classifier and the MLflow store). About 15 minutes on 2 CPU cores."""
-    workdir = tmp_path_factory.mktemp("papers")
-    for name in PAPER_CONFIGS + SAMPLER_CONFIGS:
-        snakemake(workdir, "--cores", "2", "--config", "scale=tiny", *TINY_OVERRIDES.get(name, []),
-                  config=CONFIGS / f"{name}.yaml")
-    source = workdir / "published" / "ddpm-tiny-digits"
-    save_diffusers_folder(source, *TINY_SOURCE)
-    snakemake(workdir, "--cores", "2", "--config", "scale=tiny", f"pretrained={{source: {source}}}",
-              config=CONFIGS / "ddpm_cifar10_pretrained.yaml")
+#: The scaled-down runs, in groups: a group's configs run one after the other in one working directory, as a user's
+#: would (they share the prepared digits, the classifier and the MLflow store; ddpm_cifar10_pretrained imports the
+#: setting ddpm_table1 trained). Each group's tests go to one pytest-xdist worker (``xdist_group``), the groups side
+#: by side.
+TINY_GROUPS = {"ddpm_table1": ["ddpm_table1", "ddpm_cifar10_pretrained"], "ddpm_table2": ["ddpm_table2"],
+               "improved_ddpm_schedules": ["improved_ddpm_schedules", "ddpm_lsun"], "ddim_table1": ["ddim_table1"]}
+GROUP_OF = {name: f"tiny-{group}" for group, names in TINY_GROUPS.items() for name in names}
+
+
+def in_group(name: str):
+    """The mark that sends a test of config ``name``'s scaled-down run to the worker that runs its group."""
+    return pytest.mark.xdist_group(GROUP_OF[name])
+
+
+def _run_tiny_group(workdir: Path, group: str) -> Path:
+    for name in TINY_GROUPS[group]:
+        if name == "ddpm_cifar10_pretrained":
+            source = workdir / "published" / "ddpm-tiny-digits"
+            save_diffusers_folder(source, *TINY_SOURCE)
+            overrides = [f"pretrained={{source: {source}}}"]
+        else:
+            overrides = TINY_OVERRIDES.get(name, [])
+        snakemake(workdir, "--cores", "2", "--config", "scale=tiny", *overrides, config=CONFIGS / f"{name}.yaml")
     return workdir
 
 
-@pytest.mark.parametrize("name", PAPER_CONFIGS)
+@pytest.fixture(scope="module")
+def tiny_papers(tmp_path_factory):
+    """``tiny_papers(name)``: the working directory where config ``name`` ran with scale=tiny (its group's runs are
+    made on first use; about 4 minutes a group on 2 CPU cores)."""
+    made = {}
+
+    def workdir(name: str) -> Path:
+        group = GROUP_OF[name].removeprefix("tiny-")
+        if group not in made:
+            made[group] = _run_tiny_group(tmp_path_factory.mktemp(group), group)
+        return made[group]
+
+    return workdir
+
+
+@pytest.mark.parametrize("name", [pytest.param(name, marks=in_group(name)) for name in PAPER_CONFIGS])
 def test_each_paper_config_runs_scaled_down_with_the_papers_numbers_beside_the_measured(tiny_papers, name):
+    workdir = tiny_papers(name)
     config = _config(name)
-    table = pd.read_csv(tiny_papers / "results" / "tables" / f"{config['name']}-tiny-paper.csv")
+    table = pd.read_csv(workdir / "results" / "tables" / f"{config['name']}-tiny-paper.csv")
     settings = [s.axes() for s in expand_sweep(config)]
     assert [tuple(row) for row in table[["schedule", "T", "mean_type", "var_type", "loss_type"]].itertuples(index=False)] \
         == [(s["schedule"], s["T"], s["mean_type"], s["var_type"], s["loss_type"]) for s in settings]
@@ -433,14 +460,14 @@ def test_each_paper_config_runs_scaled_down_with_the_papers_numbers_beside_the_m
     published_beside = table[[f"{label} (paper)" for label in measured]].notna().any(axis=1)
     assert published_beside.any() and (table["not comparable"].fillna("") != "").eq(published_beside).all()
     assert table.loc[published_beside, "not comparable"].str.contains("scaled down").all()
-    curve = pd.read_csv(tiny_papers / "results" / "tables" / f"{config['name']}-tiny-fid-over-training.csv")
+    curve = pd.read_csv(workdir / "results" / "tables" / f"{config['name']}-tiny-fid-over-training.csv")
     snapshot_steps = [20] if config.get("fid_over_training", {}).get("steps") else []
     for setting in expand_sweep(config):  # the snapshots (tiny: one, halfway) and the final checkpoint, all scored
         points = curve[curve["setting"] == setting.name]
         assert list(points["step"]) == [*snapshot_steps, 40] and points["FID [classifier]"].map(math.isfinite).all()
     assert set(table["min-FID step"].astype(str)) <= {str(step) for step in (*snapshot_steps, 40)}
     assert (table["samples"] == 100).all() and (table["extractor"] == "classifier").all()
-    scores = [json.loads(p.read_text()) for p in (tiny_papers / "results" / "runs" / f"{config['name']}-tiny").glob(
+    scores = [json.loads(p.read_text()) for p in (workdir / "results" / "runs" / f"{config['name']}-tiny").glob(
         "*/samplers/*/fid_is.json")]
     measured_scores = [s for s in scores if "fid" in s]  # not those of a setting that diverged (Table 2's unstable)
     assert len(scores) >= len(settings) and measured_scores
@@ -460,22 +487,24 @@ def test_each_paper_config_runs_scaled_down_with_the_papers_numbers_beside_the_m
             filled += expected is not None
         assert ("unstable" in str(row["paper note"])) == ("unstable" in paper)
     assert filled > 0  # every paper config has published numbers beside some of its rows
-    runs = tiny_papers / "results" / "runs" / f"{config['name']}-tiny"
+    runs = workdir / "results" / "runs" / f"{config['name']}-tiny"
     first_point = expand_sampling(apply_scale({**config, "scale": "tiny"}))[0].name  # the same with the override
     for name in (s.name for s in expand_sweep(config)):
         for figure in ("progressive", "interpolation"):
             assert (runs / name / f"{figure}.png").is_file(), (name, figure)
         assert (runs / name / "samplers" / first_point / "samples.png").is_file(), name
     for figure in ("loss", "rate-distortion", "schedules", "fid-over-training"):
-        assert (tiny_papers / "results" / "figures" / f"{config['name']}-tiny-{figure}.png").is_file()
-    markdown = (tiny_papers / "results" / "tables" / f"{config['name']}-tiny-paper.md").read_text()
+        assert (workdir / "results" / "figures" / f"{config['name']}-tiny-{figure}.png").is_file()
+    markdown = (workdir / "results" / "tables" / f"{config['name']}-tiny-paper.md").read_text()
     assert "FID (paper)" in markdown and all(f"| {v:.4g} |" in markdown for v in table["FID (paper)"].dropna())
 
 
+@in_group("ddpm_cifar10_pretrained")
 def test_published_weights_scaled_down_fill_table1_without_training(tiny_papers):
     """config/ddpm_cifar10_pretrained.yaml on a tiny imported checkpoint: imported, not trained; sampled and scored
     as a trained setting; DDPM Table 1's L_simple numbers beside the measured ones, each marked not comparable."""
-    results = tiny_papers / "results"
+    workdir = tiny_papers("ddpm_cifar10_pretrained")
+    results = workdir / "results"
     run = results / "runs" / "ddpm-cifar10-pretrained-tiny" / "linear-T1000-eps-fixedlarge-mse-s0"
     assert (results / "logs" / run.parent.name / "import" / f"{run.name}.log").is_file()
     assert not (results / "logs" / run.parent.name / "train").exists()  # ddpm-table1-tiny trained the same name
@@ -509,11 +538,13 @@ def test_published_weights_scaled_down_fill_table1_without_training(tiny_papers)
     assert setting_run.data.params["source_format"] == "diffusers"
 
 
+@in_group("ddim_table1")
 def test_ddim_table1_scaled_down_fills_the_samplers_table_beside_the_published(tiny_papers):
     """DDIM Table 1's 25 points from the one training: measured FID and time per image in every cell, the paper's
     number beside each (no Δ: a scaled-down run is not comparable), and the figure of FID against S. DPM-Solver++'s
     row beside them (not in the paper: no published number) at its four S."""
-    full = pd.read_csv(tiny_papers / "results" / "tables" / "ddim-table1-tiny-samplers.csv")
+    workdir = tiny_papers("ddim_table1")
+    full = pd.read_csv(workdir / "results" / "tables" / "ddim-table1-tiny-samplers.csv")
     assert list(full["sampler"]) == ["σ̂", "η = 0.0", "η = 0.2", "η = 0.5", "η = 1.0", "dpm-solver++"]
     solver = full[full["sampler"] == "dpm-solver++"].iloc[0]
     assert solver["skip"] == "linspace" and not solver["clip"] and pd.isna(solver["S=1000 FID"])
@@ -533,22 +564,24 @@ def test_ddim_table1_scaled_down_fills_the_samplers_table_beside_the_published(t
     assert [cells.loc["σ̂", f"S={S} paper"] for S in (10, 20, 50, 100, 1000)] == [367.43, 133.37, 32.72, 9.99, 3.17]
     assert [cells.loc["η = 0.0", f"S={S} paper"] for S in (10, 20, 50, 100, 1000)] == [13.36, 6.84, 4.67, 4.16, 4.04]
     assert cells.loc["η = 1.0", "S=20 paper"] == 18.36 and cells.loc["η = 0.5", "S=50 paper"] == 5.25
-    assert "S=10 paper" in (tiny_papers / "results" / "tables" / "ddim-table1-tiny-samplers.md").read_text()
-    assert (tiny_papers / "results" / "figures" / "ddim-table1-tiny-samplers.png").is_file()
-    main = pd.read_csv(tiny_papers / "results" / "tables" / "ddim-table1-tiny.csv")
+    assert "S=10 paper" in (workdir / "results" / "tables" / "ddim-table1-tiny-samplers.md").read_text()
+    assert (workdir / "results" / "figures" / "ddim-table1-tiny-samplers.png").is_file()
+    main = pd.read_csv(workdir / "results" / "tables" / "ddim-table1-tiny.csv")
     rows = main[main["setting"] == "linear-T1000-eps-fixedlarge-mse-s0"]
     assert len(rows) == 29 and sorted(set(rows["network evaluations"])) == [10, 20, 49, 50, 96, 100, 1000]
 
 
+@in_group("ddim_table1")
 def test_ddim_table2_scaled_down_fills_the_reconstruction_table_beside_the_published(tiny_papers):
     """DDIM Table 2 from the same training: the reconstruction error of 10 test images at each of the 7 S, the paper's
     number beside each (no Δ: scaled down, and 10 images of 10,000), in the table and in MLflow against S."""
+    workdir = tiny_papers("ddim_table1")
     from mlflow.tracking import MlflowClient
 
     from ddpm.paper import SCALED_DOWN
     from ddpm.samplers import timestep_subsequence
 
-    results = tiny_papers / "results"
+    results = workdir / "results"
     table = pd.read_csv(results / "tables" / "ddim-table1-tiny-reconstruction.csv")
     steps = [10, 20, 50, 100, 200, 500, 1000]
     assert list(table["S"]) == steps and set(table["T"]) == {1000} and (table["seeds"] == 1).all()
@@ -662,10 +695,12 @@ def test_rate_distortion_table_has_no_papers_rows_for_another_T(tmp_path):
     assert table[["rate (paper)", "distortion (paper)"]].isna().all().all()
 
 
+@in_group("ddpm_table1")
 def test_fid_over_training_and_train_bits_per_dim_reach_mlflow(tiny_papers):
+    workdir = tiny_papers("ddpm_table1")
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{tiny_papers / 'results' / 'mlflow.db'}")
+    client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'results' / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("ddpm-table1-tiny")
     runs = [r for r in client.search_runs([experiment.experiment_id]) if r.data.tags.get("ddpm.kind") == "setting"]
     assert sorted(r.info.run_name for r in runs) == sorted(s.name for s in expand_sweep(_config("ddpm_table1")))

@@ -337,20 +337,29 @@ def test_the_runs_view_in_chromium_groups_by_sampler_and_charts_fid_against_S(sw
 
 def test_a_grid_drawn_again_replaces_the_one_on_the_point_s_run_and_none_is_made_before_it(monkeypatch, tmp_path):
     """``ddpm grid`` (rule sample_grid, rerun alone when sample.grid_size changes): before the point's FID job it
-    logs nothing (that job makes the run and logs the grid); after it, the new grid replaces the run's."""
+    logs nothing and does not open MLflow (that job makes the run and logs the grid); after it, the new grid
+    replaces the run's."""
     results = make_project(tmp_path)
     setting, point = SETTINGS[0], POINTS[1]
     folder = run_dir(results, setting) / "samplers" / point.name
     setting_run = (run_dir(results, setting) / "mlflow_run_id.txt").read_text().strip()
+    scores = tmp_path / "point-scores.json"
     grid = ["grid", "--samples", str(tmp_path / "drawn.npz"), "--out", str(folder / "samples.png"),
-            "--grid-size", "4", "--sampler-file", str(folder / "sampler.json"), "--tracking",
+            "--grid-size", "4", "--sampler-file", str(folder / "sampler.json"), "--scores", str(scores), "--tracking",
             str(tracking_file(results)), "--run-id-file", str(run_dir(results, setting) / "mlflow_run_id.txt")]
     write_sampler(folder, point)
     np.savez(tmp_path / "drawn.npz", images=np.full((9, 1, 2, 2), 200, dtype=np.uint8))
-    assert main(grid) == 0
+
+    def no_store(*args, **kwargs):
+        raise AssertionError("MLflow opened before the point was scored")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(mlf, "read_tracking", no_store)
+        assert main(grid) == 0
     assert mlf.find_sampler_run(mlf.read_tracking(tracking_file(results)), setting_run, point.name) is None
     code, _ = score_point(monkeypatch, results, setting, point)  # logs its own (white) samples.png
     assert code == 0
+    scores.touch()  # what the FID job writes (its scoring is replaced here)
     run = mlf.find_sampler_run(mlf.read_tracking(tracking_file(results)), setting_run, point.name)
     client = store_of(results)
     scored = Path(client.download_artifacts(run.info.run_id, "samples.png", str(tmp_path / "scored")))

@@ -155,12 +155,19 @@ def _runs(args: argparse.Namespace, point=None) -> _Runs:
     return _Runs([(info["tracking_uri"], point_run)], params["S"], setting_run if args.primary else [])
 
 
+def tracking_needed(args: argparse.Namespace) -> bool:
+    """Whether the command will log to MLflow: it was given ``--tracking``, and (``ddpm grid``) the scores whose run
+    its output would go to exist (``--scores``)."""
+    scores = getattr(args, "scores", None)
+    return bool(getattr(args, "tracking", None)) and (scores is None or Path(scores).exists())
+
+
 def _check_tracking(args: argparse.Namespace) -> None:
     """Before any work: a command given ``--tracking`` finds its store (a copied or moved project's own) and refuses a
     deleted experiment, parent run, setting run (``--run-id-file``) or sampler point's run (``--sampler-file``),
     naming the command that restores it (:func:`ddpm.tracking.check_active`). A training checks its own, after the
     line that starts each try's log (:func:`cmd_train`)."""
-    if not getattr(args, "tracking", None) or args.command == "train":
+    if not tracking_needed(args) or args.command == "train":
         return
     from .. import tracking
 

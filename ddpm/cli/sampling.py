@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .common import (
     ReadPath, WritePath, _add_job_expectations, _add_runtime, _add_sampler, _add_tracking, _device, _sampler_point,
-    _speed, passes_divergence_on,
+    _speed, passes_divergence_on, tracking_needed,
 )
 
 
@@ -107,6 +107,8 @@ def add_grid(p):
     p.add_argument("--sampler-file", type=ReadPath,
                    help="the samples' sampler.json: where the point's MLflow run has been made (by its FID job), the "
                         "grid replaces the one it holds")
+    p.add_argument("--scores", help="the point's fid_is.json (need not exist): until its FID job has written it, the "
+                   "point has no MLflow run to replace a grid in (that job logs the grid), and MLflow is not opened")
     _add_tracking(p)
 
 
@@ -120,7 +122,7 @@ def cmd_grid(args):
     images = load_npz(args.samples, ("images",))["images"]
     save_grid(images[: args.grid_size], args.out)
     print(f"grid of the first {min(args.grid_size, len(images))} of {len(images)} samples in {args.out}")
-    if args.tracking and args.run_id_file and args.sampler_file:
+    if tracking_needed(args) and args.run_id_file and args.sampler_file:
         from .. import tracking
         from ..samplers.point import read_sampler_file
 

@@ -64,6 +64,8 @@ rule sample_grid:
         report(f"{POINT}/samples.png", category="Samples", subcategory="{sampler}", caption="../report/samples.rst"),
     params:
         grid_size=config["sample"]["grid_size"],
+        # not an input (the FID job comes after the grid): until it exists, MLflow is not opened
+        scores=lambda wildcards: f"{POINT}/fid_is.json".format(setting=wildcards.setting, sampler=wildcards.sampler),
     log:
         f"{LOGS}/sample_grid/{{setting}}-{{sampler}}.log",
     benchmark:
@@ -72,7 +74,8 @@ rule sample_grid:
         ENV
     shell:
         "ddpm grid --samples {input.samples:q} --out {output:q} --grid-size {params.grid_size}"
-        " --sampler-file {input.sampler:q} --tracking {input.tracking:q} --run-id-file {input.run_id:q} > {log:q} 2>&1"
+        " --sampler-file {input.sampler:q} --scores {params.scores:q} --tracking {input.tracking:q}"
+        " --run-id-file {input.run_id:q} > {log:q} 2>&1"
 
 
 # FID over training: the same sampling, from the EMA weights kept at each of fid_over_training.steps.
