@@ -51,7 +51,7 @@ def import_flags(config: dict, setting: Setting) -> str:
 def extractor_flags(config: dict, weights: str | None) -> str:
     """The scoring jobs' feature extractor and its weights file (the trained classifier, or local Inception
     weights)."""
-    flags = f"--extractor {config['evaluate']['feature_extractor']}"
+    flags = f"--feature-extractor {config['evaluate']['feature_extractor']}"
     return flags + (f" --weights {shlex.quote(weights)}" if weights else "")
 
 

@@ -32,27 +32,20 @@ def digits():
     return to_model_range(load_digits()[:16])
 
 
-#: Groups of tests that take minutes (a workflow run in a fixture, a SLURM cluster, servers killed and restarted):
-#: handed out first, so that pytest-xdist's workers do not end on one of them. Prefixes of ``xdist_group`` names.
-LONGEST_FIRST = ("tiny-ddim_table1", "tiny-", "test_slurm", "test_pipeline", "test_reliability", "test_tracking_failures")
-
-
-def _group(item: pytest.Item) -> str:
-    mark = item.get_closest_marker("xdist_group")
-    return mark.args[0] if mark else item.module.__name__
+#: Units of pytest-xdist's work (``--dist loadscope`` in pyproject.toml: a test file, or a test class) that take
+#: minutes (a workflow run in a fixture, a SLURM cluster, servers killed and restarted): handed out first, so that the
+#: workers do not end on one of them. Prefixes of the class's or the file's name.
+LONGEST_FIRST = ("TestTinyDDIMTable1", "TestTiny", "test_slurm", "test_pipeline", "test_reliability",
+                 "test_tracking_failures")
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-    """Under ``--dist loadgroup`` (pyproject.toml) a file's tests share a worker, and so its module fixtures, unless
-    they name a group of their own (``@pytest.mark.xdist_group``); the longest groups come first."""
-    for item in items:
-        if item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+    """The longest units first (pytest-xdist hands them out in this order: --no-loadscope-reorder)."""
 
     def rank(item):
-        group = _group(item)
-        return next((i for i, prefix in enumerate(LONGEST_FIRST) if group.startswith(prefix)), len(LONGEST_FIRST))
+        unit = item.cls.__name__ if item.cls else item.module.__name__
+        return next((i for i, prefix in enumerate(LONGEST_FIRST) if unit.startswith(prefix)), len(LONGEST_FIRST))
 
     items.sort(key=rank)
 

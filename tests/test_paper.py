@@ -403,22 +403,10 @@ def test_a_number_measured_off_the_papers_protocol_is_marked_with_its_reason(tmp
 # Every paper config, scaled down, end to end
 
 
-#: The scaled-down runs, in groups: a group's configs run one after the other in one working directory, as a user's
-#: would (they share the prepared digits, the classifier and the MLflow store; ddpm_cifar10_pretrained imports the
-#: setting ddpm_table1 trained). Each group's tests go to one pytest-xdist worker (``xdist_group``), the groups side
-#: by side.
-TINY_GROUPS = {"ddpm_table1": ["ddpm_table1", "ddpm_cifar10_pretrained"], "ddpm_table2": ["ddpm_table2"],
-               "improved_ddpm_schedules": ["improved_ddpm_schedules", "ddpm_lsun"], "ddim_table1": ["ddim_table1"]}
-GROUP_OF = {name: f"tiny-{group}" for group, names in TINY_GROUPS.items() for name in names}
-
-
-def in_group(name: str):
-    """The mark that sends a test of config ``name``'s scaled-down run to the worker that runs its group."""
-    return pytest.mark.xdist_group(GROUP_OF[name])
-
-
-def _run_tiny_group(workdir: Path, group: str) -> Path:
-    for name in TINY_GROUPS[group]:
+def _run_tiny(workdir: Path, names: list[str]) -> Path:
+    """Configs ``names`` with scale=tiny, one after the other in ``workdir``, as a user's would run (they share the
+    prepared digits, the classifier and the MLflow store)."""
+    for name in names:
         if name == "ddpm_cifar10_pretrained":
             source = workdir / "published" / "ddpm-tiny-digits"
             save_diffusers_folder(source, *TINY_SOURCE)
@@ -429,24 +417,9 @@ def _run_tiny_group(workdir: Path, group: str) -> Path:
     return workdir
 
 
-@pytest.fixture(scope="module")
-def tiny_papers(tmp_path_factory):
-    """``tiny_papers(name)``: the working directory where config ``name`` ran with scale=tiny (its group's runs are
-    made on first use; about 4 minutes a group on 2 CPU cores)."""
-    made = {}
-
-    def workdir(name: str) -> Path:
-        group = GROUP_OF[name].removeprefix("tiny-")
-        if group not in made:
-            made[group] = _run_tiny_group(tmp_path_factory.mktemp(group), group)
-        return made[group]
-
-    return workdir
-
-
-@pytest.mark.parametrize("name", [pytest.param(name, marks=in_group(name)) for name in PAPER_CONFIGS])
-def test_each_paper_config_runs_scaled_down_with_the_papers_numbers_beside_the_measured(tiny_papers, name):
-    workdir = tiny_papers(name)
+def check_paper_config_scaled_down(workdir: Path, name: str) -> None:
+    """Config ``name``'s scaled-down run in ``workdir``: its table in the paper's layout with the papers' numbers
+    beside the measured ones, FID over training, the figures."""
     config = _config(name)
     table = pd.read_csv(workdir / "results" / "tables" / f"{config['name']}-tiny-paper.csv")
     settings = [s.axes() for s in expand_sweep(config)]
@@ -499,11 +472,9 @@ def test_each_paper_config_runs_scaled_down_with_the_papers_numbers_beside_the_m
     assert "FID (paper)" in markdown and all(f"| {v:.4g} |" in markdown for v in table["FID (paper)"].dropna())
 
 
-@in_group("ddpm_cifar10_pretrained")
-def test_published_weights_scaled_down_fill_table1_without_training(tiny_papers):
+def check_published_weights_scaled_down_fill_table1_without_training(workdir: Path) -> None:
     """config/ddpm_cifar10_pretrained.yaml on a tiny imported checkpoint: imported, not trained; sampled and scored
     as a trained setting; DDPM Table 1's L_simple numbers beside the measured ones, each marked not comparable."""
-    workdir = tiny_papers("ddpm_cifar10_pretrained")
     results = workdir / "results"
     run = results / "runs" / "ddpm-cifar10-pretrained-tiny" / "linear-T1000-eps-fixedlarge-mse-s0"
     assert (results / "logs" / run.parent.name / "import" / f"{run.name}.log").is_file()
@@ -538,12 +509,10 @@ def test_published_weights_scaled_down_fill_table1_without_training(tiny_papers)
     assert setting_run.data.params["source_format"] == "diffusers"
 
 
-@in_group("ddim_table1")
-def test_ddim_table1_scaled_down_fills_the_samplers_table_beside_the_published(tiny_papers):
+def check_ddim_table1_scaled_down_fills_the_samplers_table_beside_the_published(workdir: Path) -> None:
     """DDIM Table 1's 25 points from the one training: measured FID and time per image in every cell, the paper's
     number beside each (no Δ: a scaled-down run is not comparable), and the figure of FID against S. DPM-Solver++'s
     row beside them (not in the paper: no published number) at its four S."""
-    workdir = tiny_papers("ddim_table1")
     full = pd.read_csv(workdir / "results" / "tables" / "ddim-table1-tiny-samplers.csv")
     assert list(full["sampler"]) == ["σ̂", "η = 0.0", "η = 0.2", "η = 0.5", "η = 1.0", "dpm-solver++"]
     solver = full[full["sampler"] == "dpm-solver++"].iloc[0]
@@ -571,11 +540,9 @@ def test_ddim_table1_scaled_down_fills_the_samplers_table_beside_the_published(t
     assert len(rows) == 29 and sorted(set(rows["network evaluations"])) == [10, 20, 49, 50, 96, 100, 1000]
 
 
-@in_group("ddim_table1")
-def test_ddim_table2_scaled_down_fills_the_reconstruction_table_beside_the_published(tiny_papers):
+def check_ddim_table2_scaled_down_fills_the_reconstruction_table_beside_the_published(workdir: Path) -> None:
     """DDIM Table 2 from the same training: the reconstruction error of 10 test images at each of the 7 S, the paper's
     number beside each (no Δ: scaled down, and 10 images of 10,000), in the table and in MLflow against S."""
-    workdir = tiny_papers("ddim_table1")
     from mlflow.tracking import MlflowClient
 
     from ddpm.paper import SCALED_DOWN
@@ -695,9 +662,7 @@ def test_rate_distortion_table_has_no_papers_rows_for_another_T(tmp_path):
     assert table[["rate (paper)", "distortion (paper)"]].isna().all().all()
 
 
-@in_group("ddpm_table1")
-def test_fid_over_training_and_train_bits_per_dim_reach_mlflow(tiny_papers):
-    workdir = tiny_papers("ddpm_table1")
+def check_fid_over_training_and_train_bits_per_dim_reach_mlflow(workdir: Path) -> None:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'results' / 'mlflow.db'}")
@@ -738,3 +703,61 @@ def test_rendered_tables_say_which_way_is_better_and_drop_empty_columns_where_as
     page = html.read_text()
     assert "<caption>t: two settings</caption>" in page and "<th>FID ↓ [classifier]</th>" in page
     assert "<td class=\"n\">4.5</td>" in page and "<td>a</td>" in page and "FID Δ" not in page
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The scaled-down runs: a class each, so that pytest-xdist (--dist loadscope) runs them side by side, each on one
+# worker with its class's working directory; a class's configs share that directory.
+
+
+class TinyRun:
+    CONFIGS: list[str] = []
+
+    @pytest.fixture(scope="class")
+    def workdir(self, tmp_path_factory) -> Path:
+        """The working directory where the class's CONFIGS ran with scale=tiny (about 4 minutes on 2 CPU cores)."""
+        return _run_tiny(tmp_path_factory.mktemp(type(self).__name__), self.CONFIGS)
+
+
+class TestTinyDDIMTable1(TinyRun):
+    CONFIGS = SAMPLER_CONFIGS
+
+    def test_ddim_table1_scaled_down_fills_the_samplers_table_beside_the_published(self, workdir):
+        check_ddim_table1_scaled_down_fills_the_samplers_table_beside_the_published(workdir)
+
+    def test_ddim_table2_scaled_down_fills_the_reconstruction_table_beside_the_published(self, workdir):
+        check_ddim_table2_scaled_down_fills_the_reconstruction_table_beside_the_published(workdir)
+
+
+class TestTinyDDPMTable1(TinyRun):
+    CONFIGS = ["ddpm_table1", "ddpm_cifar10_pretrained"]  # the import takes the name ddpm_table1 trained
+
+    def test_runs_scaled_down_with_the_papers_numbers_beside_the_measured(self, workdir):
+        check_paper_config_scaled_down(workdir, "ddpm_table1")
+
+    def test_published_weights_scaled_down_fill_table1_without_training(self, workdir):
+        check_published_weights_scaled_down_fill_table1_without_training(workdir)
+
+    def test_fid_over_training_and_train_bits_per_dim_reach_mlflow(self, workdir):
+        check_fid_over_training_and_train_bits_per_dim_reach_mlflow(workdir)
+
+
+class TestTinyDDPMTable2(TinyRun):
+    CONFIGS = ["ddpm_table2"]
+
+    def test_runs_scaled_down_with_the_papers_numbers_beside_the_measured(self, workdir):
+        check_paper_config_scaled_down(workdir, "ddpm_table2")
+
+
+class TestTinyImprovedDDPMAndLSUN(TinyRun):
+    CONFIGS = ["improved_ddpm_schedules", "ddpm_lsun"]
+
+    @pytest.mark.parametrize("name", CONFIGS)
+    def test_runs_scaled_down_with_the_papers_numbers_beside_the_measured(self, workdir, name):
+        check_paper_config_scaled_down(workdir, name)
+
+
+def test_every_paper_config_has_its_scaled_down_run():
+    """The classes above run every paper and sampler config and the CIFAR-10 import, each once."""
+    ran = [name for run in TinyRun.__subclasses__() for name in run.CONFIGS]
+    assert sorted(ran) == sorted(PAPER_CONFIGS + SAMPLER_CONFIGS + ["ddpm_cifar10_pretrained"])

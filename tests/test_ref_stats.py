@@ -328,7 +328,7 @@ def test_cli_writes_the_file_and_its_record(data, classifier, tmp_path):
     out = tmp_path / "stats" / "test.npz"
     result = subprocess.run(
         [sys.executable, "-m", "ddpm.cli", "evaluate", "ref-stats", "--data", str(data), "--split", "test",
-         "--out", str(out), "--extractor", "classifier", "--weights", str(classifier), "--num-images", "50",
+         "--out", str(out), "--feature-extractor", "classifier", "--weights", str(classifier), "--num-images", "50",
          "--threads", "1"],
         capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -79,7 +79,7 @@ def python_defaults() -> dict:
         "sampling": [dict(row) for row in DEFAULT_SAMPLING],
         "sample.seed": cli_default("sample", option="seed"),
         "sample.grid_size": cli_default("grid", option="grid_size"),
-        "evaluate.feature_extractor": cli_default("evaluate", "fid", option="extractor"),
+        "evaluate.feature_extractor": cli_default("evaluate", "fid", option="feature_extractor"),
         "evaluate.inception_weights": cli_default("evaluate", "fid", option="weights"),
         "evaluate.classifier_steps": cli_default("classifier", option="steps"),
         "evaluate.bootstrap_rounds": cli_default("evaluate", "fid", option="bootstrap_rounds"),
@@ -165,7 +165,7 @@ def test_command_line_choices_are_the_registries():
         make_parser().parse_args(["train", "--out", "x", "--schedule", "cosin"])
     with pytest.raises(SystemExit):
         make_parser().parse_args(["evaluate", "fid", "--samples", "s", "--data", "d", "--out", "o",
-                                  "--extractor", "inception"])
+                                  "--feature-extractor", "inception"])
     args = make_parser().parse_args(["train", "--out", "x", "--schedule", "sigmoid", "--var-type", "learned_range"])
     assert (args.schedule, args.var_type) == ("sigmoid", "learned_range")
 

@@ -27,7 +27,7 @@ def _add_bootstrap(p):
 def add_fid(p):
     p.add_argument("--samples", required=True, type=ReadPath, help="the gathered samples.npz")
     p.add_argument("--data", required=True, type=ReadPath, help="the prepared data folder: its train split is the reference")
-    p.add_argument("--extractor", default="classifier", choices=EXTRACTORS, help="(default: classifier)")
+    p.add_argument("--feature-extractor", default="classifier", choices=EXTRACTORS, help="(default: classifier)")
     p.add_argument("--weights", type=ReadPath, help="extractor weights (the classifier file, or local Inception weights)")
     p.add_argument("--test-reference", action="store_true", help="also FID against the test split (fid_test)")
     p.add_argument("--training-step", type=int,
@@ -38,7 +38,7 @@ def add_fid(p):
     p.add_argument("--sampler-file", type=ReadPath, help="the samples' sampler.json: log to the sampler point's run")
     p.add_argument("--grid", type=ReadPath, help="the samples' grid (a PNG), attached to the runs the scores go to")
     p.add_argument("--ref-stats", type=ReadPath, help="FID against this statistics file of the train split (`ddpm evaluate "
-                   "ref-stats`, checked against --extractor, --weights and --data) instead of the train images' "
+                   "ref-stats`, checked against --feature-extractor, --weights and --data) instead of the train images' "
                    "features; KID and precision/recall still use the train images")
     p.add_argument("--foreign-ref-stats", action="store_true",
                    help="--ref-stats is a file from elsewhere (pytorch-fid / clean-fid layout: mu and sigma, no .json "
@@ -58,7 +58,7 @@ def cmd_fid(args):
     from ..samplers.point import read_sampler_file
     from ..tracking import finish_run
 
-    scores = write_scores(args.samples, args.data, args.out, extractor=args.extractor, weights=args.weights,
+    scores = write_scores(args.samples, args.data, args.out, extractor=args.feature_extractor, weights=args.weights,
                           device=_device(args.device), test_reference=args.test_reference,
                           training_step=args.training_step, setting=args.setting, ref_stats=args.ref_stats,
                           ref_stats_foreign=args.foreign_ref_stats, bootstrap_rounds=args.bootstrap_rounds,
@@ -86,7 +86,7 @@ def add_ref_stats(p):
                    help="the split whose images the statistics are of (default: train, FID's reference)")
     p.add_argument("--out", required=True, type=WritePath, help="the statistics file, .npz (mu, sigma: pytorch-fid's layout); its "
                    "record goes beside it (same stem, .json)")
-    p.add_argument("--extractor", default="classifier", choices=EXTRACTORS,
+    p.add_argument("--feature-extractor", default="classifier", choices=EXTRACTORS,
                    help="the feature extractor FID will be computed with (default: classifier)")
     p.add_argument("--weights", type=ReadPath, help="extractor weights (the classifier file, or local Inception weights)")
     p.add_argument("--num-images", type=int, default=None, help="the split's first N images (default: all)")
@@ -97,10 +97,11 @@ def add_ref_stats(p):
 def cmd_ref_stats(args):
     from ..refstats import write_ref_stats
 
-    record = write_ref_stats(args.data, args.out, split=args.split, extractor=args.extractor, weights=args.weights,
-                             device=_device(args.device), num_images=args.num_images, batch_size=args.batch_size)
+    record = write_ref_stats(args.data, args.out, split=args.split, extractor=args.feature_extractor,
+                             weights=args.weights, device=_device(args.device), num_images=args.num_images,
+                             batch_size=args.batch_size)
     print(f"FID statistics of {record['num_images']} {args.split} images ({record['feature_dim']} "
-          f"{args.extractor} features) in {args.out}")
+          f"{args.feature_extractor} features) in {args.out}")
 
 
 def add_nll(p):
@@ -179,7 +180,7 @@ def add_baseline(p):
     p.add_argument("--kind", choices=["gaussian", "test_split"], required=True,
                    help="a Gaussian fitted to the train pixels, or the test split itself")
     p.add_argument("--data", required=True, type=ReadPath, help="the prepared data folder")
-    p.add_argument("--extractor", default="classifier", choices=EXTRACTORS, help="(default: classifier)")
+    p.add_argument("--feature-extractor", default="classifier", choices=EXTRACTORS, help="(default: classifier)")
     p.add_argument("--weights", type=ReadPath, help="extractor weights (the classifier file, or local Inception weights)")
     p.add_argument("--num-samples", type=int, default=1000, help="images to score (default: 1000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the Gaussian's draws (default: 0)")
@@ -193,6 +194,6 @@ def cmd_baseline(args):
     from ..metrics import write_baseline_scores
 
     scores = write_baseline_scores(args.kind, args.data, args.out, num_samples=args.num_samples, seed=args.seed,
-                                   extractor=args.extractor, weights=args.weights, device=_device(args.device),
+                                   extractor=args.feature_extractor, weights=args.weights, device=_device(args.device),
                                    bootstrap_rounds=args.bootstrap_rounds, reference_images=args.ref_images)
     print(json.dumps(scores))
