@@ -9,7 +9,7 @@ rule fid_is:
         run_id=RUN_ID,
         tracking=ancient(TRACKING),
     output:
-        f"{POINT}/fid_is.json",
+        POINT_SCORES,
     params:
         data=lambda wildcards, input: Path(input.manifest).parent,
         extractor=extractor_args(),

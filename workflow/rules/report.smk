@@ -1,6 +1,6 @@
 rule report:
     input:
-        fid=expand(f"{RUNS}/{{setting}}/samplers/{{sampler}}/fid_is.json", setting=SETTINGS, sampler=SAMPLER_POINTS),
+        fid=expand(POINT_SCORES, setting=SETTINGS, sampler=SAMPLER_POINTS),
         nll=expand(f"{RUNS}/{{setting}}/nll.json", setting=SETTINGS),
         metrics=expand(f"{RUNS}/{{setting}}/metrics.jsonl", setting=SETTINGS),
         settings=expand(f"{RUNS}/{{setting}}/setting.json", setting=SETTINGS),  # the axes the tables show

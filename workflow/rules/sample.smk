@@ -1,5 +1,6 @@
 # Every setting is sampled at every point of the sampling axis (SAMPLING), each point in its own folder.
 POINT = f"{RUNS}/{{setting}}/samplers/{{sampler}}"
+POINT_SCORES = f"{POINT}/fid_is.json"  # written by rule fid_is; the grid's job looks for it
 
 
 rule sample:
@@ -65,7 +66,7 @@ rule sample_grid:
     params:
         grid_size=config["sample"]["grid_size"],
         # not an input (the FID job comes after the grid): until it exists, MLflow is not opened
-        scores=lambda wildcards: f"{POINT}/fid_is.json".format(setting=wildcards.setting, sampler=wildcards.sampler),
+        scores=lambda wildcards: POINT_SCORES.format(setting=wildcards.setting, sampler=wildcards.sampler),
     log:
         f"{LOGS}/sample_grid/{{setting}}-{{sampler}}.log",
     benchmark:
