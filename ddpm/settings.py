@@ -193,10 +193,10 @@ TINY_SCALE = {
     "dataset": {"name": "digits", "path": None, "download": False, "image_size": None, "test_fraction": 0.1667,
                 "preprocess": "resize-crop"},
     "train": {"preset": "tiny", "steps": 40, "batch_size": 32, "warmup": 5, "ema_decay": 0.9, "log_every": 10,
-              "preview_every": 20, "checkpoint_every": 20, "threads": 1},
-    "sample": {"num_samples": 100, "shard_size": 100, "batch_size": 100, "grid_size": 36},
+              "preview_every": 40, "checkpoint_every": 20, "threads": 1},
+    "sample": {"num_samples": 50, "shard_size": 50, "batch_size": 50, "grid_size": 36},
     "evaluate": {"feature_extractor": "classifier", "inception_weights": None, "classifier_steps": 300,
-                 "nll_num_images": 10, "nll_shard_size": 10, "nll_batch_size": 10, "bootstrap_rounds": 10},
+                 "nll_num_images": 5, "nll_shard_size": 5, "nll_batch_size": 5, "bootstrap_rounds": 10},
     "fid_over_training": {"num_samples": None},
 }
 

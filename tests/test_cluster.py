@@ -103,6 +103,31 @@ def test_tracking_server_takes_the_jobs_runs_and_answers_only_its_own_names(trac
     assert _get(api, host=f"attacker.example:{port}") == 403
 
 
+def _server_process_tree(port: int) -> list[str]:
+    """The command lines of the ``ddpm track serve`` process listening on ``port`` (through its uvicorn worker: the
+    ``mlflow server`` process it became) and of everything that process started."""
+    import psutil
+
+    listening = next(c.pid for c in psutil.net_connections("tcp")
+                     if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port)
+    server = next(p for p in [psutil.Process(listening), *psutil.Process(listening).parents()]
+                  if "mlflow" in p.cmdline() and "server" in p.cmdline())
+    return [" ".join(p.cmdline()) for p in (server, *server.children(recursive=True))]
+
+
+def test_track_serve_starts_the_server_without_mlflows_genai_job_workers(tracking_server, monkeypatch):
+    """MLflow 3's server starts a job runner and Huey consumers for GenAI jobs unless told not to; a sweep's tracking
+    never uses them (``tracking_cluster.SERVER_ENVIRONMENT``). A user who sets the variable keeps their choice."""
+    _, port = tracking_server
+    processes = _server_process_tree(port)
+    assert any("uvicorn" in p for p in processes), processes
+    assert not any("huey" in p or "mlflow.server.jobs" in p for p in processes), processes
+    assert tracking_cluster.server_environment({"PATH": "/bin"}) == {
+        "PATH": "/bin", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    assert tracking_cluster.server_environment({"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "true"}) == {
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "true"}
+
+
 def test_track_serve_refuses_a_store_on_a_network_filesystem(monkeypatch, capsys):
     from ddpm.cli import main
 

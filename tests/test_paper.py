@@ -14,7 +14,7 @@ from PIL import Image
 
 from ddpm.paper import load_published, published_for, published_for_sampler
 from ddpm.report.tables import build_table, paper_table, rate_distortion, rate_distortion_table
-from ddpm.settings import apply_scale, expand_sweep, train_config
+from ddpm.settings import TINY_SCALE, apply_scale, expand_sweep, train_config
 from ddpm.samplers import SamplerPoint, expand_sampling
 from ddpm.unet import count_parameters, create_model
 
@@ -25,6 +25,9 @@ SAMPLER_CONFIGS = ["ddim_table1"]  # one training, its sampling axis in the pape
 #: What a scaled-down run of a config leaves out, and why: ddpm_lsun's 8 DDIM Table 3 points are the code path of
 #: ddim_table1's 29 points (DDIM Table 1's 25 and DPM-Solver++'s 4), which run in full; here the LSUN config keeps its own sampler (CI stays under 30 min).
 TINY_OVERRIDES = {"ddpm_lsun": ["sampling=[{sampler: ancestral}]"]}
+#: What ``scale: tiny`` draws per sampler point and scores bits/dim (and DDIM Table 2's reconstruction) on.
+TINY_SAMPLES = TINY_SCALE["sample"]["num_samples"]
+TINY_NLL_IMAGES = TINY_SCALE["evaluate"]["nll_num_images"]
 #: Evaluations of published weights (no training); their published numbers are another sweep's (``paper_sweep``).
 PRETRAINED_CONFIGS = ["ddpm_cifar10_pretrained", "ddpm_lsun_pretrained"]
 #: A stand-in for the published CIFAR-10 weights at the digits' shape, in diffusers' layout (what the scaled-down run
@@ -439,7 +442,7 @@ def check_paper_config_scaled_down(workdir: Path, name: str) -> None:
         points = curve[curve["setting"] == setting.name]
         assert list(points["step"]) == [*snapshot_steps, 40] and points["FID [classifier]"].map(math.isfinite).all()
     assert set(table["min-FID step"].astype(str)) <= {str(step) for step in (*snapshot_steps, 40)}
-    assert (table["samples"] == 100).all() and (table["extractor"] == "classifier").all()
+    assert (table["samples"] == TINY_SAMPLES).all() and (table["extractor"] == "classifier").all()
     scores = [json.loads(p.read_text()) for p in (workdir / "results" / "runs" / f"{config['name']}-tiny").glob(
         "*/samplers/*/fid_is.json")]
     measured_scores = [s for s in scores if "fid" in s]  # not those of a setting that diverged (Table 2's unstable)
@@ -489,10 +492,10 @@ def check_published_weights_scaled_down_fill_table1_without_training(workdir: Pa
         assert math.isfinite(table[label].iloc[0]) and table[f"{label} (paper)"].iloc[0] == value, label
         assert pd.isna(table[f"{label} Δ"].iloc[0]), label
     marks = table["not comparable"].iloc[0]
-    assert marks.startswith("IS, FID test: scaled down") and "100 samples (paper: 50,000)" in marks
+    assert marks.startswith("IS, FID test: scaled down") and f"{TINY_SAMPLES} samples (paper: 50,000)" in marks
     assert "; FID: scaled down" in marks and "reference of 1,497 real images (paper: 50,000)" in marks
-    assert "; bits/dim: scaled down" in marks and "10 images (paper: 10,000)" in marks
-    assert "; bits/dim train: scaled down" in marks and "10 images (paper: 50,000)" in marks
+    assert "; bits/dim: scaled down" in marks and f"{TINY_NLL_IMAGES} images (paper: 10,000)" in marks
+    assert "; bits/dim train: scaled down" in marks and f"{TINY_NLL_IMAGES} images (paper: 50,000)" in marks
     assert table["bits/dim decoder"].iloc[0] == "official" and table["reference images"].iloc[0] == 1497
     for figure in ("progressive", "interpolation"):
         assert (run / f"{figure}.png").is_file()
@@ -527,7 +530,7 @@ def check_ddim_table1_scaled_down_fills_the_samplers_table_beside_the_published(
         assert (table[f"S={S} s/image"] > 0).all(), S
     assert (table["S=10 s/image"] < table["S=1000 s/image"]).all()  # 10 network calls per image against 1000
     assert set(table["not comparable"]) == {"scaled down (digits, a CPU-sized network, a few steps), "
-                                            "100 samples (paper: 50,000), classifier features (paper: Inception), "
+                                            f"{TINY_SAMPLES} samples (paper: 50,000), classifier features (paper: Inception), "
                                             "reference of 1,497 real images (paper: 50,000)"}
     cells = table.set_index("sampler")  # the paper's numbers (DDIM, Table 1, CIFAR-10)
     assert [cells.loc["σ̂", f"S={S} paper"] for S in (10, 20, 50, 100, 1000)] == [367.43, 133.37, 32.72, 9.99, 3.17]
@@ -541,8 +544,9 @@ def check_ddim_table1_scaled_down_fills_the_samplers_table_beside_the_published(
 
 
 def check_ddim_table2_scaled_down_fills_the_reconstruction_table_beside_the_published(workdir: Path) -> None:
-    """DDIM Table 2 from the same training: the reconstruction error of 10 test images at each of the 7 S, the paper's
-    number beside each (no Δ: scaled down, and 10 images of 10,000), in the table and in MLflow against S."""
+    """DDIM Table 2 from the same training: the reconstruction error of the tiny scale's test images at each of the 7
+    S, the paper's number beside each (no Δ: scaled down, and a few images of 10,000), in the table and in MLflow
+    against S."""
     from mlflow.tracking import MlflowClient
 
     from ddpm.paper import SCALED_DOWN
@@ -556,9 +560,9 @@ def check_ddim_table2_scaled_down_fills_the_reconstruction_table_beside_the_publ
     assert table["reconstruction MSE ±"].map(math.isfinite).all()
     assert list(table["reconstruction MSE (paper)"]) == [0.014, 0.0065, 0.0023, 0.0009, 0.0004, 0.0001, 0.0001]
     assert table["reconstruction MSE Δ"].isna().all()
-    assert set(table["not comparable"]) == {f"{SCALED_DOWN}, 10 images (paper: 10,000)"}
+    assert set(table["not comparable"]) == {f"{SCALED_DOWN}, {TINY_NLL_IMAGES} images (paper: 10,000)"}
     assert set(table["source"]) == {"Song et al. 2020 (DDIM), Table 2"} and set(table["status"]) == {"finished"}
-    assert set(table["skip"]) == {"quadratic"} and (table["images"] == 10).all()
+    assert set(table["skip"]) == {"quadratic"} and (table["images"] == TINY_NLL_IMAGES).all()
     assert list(table["network evaluations"]) == [2 * len(timestep_subsequence(1000, S, "quadratic")) for S in steps]
     assert "reconstruction MSE ↓" in (results / "tables" / "ddim-table1-tiny-reconstruction.md").read_text()
     assert (results / "tables" / "html" / "6-ddim-table1-tiny-reconstruction.html").is_file()

@@ -43,13 +43,13 @@ def add_track_serve(p):
 def cmd_track_serve(args):
     import os
 
-    from ..tracking_cluster import serve_command
+    from ..tracking_cluster import serve_command, server_environment
 
     command, uri = serve_command(args.store, host=args.host, port=args.port, allowed_hosts=args.allowed_hosts,
                                  workers=args.workers)
     print(f"MLflow tracking server for the jobs: set mlflow.tracking_uri: {uri} in the config (or export "
           f"MLFLOW_TRACKING_URI={uri}) before snakemake; the UI is at the same address", file=sys.stderr, flush=True)
-    os.execvp(command[0], command)
+    os.execvpe(command[0], command, server_environment(dict(os.environ)))
 
 
 def add_report(p):
