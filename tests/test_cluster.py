@@ -115,7 +115,7 @@ def _server_process_tree(port: int) -> list[str]:
     return [" ".join(p.cmdline()) for p in (server, *server.children(recursive=True))]
 
 
-def test_track_serve_starts_the_server_without_mlflows_genai_job_workers(tracking_server, monkeypatch):
+def test_track_serve_starts_the_server_without_mlflows_genai_job_workers(tracking_server):
     """MLflow 3's server starts a job runner and Huey consumers for GenAI jobs unless told not to; a sweep's tracking
     never uses them (``tracking_cluster.SERVER_ENVIRONMENT``). A user who sets the variable keeps their choice."""
     _, port = tracking_server
