@@ -1,4 +1,5 @@
 import contextlib
+import gc
 import json
 import os
 import socket
@@ -48,6 +49,14 @@ def pytest_collection_modifyitems(config, items):
         return next((i for i, prefix in enumerate(LONGEST_FIRST) if unit.startswith(prefix)), len(LONGEST_FIRST))
 
     items.sort(key=rank)
+
+
+def pytest_collection_finish(session):
+    """What collection imported (torch, MLflow, diffusers, the test modules) lives as long as the worker: frozen out
+    of the cycle collector's full walks, as the ``ddpm`` executable does for its start-up (``ddpm.cli.console_main``);
+    what the tests make is collected as before."""
+    gc.collect()
+    gc.freeze()
 
 
 #: Torch threads of a test: 2 (one fixed number, whatever the machine), 1 where pytest-xdist runs tests side by side.

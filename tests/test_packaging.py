@@ -49,4 +49,51 @@ def test_every_dependency_is_pinned_and_the_console_script_exists():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     declared = {_name(r) for r in project["dependencies"] + project["optional-dependencies"]["test"]}
     assert declared <= set(constraint_pins()), declared - set(constraint_pins())
-    assert project["scripts"]["ddpm"] == "ddpm.cli:main"
+    assert project["scripts"]["ddpm"] == "ddpm.cli:console_main"
+
+
+PROBE = """
+import gc, sys
+import ddpm.cli as cli
+
+seen = {}
+
+def probe(args):
+    seen.update(enabled=gc.isenabled(), frozen=gc.get_freeze_count(), torch="torch" in sys.modules)
+    if args.fail:
+        raise ValueError("the probe was told to fail")
+
+def add_probe(parser):
+    parser.add_argument("--threads", type=int)
+    parser.add_argument("--fail", action="store_true")
+
+cli.COMMANDS.append((None, "probe", "", add_probe, probe))
+entry, sys.argv = sys.argv[1], ["ddpm", "probe", "--threads", "1", *sys.argv[2:]]
+if entry == "module":  # python -m ddpm.cli
+    import runpy
+    try:
+        runpy.run_module("ddpm.cli", run_name="__main__")
+    except SystemExit as exit:
+        code = exit.code
+else:
+    code = cli.console_main()
+print(seen["enabled"], seen["frozen"], seen["torch"], gc.isenabled(), gc.get_freeze_count(), code)
+"""
+
+
+@pytest.mark.parametrize("entry, fail", [("script", False), ("script", True), ("module", False)])
+def test_the_console_script_freezes_the_start_up_and_runs_the_work_with_the_collector_on(entry, fail):
+    """console_main (the ``ddpm`` executable, ``python -m ddpm.cli``) freezes what the start-up imported (torch here,
+    for --threads) and turns the collector back on before the command's work; the exit code is main's."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", PROBE, entry, *(["--fail"] if fail else [])], capture_output=True,
+                            text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 0, result.stderr
+    enabled, frozen, torch_loaded, enabled_after, frozen_after, code = result.stdout.split()
+    assert enabled == "True" and torch_loaded == "True"
+    assert int(frozen) > 100_000  # torch's objects, frozen before the work
+    assert enabled_after == "True" and int(frozen_after) >= int(frozen)
+    assert code == ("2" if fail else "0")
+    assert ("the probe was told to fail" in result.stderr) == fail
