@@ -22,7 +22,7 @@ from .vocabulary import SAMPLE_RECORD, SAMPLING_COST
 @torch.no_grad()
 def nll_shard(checkpoint, data_dir, *, start: int, count: int | None, batch_size: int = 100, seed: int = 0,
               device: str = "cpu", progress: bool = True, split: str = "test", speed: Speed = Speed(),
-              decoder: str = "exact") -> dict[str, np.ndarray]:
+              decoder: str = "exact", timesteps_per_pass: int = 1) -> dict[str, np.ndarray]:
     """The variational bound (``calc_bpd_loop``, L_0 computed as ``decoder`` says) for images ``start`` …
     ``start + count - 1`` of the test split (or of the train split: DDPM Table 1 gives both).
 
@@ -46,7 +46,8 @@ def nll_shard(checkpoint, data_dir, *, start: int, count: int | None, batch_size
         last = min(first + batch_size, stop)
         x0 = to_model_range(images[first:last]).to(device)
         generators = [sample_generator(seed, i) for i in range(first, last)]
-        out = diffusion.calc_bpd_loop(model, x0, generator=generators, progress=progress, decoder=decoder)
+        out = diffusion.calc_bpd_loop(model, x0, generator=generators, progress=progress, decoder=decoder,
+                                      timesteps_per_pass=timesteps_per_pass)
         totals.append(out["total_bpd"].cpu().numpy())
         priors.append(out["prior_bpd"].cpu().numpy())
         vb_sum += out["vb"].double().sum(0).cpu().numpy()  # in float64: sharding moves it ~1e-16

@@ -32,6 +32,11 @@ class UNetConfig:
     norm_eps: float = 1e-5
     downsample_padding: str = "symmetric"  # or "same" (TF)
     temb_freq_shift: int = 1  # the embedding's frequencies are 10000^(-i / (half - shift)), i < half
+    # Improved DDPM's network (improved-diffusion's UNetModel): the timestep conditions each residual block's second
+    # group norm by a scale and a shift (use_scale_shift_norm), and the network sees t·timestep_scale (its
+    # rescale_timesteps feeds t·1000/T, e.g. 0.25 at T = 4000).
+    scale_shift_norm: bool = False
+    timestep_scale: float = 1.0
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -60,9 +65,11 @@ PRESETS: dict[str, UNetConfig] = {
     "256-large": UNetConfig(ch=192, ch_mult=(1, 1, 2, 2, 4, 4), dropout=0.0, image_size=256),
     "small": UNetConfig(ch=64, ch_mult=(1, 2, 2), num_res_blocks=2, attn_resolutions=(8,), dropout=0.1, image_size=16, in_channels=1, out_channels=1),
     # Improved DDPM's CIFAR-10 model (improved-diffusion's flags: 128 channels, 3 residual blocks, dropout 0.3; its
-    # defaults: attention at 16×16 and 8×8 with 4 heads): 49.1M parameters with a learned Σ, their "50M". Their
-    # default time conditioning by scale and shift of the group norm is not reproduced: t is added as in DDPM.
-    "iddpm-cifar10": UNetConfig(num_res_blocks=3, attn_resolutions=(16, 8), num_heads=4, dropout=0.3),
+    # defaults: attention at 16×16 and 8×8 with 4 heads, the time conditioning by scale and shift of the group norm):
+    # 52.5M parameters with a learned Σ, their "50M" (52,546,438, as their UNetModel; tests/test_import_formats.py).
+    # Trained here, the network sees t; their t·1000/T is a property of their released files (ddpm import).
+    "iddpm-cifar10": UNetConfig(num_res_blocks=3, attn_resolutions=(16, 8), num_heads=4, dropout=0.3,
+                                scale_shift_norm=True),
     "tiny": UNetConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), dropout=0.0, image_size=8, in_channels=1, out_channels=1),
 }
 

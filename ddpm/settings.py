@@ -196,7 +196,8 @@ TINY_SCALE = {
               "preview_every": 40, "checkpoint_every": 20, "threads": 1},
     "sample": {"num_samples": 50, "shard_size": 50, "batch_size": 50, "grid_size": 36},
     "evaluate": {"feature_extractor": "classifier", "inception_weights": None, "classifier_steps": 300,
-                 "nll_num_images": 5, "nll_shard_size": 5, "nll_batch_size": 5, "bootstrap_rounds": 10},
+                 "nll_num_images": 5, "nll_shard_size": 5, "nll_batch_size": 5, "nll_timesteps_per_pass": 50,
+                 "bootstrap_rounds": 10},
     "fid_over_training": {"num_samples": None},
 }
 

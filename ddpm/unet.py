@@ -51,19 +51,29 @@ def norm(channels: int, eps: float = 1e-5) -> nn.GroupNorm:
 
 
 class ResBlock(nn.Module):
-    """GroupNorm → swish → conv, + projected timestep embedding, GroupNorm → swish → dropout → conv, + skip."""
+    """GroupNorm → swish → conv, + projected timestep embedding, GroupNorm → swish → dropout → conv, + skip.
 
-    def __init__(self, cin: int, cout: int, temb_dim: int, dropout: float, eps: float = 1e-5):
+    With ``scale_shift`` (Improved DDPM) the embedding is projected to a scale and a shift of the second norm's output
+    instead: GroupNorm(h)·(1 + scale) + shift."""
+
+    def __init__(self, cin: int, cout: int, temb_dim: int, dropout: float, eps: float = 1e-5,
+                 scale_shift: bool = False):
         super().__init__()
+        self.scale_shift = scale_shift
         self.norm1, self.conv1 = norm(cin, eps), conv3x3(cin, cout)
-        self.temb_proj = _init(nn.Linear(temb_dim, cout))
+        self.temb_proj = _init(nn.Linear(temb_dim, 2 * cout if scale_shift else cout))
         self.norm2, self.dropout, self.conv2 = norm(cout, eps), nn.Dropout(dropout), conv3x3(cout, cout, scale=0.0)
         self.skip = conv1x1(cin, cout) if cin != cout else nn.Identity()
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
-        h = h + self.temb_proj(F.silu(temb))[:, :, None, None]
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        conditioning = self.temb_proj(F.silu(temb))[:, :, None, None]
+        if self.scale_shift:
+            scale, shift = conditioning.chunk(2, dim=1)
+            h = self.norm2(h) * (1 + scale) + shift
+        else:
+            h = self.norm2(h + conditioning)
+        h = self.conv2(self.dropout(F.silu(h)))
         return self.skip(x) + h
 
 
@@ -144,9 +154,9 @@ class UNet(nn.Module):
 
         eps = config.norm_eps
         self.mid = nn.ModuleList([
-            ResBlock(channels, channels, temb_dim, config.dropout, eps),
+            ResBlock(channels, channels, temb_dim, config.dropout, eps, config.scale_shift_norm),
             AttnBlock(channels, config.num_heads, eps),
-            ResBlock(channels, channels, temb_dim, config.dropout, eps),
+            ResBlock(channels, channels, temb_dim, config.dropout, eps, config.scale_shift_norm),
         ])
 
         self.up = nn.ModuleList()
@@ -163,7 +173,7 @@ class UNet(nn.Module):
 
     def _block(self, cin, cout, temb_dim, resolution) -> nn.Module:
         c = self.config
-        block = ResBlock(cin, cout, temb_dim, c.dropout, c.norm_eps)
+        block = ResBlock(cin, cout, temb_dim, c.dropout, c.norm_eps, c.scale_shift_norm)
         if resolution in c.attn_resolutions:
             return _ResAttn(block, AttnBlock(cout, c.num_heads, c.norm_eps))
         return block
@@ -174,6 +184,8 @@ class UNet(nn.Module):
             raise ValueError(
                 f"UNet expects images of shape (B, {c.in_channels}, {c.image_size}, {c.image_size}), got {tuple(x.shape)}"
             )
+        if c.timestep_scale != 1.0:
+            t = t.float() * c.timestep_scale
         temb = self.temb(timestep_embedding(t, c.ch, c.temb_freq_shift).to(x.dtype))
         hs = [self.conv_in(x)]
         for layer in self.down:

@@ -46,8 +46,10 @@ KID_GAMMA = "kid_kernel_gamma"
 #: ``raw``: the training weights without averaging) and the seed of the per-sample generators.
 SAMPLE_RECORD = ("model_weights", "sample_seed")
 #: Where published weights come from (``ddpm import``, config ``pretrained.format``): a diffusers model folder (the
-#: conversions of DDPM's releases, ``google/ddpm-*``) or pytorch-ddpm's ``ckpt.pt`` (its ``net_model`` / ``ema_model``).
-IMPORT_FORMATS = ("diffusers", "pytorch-ddpm")
+#: conversions of DDPM's releases, ``google/ddpm-*``), pytorch-ddpm's ``ckpt.pt`` (its ``net_model`` / ``ema_model``),
+#: pesser/pytorch_diffusion's conversions of DDPM's TF checkpoints, ermongroup/ddim's ``ckpt.pth``, or
+#: openai/improved-diffusion's released ``.pt`` files (:mod:`ddpm.pretrained`).
+IMPORT_FORMATS = ("diffusers", "pytorch-ddpm", "pytorch-diffusion", "ddim", "improved-diffusion")
 #: Rounds of the bootstrap behind FID's, IS's and KID's standard errors (``ddpm.metrics.bootstrap_errors``): the
 #: command line's default; the schema's ``evaluate.bootstrap_rounds`` repeats it (tests/test_vocabulary.py).
 BOOTSTRAP_ROUNDS = 50

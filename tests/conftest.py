@@ -177,6 +177,15 @@ def write_point_scores(folder: Path, scores: dict, point=None) -> Path:
     return point_dir
 
 
+def run_import(*args, check=True) -> subprocess.CompletedProcess:
+    """``ddpm import`` as a user runs it (``python -m ddpm.cli``); with ``check``, it must succeed."""
+    result = subprocess.run([sys.executable, "-m", "ddpm.cli", "import", *map(str, args)], capture_output=True,
+                            text=True)
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
 def save_diffusers_folder(folder: Path, unet_config: dict, scheduler_config: dict, seed: int = 0):
     """A diffusers model folder as ``save_pretrained`` writes one (config.json, diffusion_pytorch_model.safetensors,
     scheduler_config.json): a ``UNet2DModel`` built from ``unet_config`` with random weights, every parameter

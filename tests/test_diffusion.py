@@ -125,6 +125,32 @@ def test_the_official_decoder_floors_the_edge_bins_the_exact_one_does_not():
     assert official[2].item() == exact[2].item() == 0.0  # the top bin holds all the mass
 
 
+@pytest.mark.parametrize("per_pass", [4, 3, 20])  # 5 passes; 7 (the last holds 2 of the 20 timesteps); one
+def test_calc_bpd_loop_with_timesteps_together_gives_each_images_terms_as_one_by_one(digits, per_pass):
+    """Several timesteps in one network pass: the same noise (each image's generator draws in the same order) and
+    the same terms, to float rounding; the network saw fewer, larger batches."""
+    from ddpm.unet import create_model
+
+    torch.manual_seed(0)
+    model = create_model("tiny", dropout=0.0).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    calls = []
+    counted = lambda x, t: calls.append(len(x)) or model(x, t)  # noqa: E731
+    diffusion = linear(T=20)
+    one_by_one = diffusion.calc_bpd_loop(counted, digits[:3], generator=[torch.Generator().manual_seed(i)
+                                                                         for i in range(3)])
+    assert calls == [3] * 20
+    calls.clear()
+    together = diffusion.calc_bpd_loop(counted, digits[:3], generator=[torch.Generator().manual_seed(i)
+                                                                       for i in range(3)], timesteps_per_pass=per_pass)
+    assert calls == [3 * per_pass] * (20 // per_pass) + ([3 * (20 % per_pass)] if 20 % per_pass else [])
+    for key in ("total_bpd", "prior_bpd", "vb", "xstart_mse", "mse"):
+        torch.testing.assert_close(together[key], one_by_one[key], rtol=1e-5, atol=1e-6, msg=key)
+    assert not torch.equal(one_by_one["vb"][:, 1], one_by_one["vb"][:, 2])  # the terms differ: a misplaced one shows
+
+
 def test_calc_bpd_loop_with_the_official_decoder_changes_l0_only(digits):
     diffusion = linear(T=20)
     model = OracleEps(diffusion, digits[:3] * 0.5)  # a wrong x_0: every term is non-trivial

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -22,8 +20,9 @@ from ddpm.features import train_classifier
 from ddpm.io import save_npz
 from ddpm.metrics import KID_GAMMA, extract_features, fid_between, fidelity_metrics, kid_kernel_gamma
 from ddpm.paper import load_published
-from ddpm.pretrained import (SCHEDULER_FIELDS_FIXED, SCHEDULER_FIELDS_HARMLESS, SCHEDULER_FIELDS_READ,
-                             diffusers_process, import_checkpoint)
+from ddpm.pretrained import import_checkpoint
+from ddpm.pretrained.diffusers import (SCHEDULER_FIELDS_FIXED, SCHEDULER_FIELDS_HARMLESS, SCHEDULER_FIELDS_READ,
+                                      diffusers_process)
 from ddpm.refstats import check_covariance, read_ref_stats
 from ddpm.report.render import LEGEND
 from ddpm.report.tables import build_table
@@ -31,16 +30,10 @@ from ddpm.sample import write_sample_shard
 from ddpm.samplers import NonFiniteSamples, SamplerPoint, sample_loop
 from ddpm.schedules import make_betas
 
-from conftest import ROOT, record_settings, save_diffusers_folder, write_point_scores
+from conftest import ROOT, record_settings, run_import, save_diffusers_folder, write_point_scores
 from test_import import SCHEDULER, SMALL
 
 POINT = SamplerPoint("ancestral", 10)  # ten reverse steps: the checks are per step, not per T
-
-
-def run_import(*args) -> subprocess.CompletedProcess:
-    """``ddpm import`` as a user runs it."""
-    return subprocess.run([sys.executable, "-m", "ddpm.cli", "import", *map(str, args)], capture_output=True,
-                          text=True)
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +61,7 @@ def test_an_imported_diffusers_folder_with_a_nan_weight_is_refused_naming_the_te
     weights[name][0, 0, 1, 1] = float("nan")
     save_file(weights, str(weights_file))
     out = tmp_path / "run" / "checkpoint.pt"
-    result = run_import(folder, "--out", out)
+    result = run_import(folder, "--out", out, check=False)
     assert result.returncode != 0
     message = result.stderr.strip().splitlines()[-1]
     assert name in message and "1 non-finite values" in message, message
@@ -224,7 +217,7 @@ def test_ddpm_import_refuses_an_unimplemented_scheduler_field_before_writing(tmp
     folder = tmp_path / "model"
     save_diffusers_folder(folder, SMALL, {**SCHEDULER, "thresholding": True})
     out = tmp_path / "run" / "checkpoint.pt"
-    result = run_import(folder, "--out", out)
+    result = run_import(folder, "--out", out, check=False)
     assert result.returncode != 0 and "thresholding = true is not supported" in result.stderr
     assert str(folder / "scheduler_config.json") in result.stderr and not out.parent.exists()
 

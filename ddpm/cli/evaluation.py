@@ -111,6 +111,9 @@ def add_nll(p):
     p.add_argument("--start", type=int, default=0, help="index of the first image")
     p.add_argument("--count", type=int, default=None, help="how many images (default: the rest of the split)")
     p.add_argument("--batch-size", type=int, default=200, help="images per batch (default: 200)")
+    p.add_argument("--timesteps-per-pass", type=int, default=1,
+                   help="timesteps of a batch that go through the network together: batch × this inputs a pass; "
+                        "a batch of few images keeps the network busier so (default: 1)")
     p.add_argument("--seed", type=int, default=0, help="with the index, seeds each image's noise (default: 0)")
     p.add_argument("--decoder", choices=DECODERS, default="exact",
                    help="L_0's decoder likelihood: exact (normal CDF), or official (the papers' code: tanh "
@@ -126,7 +129,8 @@ def cmd_nll(args):
 
     shard = write_nll_shard(args.checkpoint, args.data, args.out, setting=args.setting, start=args.start,
                             count=args.count, batch_size=args.batch_size, seed=args.seed, device=_device(args.device),
-                            split=args.split, speed=_speed(args), decoder=args.decoder)
+                            split=args.split, speed=_speed(args), decoder=args.decoder,
+                            timesteps_per_pass=args.timesteps_per_pass)
     print(f"bits/dim of {args.split} images {shard['indices'][0]}..{shard['indices'][-1]}: {shard['total_bpd'].mean():.4f}")
 
 

@@ -98,15 +98,20 @@ def add_import(p):
     from ..settings import SWEEP_AXES
 
     p.add_argument("source", type=ReadPath, help="a diffusers model folder (config.json + diffusion_pytorch_model.safetensors or "
-                                  ".bin, and its scheduler config), pytorch-ddpm's ckpt.pt, or a Hugging Face model id "
-                                  "such as google/ddpm-cifar10-32 (fetched with huggingface_hub where there is a "
-                                  "network)")
+                                  ".bin, and its scheduler config), pytorch-ddpm's ckpt.pt, pytorch_diffusion's "
+                                  "model-N.ckpt, ermongroup/ddim's ckpt.pth, an improved-diffusion .pt, or a Hugging "
+                                  "Face model id such as google/ddpm-cifar10-32 (fetched with huggingface_hub where "
+                                  "there is a network)")
     p.add_argument("--out", required=True, type=WritePath, help="the checkpoint to write (e.g. results/runs/<sweep>/<setting>/"
                                                 "checkpoint.pt); setting.json, metrics.jsonl beside it")
-    p.add_argument("--format", choices=IMPORT_FORMATS, help="the source's layout (default: detected)")
+    p.add_argument("--format", choices=IMPORT_FORMATS, help="the source's layout (default: recognised by its "
+                                                            "contents; given, it must be what they are)")
     p.add_argument("--revision", help="a Hugging Face model's revision (branch, tag or commit)")
-    p.add_argument("--image-size", type=int, help="pytorch-ddpm: the image size (default: its flagfile.txt's "
-                                                  "img_size, or 32)")
+    p.add_argument("--image-size", type=int, help="the image size, where the source does not say it (default: "
+                                                  "--data's; pytorch-ddpm: its flagfile.txt's img_size, or 32; "
+                                                  "pytorch_diffusion: its model's name)")
+    p.add_argument("--flags", help="improved-diffusion: the MODEL_FLAGS and DIFFUSION_FLAGS of a file it did not "
+                                   "release (its released files are known by name)")
     p.add_argument("--data", type=ReadPath, help="a prepared dataset folder: the source must generate its image shape")
     p.add_argument("--run-name", help="MLflow run name (default: the output folder's name)")
     p.add_argument("--tracking", type=ReadPath, help="the sweep's MLflow tracking file (written by `ddpm track init`)")
@@ -136,7 +141,7 @@ def cmd_import(args):
     staged = out.with_name(f".{out.name}.importing")
     try:
         record = import_checkpoint(args.source, staged, fmt=args.format, setting=setting, data_dir=args.data,
-                                   revision=args.revision, image_size=args.image_size)
+                                   revision=args.revision, image_size=args.image_size, flags=args.flags)
         config = load_checkpoint(staged)["config"]
         run_id = None
         if args.tracking:

@@ -67,6 +67,7 @@ rule nll:
             *shard_range(wildcards.shard, NLL_IMAGES, config["evaluate"]["nll_shard_size"])
         ),
         batch=config["evaluate"]["nll_batch_size"],
+        per_pass=config["evaluate"]["nll_timesteps_per_pass"],
         seed=config["evaluate"]["seed"],
         decoder=config["evaluate"]["decoder"],
         split="test",
@@ -83,7 +84,8 @@ rule nll:
     shell:
         "ddpm claim-gpus {resources.gpu} --"
         " ddpm evaluate nll --checkpoint {input.checkpoint:q} --data {params.data:q} --setting {wildcards.setting:q}"
-        " {params.range} --batch-size {params.batch} --seed {params.seed} --decoder {params.decoder} --split {params.split}"
+        " {params.range} --batch-size {params.batch} --timesteps-per-pass {params.per_pass} --seed {params.seed}"
+        " --decoder {params.decoder} --split {params.split}"
         " --speed {params.speed} --out {output:q} --device auto --threads {threads} > {log:q} 2>&1"
 
 
