@@ -212,7 +212,7 @@ def check_workflow_config(config: dict) -> None:
     _check_jobs(config)
     _check_schedules(config, settings)
     if config["pretrained"]["source"] is not None:
-        _check_pretrained(config, settings)
+        check_pretrained(config, settings)
     late = [s for s in config["fid_over_training"]["steps"] if s >= config["train"]["steps"]]
     if late:
         raise ConfigError("fid_over_training.steps", f"{late} not before the last training step "
@@ -333,19 +333,30 @@ def _check_schedules(config: dict, settings) -> None:
                               f"setting {setting.name}: {err}") from None
 
 
-def _check_pretrained(config: dict, settings) -> None:
-    """An evaluation of published weights: one model, so one setting, and no training to follow."""
-    source = config["pretrained"]["source"]
-    if len(settings) != 1:
+def check_pretrained(config: dict, settings) -> None:
+    """An evaluation of published weights: one model per setting (``pretrained.source`` one model for a sweep of
+    one setting, or each setting's name mapped to its own), and no training to follow."""
+    from .jobflags import pretrained_value
+
+    names = [setting.name for setting in settings]
+    for key in ("source", "flags", "format", "revision"):
+        value = config["pretrained"].get(key)
+        if isinstance(value, dict) and set(value) != set(names):
+            raise ConfigError(f"pretrained.{key}", f"maps {', '.join(sorted(value))}, but the sweep's settings are "
+                              f"{', '.join(names)}: one entry for each")
+    if not isinstance(config["pretrained"]["source"], dict) and len(settings) != 1:
         raise ConfigError("sweep", f"pretrained.source is one model, but the sweep has {len(settings)} settings: give "
-                          f"the one setting the source is (its schedule, T, mean_type, var_type, loss_type, seed)")
+                          f"the one setting the source is (its schedule, T, mean_type, var_type, loss_type, seed), "
+                          f"or map each setting's name to its source")
     if config["fid_over_training"]["steps"]:
         raise ConfigError("fid_over_training.steps", "published weights have no training to follow: leave it empty")
     tiny = config["scale"] == "tiny"
-    if not Path(source).exists() and (tiny or not re.fullmatch(r"[\w.-]+/[\w.-]+", source)):
-        raise ConfigError("pretrained.source", f"{source} does not exist" + (
-            " (scale: tiny needs a local source that generates the digits' 8×8 grey images; a Hub id is fetched only "
-            "at full scale)" if tiny else " and is not a Hugging Face model id (owner/name)"))
+    for name in names:
+        source = pretrained_value(config, "source", name)
+        if not Path(source).exists() and (tiny or not re.fullmatch(r"[\w.-]+/[\w.-]+", source)):
+            raise ConfigError("pretrained.source", f"{source} does not exist" + (
+                " (scale: tiny needs a local source that generates the digits' 8×8 grey images; a Hub id is fetched "
+                "only at full scale)" if tiny else " and is not a Hugging Face model id (owner/name)"))
 
 
 def _check_reconstruction(config: dict, settings) -> None:

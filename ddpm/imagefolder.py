@@ -40,8 +40,12 @@ out on a transparent page (icons, sprites, product shots) that are meant to be s
 #: How an image of a folder becomes image_size × image_size (config ``dataset.preprocess``): ``resize-crop``, the
 #: shorter side resized bicubically, then the center cropped (torchvision's Resize + CenterCrop); ``stylegan``, the
 #: center square cropped, then resized with Lanczos (PIL's ANTIALIAS), as StyleGAN's dataset_tool ``create_lsun``
-#: prepared LSUN for DDPM (and for StyleGAN2's FID).
-PREPROCESSES = ("resize-crop", "stylegan")
+#: prepared LSUN for DDPM (and for StyleGAN2's FID); ``ddim-celeba``, CelebA's aligned 178 × 218 faces cropped to the
+#: 128² box ermongroup/ddim takes (:data:`DDIM_CELEBA_BOX`), then resized bilinearly (torchvision's Resize on PIL).
+PREPROCESSES = ("resize-crop", "stylegan", "ddim-celeba")
+#: ermongroup/ddim's CelebA crop (datasets/__init__.py: cx = 89, cy = 121, ±64): (left, top, right, bottom) of the
+#: aligned images (img_align_celeba, 178 wide, 218 high).
+DDIM_CELEBA_BOX, CELEBA_ALIGNED_SIZE = (25, 57, 153, 185), (178, 218)
 #: Beside a prepared folder's outputs but not one of them (Snakemake does not delete it after a failed job): the
 #: split files of an image folder being prepared and how far it got, from which a killed preparation resumes.
 PARTIAL_DIR = "prepare-partial"
@@ -142,7 +146,8 @@ def _image_to_rgb(image, path):
 def load_image_file(path: Path, image_size: int, preprocess: str = PREPROCESSES[0]) -> np.ndarray:
     """One image → RGB uint8 (3, S, S), as ``preprocess`` says (:data:`PREPROCESSES`): ``resize-crop``, the shorter
     side resized to S (bicubic), then center-cropped; ``stylegan``, the center square (offsets ⌊(W − side) / 2⌋,
-    ⌊(H − side) / 2⌋) cropped, then resized to S with Lanczos, as StyleGAN's ``create_lsun``.
+    ⌊(H − side) / 2⌋) cropped, then resized to S with Lanczos, as StyleGAN's ``create_lsun``; ``ddim-celeba``,
+    ermongroup/ddim's box of an aligned CelebA face, resized to S bilinearly (another size of image is refused).
 
     The EXIF orientation is applied first. Pixels are converted exactly or the image is refused (``ValueError``
     naming the file and the mode), never silently altered: 1-bit, 8-bit grey, palette, RGB, CMYK (PIL's conversion)
@@ -166,6 +171,12 @@ def load_image_file(path: Path, image_size: int, preprocess: str = PREPROCESSES[
         side = min(width, height)
         left, top = (width - side) // 2, (height - side) // 2
         image = image.crop((left, top, left + side, top + side)).resize((image_size, image_size), Image.LANCZOS)
+        return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).copy()
+    if preprocess == "ddim-celeba":
+        if (width, height) != CELEBA_ALIGNED_SIZE:
+            raise ValueError(f"{path} is {width} × {height}: preprocess ddim-celeba takes CelebA's aligned images "
+                             f"(img_align_celeba, {CELEBA_ALIGNED_SIZE[0]} × {CELEBA_ALIGNED_SIZE[1]})")
+        image = image.crop(DDIM_CELEBA_BOX).resize((image_size, image_size), Image.BILINEAR)
         return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).copy()
     if preprocess != "resize-crop":
         raise ValueError(f"unknown preprocess {preprocess!r}; valid: {', '.join(PREPROCESSES)}")

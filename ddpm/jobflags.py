@@ -39,12 +39,21 @@ def sampler_flags(point: SamplerPoint) -> str:
     return flags + ("" if point.clip == family.clip else " --clip" if point.clip else " --no-clip")
 
 
+def pretrained_value(config: dict, key: str, setting_name: str):
+    """``pretrained.<key>`` of one setting: the value, or the setting's entry where the config maps each setting's
+    name to its own (a sweep of several published models)."""
+    value = config["pretrained"][key]
+    return value.get(setting_name) if isinstance(value, dict) else value
+
+
 def import_flags(config: dict, setting: Setting) -> str:
-    """``ddpm import``'s flags of a setting: its axes (the source must be that setting), format and revision."""
+    """``ddpm import``'s flags of a setting: its axes (the source must be that setting), format, revision and
+    improved-diffusion's flags (one ``--flags=…`` word: they start with dashes)."""
     flags = " ".join(f"--{axis.replace('_', '-')} {value}" for axis, value in setting.axes().items())
-    for key in ("format", "revision"):
-        if config["pretrained"][key] is not None:
-            flags += f" --{key} {shlex.quote(str(config['pretrained'][key]))}"
+    for key in ("format", "revision", "flags"):
+        value = pretrained_value(config, key, setting.name)
+        if value is not None:
+            flags += f" {shlex.quote(f'--{key}={value}')}"
     return flags
 
 

@@ -24,7 +24,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from .benchrecords import BENCHMARKS, device_note, find_record, is_gpu, missing_rates, read_record, shown_path
-from .configcheck import ConfigError, load_config
+from .configcheck import ConfigError, check_pretrained, load_config
 from .datasets import NATIVE_IMAGE_SIZES, known_test_size, known_train_size, list_image_files
 from .presets import PRESETS
 from .samplers.families.ddim import reconstruction_point
@@ -97,16 +97,8 @@ def check(config: dict, settings) -> None:
         for T in {s.T for s in settings}:
             if S > T:
                 raise ConfigError("reconstruction.steps", f"S = {S} is more than the T = {T} steps of the process")
-    source = pretrained.get("source")
-    if source is None:
-        return
-    if len(settings) != 1:
-        raise ConfigError("sweep", f"pretrained.source is one model, but the sweep has {len(settings)} settings")
-    if config["fid_over_training"]["steps"]:
-        raise ConfigError("fid_over_training.steps", "published weights have no training to follow: leave it empty")
-    if config["scale"] == "tiny" and not Path(source).exists():
-        raise ConfigError("pretrained.source", f"{source} does not exist (scale: tiny needs a local source that "
-                          "generates the digits' 8×8 grey images; a Hub id is fetched only at full scale)")
+    if pretrained.get("source") is not None:
+        check_pretrained(config, settings)
 
 
 def reconstruction(config: dict) -> dict:

@@ -70,6 +70,9 @@ PRESETS: dict[str, UNetConfig] = {
     # Trained here, the network sees t; their t·1000/T is a property of their released files (ddpm import).
     "iddpm-cifar10": UNetConfig(num_res_blocks=3, attn_resolutions=(16, 8), num_heads=4, dropout=0.3,
                                 scale_shift_norm=True),
+    # DDIM's CelebA 64² model (ermongroup/ddim's configs/celeba.yml): DDPM's U-Net with a fifth level, ch_mult
+    # 1,2,2,2,4, attention at 16²: 78.7M parameters (78,700,803, as their Model).
+    "ddim-celeba64": UNetConfig(ch_mult=(1, 2, 2, 2, 4), image_size=64),
     "tiny": UNetConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), dropout=0.0, image_size=8, in_channels=1, out_channels=1),
 }
 

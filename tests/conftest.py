@@ -177,6 +177,37 @@ def write_point_scores(folder: Path, scores: dict, point=None) -> Path:
     return point_dir
 
 
+def stand_ins_for_local_inputs(config: dict, root: Path, *, image_size=(300, 256)) -> dict:
+    """What a paper config reads that is not at hand here, made under ``root`` where it names it (a relative path, as a
+    user's checkout would hold it): a folder of three images for an image-folder ``dataset.path``, and an empty file
+    for each local published-weights file of ``pretrained.source`` (a plan checks that it exists; nothing reads it).
+    Returns the config with those paths made absolute."""
+    import copy
+    import re
+
+    from PIL import Image
+
+    config = copy.deepcopy(config)
+    dataset = config.get("dataset", {})
+    if dataset.get("name") == "imagefolder":
+        folder = root / dataset["path"]
+        folder.mkdir(parents=True, exist_ok=True)
+        size = (178, 218) if dataset.get("preprocess") == "ddim-celeba" else image_size
+        for i in range(3):
+            Image.new("RGB", size, (40 * i, 80, 120)).save(folder / f"{i}.png")
+        dataset["path"] = str(folder)
+    sources = (config.get("pretrained") or {}).get("source")
+    if sources is not None:
+        named = sources if isinstance(sources, dict) else {None: sources}
+        for key, source in named.items():
+            if not re.fullmatch(r"[\w.-]+/[\w.-]+", source):  # a file, not a Hugging Face model id
+                (root / source).parent.mkdir(parents=True, exist_ok=True)
+                (root / source).touch()
+                named[key] = str(root / source)
+        config["pretrained"]["source"] = named if isinstance(sources, dict) else named[None]
+    return config
+
+
 def run_import(*args, check=True) -> subprocess.CompletedProcess:
     """``ddpm import`` as a user runs it (``python -m ddpm.cli``); with ``check``, it must succeed."""
     result = subprocess.run([sys.executable, "-m", "ddpm.cli", "import", *map(str, args)], capture_output=True,

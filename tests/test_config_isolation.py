@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, unactivated_environment
-from PIL import Image
+from conftest import ROOT, stand_ins_for_local_inputs, unactivated_environment
 
 from ddpm.configcheck import DEFAULT_CONFIG, SCHEMA_PATH
 
@@ -20,18 +19,17 @@ VOLATILE = ("Date:", "Workflow ID:", "Command:", "Config file(s):", "Config MD5:
 
 
 def _checkout(folder: Path) -> Path:
-    """A copy of this checkout's files (tracked, and new ones git does not ignore), with the LSUN configs' relative
-    ``dataset.path`` holding a few images, as a user's checkout would."""
+    """A copy of this checkout's files (tracked, and new ones git does not ignore), with what the configs read at
+    their relative paths (the LSUN and CelebA images, the published-weights files: stand-ins), as a user's checkout
+    would hold them."""
     listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, capture_output=True,
                             check=True).stdout.decode().split("\0")
     for name in filter(None, listed):
         if (ROOT / name).is_file():
             (folder / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, folder / name)
-    lsun = folder / "data" / "lsun" / "church_outdoor"
-    lsun.mkdir(parents=True)
-    for i in range(3):
-        Image.new("RGB", (300, 256), (40 * i, 80, 120)).save(lsun / f"{i}.png")
+    for config in sorted((folder / "config").glob("*.yaml")):
+        stand_ins_for_local_inputs(yaml.safe_load(config.read_text()), folder)
     return folder
 
 
@@ -129,7 +127,8 @@ def test_no_value_of_the_default_config_reaches_another_configs_plan(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["ddpm_table1", "ddpm_table2", "improved_ddpm_schedules", "ddpm_lsun", "ddim_table1",
-                                  "cifar10", "ddpm_cifar10_pretrained", "ddpm_lsun_pretrained"])
+                                  "cifar10", "ddpm_cifar10_pretrained", "ddpm_lsun_pretrained",
+                                  "iddpm_cifar10_pretrained", "ddim_celeba_pretrained"])
 def test_each_paper_config_states_what_its_paper_fixed(name):
     """What a paper fixed is written in its config, not left to the schema's defaults (which are the demo's size):
     the data, the network and its training, the sampler, the samples and the evaluation's protocol."""
@@ -145,5 +144,6 @@ def test_each_paper_config_states_what_its_paper_fixed(name):
     for axis in ("mean_type", "var_type", "loss_type"):  # each setting's objective, in the lists or in every row
         assert axis in config["sweep"] or all(axis in row for row in rows), (name, axis)
     assert config["evaluate"]["decoder"] == "official"  # the papers' decoder beside their NLLs
-    if config["dataset"]["name"] == "imagefolder":  # LSUN: prepared and scored as DDPM's were (StyleGAN2's fid50k)
-        assert (config["dataset"]["preprocess"], config["evaluate"]["ref_images"]) == ("stylegan", 50000)
+    if config["dataset"]["name"] == "imagefolder":  # LSUN: prepared and scored as DDPM's were (StyleGAN2's fid50k);
+        expected = ("ddim-celeba", None) if "celeba" in name else ("stylegan", 50000)  # CelebA: as ddim prepares it
+        assert (config["dataset"]["preprocess"], config["evaluate"].get("ref_images")) == expected

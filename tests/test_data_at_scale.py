@@ -118,6 +118,22 @@ def test_stylegan_preprocessing_crops_the_center_square_then_resizes_with_lanczo
         prepare_dataset("imagefolder", tmp_path / "out", path=tmp_path, image_size=16, preprocess="crop")
 
 
+def test_ddim_celeba_preprocessing_is_ermongroup_ddims_transform(tmp_path):
+    """ddim-celeba: what ermongroup/ddim's CelebA transform (datasets/__init__.py: torchvision's crop at top 57,
+    left 25, 128 × 128, then Resize(64) of the PIL image) makes of an aligned 178 × 218 face, pixel for pixel."""
+    from torchvision.transforms import Resize
+    from torchvision.transforms.functional import crop
+
+    pixels = np.random.default_rng(2).integers(0, 256, (218, 178, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "000001.png")
+    got = imagefolder.load_image_file(tmp_path / "000001.png", 64, "ddim-celeba")
+    theirs = Resize(64)(crop(Image.fromarray(pixels), 57, 25, 128, 128))
+    assert np.array_equal(got, np.asarray(theirs).transpose(2, 0, 1))
+    Image.fromarray(pixels[:200]).save(tmp_path / "other.png")
+    with pytest.raises(ValueError, match=r"other.png is 178 × 200: preprocess ddim-celeba takes CelebA's aligned"):
+        imagefolder.load_image_file(tmp_path / "other.png", 64, "ddim-celeba")
+
+
 def _peak_rss_mb(code: str) -> float:
     """The peak resident memory (MB) of a fresh Python process that runs ``code``."""
     wrapped = code + "\nimport resource\nprint('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import ROOT, TINY, unactivated_environment
 
@@ -157,13 +158,19 @@ def imported_modules(importtime_log: str) -> set[str]:
     return {line.rsplit("|", 1)[-1].strip() for line in importtime_log.splitlines() if line.startswith("import time:")}
 
 
-#: Scaled down, an evaluation of published weights takes a local source (a Hub id is refused): any existing path parses.
-LOCAL_SOURCE = f"pretrained={{source: {ROOT / 'README.md'}}}"
+def local_source(path: Path) -> list[str]:
+    """Scaled down, an evaluation of published weights takes a local source (a Hub id is refused): any existing path
+    parses (for a config of several published models, one per setting)."""
+    source = yaml.safe_load(path.read_text()).get("pretrained", {}).get("source")
+    if source is None:
+        return []
+    readme = ROOT / "README.md"
+    mapped = ", ".join(f"{name}: {readme}" for name in source) if isinstance(source, dict) else None
+    return [f"pretrained={{source: {{{mapped}}}}}" if mapped else f"pretrained={{source: {readme}}}"]
 
 
 @pytest.mark.parametrize("config,overrides", [(TINY, [])] + [
-    (path, ["--config", "scale=tiny", *([LOCAL_SOURCE] if "pretrained" in path.name else [])])
-    for path in sorted((ROOT / "config").glob("*.yaml"))
+    (path, ["--config", "scale=tiny", *local_source(path)]) for path in sorted((ROOT / "config").glob("*.yaml"))
 ], ids=lambda value: value.name if isinstance(value, Path) else " ".join(value[:2]))
 def test_the_workflow_parses_without_importing_torch(config, overrides, tmp_path):
     """Every Snakemake start (twice per SLURM job) parses the Snakefile: checking the config must not pay for torch."""

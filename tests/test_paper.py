@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import ROOT, job_counts, record_settings, save_diffusers_folder, snakemake, write_point_scores
+from conftest import (ROOT, job_counts, record_settings, save_diffusers_folder, snakemake, stand_ins_for_local_inputs,
+                      write_point_scores)
 from PIL import Image
 
 from ddpm.paper import load_published, published_for, published_for_sampler
@@ -22,9 +23,14 @@ CONFIGS = ROOT / "config"
 PUBLISHED = CONFIGS / "published.csv"
 PAPER_CONFIGS = ["ddpm_table1", "ddpm_table2", "improved_ddpm_schedules", "ddpm_lsun"]  # the settings' own tables
 SAMPLER_CONFIGS = ["ddim_table1"]  # one training, its sampling axis in the paper's layout
-#: What a scaled-down run of a config leaves out, and why: ddpm_lsun's 8 DDIM Table 3 points are the code path of
-#: ddim_table1's 29 points (DDIM Table 1's 25 and DPM-Solver++'s 4), which run in full; here the LSUN config keeps its own sampler (CI stays under 30 min).
-TINY_OVERRIDES = {"ddpm_lsun": ["sampling=[{sampler: ancestral}]"]}
+#: What a scaled-down run of a config leaves out, and why: ddpm_lsun's 8 DDIM Table 3 points and DDIM CelebA's 25
+#: are the code path of ddim_table1's 29 points (DDIM Table 1's 25 and DPM-Solver++'s 4), which run in full; here the
+#: LSUN config keeps its own sampler and CelebA's σ̂ and η = 0 at S = 10 (CI stays under 25 min).
+TINY_OVERRIDES = {
+    "ddpm_lsun": ["sampling=[{sampler: ancestral}]"],
+    "ddim_celeba_pretrained": ["sampling=[{sampler: ancestral, variance: fixedlarge, skip: uniform, steps: 10}, "
+                               "{sampler: ddim, eta: 0.0, skip: uniform, clip: false, steps: 10}]"],
+}
 #: What ``scale: tiny`` draws per sampler point and scores bits/dim (and DDIM Table 2's reconstruction) on.
 TINY_SAMPLES = TINY_SCALE["sample"]["num_samples"]
 TINY_NLL_IMAGES = TINY_SCALE["evaluate"]["nll_num_images"]
@@ -40,8 +46,17 @@ TINY_SOURCE = (
     {"num_train_timesteps": 1000, "beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02,
      "variance_type": "fixed_large", "clip_sample": True},
 )
-#: Published rows of a sweep that has no config yet, and why.
-NO_CONFIG_YET = {"ddim-celeba": "DDIM's own CelebA 64² model: CelebA is not a dataset of this project yet"}
+#: The evaluations of other codes' published weights, scaled down on stand-ins made here in each code's layout.
+FOREIGN_WEIGHTS_CONFIGS = ["iddpm_cifar10_pretrained", "ddim_celeba_pretrained"]
+#: improved-diffusion's flags of the stand-ins (the digits' 1×8×8; a learned Σ; T = 4000, cosine; 4 heads at 4²).
+TINY_IMPROVED_FLAGS = ("--image_size 8 --num_channels 32 --num_res_blocks 1 --learn_sigma True "
+                       "--attention_resolutions 4 --diffusion_steps 4000 --noise_schedule cosine")
+TINY_IMPROVED_NET = {
+    "block_out_channels": [32, 64], "down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
+    "up_block_types": ["AttnUpBlock2D", "UpBlock2D"], "layers_per_block": 1, "sample_size": 8, "in_channels": 1,
+    "out_channels": 2, "norm_eps": 1e-5, "norm_num_groups": 32, "downsample_padding": 1, "flip_sin_to_cos": True,
+    "freq_shift": 0, "attention_head_dim": 16, "resnet_time_scale_shift": "scale_shift", "attn_norm_num_groups": 32,
+}
 
 
 def _config(name: str) -> dict:
@@ -134,6 +149,12 @@ def test_cifar10_preset_is_unchanged_by_attention_heads():
     assert count_parameters(create_model("cifar10")) == 35_746_307
 
 
+def test_ddim_celeba_preset_is_ddims_celeba_model():
+    """ermongroup/ddim's configs/celeba.yml builds a Model of 78,700,803 parameters (their code, ch_mult 1,2,2,2,4)."""
+    assert count_parameters(create_model("ddim-celeba64")) == 78_700_803
+    assert _config("ddim_celeba_pretrained")["train"]["preset"] == "ddim-celeba64"
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # The published numbers
 
@@ -141,11 +162,10 @@ def test_cifar10_preset_is_unchanged_by_attention_heads():
 def test_every_published_number_belongs_to_a_setting_of_its_sweep_and_a_sampler_point_of_it():
     table = load_published(PUBLISHED)
     configs = {_config(n)["name"]: _config(n) for n in PAPER_CONFIGS + SAMPLER_CONFIGS}
+    configs["ddim-celeba"] = _config("ddim_celeba_pretrained")  # DDIM's own CelebA model: its published weights
     lsun = {"ddpm-lsun-church", "ddpm-lsun-bedroom", "ddpm-lsun-bedroom-large", "ddpm-lsun-cat"}
     matched = reconstructed = 0
     for row in table.itertuples():
-        if row.sweep in NO_CONFIG_YET:
-            continue
         config = configs.get(row.sweep) or (configs["ddpm-lsun-church"] if row.sweep in lsun else None)
         assert config is not None, f"no paper config is named {row.sweep}"
         settings = {s.name: s for s in expand_sweep(config)}
@@ -164,9 +184,8 @@ def test_every_published_number_belongs_to_a_setting_of_its_sweep_and_a_sampler_
         assert points, f"{row.sweep}: no sampler point of the config is {row.sampler} S={row.steps} " \
                        f"eta={row.eta} variance={row.variance}"
         matched += 1
-    assert matched == 25 + 16  # DDIM Table 1 (CIFAR-10) and Table 3 (bedroom, church)
+    assert matched == 25 + 25 + 16  # DDIM Table 1 (CIFAR-10, CelebA) and Table 3 (bedroom, church)
     assert reconstructed == 7  # DDIM Table 2: S = 10, 20, 50, 100, 200, 500, 1000
-    assert set(table["sweep"]) >= set(NO_CONFIG_YET)
 
 
 def test_published_numbers_are_the_papers():
@@ -292,6 +311,28 @@ def test_dry_run_of_published_weights_plans_no_training(tmp_path, name, points, 
     assert result.returncode != 0 and "'sweep'" in said and "2 settings" in said, said[-2000:]
 
 
+@pytest.mark.parametrize("name, settings, points", [("iddpm_cifar10_pretrained", 2, 3), ("ddim_celeba_pretrained", 1, 25)])
+def test_dry_run_of_other_codes_published_weights_plans_no_training(tmp_path, name, settings, points):
+    """improved-diffusion's two CIFAR-10 files (one per setting) and DDIM's CelebA model: imported, never trained;
+    every point sampled in 10 shards and scored; their paper sweep has published numbers for every setting."""
+    config = tmp_path / f"{name}.yaml"
+    config.write_text(yaml.safe_dump(stand_ins_for_local_inputs(_config(name), tmp_path)))
+    full = job_counts(tmp_path / "full", config)
+    assert "train" not in full and full["import_pretrained"] == settings
+    assert full["fid_is"] == full["gather_samples"] == settings * points and full["sample"] == settings * points * 10
+    assert "fid_snapshot" not in full and full["nll"] == settings * 10
+    table = load_published(PUBLISHED)
+    rows = table[table["sweep"] == _config(name)["paper_sweep"]]
+    for setting in expand_sweep(_config(name)):  # a published row (the setting's, or a sampler point's) for each
+        axes = pd.Series({key: value for key, value in setting.axes().items() if key != "seed"})
+        assert rows[list(axes.index)].eq(axes).all(axis=1).any(), setting.name
+    # Another sweep than the files': refused naming the key (the mapping names other settings; one file, one setting)
+    result = snakemake(tmp_path / "other", "-n", "--config", "sweep={seed: [0, 1]}", config=config, check=False)
+    said = result.stdout + result.stderr
+    expected = "'pretrained.source'" if settings > 1 else "'sweep'"
+    assert result.returncode != 0 and expected in said, said[-2000:]
+
+
 def test_each_published_config_names_a_paper_sweep_with_published_numbers():
     table = load_published(PUBLISHED)
     for name in PRETRAINED_CONFIGS:
@@ -410,14 +451,38 @@ def _run_tiny(workdir: Path, names: list[str]) -> Path:
     """Configs ``names`` with scale=tiny, one after the other in ``workdir``, as a user's would run (they share the
     prepared digits, the classifier and the MLflow store)."""
     for name in names:
+        overrides = TINY_OVERRIDES.get(name, [])
         if name == "ddpm_cifar10_pretrained":
             source = workdir / "published" / "ddpm-tiny-digits"
             save_diffusers_folder(source, *TINY_SOURCE)
             overrides = [f"pretrained={{source: {source}}}"]
-        else:
-            overrides = TINY_OVERRIDES.get(name, [])
+        elif name in FOREIGN_WEIGHTS_CONFIGS:
+            overrides = overrides + [_foreign_weights(workdir / "published", name)]
         snakemake(workdir, "--cores", "2", "--config", "scale=tiny", *overrides, config=CONFIGS / f"{name}.yaml")
     return workdir
+
+
+def _foreign_weights(folder: Path, name: str) -> str:
+    """Stand-ins at the digits' shape for the published files of config ``name``, in their code's layout (an
+    improved-diffusion .pt per setting; ermongroup/ddim's ckpt.pth), and the ``pretrained`` override naming them."""
+    from peer_layouts import DDPM_TF_NET, ddim_checkpoint, diffusers_net, improved_state
+
+    settings = [s.name for s in expand_sweep(_config(name))]
+    if name == "iddpm_cifar10_pretrained":
+        sources = {}
+        for seed, setting in enumerate(settings):
+            sources[setting] = folder / f"{setting}.pt"
+            torch.save(improved_state(diffusers_net(folder / f"{setting}-diffusers", TINY_IMPROVED_NET, seed), heads=4),
+                       sources[setting])
+        mapping = ", ".join(f"{setting}: {path}" for setting, path in sources.items())
+        return f"pretrained={{source: {{{mapping}}}, flags: '{TINY_IMPROVED_FLAGS}'}}"
+    net = {**DDPM_TF_NET, **{k: TINY_SOURCE[0][k] for k in ("block_out_channels", "down_block_types", "up_block_types",
+                                                             "layers_per_block", "sample_size", "in_channels",
+                                                             "out_channels")}}
+    source = folder / "ddim-celeba" / "ckpt.pth"
+    source.parent.mkdir(parents=True)
+    ddim_checkpoint(source, diffusers_net(folder / "raw", net, 0), diffusers_net(folder / "ema", net, 1))
+    return f"pretrained={{source: {source}}}"
 
 
 def check_paper_config_scaled_down(workdir: Path, name: str) -> None:
@@ -709,6 +774,54 @@ def test_rendered_tables_say_which_way_is_better_and_drop_empty_columns_where_as
     assert "<td class=\"n\">4.5</td>" in page and "<td>a</td>" in page and "FID Δ" not in page
 
 
+def _imported_not_trained(results: Path, sweep: str, setting: str, fmt: str) -> dict:
+    """A setting of ``sweep`` (scaled down) was imported from ``fmt``'s file, not trained; its checkpoint."""
+    run = results / "runs" / sweep / setting
+    assert (results / "logs" / sweep / "import" / f"{setting}.log").is_file()
+    assert not (results / "logs" / sweep / "train").exists()
+    assert (run / "metrics.jsonl").read_text() == "" and not (run / "resume.pt").exists()
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert state["source"]["format"] == fmt
+    return state
+
+
+def check_improved_ddpm_weights_scaled_down(workdir: Path) -> None:
+    """config/iddpm_cifar10_pretrained.yaml on improved-diffusion stand-ins: both settings imported (scale-shift
+    norm, t·1000/4000, cosine over T = 4000, learned Σ), sampled on all steps and strided on 100 and 50, scored; the
+    ablation's bits/dim and FID beside the measured ones, each marked not comparable."""
+    results = workdir / "results"
+    for setting in ("cosine-T4000-eps-learned_range-hybrid-s0", "cosine-T4000-eps-learned_range-kl-s0"):
+        state = _imported_not_trained(results, "iddpm-cifar10-pretrained-tiny", setting, "improved-diffusion")
+        assert state["unet"]["scale_shift_norm"] and state["unet"]["timestep_scale"] == 0.25
+        assert (state["config"]["T"], state["config"]["schedule"]) == (4000, "cosine")
+        points = results / "runs" / "iddpm-cifar10-pretrained-tiny" / setting / "samplers"
+        assert {p.name for p in points.iterdir()} >= {"ancestral-S100-strided", "ancestral-S50-strided"}
+    table = pd.read_csv(results / "tables" / "iddpm-cifar10-pretrained-tiny-paper.csv").set_index("loss_type")
+    assert list(table.index) == ["hybrid", "kl"]
+    assert list(table["FID (paper)"]) == [3.19, 11.47] and list(table["bits/dim (paper)"]) == [3.17, 2.94]
+    assert table["FID"].map(math.isfinite).all() and table["bits/dim"].map(math.isfinite).all()
+    assert table["FID Δ"].isna().all() and table["not comparable"].str.contains("scaled down").all()
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("iddpm-cifar10-pretrained-tiny")
+    runs = client.search_runs([experiment.experiment_id], "tags.`ddpm.kind` = 'setting'")
+    assert len(runs) == 2 and all(run.data.tags["ddpm.imported"] == "improved-diffusion" for run in runs)
+    assert all("improved-diffusion's flags (--flags)" in run.data.tags["ddpm.import_notes"] for run in runs)
+
+
+def check_ddim_celeba_weights_scaled_down(workdir: Path) -> None:
+    """config/ddim_celeba_pretrained.yaml on a ddim ckpt.pth stand-in: its EMA imported (the training weights beside
+    them), sampled at σ̂ and η = 0 on S = 10 with uniform skips; DDIM Table 1's CelebA cells beside the measured."""
+    results = workdir / "results"
+    state = _imported_not_trained(results, "ddim-celeba-pretrained-tiny", "linear-T1000-eps-fixedlarge-mse-s0", "ddim")
+    assert state["source"]["weights"] == "ema and raw" and state["unet"]["norm_eps"] == 1e-6
+    table = pd.read_csv(results / "tables" / "ddim-celeba-pretrained-tiny-samplers.csv").set_index("sampler")
+    assert list(table.index) == ["σ̂", "η = 0.0"] and set(table["skip"]) == {"uniform"}
+    assert [table.loc[row, "S=10 paper"] for row in ("σ̂", "η = 0.0")] == [299.71, 17.33]
+    assert table["S=10 FID"].map(math.isfinite).all() and table["S=10 Δ"].isna().all()
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # The scaled-down runs: a class each, so that pytest-xdist (--dist loadscope) runs them side by side, each on one
 # worker with its class's working directory; a class's configs share that directory.
@@ -747,11 +860,17 @@ class TestTinyDDPMTable1(TinyRun):
         check_fid_over_training_and_train_bits_per_dim_reach_mlflow(workdir)
 
 
-class TestTinyDDPMTable2(TinyRun):
-    CONFIGS = ["ddpm_table2"]
+class TestTinyDDPMTable2AndForeignWeights(TinyRun):
+    CONFIGS = ["ddpm_table2", *FOREIGN_WEIGHTS_CONFIGS]  # they share the prepared digits, classifier and baselines
 
     def test_runs_scaled_down_with_the_papers_numbers_beside_the_measured(self, workdir):
         check_paper_config_scaled_down(workdir, "ddpm_table2")
+
+    def test_improved_ddpm_weights_are_imported_not_trained_and_fill_the_ablation_rows(self, workdir):
+        check_improved_ddpm_weights_scaled_down(workdir)
+
+    def test_ddim_celeba_weights_are_imported_not_trained_and_fill_table1s_celeba_cells(self, workdir):
+        check_ddim_celeba_weights_scaled_down(workdir)
 
 
 class TestTinyImprovedDDPMAndLSUN(TinyRun):
@@ -763,6 +882,7 @@ class TestTinyImprovedDDPMAndLSUN(TinyRun):
 
 
 def test_every_paper_config_has_its_scaled_down_run():
-    """The classes above run every paper and sampler config and the CIFAR-10 import, each once."""
+    """The classes above run every paper and sampler config and the imports of published weights, each once."""
     ran = [name for run in TinyRun.__subclasses__() for name in run.CONFIGS]
-    assert sorted(ran) == sorted(PAPER_CONFIGS + SAMPLER_CONFIGS + ["ddpm_cifar10_pretrained"])
+    assert sorted(ran) == sorted(PAPER_CONFIGS + SAMPLER_CONFIGS + ["ddpm_cifar10_pretrained"]
+                                 + FOREIGN_WEIGHTS_CONFIGS)

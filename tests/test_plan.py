@@ -20,8 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, job_counts
-from PIL import Image
+from conftest import ROOT, job_counts, stand_ins_for_local_inputs
 
 from ddpm import plan
 from ddpm.cli import main
@@ -34,15 +33,12 @@ CIFAR10_PARAMETERS, CIFAR10_GFLOP = 35_746_307, 12.4
 
 
 def _config_path(tmp_path: Path, path: Path) -> Path:
-    """``path``, or for an image-folder config a copy pointed at a folder of four images (LSUN is not at hand)."""
-    config = yaml.safe_load(path.read_text())
-    if config.get("dataset", {}).get("name") != "imagefolder":
+    """``path``, or a copy pointed at stand-ins for what is not at hand (LSUN's and CelebA's images, published weights
+    files: :func:`conftest.stand_ins_for_local_inputs`)."""
+    original = yaml.safe_load(path.read_text())
+    config = stand_ins_for_local_inputs(original, tmp_path)
+    if config == original:
         return path
-    folder = tmp_path / "images"
-    folder.mkdir(exist_ok=True)
-    for i in range(4):
-        Image.new("RGB", (300, 256), (i * 40, 80, 120)).save(folder / f"{i}.png")
-    config["dataset"]["path"] = str(folder)
     copy = tmp_path / path.name
     copy.write_text(yaml.safe_dump(config))
     return copy
@@ -76,16 +72,18 @@ def test_jobs_per_rule_scaled_down_are_those_of_the_dry_run(tmp_path, name):
     assert planned["jobs"] == _dry_run(tmp_path / "run", config, "--config", "scale=tiny")
 
 
-@pytest.mark.parametrize("name", ["ddpm_cifar10_pretrained", "ddpm_lsun_pretrained"])
-def test_published_weights_plan_no_training_and_are_refused_scaled_down_as_by_the_workflow(tmp_path, name):
+@pytest.mark.parametrize("name, settings", [("ddpm_cifar10_pretrained", 1), ("ddpm_lsun_pretrained", 1),
+                                            ("iddpm_cifar10_pretrained", 2), ("ddim_celeba_pretrained", 1)])
+def test_published_weights_plan_no_training_and_are_refused_scaled_down_as_by_the_workflow(tmp_path, name, settings):
     config = _config_path(tmp_path, ROOT / "config" / f"{name}.yaml")
     planned = _plan(config)
-    assert "train" not in planned["jobs"] and planned["jobs"]["import_pretrained"] == 1
+    assert "train" not in planned["jobs"] and planned["jobs"]["import_pretrained"] == settings
     training = planned["work"]["training"]
     assert (training["items"], training["jobs"], training["total"]) == ([], 0, 0)
     assert planned["disk"]["parts"]["snapshots"] == 0 and planned["disk"]["resume_per_training"] == 0
-    with pytest.raises(ConfigError, match="pretrained.source"):
-        _plan(config, "scale=tiny")
+    if name.startswith("ddpm_"):  # a Hugging Face model id: fetched only at full scale
+        with pytest.raises(ConfigError, match="pretrained.source"):
+            _plan(config, "scale=tiny")
 
 
 def test_work_of_ddpm_table1_by_hand():

@@ -89,6 +89,18 @@ def test_uniform_and_quadratic_subsequences_are_ermongroup_ddims():
             timestep_subsequence(T, bad, "uniform")
 
 
+def test_strided_subsequences_are_improved_diffusions_space_timesteps():
+    """improved-diffusion's space_timesteps(T, "S"): the first and the last step and S − 2 evenly between; for these
+    S its running sum of the stride lands where round(linspace(0, T − 1, S)) does (computed here the other way)."""
+    for T, S in ((4000, 100), (4000, 50), (1000, 10), (4000, 4000)):
+        steps = timestep_subsequence(T, S, "strided")
+        assert steps == [int(v) for v in np.round(np.linspace(0, T - 1, S))], (T, S)
+        assert steps[0] == 0 and steps[-1] == T - 1 and len(set(steps)) == S
+    assert timestep_subsequence(4000, 100, "strided")[:4] == [0, 40, 81, 121]  # the stride is 3999/99 = 40.39…
+    assert timestep_subsequence(4000, 1, "strided") == [0]
+    assert network_evaluations(4000, SamplerPoint("ancestral", 50, "strided")) == 50
+
+
 def test_sigma_hat_is_beta_of_the_subsequence_and_fixedsmall_its_posterior_variance():
     model, diffusion = tiny_network(T=1000)
     steps = timestep_subsequence(1000, 10, "quadratic")

@@ -86,6 +86,7 @@ def python_defaults() -> dict:
         "evaluate.nll_num_images": cli_default("evaluate", "nll", option="count"),
         "evaluate.nll_batch_size": cli_default("evaluate", "nll", option="batch_size"),
         "evaluate.nll_timesteps_per_pass": cli_default("evaluate", "nll", option="timesteps_per_pass"),
+        "pretrained.flags": cli_default("import", option="flags"),
         "evaluate.seed": cli_default("evaluate", "nll", option="seed"),
         "evaluate.decoder": cli_default("evaluate", "nll", option="decoder"),
         "evaluate.ref_images": cli_default("evaluate", "fid", option="ref_images"),

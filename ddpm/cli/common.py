@@ -109,7 +109,8 @@ def _add_sampler(parser: argparse.ArgumentParser) -> None:
                         + f" (default: {SAMPLERS[0]})")
     parser.add_argument("--steps", type=int, default=None, help="S, the reverse steps (default: all T)")
     parser.add_argument("--skip", choices=SKIPS, default=None,
-                        help="which S of the T steps: uniform, quadratic (DDIM Appendix D.2) or linspace (diffusers) "
+                        help="which S of the T steps: uniform, quadratic (DDIM Appendix D.2), strided (Improved DDPM §4) "
+                             "or linspace (diffusers) "
                              "(default: the sampler's: "
                              + ", ".join(f"{name} {family.skips[0]}" for name, family in FAMILIES.items()) + ")")
     for family in FAMILIES.values():

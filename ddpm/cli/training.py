@@ -150,6 +150,8 @@ def cmd_import(args):
                       **{f"source_sha256.{name}": sha for name, sha in record["files"].items()}}
             run_id = mlf.start_setting_run(tracking, args.run_name or out.parent.name, params)
             mlf.set_tag(tracking["tracking_uri"], run_id, "ddpm.imported", record["format"])
+            if record["notes"]:  # what was inferred (image size, flags, variance), as the checkpoint records it
+                mlf.set_tag(tracking["tracking_uri"], run_id, "ddpm.import_notes", "\n".join(record["notes"]))
             mlf.finish_run(tracking["tracking_uri"], run_id)
         _make_room_for_run(out.parent, "import", force=args.force, staged=staged)  # all that can fail has run
         write_setting(out.parent, Setting.from_dict(config))

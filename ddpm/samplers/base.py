@@ -27,7 +27,9 @@ def timestep_subsequence(T: int, steps: int | None, skip: str = "uniform") -> li
     ``uniform``: ⌊i·T/S⌋ for i = 0 … S−1, which is ermongroup/ddim's ``range(0, T, T // S)`` (and diffusers'
     "leading" spacing) when S divides T. ``quadratic``: ⌊(i·√(0.8·T)/(S−1))²⌋, as ermongroup/ddim; where small steps
     repeat (S = 100 of T = 1000 visits 96 distinct steps; S = 50, 49), the repeats are dropped: in ermongroup/ddim a
-    repeated step moves x from a noise level to the same level, a network call that changes nothing. S = T (or
+    repeated step moves x from a noise level to the same level, a network call that changes nothing. ``strided``:
+    Improved DDPM's strided sampling (§4), improved-diffusion's ``space_timesteps(T, "S")``: the first step, the last
+    and S − 2 evenly between, round(c) for c = 0, s, 2s, … with s = (T − 1)/(S − 1) added up as it does. S = T (or
     ``steps`` None) is every step. (A family may take skips of its own: :meth:`Sampler.visited`.)"""
     S = T if steps is None else int(steps)
     if not 1 <= S <= T:
@@ -39,7 +41,13 @@ def timestep_subsequence(T: int, steps: int | None, skip: str = "uniform") -> li
     if skip == "quadratic":
         points = np.linspace(0, np.sqrt(T * QUADRATIC_END), S) ** 2
         return sorted({int(p) for p in points})
-    raise ValueError(f"unknown skip {skip!r}; valid skips: uniform, quadratic")
+    if skip == "strided":
+        stride, position, steps = (T - 1) / (S - 1) if S > 1 else 1.0, 0.0, []
+        for _ in range(S):
+            steps.append(round(position))
+            position += stride
+        return steps
+    raise ValueError(f"unknown skip {skip!r}; valid skips: {', '.join(Sampler.skips)}")
 
 
 class Sampler:
@@ -54,7 +62,7 @@ class Sampler:
     #: DDIM's η).
     keys: ClassVar[dict] = {}
     #: The skips it takes; the first is its default.
-    skips: ClassVar[tuple[str, ...]] = ("uniform", "quadratic")
+    skips: ClassVar[tuple[str, ...]] = ("uniform", "quadratic", "strided")
     #: Whether it clips x̂_0 to [-1, 1] before each step unless the point says otherwise.
     clip: ClassVar[bool] = True
     #: Where the registry lists it (the order of the command line's choices and the docs).

@@ -10,8 +10,8 @@ from ddpm.configcheck import check_workflow_config, resolve_config
 from ddpm.datasets import known_test_size
 from ddpm.report import OUTPUTS as REPORT_OUTPUTS
 from ddpm.samplers import expand_sampling
-from ddpm.jobflags import (bootstrap_flags, extractor_flags, import_flags, ref_stats_flags, reference_flags,
-                           sampler_flags, train_flags)
+from ddpm.jobflags import (bootstrap_flags, extractor_flags, import_flags, pretrained_value, ref_stats_flags,
+                           reference_flags, sampler_flags, train_flags)
 from ddpm.settings import expand_sweep
 
 
@@ -126,6 +126,11 @@ SNAPSHOT_SHARDS = shards(SNAPSHOT_SAMPLES, config["sample"]["shard_size"])
 def sampler_args(name):
     """The ``ddpm sample`` flags of the sampler point ``name``."""
     return sampler_flags(SAMPLING[name])
+
+
+def import_source(wildcards):
+    """The published weights a setting is imported from (``pretrained.source``, or its entry there)."""
+    return pretrained_value(config, "source", wildcards.setting)
 
 
 def import_arguments(wildcards):

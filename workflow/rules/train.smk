@@ -57,7 +57,7 @@ else:
             metrics=f"{RUNS}/{{setting}}/metrics.jsonl",
             setting=f"{RUNS}/{{setting}}/setting.json",
         params:
-            source=PRETRAINED["source"],
+            source=import_source,
             data=lambda wildcards, input: Path(input.manifest).parent,
             options=import_arguments,
         log:
