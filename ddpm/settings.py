@@ -55,10 +55,11 @@ SWEEP_AXES = tuple(f.name for f in fields(Setting))
 SETTING_FILE = "setting.json"
 
 
-def write_setting(run_dir: str | Path, setting: Setting) -> Path:
-    """Write ``setting.json`` (the setting's name and axes) into ``run_dir``."""
+def write_setting(run_dir: str | Path, setting: Setting, *, imported: dict | None = None) -> Path:
+    """Write ``setting.json`` (the setting's name and axes) into ``run_dir``; ``imported``: for published weights, where
+    they came from and what the import inferred (``ddpm import``'s record)."""
     path = Path(run_dir) / SETTING_FILE
-    write_json(path, {"name": setting.name, **setting.axes()})
+    write_json(path, {"name": setting.name, **setting.axes(), **({"imported": imported} if imported else {})})
     return path
 
 

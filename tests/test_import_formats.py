@@ -9,6 +9,7 @@ sides (the sinusoid is compared on its own: both codes round it in float32), to 
 """
 
 import copy
+import json
 
 import pytest
 import torch
@@ -73,6 +74,8 @@ def test_a_pytorch_diffusion_file_is_recognised_and_computes_its_network(tmp_pat
     assert (state["config"]["T"], state["config"]["schedule"], state["config"]["var_type"]) == (1000, "linear",
                                                                                                  "fixedlarge")
     assert any("pytorch_diffusion's cifar10 model" in note for note in state["source"]["notes"])
+    recorded = json.loads((out.parent / "setting.json").read_text())["imported"]  # what was inferred, beside the run
+    assert recorded["format"] == "pytorch-diffusion" and recorded["notes"] == state["source"]["notes"]
     assert_same_function(model, net)
 
 
@@ -107,6 +110,10 @@ def test_a_ddim_checkpoint_imports_its_ema_and_its_training_weights(tmp_path):
     assert state["source"]["format"] == "ddim" and state["source"]["weights"] == "ema and raw"
     assert_same_function(ema, ema_net)
     assert_same_function(raw, raw_net)
+    run_import(source, "--out", tmp_path / "run-raw" / "checkpoint.pt", "--image-size", "32", "--raw-weights")
+    sampled, _, state = load_for_sampling(tmp_path / "run-raw" / "checkpoint.pt")  # the default: the "EMA" slot
+    assert state["source"]["weights"].startswith("raw, sampled in place of the EMA")
+    assert_same_function(sampled, raw_net)
 
     without = tmp_path / "no-ema" / "ckpt.pth"
     without.parent.mkdir()
@@ -115,6 +122,7 @@ def test_a_ddim_checkpoint_imports_its_ema_and_its_training_weights(tmp_path):
     state = load_checkpoint(tmp_path / "run2" / "checkpoint.pt")
     assert any("no EMA entry" in note for note in state["source"]["notes"])
     assert_same_function(load_for_sampling(tmp_path / "run2" / "checkpoint.pt")[0], raw_net)
+    assert "--raw-weights has nothing to take" in refused(tmp_path, without, "--image-size", "32", "--raw-weights")
 
 
 # ---------------------------------------------------------------------------------------------------- improved-diffusion

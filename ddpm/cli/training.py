@@ -112,6 +112,9 @@ def add_import(p):
                                                   "pytorch_diffusion: its model's name)")
     p.add_argument("--flags", help="improved-diffusion: the MODEL_FLAGS and DIFFUSION_FLAGS of a file it did not "
                                    "release (its released files are known by name)")
+    p.add_argument("--raw-weights", action="store_true",
+                   help="sample the source's training weights in place of its EMA (pytorch-ddpm's net_model, ddim's "
+                        "model entry; default: the EMA, as the papers sampled)")
     p.add_argument("--data", type=ReadPath, help="a prepared dataset folder: the source must generate its image shape")
     p.add_argument("--run-name", help="MLflow run name (default: the output folder's name)")
     p.add_argument("--tracking", type=ReadPath, help="the sweep's MLflow tracking file (written by `ddpm track init`)")
@@ -141,7 +144,8 @@ def cmd_import(args):
     staged = out.with_name(f".{out.name}.importing")
     try:
         record = import_checkpoint(args.source, staged, fmt=args.format, setting=setting, data_dir=args.data,
-                                   revision=args.revision, image_size=args.image_size, flags=args.flags)
+                                   revision=args.revision, image_size=args.image_size, flags=args.flags,
+                                   raw_weights=args.raw_weights)
         config = load_checkpoint(staged)["config"]
         run_id = None
         if args.tracking:
@@ -154,7 +158,7 @@ def cmd_import(args):
                 mlf.set_tag(tracking["tracking_uri"], run_id, "ddpm.import_notes", "\n".join(record["notes"]))
             mlf.finish_run(tracking["tracking_uri"], run_id)
         _make_room_for_run(out.parent, "import", force=args.force, staged=staged)  # all that can fail has run
-        write_setting(out.parent, Setting.from_dict(config))
+        write_setting(out.parent, Setting.from_dict(config), imported=record)
         (out.parent / "metrics.jsonl").write_text("")  # no training: no loss curve
         if run_id is not None:
             (out.parent / "mlflow_run_id.txt").write_text(run_id + "\n")

@@ -101,10 +101,11 @@ def read_source(path: Path, fmt: str | None = None, *, image_size: int | None = 
 
 def import_checkpoint(source: str | Path, out: str | Path, *, fmt: str | None = None, setting: Setting | None = None,
                       data_dir: str | Path | None = None, revision: str | None = None,
-                      image_size: int | None = None, flags: str | None = None) -> dict:
+                      image_size: int | None = None, flags: str | None = None, raw_weights: bool = False) -> dict:
     """``ddpm import``: read ``source`` (its format recognised; ``fmt`` where given must be it), check it against
     ``setting`` and the prepared data in ``data_dir`` (dataset name, image shape), and write the checkpoint ``out``
-    atomically. Returns what the checkpoint records of its source."""
+    atomically. Returns what the checkpoint records of its source. ``raw_weights``: the source's training weights
+    are the ones sampled, in place of its EMA (a source without them is refused)."""
     path = resolve_source(source, revision=revision)
     if data_dir is not None and image_size is None:
         image_size = read_manifest(data_dir)["image_shape"][1]
@@ -120,9 +121,14 @@ def import_checkpoint(source: str | Path, out: str | Path, *, fmt: str | None = 
             raise ValueError(f"{source} generates images of shape {shape}, but {data_dir} holds {dataset} images of "
                              f"shape {manifest['image_shape']}")
     config, notes = diffusion_config(found, setting, dataset=dataset)
-    record = {"format": fmt, "path": str(source), "resolved": str(path), "files": found.files,
-              "weights": "ema and raw" if found.raw is not None else "ema", "revision": revision or "",
-              "notes": found.notes + notes}
+    weights = "ema and raw" if found.raw is not None else "ema"
+    if raw_weights:
+        if found.raw is None:
+            raise ValueError(f"{source} holds one set of weights (its {fmt} file has no EMA beside them): "
+                             f"--raw-weights has nothing to take")
+        found.ema, weights = found.raw, "raw, sampled in place of the EMA (--raw-weights)"
+    record = {"format": fmt, "path": str(source), "resolved": str(path), "files": found.files, "weights": weights,
+              "revision": revision or "", "notes": found.notes + notes}
     save_checkpoint(out, {"model": found.raw, "ema": found.ema, "config": asdict(config), "data_shape": shape,
                           "data_sha256": "", UNET_KEY: found.unet.to_dict(), "source": record, "step": 0})
     return record

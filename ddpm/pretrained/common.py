@@ -127,8 +127,8 @@ def translate(found: dict, leaves: dict[str, str], unet: UNetConfig, *, where: s
             continue
         used.add(theirs)
         value = found[theirs].float()
-        if value.ndim in (2, 3) and mine.ndim == 4 and mine.shape[2:] == (1, 1):  # a Linear or a 1-D conv where
-            value = value.reshape(*value.shape[:2], 1, 1)  # we have a 1×1 conv (attention projections)
+        if value.ndim in (2, 3) and mine.ndim == 4 and mine.shape[2:] == (1, 1) and value.shape[2:] in ((), (1,)):
+            value = value.reshape(*value.shape[:2], 1, 1)  # a Linear or a 1-D conv of width 1 where we have a 1×1 conv
         if tuple(value.shape) != tuple(mine.shape):
             reshaped.append(f"{theirs} is {tuple(found[theirs].shape)}, this U-Net has {tuple(mine.shape)}")
             continue
