@@ -18,6 +18,8 @@ import copy
 import re
 from pathlib import Path
 
+from .vocabulary import HUB_MODEL_ID
+
 _INTEGER = re.compile(r"[+-]?\d+")
 _YAML11_FLOAT = re.compile(r"[-+]?([0-9][0-9_]*)?\.[0-9_]*([eE][-+][0-9]+)?")  # what PyYAML reads as a float
 _NULLS = ("null", "~", "")
@@ -353,7 +355,7 @@ def check_pretrained(config: dict, settings) -> None:
     tiny = config["scale"] == "tiny"
     for name in names:
         source = pretrained_value(config, "source", name)
-        if not Path(source).exists() and (tiny or not re.fullmatch(r"[\w.-]+/[\w.-]+", source)):
+        if not Path(source).exists() and (tiny or not re.fullmatch(HUB_MODEL_ID, source)):
             raise ConfigError("pretrained.source", f"{source} does not exist" + (
                 " (scale: tiny needs a local source that generates the digits' 8×8 grey images; a Hub id is fetched "
                 "only at full scale)" if tiny else " and is not a Hugging Face model id (owner/name)"))

@@ -50,6 +50,9 @@ SAMPLE_RECORD = ("model_weights", "sample_seed")
 #: pesser/pytorch_diffusion's conversions of DDPM's TF checkpoints, ermongroup/ddim's ``ckpt.pth``, or
 #: openai/improved-diffusion's released ``.pt`` files (:mod:`ddpm.pretrained`).
 IMPORT_FORMATS = ("diffusers", "pytorch-ddpm", "pytorch-diffusion", "ddim", "improved-diffusion")
+#: What a Hugging Face model id looks like (``owner/name``): a source that is no local path and matches it is fetched
+#: with huggingface_hub (``re.fullmatch``).
+HUB_MODEL_ID = r"[\w.-]+/[\w.-]+"
 #: Rounds of the bootstrap behind FID's, IS's and KID's standard errors (``ddpm.metrics.bootstrap_errors``): the
 #: command line's default; the schema's ``evaluate.bootstrap_rounds`` repeats it (tests/test_vocabulary.py).
 BOOTSTRAP_ROUNDS = 50

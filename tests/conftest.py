@@ -187,6 +187,8 @@ def stand_ins_for_local_inputs(config: dict, root: Path, *, image_size=(300, 256
 
     from PIL import Image
 
+    from ddpm.vocabulary import HUB_MODEL_ID
+
     config = copy.deepcopy(config)
     dataset = config.get("dataset", {})
     if dataset.get("name") == "imagefolder":
@@ -200,7 +202,7 @@ def stand_ins_for_local_inputs(config: dict, root: Path, *, image_size=(300, 256
     if sources is not None:
         named = sources if isinstance(sources, dict) else {None: sources}
         for key, source in named.items():
-            if not re.fullmatch(r"[\w.-]+/[\w.-]+", source):  # a file, not a Hugging Face model id
+            if not re.fullmatch(HUB_MODEL_ID, source):  # a file, not a Hugging Face model id
                 (root / source).parent.mkdir(parents=True, exist_ok=True)
                 (root / source).touch()
                 named[key] = str(root / source)

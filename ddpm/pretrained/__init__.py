@@ -26,7 +26,7 @@ from ..checkpoint import UNET_KEY, save_checkpoint
 from ..datasets import read_manifest
 from ..presets import check_config
 from ..settings import Setting
-from ..vocabulary import IMPORT_FORMATS
+from ..vocabulary import HUB_MODEL_ID, IMPORT_FORMATS
 from .common import Source, diffusion_config, load_weights_file
 from .ddpm_tf import is_ddim_checkpoint, is_pytorch_diffusion, read_ddim_checkpoint, read_pytorch_diffusion
 from .diffusers import DIFFUSERS_WEIGHTS, read_diffusers
@@ -49,7 +49,7 @@ def resolve_source(source: str | Path, *, revision: str | None = None) -> Path:
     path = Path(source)
     if path.exists():
         return path
-    if not re.fullmatch(r"[\w.-]+/[\w.-]+", str(source)):
+    if not re.fullmatch(HUB_MODEL_ID, str(source)):
         raise FileNotFoundError(f"{source} is neither a file, a folder nor a Hugging Face model id (owner/name)")
     try:
         from huggingface_hub import snapshot_download

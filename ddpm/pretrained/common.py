@@ -52,6 +52,13 @@ def load_weights_file(path: Path):
                          f"{str(err).splitlines()[0] if str(err) else ''}): the file is truncated or damaged") from err
 
 
+def sin_first_order(ch: int) -> list[int]:
+    """Where a code embeds t as [cos…, sin…] (diffusers' ``flip_sin_to_cos``, improved-diffusion): our [sin…, cos…]
+    column i is its column order[i] (:func:`translate`'s ``embedding_order``)."""
+    half = ch // 2
+    return list(range(half, ch)) + list(range(half))
+
+
 def relative(file: Path, folder: Path) -> str:
     return str(file.relative_to(folder)) if file.is_relative_to(folder) else file.name
 

@@ -34,6 +34,11 @@ PYTORCH_DIFFUSION_MODELS = {"cifar10": (32, "fixedlarge", 0.1), "lsun_bedroom": 
                             "lsun_cat": (256, "fixedsmall", 0.0), "lsun_church": (256, "fixedsmall", 0.0)}
 #: ermongroup/ddim's configs (configs/*.yml), by image size: the variance of its config, dropout.
 DDIM_CONFIGS = {32: ("fixedlarge", 0.1), 64: ("fixedlarge", 0.1), 256: ("fixedsmall", 0.0)}
+
+
+def _ddim_config(image_size: int) -> tuple[str, float]:
+    """ddim's variance and dropout for ``image_size`` (σ² = β and no dropout for a size it has no config for)."""
+    return DDIM_CONFIGS.get(image_size, ("fixedlarge", 0.0))
 #: The β of every release of both codes (DDPM's linear schedule over T = 1000).
 T_RELEASED, BETA_1, BETA_T = 1000, 1e-4, 0.02
 _MODULE_PREFIX = "module."  # nn.DataParallel's
@@ -119,7 +124,7 @@ def read_pytorch_diffusion(path: Path, state: dict, *, image_size: int | None = 
                          f"(none of diffusion_{{{','.join(PYTORCH_DIFFUSION_MODELS)}}}_model): give --image-size or "
                          f"--data")
     else:
-        size, (var_type, dropout) = image_size, DDIM_CONFIGS.get(image_size, ("fixedlarge", 0.0))
+        size, (var_type, dropout) = image_size, _ddim_config(image_size)
         notes = [f"the model is none of pytorch_diffusion's releases by name: {var_type} and DDPM's linear β over "
                  f"T = {T_RELEASED} assumed, as its and ddim's {size}² models"]
     unet = _architecture(state, size, dropout, str(path))
@@ -134,7 +139,7 @@ def read_ddim_checkpoint(path: Path, states: list, *, image_size: int | None = N
     if image_size is None:
         raise ValueError(f"{path}: a ddim ckpt.pth does not say its image size: give --data (the prepared data set "
                          f"it is checked against) or --image-size")
-    var_type, dropout = DDIM_CONFIGS.get(image_size, ("fixedlarge", 0.0))
+    var_type, dropout = _ddim_config(image_size)
     training = states[0]
     not_prefixed = [key for key in training if not key.startswith(_MODULE_PREFIX)]
     if not_prefixed:

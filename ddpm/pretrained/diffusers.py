@@ -15,7 +15,7 @@ from ..io import read_json
 from ..presets import GROUPS, UNetConfig
 from ..schedules import make_betas
 from ..store import sha256_file
-from .common import Layer, Source, layer_names, load_weights_file, relative, translate
+from .common import Layer, Source, layer_names, load_weights_file, relative, sin_first_order, translate
 
 #: Where a diffusers folder keeps its parts (a pipeline folder has them in ``unet/`` and ``scheduler/``).
 DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
@@ -85,8 +85,7 @@ def diffusers_unet_config(config: dict, where: str) -> tuple[UNetConfig, list[in
         downsample_padding="same" if config.get("downsample_padding", 1) == 0 else "symmetric",
         temb_freq_shift=int(config.get("freq_shift", 0)),
     )
-    half = ch // 2
-    order = list(range(half, ch)) + list(range(half)) if config.get("flip_sin_to_cos", True) else list(range(ch))
+    order = sin_first_order(ch) if config.get("flip_sin_to_cos", True) else list(range(ch))
     return unet, order
 
 

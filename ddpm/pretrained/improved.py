@@ -25,7 +25,7 @@ import numpy as np
 from ..presets import UNetConfig
 from ..schedules import make_betas
 from ..store import sha256_file
-from .common import Layer, Source, layer_names, translate
+from .common import Layer, Source, layer_names, sin_first_order, translate
 
 #: improved-diffusion's ``model_and_diffusion_defaults()`` (script_util.py) for the flags that matter here.
 DEFAULT_FLAGS = {"image_size": "64", "num_channels": "128", "num_res_blocks": "2", "num_heads": "4",
@@ -200,7 +200,7 @@ def read_improved_diffusion(path: Path, state: dict, *, image_size: int | None =
         raise ValueError(f"{path}: --num_heads {unet.num_heads} does not divide an attention block's {channels[0]} "
                          f"channels")
     weights = translate(split_qkv(state, unet.num_heads), _leaves(unet), unet, where=str(path),
-                        embedding_order=_sin_first(unet.ch))
+                        embedding_order=sin_first_order(unet.ch))
     T = int(parsed["diffusion_steps"])
     schedule = parsed["noise_schedule"]
     if schedule not in ("linear", "cosine"):
@@ -214,9 +214,4 @@ def read_improved_diffusion(path: Path, state: dict, *, image_size: int | None =
     return Source("improved-diffusion", unet, weights, None, T, np.asarray(betas, dtype=np.float64), "eps", var_type,
                   {path.name: sha256_file(path)}, notes)
 
-
-def _sin_first(ch: int) -> list[int]:
-    """Their embedding is [cos…, sin…]: our [sin…, cos…] column i is their column order[i]."""
-    half = ch // 2
-    return list(range(half, ch)) + list(range(half))
 
