@@ -11,6 +11,7 @@ warm-up steps (which absorb compilation and cuDNN autotuning).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime
 import platform
 import resource
@@ -22,12 +23,13 @@ import torch
 
 from .diffusion import GaussianDiffusion
 from .io import source_commit
+from .metrics import MIN_IMAGES
 from .presets import PRESETS
 from .schedules import make_betas
 from .samplers.point import SamplerPoint
 from .speed import FastForward, Speed, configure_backends, make_optimizer
 from .train import apply_gradients
-from .unet import count_parameters, create_model
+from .unet import AttnBlock, attention_shapes, count_parameters, create_model
 
 
 def preset_data(preset: str) -> tuple[int, int]:
@@ -214,7 +216,89 @@ def bits_per_dim_difference(preset: str, speed: Speed, device: torch.device, *, 
             "bpd_max_image_difference": float((totals[1] - totals[0]).abs().max())}
 
 
-def _device_name(device: torch.device) -> str:
+#: What a FID job computes of its images (:func:`fid_throughput`): FID, IS and KID.
+FID_METRICS = ("fid", "isc", "kid")
+
+
+def fid_throughput(device: torch.device, images: int, *, weights=None, batch_size: int = 200, seed: int = 0) -> dict:
+    """Images per second through a FID job's scoring (:func:`ddpm.metrics.fidelity_metrics`: torch-fidelity's
+    Inception-v3 features of ``images`` samples and as many reference images, then FID, IS and KID) on random
+    32×32 images. ``weights``: torch-fidelity's weights file; without it, the file in torch.hub's cache, else a
+    stand-in of the same shapes made here (no network; its speed is the real network's, its scores mean nothing),
+    said so in ``extractor_weights``."""
+    import tempfile
+
+    import numpy as np
+
+    from .metrics import cached_inception_weights, fidelity_metrics, write_stand_in_inception_weights
+
+    generator = np.random.default_rng(seed)
+    samples, reference = (generator.integers(0, 256, (images, 3, 32, 32), dtype=np.uint8) for _ in range(2))
+    with tempfile.TemporaryDirectory() as folder:
+        if weights is None and cached_inception_weights().is_file():
+            weights, origin = cached_inception_weights(), "torch-fidelity's file (torch.hub's cache)"
+        elif weights is None:
+            weights = write_stand_in_inception_weights(Path(folder) / "stand-in-inception.pth", seed)
+            origin = "a stand-in of the same shapes made here, random values (no network to fetch the real file)"
+        else:
+            origin = f"torch-fidelity's file at {weights}"
+        _synchronize(device)
+        start = time.perf_counter()
+        fidelity_metrics(samples, reference, extractor="inception-v3-compat", weights_path=weights,
+                         batch_size=batch_size, device=str(device), metrics=FID_METRICS, seed=seed)
+        _synchronize(device)
+        seconds = time.perf_counter() - start
+    return {"fid_images_per_s": 2 * images / seconds,
+            "fid": {"samples": images, "reference_images": images, "seconds": seconds, "metrics": list(FID_METRICS),
+                    "batch_size": batch_size, "extractor_weights": origin}}
+
+
+def fused_attention_backends(device: torch.device) -> tuple[str, ...]:
+    """The fused kernels of ``scaled_dot_product_attention`` on ``device`` (all but the math kernel, which holds the
+    whole positions² matrix)."""
+    if device.type == "cuda":
+        return ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION")
+    return ("FLASH_ATTENTION",)
+
+
+class _AttentionOnly(torch.nn.Module):
+    """An attention block called as the network is, ``(x, t)``, so that :class:`FastForward` applies ``speed``."""
+
+    def __init__(self, block: AttnBlock):
+        super().__init__()
+        self.block = block
+
+    def forward(self, x, t):
+        return self.block(x)
+
+
+def attention_kernels(preset: str, speed: Speed, device: torch.device, *, batch: int = 2) -> dict[str, list[str]]:
+    """Which fused kernels take each attention block of ``preset`` (:func:`ddpm.unet.attention_shapes`) with
+    ``speed``'s forward pass (precision, memory layout) on ``device``: for each block ``"<channels>ch-<heads>h-<res>px"``,
+    the fused backends that ran it when each was the only one allowed. An empty list: only the math kernel would."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    eager = dataclasses.replace(speed, compile=False, cuda_graph=False)  # the kernels eager mode picks
+    config = PRESETS[preset]
+    found = {}
+    for channels, heads, resolution in attention_shapes(config):
+        block = AttnBlock(channels, heads, config.norm_eps).to(device).eval()
+        forward = FastForward(_AttentionOnly(block), eager, device, inference=True)
+        x = torch.randn(batch, channels, resolution, resolution, device=device)
+        taken = []
+        for backend in fused_attention_backends(device):
+            try:
+                with torch.no_grad(), sdpa_kernel([getattr(SDPBackend, backend)]):
+                    forward(x, None)
+                taken.append(backend)
+            except RuntimeError:  # "No available kernel": this backend refuses these inputs
+                pass
+        found[f"{channels}ch-{heads}h-{resolution}px"] = taken
+    configure_backends(Speed())
+    return found
+
+
+def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
@@ -227,15 +311,19 @@ PARAMETER_KEYS = ("preset", "device", "device_name", "torch", "commit", "speed",
 
 def run_bench(preset: str = "cifar10", *, device: str | torch.device = "cpu", speed: Speed | None = None,
               batch_size: int = 128, sample_batch: int | None = None, T: int = 1000, steps: int = 10,
-              warmup: int = 3, seed: int = 0, rounds: int = 3) -> dict:
+              warmup: int = 3, seed: int = 0, rounds: int = 3, fid_images: int = 0, inception_weights=None) -> dict:
     """Benchmark ``preset`` with ``speed`` (default: what pays off on the device) and with the plain path, and the
-    plain path's training against the straightforward code in ``rounds`` alternating rounds."""
+    plain path's training against the straightforward code in ``rounds`` alternating rounds; which fused attention
+    kernels take the preset's attention blocks with each; with ``fid_images``, a FID job's scoring rate
+    (:func:`fid_throughput`)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}")
     if min(batch_size, steps, T, rounds) < 1 or warmup < 0 or (sample_batch is not None and sample_batch < 1):
         raise ValueError(f"need batch_size, sample_batch, steps, T, rounds >= 1 and warmup >= 0; got "
                          f"batch_size={batch_size}, sample_batch={sample_batch}, steps={steps}, T={T}, "
                          f"rounds={rounds}, warmup={warmup}")
+    if fid_images and fid_images < MIN_IMAGES:
+        raise ValueError(f"fid_images must be 0 (no FID phase) or at least {MIN_IMAGES}, got {fid_images}")
     device = torch.device(device)
     speed = Speed.auto(device) if speed is None else speed
     sample_batch = sample_batch or batch_size
@@ -249,7 +337,7 @@ def run_bench(preset: str = "cifar10", *, device: str | torch.device = "cpu", sp
         "commit": source_commit(),
         "torch": torch.__version__,
         "device": str(device),
-        "device_name": _device_name(device),
+        "device_name": device_name(device),
         "preset": preset,
         "parameters": plain.pop("parameters"),
         **options,
@@ -260,6 +348,9 @@ def run_bench(preset: str = "cifar10", *, device: str | torch.device = "cpu", sp
         "against_straightforward": straightforward,
         "samplers": sampler_speeds(preset, speed, device, sample_batch=sample_batch, T=T, seed=seed, rounds=rounds),
         **bits_per_dim_difference(preset, speed, device),
+        "attention_kernels": {"plain": attention_kernels(preset, Speed(), device),
+                              "optimised": attention_kernels(preset, speed, device)},
+        **(fid_throughput(device, fid_images, weights=inception_weights, seed=seed) if fid_images else {}),
     }
 
 
@@ -280,7 +371,8 @@ def log_to_mlflow(result: dict, tracking_uri: str, artifact_root: str | Path, ex
     tracking.log_params(tracking_uri, run_id, {k: result[k] for k in PARAMETER_KEYS})
     metrics = {f"{part}.{k}": v for part in ("plain", "optimised", "ratio", "against_straightforward")
                for k, v in result[part].items() if k != "ratio_per_round"}
-    metrics.update({k: result[k] for k in ("bpd_mean_difference", "bpd_max_image_difference")})
+    metrics.update({k: result[k] for k in ("bpd_mean_difference", "bpd_max_image_difference", "fid_images_per_s")
+                    if k in result})
     metrics.update({f"samplers.{point}.{k}": v for point, figures in result["samplers"].items()
                     for k, v in figures.items() if not k.endswith("per_round")})
     tracking.log_metrics(tracking_uri, run_id, metrics)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .losses import discretized_gaussian_log_likelihood, mean_flat, nats_to_bits, normal_kl
+from .noise import SampleNoise
 from .progress import progress as progress_iter
 from .schedules import check_betas
 from .vocabulary import LOSS_TYPES, MEAN_TYPES, VAR_TYPES  # noqa: F401 (the process's names)
@@ -25,7 +26,7 @@ from .vocabulary import LOSS_TYPES, MEAN_TYPES, VAR_TYPES  # noqa: F401 (the pro
 HYBRID_LAMBDA = 0.001
 
 Model = Callable[..., torch.Tensor]
-Generator = torch.Generator | Sequence[torch.Generator] | None
+Generator = torch.Generator | Sequence[torch.Generator] | SampleNoise | None
 
 
 def _check_choice(kind: str, value: str, valid: Sequence[str]) -> str:
@@ -35,10 +36,14 @@ def _check_choice(kind: str, value: str, valid: Sequence[str]) -> str:
 
 
 def randn(shape: Sequence[int], generator: Generator = None, device=None, dtype=torch.float32) -> torch.Tensor:
-    """Standard normal noise. ``generator`` may be one ``torch.Generator`` or one per batch element; with one
-    per element, each element's noise depends only on its own generator, not on the batch it is drawn in.
-    Noise is drawn on the generator's device, so CPU generators give the same numbers on any device."""
+    """Standard normal noise. ``generator`` may be a :class:`ddpm.noise.SampleNoise` (per-sample noise drawn on
+    ``device``, the project's), one ``torch.Generator``, or one per batch element (as peers' code draws it, for
+    parity tests); with one per element, each element's noise depends only on its own generator, not on the batch
+    it is drawn in. A ``torch.Generator``'s noise is drawn on its device, so CPU generators give the same numbers on
+    any device."""
     shape = tuple(shape)
+    if isinstance(generator, SampleNoise):
+        return generator.randn(shape, device=device, dtype=dtype)
     if isinstance(generator, (list, tuple)):
         if len(generator) != shape[0]:
             raise ValueError(f"got {len(generator)} generators for a batch of {shape[0]}")

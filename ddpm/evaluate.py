@@ -14,7 +14,7 @@ from .provenance import check_provenance, provenance_arrays, read_provenance
 from .datasets import check_images, open_split, read_manifest, split_sha256, to_model_range
 from .io import load_npz, save_npz, write_json
 from .progress import progress as progress_iter
-from .sample import sample_generator
+from .noise import SampleNoise
 from .speed import FastForward, Speed
 from .vocabulary import SAMPLE_RECORD, SAMPLING_COST
 
@@ -45,8 +45,8 @@ def nll_shard(checkpoint, data_dir, *, start: int, count: int | None, batch_size
     for first in progress_iter(range(start, stop, batch_size), desc="bits/dim batches", enabled=progress):
         last = min(first + batch_size, stop)
         x0 = to_model_range(images[first:last]).to(device)
-        generators = [sample_generator(seed, i) for i in range(first, last)]
-        out = diffusion.calc_bpd_loop(model, x0, generator=generators, progress=progress, decoder=decoder,
+        noise = SampleNoise(seed, range(first, last))
+        out = diffusion.calc_bpd_loop(model, x0, generator=noise, progress=progress, decoder=decoder,
                                       timesteps_per_pass=timesteps_per_pass)
         totals.append(out["total_bpd"].cpu().numpy())
         priors.append(out["prior_bpd"].cpu().numpy())

@@ -97,16 +97,17 @@ def sampling_cost(shard_paths, count: int) -> dict:
 
 
 def sample_record(shard_paths) -> dict:
-    """What the shards were drawn with (:data:`SAMPLE_RECORD`: EMA or raw weights, the seed), which they must agree
-    on; {} for shards that do not record it."""
+    """What the shards were drawn with (:data:`SAMPLE_RECORD`: EMA or raw weights, the seed, the noise's scheme),
+    which they must agree on: a shard that does not record it (written before it was recorded) counts as another
+    value beside shards that do; {} for shards that record none of it."""
     shards = [load_npz(p, (), optional=SAMPLE_RECORD) for p in shard_paths]
     record = {}
     for key in SAMPLE_RECORD:
-        values = {shard[key].item() for shard in shards if key in shard}
+        values = {shard[key].item() if key in shard else "not recorded" for shard in shards}
         if len(values) > 1:
             raise ValueError(f"the sample shards were drawn with different {key.replace('_', ' ')}s "
                              f"({sorted(map(str, values))}): delete the stale shards and run the workflow again")
-        if values and all(key in shard for shard in shards):
+        if values and values != {"not recorded"}:
             record[key] = values.pop()
     return record
 

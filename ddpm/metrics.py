@@ -44,11 +44,49 @@ TRACKED_SCORES = ("fid", "fid_se", "fid_test", "is_mean", "is_std", "is_se", "ki
 MIN_IMAGES = 10  # IS uses 10 splits; precision/recall need > 3 neighbours; FID needs a covariance
 
 
+def cached_inception_weights() -> Path:
+    """Where torch-fidelity looks for its Inception-v3 weights before downloading them (torch.hub's cache)."""
+    from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
+
+    return Path(torch.hub.get_dir()) / "checkpoints" / URL_INCEPTION_V3.rsplit("/", 1)[-1]
+
+
+def write_stand_in_inception_weights(path: str | os.PathLike, seed: int = 0) -> Path:
+    """A file in the layout of torch-fidelity's Inception-v3 weights (every key and shape of its
+    ``FeatureExtractorInceptionV3``) with random values: He-normal convolutions (so that activations neither vanish
+    nor explode through ~100 layers), identity batch norms, a scaled classifier. For what needs the network's shape
+    and cost but cannot download the real file (tests, ``ddpm bench`` offline); its scores mean nothing."""
+    import math
+
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    class Skeleton(FeatureExtractorInceptionV3):  # torch-fidelity's module, built without loading any weights
+        def load_state_dict(self, state_dict, strict=True, assign=False):
+            return None
+
+    path = Path(path)
+    empty = path.with_name(path.name + ".empty")
+    torch.save({}, empty)
+    try:
+        skeleton = Skeleton("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(empty))
+    finally:
+        empty.unlink()
+    generator, state = torch.Generator().manual_seed(seed), {}
+    for key, value in skeleton.state_dict().items():
+        if key.endswith("conv.weight"):
+            value = torch.randn(value.shape, generator=generator) * math.sqrt(2.0 / value[0].numel())
+        elif key == "fc.weight":
+            value = torch.randn(value.shape, generator=generator) * (3.0 / math.sqrt(value.shape[1]))
+        state[key] = value.clone()
+    torch.save(state, path)
+    return path
+
+
 def inception_weights_help() -> str:
     """How to provide torch-fidelity's Inception-v3 weights on a machine without internet access."""
     from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 
-    hub_file = Path(torch.hub.get_dir()) / "checkpoints" / URL_INCEPTION_V3.rsplit("/", 1)[-1]
+    hub_file = cached_inception_weights()
     return (
         f"torch-fidelity's Inception-v3 weights are downloaded from {URL_INCEPTION_V3}. Without internet access, "
         f"fetch that file elsewhere and either set the config key `{INCEPTION_CONFIG_KEY}` to its path (passed on "
@@ -449,7 +487,7 @@ def tracked_scores(scores: dict, *, snapshot: bool = False) -> list[tuple[dict, 
 
 #: How a FID / IS result was computed (its JSON's keys), as the tags ``ddpm.fid.<key>`` of the MLflow runs it goes to.
 FID_CONDITIONS = ("num_samples", "extractor", "extractor_weights", "resize", "reference_split", "model_weights",
-                  "sample_seed")
+                  "sample_seed", "sample_noise")
 
 
 def fid_tags(scores: dict) -> dict[str, str]:

@@ -12,18 +12,12 @@ import torch
 from .checkpoint import checkpoint_provenance, load_for_sampling
 from .provenance import provenance_arrays
 from .datasets import open_split, to_model_range, to_uint8
-from .diffusion import randn
 from .io import save_grid, save_npz
 from .progress import progress as progress_iter
 from .samplers import NonFiniteSamples, network_evaluations, sample_loop, sampling_process
 from .samplers.point import SamplerPoint
+from .noise import SCHEME as NOISE_SCHEME, SampleNoise
 from .speed import FastForward, Speed
-
-
-def sample_generator(seed: int, index: int) -> torch.Generator:
-    """The generator of sample ``index``: the same numbers whatever batch or shard the sample is drawn in."""
-    state = np.random.SeedSequence([seed, index]).generate_state(2, dtype=np.uint32)
-    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
 @torch.no_grad()
@@ -43,9 +37,8 @@ def draw_samples(checkpoint, *, start: int = 0, count: int = 64, batch_size: int
     out = []
     for first in progress_iter(batches, desc="sample batches", enabled=progress):
         indices = range(first, min(first + batch_size, start + count))
-        generators = [sample_generator(seed, i) for i in indices]
         try:
-            x = sample_loop(model, diffusion, point, (len(indices), *shape), generators, progress=progress,
+            x = sample_loop(model, diffusion, point, (len(indices), *shape), SampleNoise(seed, indices), progress=progress,
                             device=device)
         except NonFiniteSamples as err:
             raise ValueError(f"{checkpoint}: " + err.describe(f"seed {seed}'s samples",
@@ -69,8 +62,7 @@ def progressive_generation(checkpoint: str | Path, *, count: int = 8, columns: i
     # after k reverse steps the step index is n − k; k = n·j / columns for j = 1 … columns
     record = sorted({n - max(1, round(n * j / columns)) for j in range(1, columns + 1)}, reverse=True)
     shape = tuple(state["data_shape"])
-    generators = [sample_generator(seed, i) for i in range(count)]
-    _, trajectory = sample_loop(model, diffusion, point, (count, *shape), generators, device=device,
+    _, trajectory = sample_loop(model, diffusion, point, (count, *shape), SampleNoise(seed, range(count)), device=device,
                                 return_trajectory=True, trajectory_steps=record)
     frames = torch.stack([trajectory[i] for i in record], dim=1)  # (count, columns, C, H, W)
     return to_uint8(frames.reshape(-1, *shape)).numpy()
@@ -97,11 +89,11 @@ def interpolate(checkpoint: str | Path, first: np.ndarray, second: np.ndarray, *
     t = max(1, round(t_fraction * process.num_timesteps)) - 1  # 0-based index of x_t in the sampler's steps
     x0 = to_model_range(np.stack([first, second])).to(device)
     encoded = process.q_sample(x0, torch.full((2,), t, device=device),
-                               noise=randn(x0.shape, [sample_generator(seed, 0), sample_generator(seed, 1)], device=device))
+                               noise=SampleNoise(seed, [0, 1]).randn(x0.shape, device=device))
     lambdas = torch.linspace(0, 1, num_lambdas, device=device).reshape(-1, 1, 1, 1)
     x = (1 - lambdas) * encoded[0] + lambdas * encoded[1]
-    generators = [sample_generator(seed, 2) for _ in range(num_lambdas)]  # one noise stream, shared by every λ
-    decoded = sample_loop(model, diffusion, point, tuple(x.shape), generators, noise=x, device=device, start_step=t)
+    shared = SampleNoise(seed, [2] * num_lambdas)  # one noise stream, shared by every λ
+    decoded = sample_loop(model, diffusion, point, tuple(x.shape), shared, noise=x, device=device, start_step=t)
     return np.concatenate([first[None], to_uint8(decoded).cpu().numpy(), second[None]])
 
 
@@ -117,6 +109,7 @@ def write_sample_shard(checkpoint, out, *, start: int = 0, count: int = 64, grid
     seconds = time.perf_counter() - began
     save_npz(out, images=images, indices=np.arange(start, start + count), sampling_seconds=np.array(seconds),
              network_evaluations=np.array(evaluations), sample_seed=np.array(int(sampling.get("seed", 0))),
+             sample_noise=np.array(NOISE_SCHEME),
              model_weights=np.array("ema" if sampling.get("use_ema", True) else "raw"),
              **provenance_arrays({**provenance, "sampler": point.name}))
     if grid:

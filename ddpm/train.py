@@ -44,12 +44,12 @@ def _preview_grid(ema: UNet, diffusion: GaussianDiffusion, shape, path: Path, de
     with S = 50): how samples look at this point of training."""
     from .datasets import to_uint8
     from .io import save_grid
-    from .sample import sample_generator
+    from .noise import SampleNoise
     from .samplers import sample_loop
 
     point = SamplerPoint("ancestral", min(PREVIEW_STEPS, diffusion.num_timesteps))
-    generators = [sample_generator(0, i) for i in range(PREVIEW_SAMPLES)]
-    x = sample_loop(ema, diffusion, point, (PREVIEW_SAMPLES, *shape), generators, device=device)
+    noise = SampleNoise(0, range(PREVIEW_SAMPLES))
+    x = sample_loop(ema, diffusion, point, (PREVIEW_SAMPLES, *shape), noise, device=device)
     save_grid(to_uint8(x).cpu().numpy(), path, nrow=6)
     return path
 

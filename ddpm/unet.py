@@ -216,8 +216,21 @@ def create_model(preset_name: str, *, learn_sigma: bool = False, **overrides) ->
     return UNet(replace(config, out_channels=out))
 
 
+def attention_shapes(config: UNetConfig) -> list[tuple[int, int, int]]:
+    """Each distinct attention block input of ``config``'s network as (channels, heads, resolution): those of the
+    down and up paths at the attention resolutions, and the middle block's at the lowest resolution."""
+    shapes, resolution = set(), config.image_size
+    for mult in config.ch_mult:
+        if resolution in config.attn_resolutions:
+            shapes.add((config.ch * mult, config.num_heads, resolution))
+        resolution //= 2
+    shapes.add((config.ch * config.ch_mult[-1], config.num_heads, resolution * 2))
+    return sorted(shapes)
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["UNet", "UNetConfig", "PRESETS", "preset", "create_model", "count_parameters", "check_config"]
+__all__ = ["UNet", "UNetConfig", "PRESETS", "preset", "create_model", "count_parameters", "check_config",
+           "attention_shapes"]

@@ -43,8 +43,8 @@ RECONSTRUCTION_METRIC = "reconstruction_mse"
 #: Inception scored before γ was chosen so (no such key) is not shown (:mod:`ddpm.report.tables`).
 KID_GAMMA = "kid_kernel_gamma"
 #: What a set of samples was drawn with, as the sample files and their scores name it: the model's weights (``ema``, or
-#: ``raw``: the training weights without averaging) and the seed of the per-sample generators.
-SAMPLE_RECORD = ("model_weights", "sample_seed")
+#: ``raw``: the training weights without averaging), the seed and the per-sample noise's scheme (``ddpm.noise.SCHEME``).
+SAMPLE_RECORD = ("model_weights", "sample_seed", "sample_noise")
 #: Where published weights come from (``ddpm import``, config ``pretrained.format``): a diffusers model folder (the
 #: conversions of DDPM's releases, ``google/ddpm-*``), pytorch-ddpm's ``ckpt.pt`` (its ``net_model`` / ``ema_model``),
 #: pesser/pytorch_diffusion's conversions of DDPM's TF checkpoints, ermongroup/ddim's ``ckpt.pth``, or

@@ -28,19 +28,14 @@ from torch.nn import functional as F
 from ddpm.checkpoint import load_checkpoint, load_for_sampling
 from ddpm.datasets import prepare_dataset
 from ddpm.pretrained import import_checkpoint, resolve_source
+from ddpm.pretrained.diffusers import GOOGLE_DDPM_CIFAR10_UNET
 from ddpm.unet import timestep_embedding
 
 from conftest import run_import, save_diffusers_folder
 
 #: The Hub's configs of the DDPM conversions (diffusers 0.0.4 era; keys diffusers has added since take their
 #: defaults). The four 256² models share one architecture: the 256² U-Net of DDPM Appendix B.
-CIFAR10_UNET = {
-    "_class_name": "UNet2DModel", "act_fn": "silu", "attention_head_dim": None, "block_out_channels": [128, 256, 256, 256],
-    "center_input_sample": False, "down_block_types": ["DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"],
-    "downsample_padding": 0, "flip_sin_to_cos": False, "freq_shift": 1, "in_channels": 3, "layers_per_block": 2,
-    "mid_block_scale_factor": 1, "norm_eps": 1e-06, "norm_num_groups": 32, "out_channels": 3, "sample_size": 32,
-    "time_embedding_type": "positional", "up_block_types": ["UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"],
-}
+CIFAR10_UNET = GOOGLE_DDPM_CIFAR10_UNET
 LSUN_UNET = {
     **CIFAR10_UNET, "block_out_channels": [128, 128, 256, 256, 512, 512], "sample_size": 256,
     "down_block_types": ["DownBlock2D"] * 4 + ["AttnDownBlock2D", "DownBlock2D"],

@@ -13,8 +13,9 @@ import yaml
 from conftest import ROOT, TINY, unactivated_environment
 
 PACKAGE = ROOT / "ddpm"
-#: The process, the network (and its presets) and their losses: what improved-diffusion keeps apart from the rest.
-MATH_CORE = {"schedules", "diffusion", "losses", "timestep_samplers", "unet", "presets"}
+#: The process, the network (and its presets), their losses and the per-sample noise: what improved-diffusion keeps
+#: apart from the rest.
+MATH_CORE = {"schedules", "diffusion", "losses", "timestep_samplers", "unet", "presets", "noise"}
 #: What the math core may use besides itself: the progress line and the names, which import nothing of the package.
 LEAVES = {"progress", "vocabulary"}
 

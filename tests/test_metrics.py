@@ -24,7 +24,8 @@ from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 from ddpm.datasets import load_digits, to_model_range
 from ddpm.features import (ClassifierFeatureExtractor, EXTRACTOR_NAME, load_classifier,
                            register_classifier_extractor, train_classifier)
-from ddpm.metrics import INCEPTION_CONFIG_KEY, UInt8ImageDataset, fidelity_metrics, gaussian_baseline_samples
+from ddpm.metrics import (INCEPTION_CONFIG_KEY, UInt8ImageDataset, fidelity_metrics, gaussian_baseline_samples,
+                          write_stand_in_inception_weights)
 
 N_TRAIN = 1500
 METRIC_KEYS = ("fid", "is_mean", "is_std", "kid_mean", "kid_std", "precision", "recall")
@@ -192,31 +193,10 @@ def test_gaussian_baseline(split):
 # Inception-v3 (torch-fidelity's own extractor, weights file of the right layout with random values)
 
 
-class _InceptionSkeleton(FeatureExtractorInceptionV3):
-    """torch-fidelity's module, built without loading any weights: gives the exact state-dict keys and shapes."""
-
-    def load_state_dict(self, state_dict, strict=True, assign=False):
-        return None
-
-
 @pytest.fixture(scope="module")
 def random_inception_weights(tmp_path_factory):
-    """A stand-in for weights-inception-2015-12-05-6726825d.pth: same keys/shapes, He-normal random convolutions
-    (so activations neither vanish nor explode through ~100 layers), identity batch norms."""
-    folder = tmp_path_factory.mktemp("inception")
-    torch.save({}, folder / "empty.pt")
-    skeleton = _InceptionSkeleton("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(folder / "empty.pt"))
-    gen = torch.Generator().manual_seed(0)
-    state = {}
-    for key, value in skeleton.state_dict().items():
-        if key.endswith("conv.weight"):
-            value = torch.randn(value.shape, generator=gen) * math.sqrt(2.0 / value[0].numel())
-        elif key == "fc.weight":
-            value = torch.randn(value.shape, generator=gen) * (3.0 / math.sqrt(value.shape[1]))
-        state[key] = value.clone()
-    path = folder / "weights-inception-random.pth"
-    torch.save(state, path)
-    return path
+    """A stand-in for weights-inception-2015-12-05-6726825d.pth: torch-fidelity's keys and shapes, random values."""
+    return write_stand_in_inception_weights(tmp_path_factory.mktemp("inception") / "weights-inception-random.pth")
 
 
 def test_inception_path_end_to_end_offline(random_inception_weights, monkeypatch):

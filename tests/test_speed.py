@@ -114,7 +114,8 @@ def test_training_with_speed_ups_saves_the_plain_networks_weights(tmp_path):
 
 def test_bench_measures_both_paths_and_records_their_ratio(tmp_path, capsys):
     assert main(["bench", "--preset", "tiny", "--batch-size", "8", "--T", "50", "--steps", "2", "--warmup", "1",
-                 "--out", str(tmp_path), "--speed", "foreach_ema,fused_adam", "--threads", "1", "--rounds", "2"]) in (0, None)
+                 "--out", str(tmp_path), "--speed", "foreach_ema,fused_adam", "--threads", "1", "--rounds", "2",
+                 "--fid-images", "10"]) in (0, None)
     printed = json.loads(capsys.readouterr().out)
     record = json.loads(open(printed["record"]).read())
     assert record["speed"] == "fused_adam,foreach_ema" and record["device"] == "cpu" and record["preset"] == "tiny"
@@ -126,6 +127,11 @@ def test_bench_measures_both_paths_and_records_their_ratio(tmp_path, capsys):
     against = record["against_straightforward"]
     assert len(against["ratio_per_round"]) == 2 and against["straightforward_train_images_per_s"] > 0
     assert against["ratio"] in against["ratio_per_round"]
+    # the tiny preset's one attention block (the middle one) on the CPU's flash kernel, both paths
+    assert record["attention_kernels"] == {part: {"64ch-1h-4px": ["FLASH_ATTENTION"]} for part in ("plain", "optimised")}
+    fid = record["fid"]  # 10 samples and 10 reference images through Inception-v3 (offline: a stand-in, said so)
+    assert (fid["samples"], fid["reference_images"], fid["metrics"]) == (10, 10, ["fid", "isc", "kid"])
+    assert record["fid_images_per_s"] == pytest.approx(20 / fid["seconds"]) and "stand-in" in fid["extractor_weights"]
 
     from mlflow.tracking import MlflowClient
 
@@ -135,6 +141,40 @@ def test_bench_measures_both_paths_and_records_their_ratio(tmp_path, capsys):
     assert run.data.metrics["ratio.train_images_per_s"] == pytest.approx(record["ratio"]["train_images_per_s"])
     assert run.data.params["speed"] == "fused_adam,foreach_ema"
     assert run.data.metrics["against_straightforward.ratio"] == pytest.approx(against["ratio"])
+    assert run.data.metrics["fid_images_per_s"] == pytest.approx(record["fid_images_per_s"])
+
+
+def test_bench_against_diffusers_times_both_codes_on_the_same_network(tmp_path, capsys):
+    """``ddpm bench --against diffusers`` at the smallest size: both initialisations, the two networks computing the
+    same function, each ratio the rounds' ours ÷ theirs, the record beside (not among) the rate records, MLflow."""
+    assert main(["bench", "--against", "diffusers", "--batch-size", "1", "--sample-batch", "1", "--steps", "1",
+                 "--warmup", "0", "--rounds", "2", "--sample-steps", "2", "--threads", "2",
+                 "--out", str(tmp_path)]) in (0, None)
+    printed = json.loads(capsys.readouterr().out)
+    record = json.loads(open(printed["record"]).read())
+    assert printed["record"].startswith(str(tmp_path / "diffusers")) and not list(tmp_path.glob("*.json"))
+    assert record["against"] == "diffusers" and record["speed"] == "fused_adam,foreach_ema"
+    assert set(record["initialisations"]) == {"diffusers", "ours"}
+    for init, parts in record["initialisations"].items():
+        assert parts["output_max_difference"] < 1e-4, init  # the same network, whichever side's weights
+        train, sample = parts["train"], parts["sample"]
+        assert set(train["images_per_s"]) == {"ours_fp32", "ours_bf16", "diffusers_fp32", "diffusers_bf16"}
+        for precision in ("fp32", "bf16"):
+            rates = train["images_per_s_per_round"]
+            assert train["ratio_per_round"][precision] == pytest.approx(
+                [a / b for a, b in zip(rates[f"ours_{precision}"], rates[f"diffusers_{precision}"])])
+        rates = sample["images_per_s_per_round"]
+        assert sample["ratio_per_round"]["fp32"] == pytest.approx([a / b for a, b in zip(rates["ours"], rates["diffusers"])])
+        assert len(rates["ours"]) == 2
+    assert record["train_ratio"] == min(p["train"]["ratio"][q] for p in record["initialisations"].values()
+                                        for q in ("fp32", "bf16"))
+
+    from mlflow.tracking import MlflowClient
+
+    run = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(printed["mlflow_run_id"])
+    assert run.data.params["against"] == "diffusers" and run.data.tags["ddpm.kind"] == "bench"
+    assert run.data.metrics["train_ratio"] == pytest.approx(record["train_ratio"])
+    assert run.data.metrics["ours.sample.ratio.fp32"] == pytest.approx(record["initialisations"]["ours"]["sample"]["ratio"]["fp32"])
 
 
 def test_the_straightforward_reference_is_the_same_network_and_training_step():

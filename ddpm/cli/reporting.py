@@ -95,6 +95,16 @@ def add_bench(p):
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds of the plain path's training against "
                    "the same U-Net written the straightforward way (the median ratio is reported)")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights and inputs (default: 0)")
+    p.add_argument("--against", choices=("diffusers",), help="instead: our training step and DDIM sampling against "
+                   "diffusers' (UNet2DModel as google/ddpm-cifar10-32, its training example's step, DDIMPipeline) on "
+                   "the same network, in alternating rounds; --steps timed training steps per round, --rounds rounds; "
+                   "the record goes to <out>/diffusers/")
+    p.add_argument("--sample-steps", type=int, default=10, help="with --against: DDIM's steps (default: 10)")
+    p.add_argument("--fid-images", type=int, default=0, help="also a FID job's scoring rate: torch-fidelity's "
+                   "Inception features of this many samples and as many reference images, then FID, IS and KID "
+                   "(the papers: 50000; default: 0, none)")
+    p.add_argument("--inception-weights", type=ReadPath, help="torch-fidelity's Inception-v3 weights file for "
+                   "--fid-images (default: torch.hub's cache, else a stand-in of the same shapes, said so)")
     p.add_argument("--out", default="benchmarks", type=WritePath, help="folder of the JSON records (and the default MLflow store)")
     p.add_argument("--mlflow", type=_bool, default=True, help="also log the run to MLflow (default: true)")
     p.add_argument("--tracking-uri", help="used when $MLFLOW_TRACKING_URI is unset; default sqlite:///<out>/mlflow.db")
@@ -105,13 +115,34 @@ def cmd_bench(args):
     from ..bench import log_to_mlflow, run_bench, write_record
     from ..tracking import default_tracking_uri
 
+    if args.against:
+        return _bench_against(args)
     result = run_bench(args.preset, device=_device(args.device), speed=_speed(args), batch_size=args.batch_size,
                        sample_batch=args.sample_batch, T=args.T, steps=args.steps, warmup=args.warmup, seed=args.seed,
-                       rounds=args.rounds)
+                       rounds=args.rounds, fid_images=args.fid_images, inception_weights=args.inception_weights)
     path = write_record(result, args.out)
     if args.mlflow:
         uri = default_tracking_uri(args.out, args.tracking_uri)
         result["mlflow_run_id"] = log_to_mlflow(result, uri, Path(args.out) / "mlartifacts")
+    print(json.dumps({**result, "record": str(path)}, indent=2))
+
+
+def _bench_against(args):
+    from .. import bench_diffusers
+    from ..io import write_json
+    from ..tracking import default_tracking_uri
+
+    if min(args.batch_size, args.sample_batch or 1, args.steps, args.rounds, args.sample_steps) < 1 or args.warmup < 0:
+        raise ValueError("need --batch-size, --sample-batch, --steps, --rounds, --sample-steps >= 1 and --warmup >= 0")
+    result = bench_diffusers.run_against_diffusers(
+        _device(args.device), speed=_speed(args), batch_size=args.batch_size, sample_batch=args.sample_batch or
+        args.batch_size, sample_steps=args.sample_steps, train_calls=args.steps, warmup=args.warmup,
+        rounds=args.rounds, seed=args.seed)
+    path = bench_diffusers.record_path(result, args.out)
+    write_json(path, result)
+    if args.mlflow:
+        uri = default_tracking_uri(args.out, args.tracking_uri)
+        result["mlflow_run_id"] = bench_diffusers.log_to_mlflow(result, uri, Path(args.out) / "mlartifacts")
     print(json.dumps({**result, "record": str(path)}, indent=2))
 
 

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ..io import read_json
 from ..presets import GROUPS, UNetConfig
@@ -17,6 +18,14 @@ from ..schedules import make_betas
 from ..store import sha256_file
 from .common import Layer, Source, layer_names, load_weights_file, relative, sin_first_order, translate
 
+#: ``google/ddpm-cifar10-32``'s ``UNet2DModel`` config on the Hub (DDPM's CIFAR-10 network, converted).
+GOOGLE_DDPM_CIFAR10_UNET = {
+    "_class_name": "UNet2DModel", "act_fn": "silu", "attention_head_dim": None, "block_out_channels": [128, 256, 256, 256],
+    "center_input_sample": False, "down_block_types": ["DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"],
+    "downsample_padding": 0, "flip_sin_to_cos": False, "freq_shift": 1, "in_channels": 3, "layers_per_block": 2,
+    "mid_block_scale_factor": 1, "norm_eps": 1e-06, "norm_num_groups": 32, "out_channels": 3, "sample_size": 32,
+    "time_embedding_type": "positional", "up_block_types": ["UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"],
+}
 #: Where a diffusers folder keeps its parts (a pipeline folder has them in ``unet/`` and ``scheduler/``).
 DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 SCHEDULER_CONFIG = "scheduler_config.json"
@@ -121,6 +130,25 @@ def _diffusers_alias(key: str) -> str | None:
     return None
 
 
+def our_state_dict(found: dict, unet: UNetConfig, order: list[int], *, where: str) -> dict:
+    """A ``UNet2DModel``'s state dict (``found``) as our U-Net's (``unet``, ``order``: from
+    :func:`diffusers_unet_config`); refuses one that does not fit, naming ``where``."""
+    return translate(found, _diffusers_leaves(unet), unet, where=where, alias=_diffusers_alias, embedding_order=order)
+
+
+def diffusers_state_dict(state: dict, unet: UNetConfig, order: list[int], template: dict) -> dict:
+    """The inverse of :func:`our_state_dict`: our U-Net's ``state`` under diffusers' names and shapes (those of
+    ``template``, a ``UNet2DModel``'s state dict), for loading our weights into diffusers' network."""
+    leaves, out = _diffusers_leaves(unet), {}
+    for key, value in state.items():
+        module, param = key.rsplit(".", 1)
+        if key == "temb.0.weight":  # ours = theirs[:, order]
+            value = torch.empty_like(value).index_copy_(1, torch.as_tensor(order), value)
+        theirs = f"{leaves[module]}.{param}"
+        out[theirs] = value.reshape(template[theirs].shape).clone()
+    return out
+
+
 def read_diffusers(path: Path) -> Source:
     """A diffusers model (or pipeline) folder: the network from ``config.json`` and its weights file, the process from
     the scheduler config."""
@@ -131,8 +159,7 @@ def read_diffusers(path: Path) -> Source:
     if weights_file is None:
         raise FileNotFoundError(f"{model_dir} has no weights: expected {' or '.join(DIFFUSERS_WEIGHTS)}")
     found = load_weights_file(weights_file)
-    ema = translate(found, _diffusers_leaves(unet), unet, where=str(weights_file), alias=_diffusers_alias,
-                    embedding_order=order)
+    ema = our_state_dict(found, unet, order, where=str(weights_file))
     files = {relative(file, path): sha256_file(file) for file in (config_file, weights_file)}
     if scheduler_file is None:
         raise FileNotFoundError(f"{path} has no {SCHEDULER_CONFIG} (nor scheduler/{SCHEDULER_CONFIG}): the diffusion "
