@@ -24,6 +24,7 @@ import torch
 from .diffusion import GaussianDiffusion
 from .io import source_commit
 from .metrics import MIN_IMAGES
+from .noise import SampleNoise
 from .presets import PRESETS
 from .schedules import make_betas
 from .samplers.point import SamplerPoint
@@ -126,7 +127,8 @@ BENCH_SAMPLERS = (SamplerPoint("ancestral"), SamplerPoint("ddim", 10), SamplerPo
 def sampler_speeds(preset: str, speed: Speed, device: torch.device, *, sample_batch: int, T: int, seed: int,
                    rounds: int = 3, points=BENCH_SAMPLERS) -> dict:
     """Images per second of whole sample sets (x_T to x_0) for each sampler point, on the same network (random
-    weights, ``speed``'s forward pass): the points are timed in turn, ``rounds`` times over (after one untimed
+    weights, ``speed``'s forward pass), each image's noise drawn as ``ddpm sample`` draws it (its own stream,
+    :class:`ddpm.noise.SampleNoise`, on the device): the points are timed in turn, ``rounds`` times over (after one untimed
     round for warm-up, compilation included), so that a slow spell of the machine falls on all of them. Reports each
     point's median images/s, network evaluations per image, and its speed-up over the first point, the median of
     the per-round ratios."""
@@ -139,10 +141,9 @@ def sampler_speeds(preset: str, speed: Speed, device: torch.device, *, sample_ba
     shape = (sample_batch, channels, size, size)
 
     def images_per_s(point) -> float:
-        generator = torch.Generator().manual_seed(seed)
         _synchronize(device)
         start = time.perf_counter()
-        sample_loop(network, diffusion, point, shape, generator, device=device)
+        sample_loop(network, diffusion, point, shape, SampleNoise(seed, range(sample_batch)), device=device)
         _synchronize(device)
         return sample_batch / (time.perf_counter() - start)
 
