@@ -15,7 +15,8 @@ from .presets import PRESETS
 
 #: Where ``ddpm bench`` records are committed.
 BENCHMARKS = ROOT / "benchmarks"
-#: The fields a record must have to give hours (FID's rate is optional: no record measures it yet).
+#: The fields a record must have to give hours (FID's rate, ``fid_images_per_s``, is optional: ``ddpm bench
+#: --fid-images`` measures it).
 REQUIRED_RATES = ("train_images_per_s", "sample_image_steps_per_s", "bpd_image_steps_per_s")
 
 

@@ -25,10 +25,11 @@ _MULTIPLIERS = (0xD2511F53, 0xCD9E8D57)
 _KEY_STEPS = (0x9E3779B9, 0xBB67AE85)
 _ROUNDS = 10
 _WORD = 0xFFFFFFFF
-#: Elements held ahead on a GPU (:attr:`SampleNoise.lookahead`): the next draws are computed together, since a draw
-#: is ~200 small integer kernels whose launches would otherwise cost more than their work.
-_LOOKAHEAD_ELEMENTS = 2**22
-_GPU_LOOKAHEAD = 16
+#: Draws computed together (:attr:`SampleNoise.lookahead`), up to this many elements on a CPU and on other devices:
+#: a draw is ~280 small integer tensor operations, whose launches (a GPU's kernels, a CPU's dispatch) cost more than
+#: their work on a small batch. At most :data:`_MAX_LOOKAHEAD` draws, so that few are computed for nothing at the end.
+_LOOKAHEAD_ELEMENTS = {"cpu": 2**16, "other": 2**22}
+_MAX_LOOKAHEAD = 16
 
 
 def _mulhilo(multiplier: int, word: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,7 +86,8 @@ class SampleNoise:
     """The noise of samples ``indices`` of ``seed``: each :meth:`randn` call is the next draw (x_T, then a step's
     noise, …), every sample's draw k depending on its own (seed, index) alone. Pass it where the diffusion code
     takes a generator (:func:`ddpm.diffusion.randn`). A repeated index gets the same noise (one stream shared by
-    several rows)."""
+    several rows). ``lookahead``: how many draws are computed together (default: by the device and the draw's size,
+    :data:`_LOOKAHEAD_ELEMENTS`); it changes no number."""
 
     def __init__(self, seed: int, indices: Sequence[int], *, lookahead: int | None = None):
         self.seed, self.indices = int(seed), [int(i) for i in indices]
@@ -104,9 +106,8 @@ class SampleNoise:
     def _ahead(self, device: torch.device, elements: int) -> int:
         if self.lookahead is not None:
             return self.lookahead
-        if device.type == "cpu":
-            return 1
-        return max(1, min(_GPU_LOOKAHEAD, _LOOKAHEAD_ELEMENTS // (elements * len(self))))
+        budget = _LOOKAHEAD_ELEMENTS["cpu" if device.type == "cpu" else "other"]
+        return max(1, min(_MAX_LOOKAHEAD, budget // (elements * len(self))))
 
     def randn(self, shape: Sequence[int], device=None, dtype=torch.float32) -> torch.Tensor:
         """The next draw, of ``shape`` (its first dimension: one row per sample), drawn on ``device``."""
