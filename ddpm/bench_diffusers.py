@@ -58,6 +58,12 @@ def _import_diffusers():
     return diffusers
 
 
+def image_shape() -> tuple[int, int, int]:
+    """(C, H, W) of the images the compared network takes (its config's)."""
+    config = GOOGLE_DDPM_CIFAR10_UNET
+    return config["in_channels"], config["sample_size"], config["sample_size"]
+
+
 def paired_networks(init: str, *, dropout: float, seed: int, device: torch.device):
     """(ours, theirs): our U-Net and diffusers' ``UNet2DModel`` in google/ddpm-cifar10-32's configuration, with the
     same weights, from ``init``'s initialisation (``diffusers`` or ``ours``); the largest difference of their outputs
@@ -77,7 +83,7 @@ def paired_networks(init: str, *, dropout: float, seed: int, device: torch.devic
     else:
         theirs.load_state_dict(diffusers_state_dict(ours.state_dict(), unet, order, theirs.state_dict()))
     ours, theirs = ours.to(device), theirs.to(device)
-    x = torch.randn(2, 3, 32, 32, device=device)
+    x = torch.randn(2, *image_shape(), device=device)
     t = torch.tensor([10, 900], device=device)
     with torch.no_grad():
         difference = float((ours.eval()(x, t) - theirs.eval()(x, t).sample).abs().max())
@@ -97,7 +103,7 @@ def diffusers_training_step(model, *, batch_size: int, device: torch.device, bf1
                                 num_training_steps=10**6)
     ema = EMAModel(model.parameters(), **DIFFUSERS_EMA)
     generator = torch.Generator().manual_seed(seed)
-    clean = (torch.rand(batch_size, 3, 32, 32, generator=generator) * 2 - 1).to(device)
+    clean = (torch.rand(batch_size, *image_shape(), generator=generator) * 2 - 1).to(device)
 
     def step():
         noise = torch.randn(clean.shape, device=device)
@@ -124,7 +130,7 @@ def our_training_step(model, *, batch_size: int, device: torch.device, speed: Sp
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     optimizer = make_optimizer(model.parameters(), 2e-4, speed)
     generator = torch.Generator().manual_seed(seed)
-    clean = (torch.rand(batch_size, 3, 32, 32, generator=generator) * 2 - 1).to(device)
+    clean = (torch.rand(batch_size, *image_shape(), generator=generator) * 2 - 1).to(device)
 
     def step():
         t = torch.randint(0, T, (batch_size,), device=device)
@@ -159,7 +165,7 @@ def our_sampler(model, *, batch_size: int, steps: int, seed: int, device: torch.
     point = SamplerPoint("ddim", steps)
 
     def sample():
-        x = sample_loop(network, diffusion, point, (batch_size, 3, 32, 32), SampleNoise(seed, range(batch_size)),
+        x = sample_loop(network, diffusion, point, (batch_size, *image_shape()), SampleNoise(seed, range(batch_size)),
                         device=device)
         return to_uint8(x).cpu().numpy()
 

@@ -95,3 +95,37 @@ def run_on_free_gpus(count: int, command: list[str], *, lock_dir: Path | None = 
             print(f"claim-gpus: CUDA_VISIBLE_DEVICES={os.environ['CUDA_VISIBLE_DEVICES']}", file=sys.stderr, flush=True)
     sys.stdout.flush()
     os.execvp(command[0], command)
+
+
+# ---------------------------------------------------------------------------------------------- the command
+def add_claim_gpus(parser) -> None:
+    """``ddpm claim-gpus``'s arguments (one definition for the full command line and :func:`claim_gpus_main`)."""
+    import argparse
+
+    parser.add_argument("count", type=int, help="how many GPUs")
+    parser.add_argument("command_line", nargs=argparse.REMAINDER, help="-- then the command")
+
+
+def cmd_claim_gpus(args) -> None:
+    command = args.command_line[1:] if args.command_line[:1] == ["--"] else args.command_line
+    run_on_free_gpus(args.count, command)  # does not return
+
+
+CLAIM_GPUS_HELP = ("run a command on N GPUs no other job holds (sets CUDA_VISIBLE_DEVICES; as it is where it is "
+                   "already set, or where there is no GPU)")
+
+
+def claim_gpus_main(argv: list[str]) -> int:
+    """``ddpm claim-gpus ARGV`` as the executable starts it (:func:`ddpm.launch.console_main`): the same arguments
+    and errors as through the whole command line (:func:`ddpm.cli.main`), without importing it."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="ddpm claim-gpus", description=CLAIM_GPUS_HELP)
+    add_claim_gpus(parser)
+    args = parser.parse_args(argv)
+    try:
+        cmd_claim_gpus(args)
+    except (ValueError, OSError) as err:
+        print(f"ddpm claim-gpus: error: {err}", file=sys.stderr)
+        return 2
+    return 0

@@ -89,3 +89,24 @@ def test_where_the_gpus_are_chosen_already_or_absent_the_command_runs_as_it_is(t
 def test_claim_gpus_without_a_command_is_refused(capsys):
     assert main(["claim-gpus", "1", "--"]) == 2
     assert "claim-gpus needs a command after --" in capsys.readouterr().err
+
+
+LAUNCH = "import sys; from ddpm.launch import console_main; sys.argv = ['ddpm', *sys.argv[1:]]; sys.exit(console_main())"
+
+
+@pytest.mark.parametrize("args, code, says", [
+    (["claim-gpus", "1", "--", sys.executable, "-c", "print('the command ran')"], 0, "the command ran"),
+    (["claim-gpus", "0", "--", "true"], 2, "ddpm claim-gpus: error: claim-gpus needs a count of at least 1, got 0"),
+    (["claim-gpus", "1", "--"], 2, "ddpm claim-gpus: error: claim-gpus needs a command after --"),
+])
+def test_the_executable_claims_gpus_without_importing_the_command_line(tmp_path, args, code, says):
+    """The ``ddpm`` executable (:func:`ddpm.launch.console_main`) runs claim-gpus, which starts every GPU job of the
+    workflow, without numpy or the rest of the command line; with the same arguments and errors as ``ddpm.cli``."""
+    env = {**os.environ, "DDPM_GPU_LOCKS": str(tmp_path / "locks")}
+    result = subprocess.run([sys.executable, "-X", "importtime", "-c", LAUNCH, *args], env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == code and says in result.stdout + result.stderr
+    imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
+    assert "ddpm.gpus" in imported and not {"numpy", "ddpm.cli", "torch"} & imported, sorted(imported)
+    full = subprocess.run([sys.executable, "-m", "ddpm.cli", *args], env=env, capture_output=True, text=True, timeout=60)
+    assert full.returncode == code and says in full.stdout + full.stderr

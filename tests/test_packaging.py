@@ -49,7 +49,7 @@ def test_every_dependency_is_pinned_and_the_console_script_exists():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     declared = {_name(r) for r in project["dependencies"] + project["optional-dependencies"]["test"]}
     assert declared <= set(constraint_pins()), declared - set(constraint_pins())
-    assert project["scripts"]["ddpm"] == "ddpm.cli:console_main"
+    assert project["scripts"]["ddpm"] == "ddpm.launch:console_main"
 
 
 PROBE = """

@@ -16,9 +16,10 @@ import argparse
 import gc
 import sys
 
+from ..gpus import CLAIM_GPUS_HELP, add_claim_gpus, cmd_claim_gpus
 from .common import _check_tracking, _check_writes, _set_threads
 from .data import add_bench_data, add_classifier, add_prepare, cmd_bench_data, cmd_classifier, cmd_prepare
-from .training import add_claim_gpus, add_import, add_train, cmd_claim_gpus, cmd_import, cmd_train
+from .training import add_import, add_train, cmd_import, cmd_train
 from .sampling import (
     add_gather_samples, add_grid, add_interpolate, add_progressive, add_sample, cmd_gather_samples, cmd_grid,
     cmd_interpolate, cmd_progressive, cmd_sample,
@@ -62,8 +63,7 @@ COMMANDS = [
      "per-dimension MSE on [0, 1] (DDIM Table 2)", add_reconstruction, cmd_reconstruction),
     ("evaluate", "baseline", "score the test split or a fitted Gaussian the same way as samples", add_baseline,
      cmd_baseline),
-    (None, "claim-gpus", "run a command on N GPUs no other job holds (sets CUDA_VISIBLE_DEVICES; as it is where it "
-     "is already set, or where there is no GPU)", add_claim_gpus, cmd_claim_gpus),
+    (None, "claim-gpus", CLAIM_GPUS_HELP, add_claim_gpus, cmd_claim_gpus),
     (None, "bench", "training images/s, sampling and bits/dim image-steps/s and peak memory, with the speed-ups and "
      "on the plain fp32 eager path, and their ratio (JSON)", add_bench, cmd_bench),
     (None, "bench-data", "the peak memory of prepare and train on a folder of images (made here, or given): that "

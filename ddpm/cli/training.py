@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -170,13 +169,3 @@ def cmd_import(args):
     print(json.dumps({"checkpoint": str(out), **record, "setting": Setting.from_dict(config).name}, indent=2))
 
 
-def add_claim_gpus(p):
-    p.add_argument("count", type=int, help="how many GPUs")
-    p.add_argument("command_line", nargs=argparse.REMAINDER, help="-- then the command")
-
-
-def cmd_claim_gpus(args):
-    from ..gpus import run_on_free_gpus
-
-    command = args.command_line[1:] if args.command_line[:1] == ["--"] else args.command_line
-    run_on_free_gpus(args.count, command)  # does not return

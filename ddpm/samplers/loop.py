@@ -1,8 +1,9 @@
 """The one reverse loop: x_T ~ N(0, I) (or given), then one step of the point's sampler per step of its subsequence,
 the network called once per step with the original step index (:func:`sample_loop`).
 
-Every sample's noise (x_T, and each step's noise where the family draws any) comes from the sample's own generator,
-so a sample depends only on its seed and index, not on the batch it is drawn in.
+Every sample's noise (x_T, and each step's noise where the family draws any) comes from the sample's own stream
+(:class:`ddpm.noise.SampleNoise`, drawn on the device; or a peer's ``torch.Generator`` per sample, in the parity
+tests), so a sample depends only on its seed and index, not on the batch it is drawn in.
 """
 
 from __future__ import annotations
