@@ -23,7 +23,6 @@ import torch
 
 from .diffusion import GaussianDiffusion
 from .io import source_commit
-from .metrics import MIN_IMAGES
 from .noise import SampleNoise
 from .presets import PRESETS
 from .schedules import make_betas
@@ -128,10 +127,10 @@ def sampler_speeds(preset: str, speed: Speed, device: torch.device, *, sample_ba
                    rounds: int = 3, points=BENCH_SAMPLERS) -> dict:
     """Images per second of whole sample sets (x_T to x_0) for each sampler point, on the same network (random
     weights, ``speed``'s forward pass), each image's noise drawn as ``ddpm sample`` draws it (its own stream,
-    :class:`ddpm.noise.SampleNoise`, on the device): the points are timed in turn, ``rounds`` times over (after one untimed
-    round for warm-up, compilation included), so that a slow spell of the machine falls on all of them. Reports each
-    point's median images/s, network evaluations per image, and its speed-up over the first point, the median of
-    the per-round ratios."""
+    :class:`ddpm.noise.SampleNoise`, on the device): the points are timed in turn, ``rounds`` times over (after one
+    untimed round for warm-up, compilation included), so that a slow spell of the machine falls on all of them.
+    Reports each point's median images/s, network evaluations per image, and its speed-up over the first point, the
+    median of the per-round ratios."""
     from .samplers import network_evaluations, sample_loop
 
     torch.manual_seed(seed)
@@ -323,8 +322,11 @@ def run_bench(preset: str = "cifar10", *, device: str | torch.device = "cpu", sp
         raise ValueError(f"need batch_size, sample_batch, steps, T, rounds >= 1 and warmup >= 0; got "
                          f"batch_size={batch_size}, sample_batch={sample_batch}, steps={steps}, T={T}, "
                          f"rounds={rounds}, warmup={warmup}")
-    if fid_images and fid_images < MIN_IMAGES:
-        raise ValueError(f"fid_images must be 0 (no FID phase) or at least {MIN_IMAGES}, got {fid_images}")
+    if fid_images:
+        from .metrics import MIN_IMAGES  # torch-fidelity comes in only for the FID phase
+
+        if fid_images < MIN_IMAGES:
+            raise ValueError(f"fid_images must be 0 (no FID phase) or at least {MIN_IMAGES}, got {fid_images}")
     device = torch.device(device)
     speed = Speed.auto(device) if speed is None else speed
     sample_batch = sample_batch or batch_size
