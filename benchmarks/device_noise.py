@@ -11,12 +11,12 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ddpm.bench import seconds_per_call
 from ddpm.checkpoint import build
 from ddpm.noise import SampleNoise
 from ddpm.samplers import SamplerPoint, sample_loop
@@ -32,18 +32,6 @@ def cpu_generators_draw(seed: int, indices, device) -> torch.Tensor:
         state = np.random.SeedSequence([seed, index]).generate_state(2, dtype=np.uint32)
         generators.append(torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1])))
     return lambda: torch.stack([torch.randn(SHAPE, generator=g) for g in generators]).to(device)
-
-
-def draws_per_s(draw, device, count: int) -> float:
-    draw()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    for _ in range(count):
-        draw()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return count / (time.perf_counter() - start)
 
 
 def main() -> None:
@@ -84,10 +72,13 @@ def main() -> None:
     result["sample_sets_in_other_batches_max_difference"] = float((first - parts).abs().max())
 
     count, one_by_one = 50, SampleNoise(7, range(batch), lookahead=1)
-    rates = {"sample_noise": draws_per_s(lambda: whole.randn((batch, *SHAPE), device=device), device, count),
-             "sample_noise_no_lookahead": draws_per_s(lambda: one_by_one.randn((batch, *SHAPE), device=device),
-                                                      device, count),
-             "cpu_generators_copied": draws_per_s(cpu_generators_draw(7, range(batch), device), device, count)}
+
+    def per_s(draw) -> float:  # one untimed draw first, then count timed ones
+        return 1 / seconds_per_call(draw, count, 1, device)
+
+    rates = {"sample_noise": per_s(lambda: whole.randn((batch, *SHAPE), device=device)),
+             "sample_noise_no_lookahead": per_s(lambda: one_by_one.randn((batch, *SHAPE), device=device)),
+             "cpu_generators_copied": per_s(cpu_generators_draw(7, range(batch), device))}
     result["draws_per_s"] = rates
     options.out.mkdir(parents=True, exist_ok=True)
     (options.out / "noise.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -56,7 +56,7 @@ def _reset_peak(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def _timed(step, repeats: int, warmup: int, device: torch.device) -> float:
+def seconds_per_call(step, repeats: int, warmup: int, device: torch.device) -> float:
     """Seconds per call of ``step`` after ``warmup`` untimed calls."""
     for _ in range(warmup):
         step()
@@ -93,7 +93,7 @@ def _phases(preset: str, speed: Speed, device: torch.device, *, batch_size: int,
     train_step, model, ema, diffusion = _training_step(preset, speed, device, batch_size=batch_size, T=T, seed=seed)
     result = {"parameters": count_parameters(model)}
     _reset_peak(device)
-    seconds = _timed(train_step, steps, warmup, device)
+    seconds = seconds_per_call(train_step, steps, warmup, device)
     result.update(train_images_per_s=batch_size / seconds, train_peak_memory_mb=_peak_memory_mb(device))
 
     sampler = FastForward(ema, speed, device, inference=True)
@@ -112,7 +112,7 @@ def _phases(preset: str, speed: Speed, device: torch.device, *, batch_size: int,
 
     for name, step in (("sample", sample_step), ("bpd", bpd_step)):
         _reset_peak(device)
-        seconds = _timed(step, steps, warmup, device)
+        seconds = seconds_per_call(step, steps, warmup, device)
         result[f"{name}_image_steps_per_s"] = sample_batch / seconds
         result[f"{name}_peak_memory_mb"] = _peak_memory_mb(device)
     return result
@@ -182,8 +182,8 @@ def against_straightforward(preset: str, device: torch.device, *, batch_size: in
 
     ratios, plain, reference = [], [], []
     for _ in range(rounds):
-        plain.append(batch_size / _timed(ours, steps, warmup, device))
-        reference.append(batch_size / _timed(theirs, steps, warmup, device))
+        plain.append(batch_size / seconds_per_call(ours, steps, warmup, device))
+        reference.append(batch_size / seconds_per_call(theirs, steps, warmup, device))
         ratios.append(plain[-1] / reference[-1])
     median = sorted(ratios)[len(ratios) // 2]
     return {"plain_train_images_per_s": sorted(plain)[rounds // 2],

@@ -22,12 +22,12 @@ import copy
 import dataclasses
 import datetime
 import statistics
-import time
 from pathlib import Path
 
 import torch
 from torch.nn import functional as F
 
+from .bench import seconds_per_call
 from .diffusion import GaussianDiffusion
 from .noise import SampleNoise
 from .pretrained.diffusers import (GOOGLE_DDPM_CIFAR10_UNET, diffusers_state_dict, diffusers_unet_config,
@@ -172,18 +172,6 @@ def our_sampler(model, *, batch_size: int, steps: int, seed: int, device: torch.
     return sample
 
 
-def _rate(step, items: int, calls: int, device: torch.device) -> float:
-    """Items per second over ``calls`` calls of ``step``."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    for _ in range(calls):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return items * calls / (time.perf_counter() - start)
-
-
 def _alternate(contenders: dict, items: int, calls: int, warmup: int, rounds: int, device: torch.device) -> dict:
     """Each contender (name → step) warmed up, then timed in turn ``rounds`` times: images/s per round."""
     for step in contenders.values():
@@ -192,7 +180,7 @@ def _alternate(contenders: dict, items: int, calls: int, warmup: int, rounds: in
     rates = {name: [] for name in contenders}
     for _ in range(rounds):
         for name, step in contenders.items():
-            rates[name].append(_rate(step, items, calls, device))
+            rates[name].append(items / seconds_per_call(step, calls, 0, device))
     return rates
 
 

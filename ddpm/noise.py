@@ -75,8 +75,8 @@ def philox_normals(keys: torch.Tensor, draws: torch.Tensor, elements: int) -> to
     """Standard normals (len(draws), len(keys), elements) in float64, on the keys' device: element e of draw d of
     the sample with key k is a function of (k, d, e) alone."""
     blocks = torch.arange((elements + 3) // 4, device=keys.device, dtype=torch.int64)
-    counter = (blocks[None, None, :], draws.to(keys.device)[:, None, None], torch.zeros((), dtype=torch.int64,
-               device=keys.device), torch.zeros((), dtype=torch.int64, device=keys.device))
+    zero = torch.zeros((), dtype=torch.int64, device=keys.device)
+    counter = (blocks[None, None, :], draws.to(keys.device)[:, None, None], zero, zero)
     key = (keys[None, :, 0, None], keys[None, :, 1, None])
     words = philox4x32(counter, key)
     return _box_muller(words).flatten(2)[..., :elements]
